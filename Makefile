@@ -1,0 +1,43 @@
+# The two commands a new user runs: `make demo` and `make test`.
+# Both create .venv when it is missing and (re)install only when pyproject.toml changed.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+EXTRAS := decoders,faiss,assets,dev
+DEMO_OUT ?= runs/demo
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export MPLBACKEND := Agg
+
+.PHONY: demo test viewer install clean bench
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade --quiet pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/medvl demo --out $(DEMO_OUT)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+viewer: $(STAMP)
+	@test -d $(DEMO_OUT)/index || { echo "no index at $(DEMO_OUT)/index: run 'make demo' first"; exit 2; }
+	$(BIN)/streamlit run apps/viewer.py --server.headless true --server.address 127.0.0.1 \
+		--browser.gatherUsageStats false -- --index $(DEMO_OUT)/index --model $(DEMO_OUT)/model
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run_all
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

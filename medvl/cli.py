@@ -1,0 +1,72 @@
+"""The ``medvl`` command. Thin: it parses arguments and calls the rooms.
+
+Each subcommand lives in its room as a module with two functions,
+``add_arguments(parser)`` and ``run(args) -> int``. Those modules import heavy
+libraries (torch, monai) lazily inside ``run`` so ``medvl --help`` stays fast.
+
+Every :class:`~medvl.errors.MedvlError` becomes one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+from medvl import __version__
+from medvl.errors import MedvlError
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("medvl.data.synth.command", "generate the synthetic chest X-ray and CT corpus"),
+    "validate": ("medvl.data.validate", "check a manifest before training"),
+    "prepare": ("medvl.recipes.command", "turn a public corpus into a manifest"),
+    "deid": ("medvl.io.deid_command", "de-identify DICOM files (PS3.15 basic profile)"),
+    "train": ("medvl.train.command", "train a model from a YAML config"),
+    "eval": ("medvl.eval.command", "zero-shot, retrieval, grounding and probe evaluation"),
+    "index": ("medvl.index.command", "build or search a case index"),
+    "demo": ("medvl.demo", "synth -> train -> eval -> index on the synthetic corpus"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medvl", description="Medical vision-language platform (research use only)."
+    )
+    parser.add_argument("--version", action="version", version=f"medvl {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name and module_name.startswith(exc.name):
+                continue  # room not built yet
+            raise
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``medvl`` console script."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except MedvlError as exc:
+        print(f"medvl {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"medvl {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
