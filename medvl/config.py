@@ -31,9 +31,20 @@ T = TypeVar("T")
 def parse_value(text: str) -> Any:
     """Parse an override value with YAML rules (``3`` -> int, ``true`` -> bool, ``[1,2]`` -> list)."""
     try:
-        return yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    return _maybe_float(value)
+
+
+def _maybe_float(value: Any) -> Any:
+    """PyYAML follows YAML 1.1, where ``1e-4`` is a string; treat it as the number users mean."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def set_dotted(cfg: dict[str, Any], key: str, value: Any) -> None:
@@ -177,8 +188,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, Mapping):
             raise ConfigError(f"value {value!r} is not a section", field=where)
         return from_dict(tp, value, where=where)
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+    if tp is float:
+        value = _maybe_float(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
     if tp is bool and not isinstance(value, bool):
         raise ConfigError(f"value {value!r} is not true/false", field=where)
     if tp in (int, float) and isinstance(value, bool):
