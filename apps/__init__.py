@@ -1,0 +1,1 @@
+"""Applications built on the medvl library (the Streamlit clinician viewer)."""

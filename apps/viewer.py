@@ -1,0 +1,217 @@
+"""medvl clinician viewer (research use only).
+
+Run::
+
+    streamlit run apps/viewer.py -- --index runs/demo/index --model runs/demo/model
+
+or ``make viewer``. Without arguments, ``MEDVL_VIEWER_INDEX`` and ``MEDVL_VIEWER_MODEL``
+are read from the environment.
+
+Query by a case from the index, an uploaded DICOM file / DICOM series (zip) / NIfTI
+volume, or free text; see the most similar cases with their reports, the best matching
+sentences highlighted, a phrase heatmap over the image and zero-shot finding scores.
+The app holds no model code: everything goes through :mod:`apps.viewer_lib.backend`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+_ROOT = Path(__file__).resolve().parent.parent
+if str(_ROOT) not in sys.path:  # `streamlit run apps/viewer.py` puts only apps/ on the path
+    sys.path.insert(0, str(_ROOT))
+
+import streamlit as st  # noqa: E402
+
+from apps.viewer_lib import backend as backend_mod  # noqa: E402
+from apps.viewer_lib import panels, uploads  # noqa: E402
+from apps.viewer_lib.backend import Case, Query, ViewerBackend  # noqa: E402
+from medvl.errors import MedvlError  # noqa: E402
+
+MODES = ("Case from index", "Uploaded image", "Free text")
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """Arguments after ``--`` on the ``streamlit run`` line (unknown ones are ignored)."""
+    parser = argparse.ArgumentParser(prog="viewer", add_help=False)
+    parser.add_argument("--index", default=os.environ.get("MEDVL_VIEWER_INDEX"), help="case index folder")
+    parser.add_argument("--model", default=os.environ.get("MEDVL_VIEWER_MODEL"), help="model folder")
+    parser.add_argument("--k", type=int, default=5, help="number of results shown by default")
+    parser.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=float(os.environ.get("MEDVL_VIEWER_MAX_UPLOAD_MB", 200)),
+        help="largest accepted upload",
+    )
+    args, _ = parser.parse_known_args(list(argv))
+    return args
+
+
+@st.cache_resource(show_spinner="Loading model and index ...")
+def load_backend(index_dir: str, model_dir: str) -> ViewerBackend:
+    """Model and index, loaded once per server process and shared by every session."""
+    return backend_mod.open_backend(index_dir, model_dir)
+
+
+def _stage(uploaded, limits: uploads.UploadLimits) -> uploads.StagedUpload:
+    """Stage an upload once per file into a private temp folder kept in session state."""
+    state = st.session_state
+    file_id = getattr(uploaded, "file_id", None) or f"{uploaded.name}:{uploaded.size}"
+    if state.get("upload_id") != file_id:
+        old = state.pop("upload_tmp", None)
+        if old is not None:
+            old.cleanup()
+        state.pop("upload_staged", None)
+        state.pop("upload_error", None)
+        tmp = tempfile.TemporaryDirectory(prefix="medvl-upload-")
+        state["upload_tmp"] = tmp
+        state["upload_id"] = file_id
+        try:
+            state["upload_staged"] = uploads.stage_upload(
+                uploaded.name, int(uploaded.size), uploaded.getvalue, tmp.name, limits
+            )
+        except uploads.UploadError as exc:
+            state["upload_error"] = str(exc)
+    if "upload_error" in state:
+        raise uploads.UploadError(state["upload_error"])
+    return state["upload_staged"]
+
+
+def _read(backend: ViewerBackend, path: Path, what: str):
+    """Read an image through medvl.io, showing a clear message instead of a traceback."""
+    try:
+        return backend.read_image(path)
+    except MedvlError as exc:
+        st.error(f"Cannot read {what}: {exc}")
+    except Exception as exc:  # noqa: BLE001 - an untrusted file must never crash the page
+        st.error(f"Cannot read {what}: unexpected {type(exc).__name__}: {exc}")
+    return None
+
+
+def _search(fn, *args) -> list[Case]:
+    try:
+        return fn(*args)
+    except MedvlError as exc:
+        st.error(f"Search failed: {exc}")
+        return []
+
+
+def _zero_shot(backend: ViewerBackend, path: Path) -> None:
+    try:
+        probs = backend.zero_shot(path)
+    except MedvlError as exc:
+        st.error(f"Zero-shot scoring failed: {exc}")
+        return
+    panels.zero_shot_panel(probs)
+
+
+def query_by_case(backend: ViewerBackend, k: int) -> None:
+    ids = backend.case_ids()
+    if not ids:
+        st.info("The index holds no cases.")
+        return
+    study_id = st.sidebar.selectbox("Case", ids, key="case_id")
+    case = backend.case(study_id)
+    left, right = st.columns([2, 3])
+    with left:
+        st.subheader(f"Case {case.study_id}")
+        if case.image_path is None:
+            st.info("This case has no image on disk.")
+        else:
+            image = _read(backend, case.image_path, f"case {case.study_id}")
+            if image is not None:
+                panels.image_panel(backend, image, key=f"case-{case.study_id}", image_path=case.image_path)
+                _zero_shot(backend, case.image_path)
+        with st.expander("Report of this case", expanded=False):
+            st.text(case.report or "(no report)")
+    with right:
+        hits: list[Case] = []
+        if case.image_path is not None:
+            # One extra hit so the case itself can be dropped from its own results.
+            hits = _search(backend.search_image, case.image_path, k + 1)
+            hits = [h for h in hits if h.study_id != case.study_id][:k]
+        panels.results_panel(backend, hits, Query(image_path=case.image_path))
+
+
+def query_by_upload(backend: ViewerBackend, k: int, limits: uploads.UploadLimits) -> None:
+    uploaded = st.sidebar.file_uploader(
+        "DICOM file, DICOM series (.zip) or NIfTI (.nii, .nii.gz)",
+        key="upload",
+        help=f"At most {limits.max_bytes / uploads.MIB:.0f} MiB.",
+    )
+    if uploaded is None:
+        st.info("Upload " + uploads.ACCEPTED + " in the sidebar to search with it.")
+        return
+    try:
+        staged = _stage(uploaded, limits)
+    except uploads.UploadError as exc:
+        st.error(f"Upload refused: {exc}")
+        return
+    image = _read(backend, staged.path, "the uploaded file")
+    if image is None:
+        return
+    left, right = st.columns([2, 3])
+    with left:
+        st.subheader("Uploaded image")
+        panels.image_panel(backend, image, key=f"upload-{st.session_state['upload_id']}", image_path=staged.path)
+        _zero_shot(backend, staged.path)
+    with right:
+        hits = _search(backend.search_image, staged.path, k)
+        panels.results_panel(backend, hits, Query(image_path=staged.path))
+
+
+def query_by_text(backend: ViewerBackend, k: int) -> None:
+    text = st.sidebar.text_input("Findings to search for", key="query_text", placeholder="e.g. left pleural effusion")
+    if not text.strip():
+        st.info("Type a description of findings in the sidebar to search the reports and images.")
+        return
+    hits = _search(backend.search_text, text.strip(), k)
+    left, right = st.columns([2, 3])
+    with left:
+        top = hits[0] if hits else None
+        if top is not None and top.image_path is not None:
+            st.subheader(f"Best match: {top.study_id}")
+            image = _read(backend, top.image_path, f"case {top.study_id}")
+            if image is not None:
+                panels.image_panel(
+                    backend, image, key=f"text-{top.study_id}", heat_phrase=text.strip(), image_path=top.image_path
+                )
+    with right:
+        panels.results_panel(backend, hits, Query(text=text.strip()))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Draw the page for one Streamlit run."""
+    st.set_page_config(page_title="medvl viewer (research use only)", layout="wide")
+    st.warning(panels.RESEARCH_BANNER, icon="⚠️")
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if not args.index or not args.model:
+        st.error(
+            "No index or model given. Start the viewer with "
+            "`streamlit run apps/viewer.py -- --index IDX --model DIR`."
+        )
+        st.stop()
+    try:
+        backend = load_backend(str(args.index), str(args.model))
+    except MedvlError as exc:
+        st.error(f"Cannot open the index or model: {exc}")
+        st.stop()
+
+    st.sidebar.title("medvl viewer")
+    mode = st.sidebar.radio("Query by", MODES, key="mode")
+    k = st.sidebar.slider("Number of results", 1, 20, min(max(args.k, 1), 20), key="k")
+    limits = uploads.UploadLimits(max_bytes=int(args.max_upload_mb * uploads.MIB))
+    if mode == MODES[0]:
+        query_by_case(backend, k)
+    elif mode == MODES[1]:
+        query_by_upload(backend, k, limits)
+    else:
+        query_by_text(backend, k)
+
+
+main()

@@ -1,0 +1,154 @@
+"""Streamlit panels of the viewer: the image panel, the result list, zero-shot scores.
+
+Each panel takes plain data (a backend, an image, cases) and draws; the decisions
+(windows, slices, overlays, highlights) are in :mod:`apps.viewer_lib.render`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import streamlit as st
+
+from apps.viewer_lib import render
+from apps.viewer_lib.backend import Case, Query, ViewerBackend
+from apps.viewer_lib.safe_meta import display_facts
+from medvl.errors import MedvlError
+
+RESEARCH_BANNER = (
+    "**Research use only.** This viewer is not a medical device and must not be used "
+    "for diagnosis or treatment decisions. Results come from a research model and may be wrong."
+)
+
+AUTO = "Auto (0.5-99.5 percentile)"
+
+
+def window_choices(image: Any, presets: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+    """Windows offered for ``image``: those stored in the file, the modality presets, auto."""
+    choices: dict[str, tuple[float, float]] = {}
+    for i, (center, width) in enumerate(getattr(image, "windows", None) or []):
+        choices[f"File window {i + 1}"] = (float(center), max(float(width), 1.0))
+    choices.update(presets)
+    choices[AUTO] = render.auto_window(image.array)
+    return choices
+
+
+def image_panel(
+    backend: ViewerBackend,
+    image: Any,
+    *,
+    key: str,
+    heat_phrase: str | None = None,
+    image_path: Path | None = None,
+    caption: str = "",
+) -> None:
+    """Draw an image with window presets, level/width, slice slider and phrase heatmap.
+
+    Args:
+        backend: used for window presets and the phrase heatmap.
+        image: a ``medvl.io`` image.
+        key: unique per image, so widgets reset to the new image's defaults.
+        heat_phrase: default phrase of the heatmap (e.g. the text query).
+        image_path: the image's file, for the heatmap.
+        caption: shown under the image.
+    """
+    choices = window_choices(image, backend.window_presets(getattr(image, "modality", None)))
+    names = list(choices)
+    preset = st.selectbox("Window preset", names, index=0, key=f"preset-{key}")
+    center0, width0 = choices[preset]
+    c1, c2 = st.columns(2)
+    # The preset is part of the key: choosing a preset resets level/width to it.
+    center = c1.number_input("Level (center)", value=float(center0), step=10.0, key=f"level-{key}-{preset}")
+    width = c2.number_input("Width", value=float(width0), min_value=1.0, step=10.0, key=f"width-{key}-{preset}")
+
+    slices = render.n_slices(image.array)
+    slice_index = 0
+    if slices > 1:
+        slice_index = st.slider("Slice", 0, slices - 1, slices // 2, key=f"slice-{key}")
+    plane = render.display_plane(image.array, slice_index)
+    invert = str(getattr(image, "photometric_interpretation", "")).upper() == "MONOCHROME1"
+    grey = render.window_to_uint8(plane, center, width, invert=invert)
+
+    shown = grey
+    if image_path is not None:
+        phrase = st.text_input("Heatmap phrase", value=heat_phrase or "", key=f"phrase-{key}")
+        opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key=f"opacity-{key}")
+        if phrase.strip():
+            try:
+                heat = backend.heatmap(image_path, phrase.strip())
+            except MedvlError as exc:
+                st.error(f"Heatmap unavailable: {exc}")
+                heat = None
+            if heat is not None:
+                heat2d = _heat_for_plane(np.asarray(heat), image.array, slice_index)
+                if heat2d is not None:
+                    shown = render.overlay_heatmap(grey, heat2d, opacity)
+    st.image(shown, caption=caption or None, clamp=True, width="stretch")
+    facts = display_facts(image)
+    if facts:
+        st.caption(" · ".join(f"{k}: {v}" for k, v in facts.items()))
+
+
+def _heat_for_plane(heat: np.ndarray, array: np.ndarray, slice_index: int) -> np.ndarray | None:
+    """The 2D map to overlay on the shown plane, from a 2D or 3D patch-grid map."""
+    if heat.ndim == 2:
+        return heat
+    if heat.ndim == 3 and array.ndim == 3:
+        # (d, h, w) grid over the volume's axial slices: pick the proportional depth.
+        d = int(round(slice_index * (heat.shape[0] - 1) / max(array.shape[2] - 1, 1)))
+        return heat[d]
+    return None  # slice-pooling maps (n_slices,) have no in-plane detail to show
+
+
+def zero_shot_panel(probs: dict[str, float] | None) -> None:
+    """Finding probabilities for the query image, highest first."""
+    st.subheader("Zero-shot findings")
+    if not probs:
+        st.info("Zero-shot scores are not available for this model.")
+        return
+    rows = sorted(probs.items(), key=lambda kv: -kv[1])
+    st.dataframe(
+        {"finding": [k.replace("_", " ") for k, _ in rows], "probability": [round(float(v), 3) for _, v in rows]},
+        hide_index=True,
+    )
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _thumbnail(_backend: ViewerBackend, path: str, backend_id: int) -> np.ndarray | None:
+    try:
+        image = _backend.read_image(Path(path))
+    except MedvlError:
+        return None
+    plane = render.display_plane(image.array, render.n_slices(image.array) // 2)
+    windows = getattr(image, "windows", None) or []
+    center, width = windows[0] if windows else render.auto_window(plane)
+    invert = str(getattr(image, "photometric_interpretation", "")).upper() == "MONOCHROME1"
+    return render.thumbnail(render.window_to_uint8(plane, center, max(float(width), 1.0), invert=invert))
+
+
+def results_panel(backend: ViewerBackend, hits: list[Case], query: Query) -> None:
+    """Ranked hits: rank, study id, similarity, thumbnail and highlighted report."""
+    st.subheader(f"Top {len(hits)} similar cases")
+    if not hits:
+        st.info("No cases found.")
+        return
+    for rank, hit in enumerate(hits, start=1):
+        with st.container(border=True):
+            left, right = st.columns([1, 3])
+            thumb = None
+            if hit.image_path is not None:
+                thumb = _thumbnail(backend, str(hit.image_path), id(backend))
+            if thumb is not None:
+                left.image(thumb, width="stretch")
+            else:
+                left.caption("no image")
+            score = "" if hit.score is None else f" · similarity {hit.score:.3f}"
+            right.markdown(f"**#{rank} · {hit.study_id}**{score}")
+            sentences = render.split_sentences(hit.report)
+            try:
+                scores = backend.sentence_scores(query, sentences)
+            except MedvlError:
+                scores = None
+            right.markdown(render.highlight_html(sentences, scores), unsafe_allow_html=True)
