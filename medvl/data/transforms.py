@@ -1,0 +1,221 @@
+"""Model-input transforms: a read :class:`~medvl.io.MedicalImage` -> a normalised array.
+
+The pipeline has a deterministic part, which the preprocessing cache stores, and a
+random part (augmentation), which runs after the cache on every draw:
+
+1. **intensity** (explicit display steps): window(s) in physical units -> [0, 1]
+   (the file's VOI LUT/window, a preset from ``medvl/resources/window_presets.yaml``,
+   or the fixed ``hu_range``),
+   then MONOCHROME1 inversion so that bright always means dense;
+2. **orientation** (3D): the RAS+ ``(x, y, z)`` array becomes ``(D, H, W)`` =
+   ``(z, -y, -x)``: axial slices in radiological display (anterior up, patient right
+   on the image left), slices from inferior to superior;
+3. **grid**: 2D keeps the aspect ratio (longest side fitted, then zero padding to
+   ``image_size``); 3D is optionally resampled to ``spacing`` mm and then
+   resized (no spacing) or centre-cropped / padded (with spacing) to ``image_size``;
+4. **augmentation** (train split, ``augment: true``): MONAI ``RandAffine`` plus a mild
+   random contrast change.
+
+Step 1 is ``medvl.io.intensity``'s explicit display functions (the same ones the
+viewer uses); steps 3-4 are MONAI transforms.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from medvl.config import to_dict
+from medvl.data.config import DataConfig
+from medvl.errors import ConfigError, ImageReadError
+from medvl.io.image import MedicalImage
+from medvl.io.intensity import (
+    apply_window,
+    invert_monochrome1,
+    to_display,
+    window_image,
+    window_presets,
+)
+
+# Bumped whenever the deterministic pipeline changes, so stale cache entries are not reused.
+PIPELINE_VERSION = 1
+
+
+def check_window_names(cfg: DataConfig) -> None:
+    """Raise :class:`ConfigError` when ``data.window`` names an unknown preset."""
+    presets = window_presets()
+    for name in cfg.windows:
+        if name is not None and name != "none" and name not in presets:
+            raise ConfigError(
+                f"unknown window preset {name!r}", field="data.window",
+                expected="null, 'none' or one of " + ", ".join(sorted(presets)),
+            )
+
+
+def intensity_channels(image: MedicalImage, cfg: DataConfig) -> np.ndarray:
+    """Apply the configured window(s), then MONOCHROME1 inversion (``medvl.io`` steps).
+
+    ``window: null`` uses the file's VOI LUT or first window (full data range when the
+    file has none), a preset name its (center, width), ``"none"`` the fixed
+    ``hu_range``. Colour images become BT.601 luma of their display values.
+
+    Returns:
+        float32 array ``(C, *spatial)`` in [0, 1], ``C == cfg.in_channels``.
+    """
+    array = np.asarray(image.array)
+    if not np.all(np.isfinite(array)):
+        # NaN voxels (outside a NIfTI's field of view) would poison the whole batch.
+        finite = array[np.isfinite(array)]
+        fill = float(finite.min()) if finite.size else 0.0
+        image = dataclasses.replace(image, array=np.nan_to_num(array, nan=fill, posinf=fill, neginf=fill))
+    if image.is_color:
+        rgb = to_display(image)[..., :3]
+        channels = [rgb @ np.array([0.299, 0.587, 0.114], np.float32)]
+    else:
+        channels = []
+        for name in cfg.windows:
+            if name is None:
+                channels.append(window_image(image, "file"))
+            elif name == "none":
+                lo, hi = cfg.hu_range
+                channels.append(apply_window(image.array, (lo + hi) / 2.0 + 0.5, hi - lo + 1.0))
+            else:
+                channels.append(window_image(image, name))
+        if image.photometric_interpretation == "MONOCHROME1":
+            channels = [invert_monochrome1(ch) for ch in channels]
+    if len(channels) == 1 and cfg.in_channels > 1:
+        channels = channels * cfg.in_channels
+    return np.stack(channels, axis=0).astype(np.float32, copy=False)
+
+
+def to_display_axes_3d(volume: np.ndarray, spacing: Sequence[float]) -> tuple[np.ndarray, tuple[float, ...]]:
+    """RAS+ ``(C, x, y, z)`` -> ``(C, D, H, W)`` = ``(z, -y, -x)``; spacing permuted to match."""
+    out = np.transpose(volume, (0, 3, 2, 1))[:, :, ::-1, ::-1]
+    sx, sy, sz = (float(s) for s in spacing[:3])
+    return np.ascontiguousarray(out), (sz, sy, sx)
+
+
+def _resize(array: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    from monai.transforms import Resize
+
+    size = tuple(int(s) for s in size)
+    if tuple(array.shape[1:]) == size:
+        return array
+    # area averaging when shrinking avoids aliasing of fine lines; linear when growing.
+    shrinking = all(t <= s for t, s in zip(size, array.shape[1:], strict=True))
+    mode = "area" if shrinking else ("bilinear" if len(size) == 2 else "trilinear")
+    kw = {} if mode == "area" else {"align_corners": False}
+    out = Resize(spatial_size=size, mode=mode, **kw)(array)
+    return np.asarray(out, dtype=np.float32)
+
+
+def _pad_or_crop(array: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    from monai.transforms import ResizeWithPadOrCrop
+
+    out = ResizeWithPadOrCrop(spatial_size=tuple(size), mode="constant")(array)
+    return np.asarray(out, dtype=np.float32)
+
+
+class ModelInputTransform:
+    """Deterministic preprocessing: a read image -> float32 ``(C, *image_size)`` in [0, 1].
+
+    Args:
+        cfg: the data section; ``dims``, ``image_size``, ``window``, ``in_channels``,
+            ``hu_range`` and ``spacing`` are used.
+    """
+
+    def __init__(self, cfg: DataConfig) -> None:
+        check_window_names(cfg)
+        self.cfg = cfg
+        self.size = cfg.spatial_size
+
+    def __call__(self, image: MedicalImage) -> np.ndarray:
+        """Preprocess one image; raise :class:`ImageReadError` if its shape does not fit ``dims``."""
+        array = np.asarray(image.array)
+        spatial = array.ndim - (1 if image.is_color else 0)
+        if array.ndim == 4 and array.shape[-1] == 1 and not image.is_color:
+            array = array[..., 0]  # a 4D NIfTI with one time point
+            image = dataclasses.replace(image, array=array)
+            spatial = 3
+        if spatial != self.cfg.dims:
+            raise ImageReadError(
+                f"image has shape {tuple(array.shape)}", path=image.path, field="dims",
+                expected="a 2D (rows, cols) image for dims: 2" if self.cfg.dims == 2
+                else "a 3D (x, y, z) volume for dims: 3",
+            )
+        x = intensity_channels(image, self.cfg)  # (C, *spatial)
+        if self.cfg.dims == 2:
+            return self._grid_2d(x)
+        return self._grid_3d(x, image.spacing)
+
+    def _grid_2d(self, x: np.ndarray) -> np.ndarray:
+        # Keep the aspect ratio: fit the longer side, pad the shorter with zeros.
+        h, w = self.size
+        scale = min(h / x.shape[1], w / x.shape[2])
+        fitted = (max(1, min(h, round(x.shape[1] * scale))), max(1, min(w, round(x.shape[2] * scale))))
+        return _pad_or_crop(_resize(x, fitted), self.size)
+
+    def _grid_3d(self, x: np.ndarray, spacing: Sequence[float] | None) -> np.ndarray:
+        sp_xyz = list(spacing or (1.0, 1.0, 1.0))[:3]
+        sp_xyz += [1.0] * (3 - len(sp_xyz))
+        x, sp = to_display_axes_3d(x, sp_xyz)  # (C, D, H, W)
+        if self.cfg.spacing is None:
+            return _resize(x, self.size)
+        target = [
+            max(1, math.floor(n * s / t + 0.5))
+            for n, s, t in zip(x.shape[1:], sp, self.cfg.spacing, strict=True)
+        ]
+        return _pad_or_crop(_resize(x, target), self.size)
+
+
+def build_augmentation(cfg: DataConfig, seed: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """Random augmentation applied after the cache (train split only).
+
+    A small affine (rotation up to ~6 degrees in-plane, scale +-8 %, shift up to 4 % of
+    the side) and a random gamma. Intensities stay in [0, 1]; borders fill with 0.
+
+    Args:
+        cfg: the data section (``dims`` and ``image_size`` are used).
+        seed: seed of the transforms' random state (each DataLoader worker reseeds).
+    """
+    from monai.transforms import Compose, RandAdjustContrast, RandAffine
+
+    size = cfg.spatial_size
+    rot = 0.1
+    if cfg.dims == 2:
+        rotate_range: Any = (rot,)
+        translate = tuple(0.04 * s for s in size)
+    else:
+        # rotate in the axial plane only: (D, H, W) -> angle about the D axis.
+        rotate_range = (rot, 0.0, 0.0)
+        translate = (0.0,) + tuple(0.04 * s for s in size[1:])
+    pipeline = Compose([
+        RandAffine(prob=0.8, rotate_range=rotate_range, scale_range=0.08,
+                   translate_range=translate, padding_mode="zeros", mode="bilinear"),
+        RandAdjustContrast(prob=0.5, gamma=(0.8, 1.25)),
+    ])
+    if seed is not None:
+        pipeline.set_random_state(seed=seed)
+
+    def augment(x: np.ndarray) -> np.ndarray:
+        out = np.asarray(pipeline(np.asarray(x, dtype=np.float32)), dtype=np.float32)
+        return np.clip(out, 0.0, 1.0, out=out)
+
+    augment.pipeline = pipeline  # type: ignore[attr-defined]
+    return augment
+
+
+def preprocess_signature(cfg: DataConfig) -> str:
+    """A short hash of every config field that changes the deterministic output."""
+    keys = ("dims", "image_size", "window", "in_channels", "hu_range", "spacing", "cache_dtype")
+    data = {k: to_dict(getattr(cfg, k)) for k in keys}
+    data["size"] = list(cfg.spatial_size)
+    data["version"] = PIPELINE_VERSION
+    blob = json.dumps(data, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
