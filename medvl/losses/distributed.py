@@ -1,0 +1,122 @@
+"""Gathering embeddings across ranks with gradients, for distributed negatives.
+
+Under ``torchrun`` each rank holds only its slice of the global batch. Contrastive
+terms want every other rank's samples as negatives, so the embeddings are gathered
+with :func:`gather_with_grad`. Its backward pass sums the incoming gradients over
+ranks and hands each rank the part that belongs to its own rows. With the usual DDP
+averaging of parameter gradients this reproduces, exactly, the gradients of one
+process that saw the whole batch (see ``docs/losses.md`` for the derivation and the
+test in ``tests/losses/test_distributed.py``).
+
+Ranks may hold different numbers of samples (a smaller last batch, a skipped study);
+tensors are padded to the largest rank for the collective and unpadded afterwards.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+def is_distributed() -> bool:
+    """True when a process group with more than one rank is active."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def world_size() -> int:
+    """Number of ranks, 1 when not distributed."""
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def rank() -> int:
+    """This process's rank, 0 when not distributed."""
+    return dist.get_rank() if is_distributed() else 0
+
+
+def gather_sizes(n: int, device: torch.device) -> list[int]:
+    """All ranks' local batch sizes, in rank order (one small collective)."""
+    if not is_distributed():
+        return [n]
+    mine = torch.tensor([n], dtype=torch.long, device=device)
+    out = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, mine)
+    return [int(t.item()) for t in out]
+
+
+def _all_gather_padded(x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """Concatenate every rank's ``x`` along dim 0; ranks may differ in length."""
+    longest = max(sizes)
+    if x.shape[0] < longest:
+        pad = x.new_zeros((longest - x.shape[0], *x.shape[1:]))
+        x = torch.cat([x, pad])
+    parts = [torch.empty_like(x) for _ in sizes]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat([p[:s] for p, s in zip(parts, sizes)])
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather whose backward returns this rank's slice of the rank-summed gradient."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, sizes: list[int]) -> torch.Tensor:  # type: ignore[override]
+        ctx.sizes = sizes
+        ctx.rank = dist.get_rank()
+        return _all_gather_padded(x, sizes)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        # Every rank's loss may depend on every rank's rows; the gradient of a row is
+        # the sum of what all ranks computed for it.
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        start = sum(ctx.sizes[: ctx.rank])
+        return grad[start : start + ctx.sizes[ctx.rank]], None
+
+
+def gather_with_grad(x: torch.Tensor, sizes: list[int] | None = None) -> torch.Tensor:
+    """Concatenate ``x`` from every rank along dim 0, keeping the autograd graph.
+
+    This rank's rows stay connected to ``x``; the rows of other ranks carry their
+    gradients back to those ranks in the backward pass (each rank must call backward,
+    as DDP training does). Without a process group this returns ``x`` unchanged.
+
+    Args:
+        x: ``(b, ...)`` local tensor; the trailing shape must agree across ranks.
+        sizes: every rank's ``b`` from :func:`gather_sizes`, to save a collective when
+            several tensors of one batch are gathered.
+
+    Returns:
+        ``(sum(sizes), ...)`` in rank order.
+    """
+    if not is_distributed():
+        return x
+    if sizes is None:
+        sizes = gather_sizes(x.shape[0], x.device)
+    if x.requires_grad:
+        return _GatherWithGrad.apply(x, sizes)
+    return _all_gather_padded(x, sizes)
+
+
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum ``x`` over ranks (no gradient); identity when not distributed."""
+    if is_distributed():
+        x = x.clone()
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+    return x
+
+
+def average_gradients(parameters) -> None:
+    """Average the ``.grad`` of parameters over ranks, after ``backward``.
+
+    For parameters that live in the loss (MGCA's prototypes) when the loss module is
+    not wrapped in DDP together with the model: without this, each rank would update
+    its own copy and the copies would drift apart. Parameters without a gradient
+    (prototypes frozen in the first epoch) are skipped on every rank alike.
+    """
+    if not is_distributed():
+        return
+    n = dist.get_world_size()
+    for p in parameters:
+        if p.grad is not None:
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            p.grad /= n
