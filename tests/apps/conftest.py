@@ -7,9 +7,13 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+# The suite runs with --import-mode=importlib: put the repo root (for ``apps``) and this
+# folder (for ``viewer_fakes``) on the path ourselves.
+for _p in (REPO, HERE):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
 
 
 @pytest.fixture

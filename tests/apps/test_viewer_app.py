@@ -1,0 +1,213 @@
+"""The viewer's interactions, driven by Streamlit's AppTest against a fake library."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import nibabel as nib
+import pydicom
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from apps.viewer_lib import backend as backend_mod
+
+from viewer_fakes import CT_FILE, FakeBackend
+
+VIEWER = Path(__file__).resolve().parents[2] / "apps" / "viewer.py"
+NIB_DATA = Path(nib.__file__).parent / "tests" / "data"
+TIMEOUT = 30
+
+
+@pytest.fixture
+def fake(monkeypatch, tmp_path, clear_streamlit_caches):
+    """A FakeBackend behind ``open_backend``; counts how often the app loads it."""
+    fake = FakeBackend()
+    loads: list[tuple[str, str]] = []
+
+    def open_backend(index_dir, model_dir):
+        loads.append((str(index_dir), str(model_dir)))
+        return fake
+
+    monkeypatch.setattr(backend_mod, "open_backend", open_backend)
+    monkeypatch.setenv("MEDVL_VIEWER_INDEX", str(tmp_path / "index"))
+    monkeypatch.setenv("MEDVL_VIEWER_MODEL", str(tmp_path / "model"))
+    fake.loads = loads
+    return fake
+
+
+def _app() -> AppTest:
+    at = AppTest.from_file(str(VIEWER), default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _texts(at: AppTest) -> str:
+    """Every piece of text on the page, for 'never shown' checks."""
+    parts = []
+    for kind in ("markdown", "caption", "subheader", "title", "info", "error", "warning", "text", "header"):
+        parts.extend(str(e.value) for e in getattr(at, kind))
+    return "\n".join(parts)
+
+
+def _mode(at: AppTest, mode: str) -> AppTest:
+    at.sidebar.radio(key="mode").set_value(mode).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_banner_and_missing_arguments(monkeypatch, clear_streamlit_caches):
+    monkeypatch.delenv("MEDVL_VIEWER_INDEX", raising=False)
+    monkeypatch.delenv("MEDVL_VIEWER_MODEL", raising=False)
+    at = AppTest.from_file(str(VIEWER), default_timeout=TIMEOUT).run()
+    assert "Research use only" in at.warning[0].value
+    assert "--index IDX --model DIR" in at.error[0].value
+
+
+def test_missing_index_folder_is_a_clear_error(monkeypatch, tmp_path, clear_streamlit_caches):
+    monkeypatch.setenv("MEDVL_VIEWER_INDEX", str(tmp_path / "nope"))
+    monkeypatch.setenv("MEDVL_VIEWER_MODEL", str(tmp_path))
+    at = AppTest.from_file(str(VIEWER), default_timeout=TIMEOUT).run()
+    assert "Research use only" in at.warning[0].value
+    assert "nope: index folder does not exist" in at.error[0].value
+
+
+def test_case_query_shows_image_and_top5_other_cases(fake):
+    at = _app()
+    assert "Research use only" in at.warning[0].value
+    at.sidebar.selectbox(key="case_id").set_value("S002").run()
+    assert ("search_image", CT_FILE) in fake.calls
+    headers = [h.value for h in at.subheader]
+    assert "Case S002" in headers and "Top 5 similar cases" in headers
+    ranked = [m.value for m in at.markdown if m.value.startswith("**#")]
+    # fixed fake scores 1.0, 0.9, ...: the case itself (S002) is dropped from its own results
+    assert ranked == [
+        "**#1 · S000** · similarity 1.000",
+        "**#2 · S001** · similarity 0.900",
+        "**#3 · S003** · similarity 0.700",
+        "**#4 · S004** · similarity 0.600",
+        "**#5 · S005** · similarity 0.500",
+    ]
+    assert len(at.image) == 1 + 5  # query image + one thumbnail per hit
+    # zero-shot probabilities, highest first
+    table = at.dataframe[0].value
+    assert list(table["finding"]) == ["pleural effusion", "pneumothorax", "cardiomegaly"]
+    assert list(table["probability"]) == [0.81, 0.4, 0.12]
+
+
+def test_number_of_results_follows_the_slider(fake):
+    at = _app()
+    at.sidebar.slider(key="k").set_value(3).run()
+    assert [h.value for h in at.subheader if h.value.startswith("Top")] == ["Top 3 similar cases"]
+
+
+def test_model_and_index_are_loaded_once(fake):
+    at = _app()
+    for mode in ("Free text", "Uploaded image", "Case from index"):
+        _mode(at, mode)
+    assert len(fake.loads) == 1
+
+
+def test_window_preset_sets_level_and_width(fake):
+    at = _app()
+    preset = at.selectbox(key="preset-case-S000")
+    assert preset.options[:3] == ["File window 1", "lung", "bone"]
+    assert [n.value for n in at.number_input] == [40.0, 400.0]
+    preset.set_value("lung").run()
+    assert [n.value for n in at.number_input] == [-600.0, 1500.0]
+
+
+def test_text_query_ranks_reports_and_highlights_best_sentences(fake):
+    at = _mode(_app(), "Free text")
+    assert any("Type a description" in i.value for i in at.info)
+    at.sidebar.text_input(key="query_text").set_value("left pleural effusion").run()
+    assert ("search_text", "left pleural effusion") in fake.calls
+    ranked = [m.value for m in at.markdown if m.value.startswith("**#")]
+    assert ranked[0] == "**#1 · S000** · similarity 1.000"
+    report = next(m.value for m in at.markdown if "Heart size is normal" in m.value)
+    assert "<mark>Small left pleural effusion.</mark>" in report
+    # the heatmap of the query phrase is drawn over the best match
+    assert ("heatmap", "left pleural effusion") in fake.calls
+    assert at.slider(key="opacity-text-S000").value == 0.5
+
+
+def test_heatmap_opacity_changes_the_shown_image(fake):
+    at = _mode(_app(), "Free text")
+    at.sidebar.text_input(key="query_text").set_value("effusion").run()
+    before = at.image[0].value
+    at.slider(key="opacity-text-S000").set_value(1.0).run()
+    assert at.image[0].value != before
+
+
+def _upload(at: AppTest, name: str, data: bytes) -> AppTest:
+    _mode(at, "Uploaded image")
+    at.sidebar.file_uploader(key="upload").set_value((name, data, "application/octet-stream")).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_dicom_upload_queries_by_image_without_showing_identifiers(fake, tmp_path):
+    ds = pydicom.dcmread(CT_FILE)
+    ds.PatientName = "Doe^Jane"
+    ds.PatientID = "PID-778899"
+    ds.InstitutionName = "Saint Example Hospital"
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    at = _upload(_app(), "jane.dcm", buf.getvalue())
+    assert not at.error
+    assert "Uploaded image" in [h.value for h in at.subheader]
+    searched = [p for kind, p in fake.calls if kind == "search_image"]
+    assert searched and searched[-1].name == "upload.dcm"
+    assert len([m for m in at.markdown if m.value.startswith("**#")]) == 5
+    page = _texts(at)
+    assert "Modality: CT" in page and "Size: 128 x 128" in page
+    for secret in ("Doe", "Jane", "PID-778899", "Saint Example", ds.StudyDate):
+        assert secret not in page
+
+
+def test_dicom_series_zip_upload_shows_a_slice_slider(fake):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for i in range(3):
+            zf.writestr(f"series/IM{i}", CT_FILE.read_bytes())
+    at = _upload(_app(), "series.zip", buf.getvalue())
+    assert not at.error
+    slider = next(s for s in at.slider if s.label == "Slice")
+    assert (slider.min, slider.max, slider.value) == (0, 2, 1)
+
+
+def test_nifti_upload_is_read(fake):
+    at = _upload(_app(), "brain.nii", (NIB_DATA / "anatomical.nii").read_bytes())
+    assert not at.error
+    assert "Modality: MR" in _texts(at)
+
+
+@pytest.mark.parametrize(
+    "name,data,message",
+    [
+        ("photo.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 200, "Upload refused: photo.png: unsupported file type '.png'"),
+        ("scan.dcm", b"\0" * 300, "Upload refused: scan.dcm [magic bytes]: not a DICOM Part 10 file"),
+        ("vol.nii", CT_FILE.read_bytes(), "Upload refused: vol.nii [sizeof_hdr]: not a NIfTI image"),
+    ],
+)
+def test_wrong_uploads_get_a_clear_message(fake, name, data, message):
+    at = _mode(_app(), "Uploaded image")
+    fake.calls.clear()
+    _upload(at, name, data)
+    assert at.error[0].value.startswith(message)
+    assert not [c for c in fake.calls if c[0] in ("read_image", "search_image")]
+
+
+def test_too_large_upload_is_refused(fake, monkeypatch):
+    monkeypatch.setenv("MEDVL_VIEWER_MAX_UPLOAD_MB", "0.01")
+    at = _upload(_app(), "ct.dcm", CT_FILE.read_bytes())
+    assert "file is too large" in at.error[0].value and "at most 0 MiB" in at.error[0].value
+
+
+def test_unreadable_dicom_gets_a_clear_message(fake):
+    truncated = CT_FILE.read_bytes()[:2000]  # DICM magic intact, pixel data cut off
+    at = _upload(_app(), "cut.dcm", truncated)
+    assert at.error[0].value.startswith("Cannot read the uploaded file:")
+    assert "upload.dcm" in at.error[0].value
