@@ -1,0 +1,210 @@
+"""MONAI convolutional and transformer image encoders (2D, and 3D with ``spatial_dims=3``).
+
+Each encoder wraps a MONAI network, runs it up to its last feature map and returns
+the map's cells as local tokens (row-major) and their mean as the global feature.
+MONAI is imported inside the builders because importing it costs seconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from medvl.config import from_dict
+from medvl.errors import ConfigError, ModelError
+from medvl.models.config import ImageConfig
+from medvl.models.image_base import ImageEncoder, ImageFeatures
+from medvl.models.registry import IMAGE_ENCODERS
+
+_RESNET_LAYERS = {
+    "resnet10": ("basic", [1, 1, 1, 1]),
+    "resnet18": ("basic", [2, 2, 2, 2]),
+    "resnet34": ("basic", [3, 4, 6, 3]),
+    "resnet50": ("bottleneck", [3, 4, 6, 3]),
+}
+
+
+def _no_options(cfg: ImageConfig) -> None:
+    if cfg.options:
+        raise ConfigError(
+            f"encoder '{cfg.name}' takes no options", field="model.image.options",
+            expected="{}",
+        )
+
+
+class FeatureMapEncoder(ImageEncoder):
+    """An encoder whose ``features`` function yields a ``(B, C, *grid)`` feature map.
+
+    Args:
+        net: the wrapped network (its parameters are registered under ``net.``).
+        features: ``features(net, x) -> (B, C, *grid)``.
+        spatial_dims: 2 or 3.
+        in_channels: expected input channels.
+        out_dim: channels of the feature map.
+        min_size: the network's total stride (smallest input side).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        features: Callable[[nn.Module, torch.Tensor], torch.Tensor],
+        *,
+        spatial_dims: int,
+        in_channels: int,
+        out_dim: int,
+        min_size: int,
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self._features = features
+        self.spatial_dims = spatial_dims
+        self.in_channels = in_channels
+        self.out_dim = out_dim
+        self.min_size = min_size
+
+    def forward(self, x: torch.Tensor) -> ImageFeatures:
+        fmap = self._features(self.net, x)  # (B, C, *grid)
+        grid = tuple(fmap.shape[2:])
+        tokens = fmap.flatten(2).transpose(1, 2)  # (B, N, C), row-major over grid
+        return ImageFeatures(pooled=tokens.mean(dim=1), tokens=tokens, grid=grid)
+
+
+def _resnet_features(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    x = net.act(net.bn1(net.conv1(x)))
+    if not net.no_max_pool:
+        x = net.maxpool(x)
+    return net.layer4(net.layer3(net.layer2(net.layer1(x))))
+
+
+def build_resnet(cfg: ImageConfig, spatial_dims: int = 2) -> FeatureMapEncoder:
+    """A MONAI ResNet with an ImageNet-style stem (7x7 stride-2 conv, max-pool).
+
+    ``cfg.width`` is the first stage's channel count (64 in the paper); later stages
+    double it. MONAI's default stem has stride 1, which at 224 px would make the
+    first stage 16x more expensive than the usual ResNet, hence stride 2 here.
+    """
+    from monai.networks.nets import ResNet
+
+    _no_options(cfg)
+    block, layers = _RESNET_LAYERS[cfg.name.replace("3d", "")]
+    planes = [cfg.width, cfg.width * 2, cfg.width * 4, cfg.width * 8]
+    net = ResNet(
+        block=block, layers=layers, block_inplanes=planes, spatial_dims=spatial_dims,
+        n_input_channels=cfg.in_channels, conv1_t_size=7, conv1_t_stride=2,
+        feed_forward=False,
+    )
+    expansion = 4 if block == "bottleneck" else 1
+    return FeatureMapEncoder(
+        net, _resnet_features, spatial_dims=spatial_dims, in_channels=cfg.in_channels,
+        out_dim=planes[-1] * expansion, min_size=32,
+    )
+
+
+for _name in _RESNET_LAYERS:
+    IMAGE_ENCODERS.add(_name, build_resnet)
+
+
+def _densenet_features(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return torch.relu(net.features(x))
+
+
+@IMAGE_ENCODERS.register("densenet121")
+def build_densenet121(cfg: ImageConfig, spatial_dims: int = 2) -> FeatureMapEncoder:
+    """MONAI DenseNet-121 layout; ``cfg.width`` is ``init_features`` (64 in the paper)."""
+    from monai.networks.nets import DenseNet
+
+    _no_options(cfg)
+    growth = max(cfg.width // 2, 4)
+    net = DenseNet(
+        spatial_dims=spatial_dims, in_channels=cfg.in_channels, out_channels=1,
+        init_features=cfg.width, growth_rate=growth, block_config=(6, 12, 24, 16),
+    )
+    out_dim = net.class_layers.out.in_features
+    net.class_layers = nn.Identity()  # the classifier is not used; keep it out of the weights
+    return FeatureMapEncoder(
+        net, _densenet_features, spatial_dims=spatial_dims, in_channels=cfg.in_channels,
+        out_dim=out_dim, min_size=32,
+    )
+
+
+def _efficientnet_features(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    x = net._swish(net._bn0(net._conv_stem(x)))
+    x = net._blocks(x)
+    return net._swish(net._bn1(net._conv_head(x)))
+
+
+@IMAGE_ENCODERS.register("efficientnet-b0")
+def build_efficientnet_b0(cfg: ImageConfig, spatial_dims: int = 2) -> FeatureMapEncoder:
+    """MONAI EfficientNet-B0 (the classifier is dropped; see ``medvl.models.pretrained``)."""
+    from monai.networks.nets import EfficientNetBN
+
+    _no_options(cfg)
+    net = EfficientNetBN(
+        "efficientnet-b0", pretrained=False, spatial_dims=spatial_dims,
+        in_channels=cfg.in_channels, num_classes=1000,
+    )
+    out_dim = net._fc.in_features
+    enc = FeatureMapEncoder(
+        net, _efficientnet_features, spatial_dims=spatial_dims,
+        in_channels=cfg.in_channels, out_dim=out_dim, min_size=32,
+    )
+    net._fc = nn.Identity()
+    return enc
+
+
+def build_image_encoder(cfg: ImageConfig, *, load_pretrained: bool = True) -> ImageEncoder:
+    """Build the image tower named by ``cfg.name`` (including slice pooling for volumes).
+
+    Args:
+        cfg: the image section.
+        load_pretrained: read ``cfg.pretrained``; False when the weights will be
+            overwritten anyway (loading a saved model directory).
+
+    Raises:
+        ConfigError: unknown name or options.
+        ModelError: pretrained weights that do not fit.
+    """
+    from medvl.models.registry import ensure_loaded
+
+    ensure_loaded()
+    builder = IMAGE_ENCODERS.get(cfg.name, field="model.image.name")
+    enc = builder(cfg)
+    if cfg.pretrained and load_pretrained:
+        from medvl.models.pretrained import load_image_weights
+
+        load_image_weights(enc, cfg)
+    return _wrap_volume(enc, cfg)
+
+
+def _wrap_volume(enc: ImageEncoder, cfg: ImageConfig) -> ImageEncoder:
+    if cfg.volume == "slices":
+        if enc.spatial_dims != 2:
+            raise ConfigError(
+                f"slice pooling needs a 2D encoder, '{cfg.name}' is 3D",
+                field="model.image.volume", expected="'native' for 3D encoders",
+            )
+        from medvl.models.image3d import SlicePoolingEncoder
+
+        return SlicePoolingEncoder(enc, cfg)
+    if cfg.volume == "native" and enc.spatial_dims != 3:
+        raise ConfigError(
+            f"'{cfg.name}' is a 2D encoder", field="model.image.volume",
+            expected="'slices' for 2D encoders, or a 3D encoder such as resnet3d",
+        )
+    if cfg.volume == "none" and enc.spatial_dims == 3:
+        raise ConfigError(
+            f"'{cfg.name}' is a 3D encoder", field="model.image.volume",
+            expected="'native'",
+        )
+    return enc
+
+
+def parse_options(cls: type, cfg: ImageConfig) -> Any:
+    """Validate ``cfg.options`` into an encoder's own options dataclass."""
+    return from_dict(cls, cfg.options, where="model.image.options")
+
+
+__all__ = ["FeatureMapEncoder", "build_image_encoder", "build_resnet", "parse_options", "ModelError"]

@@ -1,0 +1,179 @@
+"""The dual encoder: an image tower, a text tower, projection heads and a temperature."""
+
+from __future__ import annotations
+
+import math
+from os import PathLike
+from typing import Any
+
+import torch
+from torch import nn
+
+from medvl.config import from_dict, to_dict
+from medvl.errors import ModelError
+from medvl.models.config import ModelConfig
+from medvl.models.heads import build_head
+from medvl.models.outputs import EncoderOutput
+
+
+class MedVLModel(nn.Module):
+    """Image and report encoders projected into one embedding space.
+
+    Build one with :func:`medvl.models.build_model` (from a config section) or
+    :meth:`from_pretrained` (from a saved directory).
+
+    Args:
+        cfg: the validated model section.
+        load_pretrained: initialise towers from their configured weights (MiniLM,
+            local weight files); False when a saved state dict will be loaded over them.
+        saved_text: architecture of a saved text tower (``config.json``), so loading
+            a model directory needs neither the original weights nor the network.
+
+    Attributes:
+        config: the model section as a plain dict (``to_dict`` of :class:`ModelConfig`).
+        logit_scale: log of the inverse temperature (init ``log(1/0.07)``); users
+            clamp ``logit_scale.exp()`` at 100.
+    """
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        *,
+        load_pretrained: bool = True,
+        saved_text: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        from medvl.models.image2d import build_image_encoder
+        from medvl.models.registry import TEXT_ENCODERS, ensure_loaded
+
+        ensure_loaded()
+        self.cfg = cfg
+        self.image_encoder = build_image_encoder(cfg.image, load_pretrained=load_pretrained)
+        text_builder = TEXT_ENCODERS.get(cfg.text.name, field="model.text.name")
+        self.text_encoder = text_builder(cfg.text, saved=saved_text)
+        d = cfg.embed_dim
+        self.image_head = build_head(cfg.head, self.image_encoder.out_dim, d)
+        self.image_local_head = build_head(cfg.head, self.image_encoder.out_dim, d)
+        self.text_head = build_head(cfg.head, self.text_encoder.out_dim, d)
+        self.text_local_head = build_head(cfg.head, self.text_encoder.out_dim, d)
+        self.logit_scale = nn.Parameter(
+            torch.tensor(math.log(cfg.logit_scale_init)), requires_grad=cfg.learn_logit_scale
+        )
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The model section as a plain dict."""
+        return to_dict(self.cfg)
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the model's parameters."""
+        return self.logit_scale.device
+
+    # -- text ---------------------------------------------------------------------
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """Tokenise reports: ``input_ids``, ``attention_mask``, ``word_ids`` (CPU tensors).
+
+        Raises:
+            ReportError: an empty report, or one over ``max_length`` tokens when
+                ``model.text.truncation`` is ``error`` (by default it is truncated).
+        """
+        return self.text_encoder.tokenize(texts)
+
+    def encode_text(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kw: Any
+    ) -> EncoderOutput:
+        """Encode tokenised reports.
+
+        Args:
+            input_ids: ``(B, L)``.
+            attention_mask: ``(B, L)``.
+            **kw: ``word_ids`` from :meth:`tokenize` (recommended: exact word
+                boundaries) and ``token_type_ids``; other keys are ignored.
+
+        Returns:
+            ``embeds (B, D)``, ``local_embeds (B, W, D)`` per word, ``local_mask
+            (B, W)``, ``words``, ``attention (B, W)`` or None; ``grid`` is None.
+        """
+        extra = {k: kw[k] for k in ("word_ids", "token_type_ids") if kw.get(k) is not None}
+        feats = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask, **extra)
+        return EncoderOutput(
+            embeds=self.text_head(feats.pooled),
+            local_embeds=self.text_local_head(feats.tokens),
+            local_mask=feats.mask,
+            grid=None,
+            attention=feats.attention,
+            words=feats.words,
+        )
+
+    def embed_texts(self, texts: list[str]) -> EncoderOutput:
+        """Tokenise and encode reports on the model's device."""
+        tokens = self.tokenize(texts)
+        tokens = {k: v.to(self.device) for k, v in tokens.items()}
+        return self.encode_text(**tokens)
+
+    # -- image --------------------------------------------------------------------
+    def encode_image(self, image: torch.Tensor) -> EncoderOutput:
+        """Encode a batch of images ``(B, C, H, W)`` or volumes ``(B, C, D, H, W)``.
+
+        Raises:
+            ModelError: wrong number of dims or channels, a volume given to a 2D-only
+                tower, or an image smaller than the encoder's stride.
+        """
+        self.image_encoder.check_input(image)
+        feats = self.image_encoder(image)
+        mask = feats.mask
+        if mask is None:
+            mask = torch.ones(feats.tokens.shape[:2], dtype=torch.bool, device=feats.tokens.device)
+        return EncoderOutput(
+            embeds=self.image_head(feats.pooled),
+            local_embeds=self.image_local_head(feats.tokens),
+            local_mask=mask,
+            grid=feats.grid,
+            attention=feats.attention,
+        )
+
+    def forward(self, image: torch.Tensor, **tokens: torch.Tensor) -> tuple[EncoderOutput, EncoderOutput]:
+        """Encode an image batch and its tokenised reports (for DDP wrappers)."""
+        return self.encode_image(image), self.encode_text(**tokens)
+
+    # -- persistence ----------------------------------------------------------------
+    def save_pretrained(self, directory: str | PathLike[str], *, card: dict[str, Any] | None = None) -> None:
+        """Write ``config.json``, ``model.safetensors``, tokenizer files and ``README.md``.
+
+        Args:
+            directory: target folder (created; files are replaced atomically).
+            card: extra model-card fields (``training_data``, ``metrics``, ...).
+        """
+        from medvl.models.saving import save_model
+
+        save_model(self, directory, card=card)
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | PathLike[str], *, map_location: str | torch.device = "cpu"
+    ) -> MedVLModel:
+        """Load a directory written by :meth:`save_pretrained`, with no network.
+
+        Raises:
+            CheckpointError: missing files, or weights that do not match the config.
+        """
+        from medvl.models.saving import load_model
+
+        return load_model(cls, directory, map_location=map_location)
+
+
+def build_model(model_cfg: dict[str, Any] | ModelConfig | None) -> MedVLModel:
+    """Build a :class:`MedVLModel` from the ``model:`` config section.
+
+    Raises:
+        ConfigError: an invalid section (names the dotted key).
+        ModelError: configured weights or tokenizer that cannot be loaded.
+    """
+    cfg = model_cfg if isinstance(model_cfg, ModelConfig) else from_dict(
+        ModelConfig, model_cfg, where="model"
+    )
+    return MedVLModel(cfg)
+
+
+__all__ = ["MedVLModel", "build_model", "ModelError"]
