@@ -1,0 +1,124 @@
+"""Worker for test_losses_distributed.py, launched by ``torch.distributed.run``.
+
+Each case builds the same global batch on every rank (fixed seed), pushes it
+through a tiny shared projection model, and computes the alignment loss twice:
+
+* ``ref``: before any process group exists, on the whole batch in one process;
+* ``dist``: under gloo with this rank's slice only, the model wrapped in DDP (which
+  averages parameter gradients over ranks) and loss parameters averaged with
+  :func:`medvl.losses.distributed.average_gradients`.
+
+Both results are saved to ``<out>/rank<r>.pt`` for the test to compare. Ranks hold
+unequal slices on purpose (3 and 5 samples), as a smaller last batch would.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from medvl.losses import build_loss
+from medvl.losses.distributed import average_gradients
+from medvl.models.outputs import EncoderOutput
+
+B, D_IN, D, K, N, T = 8, 6, 4, 3, 5, 4
+SPLITS = (3, 5)
+
+CASES: dict[str, dict] = {
+    "full": {"terms": {"instance": {}}},
+    "local": {"terms": {"instance": {"local_loss": True, "image_to_text_weight": 0.75,
+                                     "text_to_image_weight": 0.25}}},
+    "soft": {"terms": {"instance": {"soft_targets": True, "label_smoothing": 0.1,
+                                    "label_temperature": 0.5}}},
+}
+EXTRA_CASES: dict[str, dict] = {
+    "all_terms": {"terms": {
+        "instance": {"local_loss": True},
+        "token": {"weight": 0.5},
+        "prototype": {"weight": 0.5, "num_prototypes": 7, "freeze_epochs": 0},
+    }},
+}
+
+
+class Towers(nn.Module):
+    """Linear global and local projections standing in for the two encoders."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.img = nn.Linear(D_IN, D)
+        self.txt = nn.Linear(D_IN, D)
+        self.logit_scale = nn.Parameter(torch.tensor(2.0))
+
+    def forward(self, xi, xt, li, lt, mi, mt, ai, at):
+        image = EncoderOutput(self.img(xi), self.img(li), mi, (N,), ai)
+        text = EncoderOutput(self.txt(xt), self.txt(lt), mt, None, at)
+        return image, text
+
+
+def make_batch() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1234)
+    labels = torch.randint(-1, 2, (B, K), generator=g).double()
+    labels[torch.rand(B, K, generator=g) < 0.3] = float("nan")
+    labels[:2] = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)  # two identical reports
+    mt = torch.ones(B, T, dtype=torch.bool)
+    mt[::3, -1] = False  # some padded words
+    return {
+        "xi": torch.randn(B, D_IN, generator=g, dtype=torch.float64),
+        "xt": torch.randn(B, D_IN, generator=g, dtype=torch.float64),
+        "li": torch.randn(B, N, D_IN, generator=g, dtype=torch.float64),
+        "lt": torch.randn(B, T, D_IN, generator=g, dtype=torch.float64),
+        "mi": torch.ones(B, N, dtype=torch.bool),
+        "mt": mt,
+        "ai": torch.rand(B, N, generator=g, dtype=torch.float64),
+        "at": torch.rand(B, T, generator=g, dtype=torch.float64),
+        "labels": labels,
+    }
+
+
+def run(model: nn.Module, loss: nn.Module, batch: dict, rows: slice, *, ddp: bool) -> dict:
+    part = {k: v[rows] for k, v in batch.items()}
+    net = nn.parallel.DistributedDataParallel(model) if ddp else model
+    image, text = net(part["xi"], part["xt"], part["li"], part["lt"], part["mi"], part["mt"],
+                      part["ai"], part["at"])
+    out = loss(image, text, logit_scale=model.logit_scale, labels=part["labels"], epoch=1)
+    out["loss"].backward()
+    if ddp:
+        average_gradients(loss.parameters())
+    grads = {f"model.{n}": p.grad.clone() for n, p in model.named_parameters()}
+    grads.update({f"loss.{n}": p.grad.clone() for n, p in loss.named_parameters() if p.grad is not None})
+    return {"values": {k: v.detach().clone() for k, v in out.items()}, "grads": grads}
+
+
+def main(out_dir: str, cases: dict[str, dict]) -> None:
+    torch.manual_seed(0)
+    batch = make_batch()
+    models, losses, results = {}, {}, {}
+    for name, cfg in cases.items():
+        torch.manual_seed(0)
+        model = Towers().double()
+        loss = build_loss(cfg, embed_dim=D).double()
+        models[name], losses[name] = model, loss
+        ref_model, ref_loss = copy.deepcopy(model), copy.deepcopy(loss)
+        results[name] = {"ref": run(ref_model, ref_loss, batch, slice(0, B), ddp=False)}
+
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    start = sum(SPLITS[:rank])
+    rows = slice(start, start + SPLITS[rank])
+    for name in cases:
+        results[name]["dist"] = run(models[name], losses[name], batch, rows, ddp=True)
+    torch.save({"rank": rank, "world": dist.get_world_size(), "results": results},
+               os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    chosen = dict(CASES)
+    if "--all-terms" in sys.argv:
+        chosen.update(EXTRA_CASES)
+    main(sys.argv[1], chosen)
