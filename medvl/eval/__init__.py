@@ -1,0 +1,39 @@
+"""medvl.eval: zero-shot classification, retrieval, grounding and linear probe.
+
+Public API (imported lazily so ``import medvl.eval`` stays cheap):
+
+* :func:`evaluate` (``medvl.eval.runner``): run tasks on a split, write ``results.json``,
+  ``results.md`` and plots.
+* :mod:`medvl.eval.metrics`: pure metric functions (AUROC, bootstrap CIs, ranks, R@K, P@K).
+* :func:`phrase_heatmap` (``medvl.eval.grounding``): the heatmap of a phrase over an image.
+* :func:`load_prompt_set` (``medvl.eval.prompts``): prompt sets kept as YAML data.
+* :class:`EvalConfig` (``medvl.eval.config``): the ``eval`` config section.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "evaluate": "medvl.eval.runner",
+    "EvalConfig": "medvl.eval.config",
+    "phrase_heatmap": "medvl.eval.grounding",
+    "pointing_game": "medvl.eval.grounding",
+    "mask_iou": "medvl.eval.grounding",
+    "load_prompt_set": "medvl.eval.prompts",
+    "zeroshot_scores": "medvl.eval.zeroshot",
+    "evaluate_retrieval": "medvl.eval.retrieval",
+    "linear_probe": "medvl.eval.probe",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'medvl.eval' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,162 @@
+"""Frozen embeddings of a manifest split, computed once and shared by every task.
+
+Evaluation and the case index both need the unit-normalised global image and report
+embeddings of a split; this module runs the model over the data room's batches
+(``medvl.data.build_dataloader``) and gathers them into numpy arrays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medvl.errors import ModelError
+
+
+@dataclass
+class Embeddings:
+    """Global embeddings of one split, in dataset order.
+
+    Attributes:
+        image: ``(N, D)`` float32, unit norm.
+        text: ``(N, D)`` float32, unit norm (empty ``(N, 0)`` when texts were not embedded).
+        texts: the prepared report texts.
+        labels: ``(N, K)`` float32 over ``finding_names()`` order (1, 0, -1, NaN).
+        study_ids: study id per row.
+        skipped: studies the dataset could not read (``{"study_id", "path", "error"}``).
+    """
+
+    image: np.ndarray
+    text: np.ndarray
+    texts: list[str]
+    labels: np.ndarray
+    study_ids: list[str]
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.study_ids)
+
+
+def model_device(model: Any) -> Any:
+    """The device of the model's first parameter (CPU for a parameter-less fake)."""
+    import torch
+
+    try:
+        return next(model.parameters()).device
+    except (StopIteration, AttributeError):
+        return torch.device("cpu")
+
+
+def _unit(x: Any) -> np.ndarray:
+    import torch
+
+    t = x.detach().float()
+    t = torch.nn.functional.normalize(t, dim=-1)
+    return t.cpu().numpy().astype(np.float32)
+
+
+def embed_images(model: Any, image: Any) -> np.ndarray:
+    """Unit-norm global embeddings ``(B, D)`` of an image batch tensor."""
+    import torch
+
+    with torch.inference_mode():
+        out = model.encode_image(image.to(model_device(model)))
+    if out.embeds.ndim != 2:
+        raise ModelError(
+            f"encode_image returned embeds of shape {tuple(out.embeds.shape)}", field="embeds", expected="(B, D)"
+        )
+    return _unit(out.embeds)
+
+
+def embed_texts(model: Any, texts: list[str], batch_size: int = 64) -> np.ndarray:
+    """Unit-norm global embeddings ``(N, D)`` of texts, in batches."""
+    import torch
+
+    if not texts:
+        return np.zeros((0, 0), dtype=np.float32)
+    parts = []
+    with torch.inference_mode():
+        for lo in range(0, len(texts), batch_size):
+            out = model.embed_texts(list(texts[lo : lo + batch_size]))
+            parts.append(_unit(out.embeds))
+    return np.concatenate(parts, axis=0)
+
+
+def split_batches(
+    data_cfg: dict[str, Any] | None, manifest_path: str | Path, split: str | None
+) -> tuple[Iterable[dict[str, Any]], Any]:
+    """The data room's loader for one split (``None``: every split in turn), unshuffled.
+
+    Returns:
+        ``(batches, datasets)``: an iterable of batches and the list of datasets behind
+        it (for their ``skipped`` records).
+    """
+    from medvl.data import build_dataloader
+
+    cfg = dict(data_cfg or {})
+    splits = [split] if split is not None else ["train", "val", "test"]
+    loaders = [build_dataloader(cfg, manifest_path, s, shuffle=False) for s in splits]
+
+    def _iter() -> Iterator[dict[str, Any]]:
+        for loader in loaders:
+            yield from loader
+
+    return _iter(), [getattr(ld, "dataset", None) for ld in loaders]
+
+
+def embed_batches(
+    model: Any,
+    batches: Iterable[dict[str, Any]],
+    *,
+    with_text: bool = True,
+    progress: bool = False,
+    desc: str = "embedding",
+    total: int | None = None,
+) -> Embeddings:
+    """Run the model over batches (``image``, ``text``, ``labels``, ``study_id``) and gather.
+
+    Empty batches (every study unreadable) are skipped, as the contract allows.
+    """
+    images, texts_emb, texts, labels, ids = [], [], [], [], []
+    it = batches
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(batches, desc=desc, total=total, unit="batch")
+    for batch in it:
+        sid = list(batch.get("study_id") or [])
+        if not sid:
+            continue
+        images.append(embed_images(model, batch["image"]))
+        if with_text:
+            texts_emb.append(embed_texts(model, list(batch["text"])))
+        texts.extend(batch["text"])
+        lab = batch["labels"]
+        labels.append(lab.detach().cpu().numpy().astype(np.float32) if hasattr(lab, "detach") else np.asarray(lab, np.float32))
+        ids.extend(sid)
+    if not ids:
+        return Embeddings(np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32), [], np.zeros((0, 0), np.float32), [])
+    image = np.concatenate(images)
+    text = np.concatenate(texts_emb) if with_text else np.zeros((len(ids), 0), np.float32)
+    return Embeddings(image, text, texts, np.concatenate(labels), ids)
+
+
+def embed_split(
+    model: Any,
+    manifest_path: str | Path,
+    split: str | None,
+    data_cfg: dict[str, Any] | None = None,
+    *,
+    with_text: bool = True,
+    progress: bool = False,
+) -> Embeddings:
+    """Embeddings of one split of a manifest through the data room's loader."""
+    batches, datasets = split_batches(data_cfg, manifest_path, split)
+    emb = embed_batches(model, batches, with_text=with_text, progress=progress, desc=f"embedding {split or 'all'}")
+    for ds in datasets:
+        emb.skipped.extend(list(getattr(ds, "skipped", []) or []))
+    return emb

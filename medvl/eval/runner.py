@@ -1,0 +1,184 @@
+"""``evaluate``: run the chosen tasks on one split and write ``results.json``, tables and plots."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medvl.atomic import write_text_atomic
+from medvl.config import from_dict, to_dict
+from medvl.errors import ConfigError, ManifestError
+from medvl.eval.config import EvalConfig
+from medvl.eval.embed import Embeddings, embed_split, embed_texts
+from medvl.findings import finding_names
+
+
+def model_logit_scale(model: Any) -> float:
+    """``exp(model.logit_scale)`` clamped at 100 (the contract), 100 when the model has none."""
+    ls = getattr(model, "logit_scale", None)
+    if ls is None:
+        return 100.0
+    return float(min(math.exp(float(ls.detach().cpu().reshape(-1)[0])), 100.0))
+
+
+def _jsonable(obj: Any) -> Any:
+    """Replace numpy scalars and NaN (not valid JSON) so results.json is strict JSON."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, (np.floating, float)):
+        v = float(obj)
+        return None if math.isnan(v) or math.isinf(v) else v
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def _modality(manifest_path: str | Path, study_ids: list[str]) -> str:
+    from medvl.data.manifest import read_manifest
+
+    ids = set(study_ids)
+    counts = Counter(r.modality for r in read_manifest(manifest_path) if r.study_id in ids)
+    if not counts:
+        raise ManifestError("no evaluated study found in the manifest", path=manifest_path)
+    return counts.most_common(1)[0][0]
+
+
+def _zeroshot(model: Any, emb: Embeddings, manifest_path: str | Path, cfg: EvalConfig) -> dict[str, Any]:
+    from medvl.eval.prompts import load_prompt_set, prompt_set_for_modality
+    from medvl.eval.zeroshot import evaluate_zeroshot
+
+    ps = prompt_set_for_modality(_modality(manifest_path, emb.study_ids)) if cfg.prompts == "auto" else load_prompt_set(cfg.prompts)
+    pos = {f: embed_texts(model, p) for f, p in ps.positive.items()}
+    neg = {f: embed_texts(model, p) for f, p in ps.negative.items()}
+    res = evaluate_zeroshot(
+        emb.image, emb.labels, finding_names(), pos, neg,
+        logit_scale=model_logit_scale(model), scoring=cfg.scoring, ensemble=cfg.ensemble,
+        n_bootstrap=cfg.n_bootstrap, seed=cfg.seed, multiclass=cfg.multiclass,
+        multiclass_per_class=cfg.multiclass_per_class,
+    )
+    res["prompt_set"] = ps.name
+    return res
+
+
+def evaluate(
+    model: Any,
+    manifest_path: str | Path,
+    *,
+    tasks: list[str] | tuple[str, ...] | str,
+    out_dir: str | Path,
+    data_cfg: dict[str, Any] | None = None,
+    split: str = "test",
+    config: EvalConfig | dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Evaluate a model on one split of a manifest and write the report.
+
+    Args:
+        model: a ``MedVLModel`` (or anything with ``encode_image`` / ``embed_texts``).
+        manifest_path: the manifest (JSONL).
+        tasks: some of ``zeroshot``, ``retrieval``, ``grounding``, ``probe`` (list or
+            comma-separated string).
+        out_dir: where ``results.json``, ``results.md`` and the plots go.
+        data_cfg: the ``data`` section used to build the loader (as in training).
+        split: the split evaluated; the probe trains on ``train`` and the hubness
+            query bank comes from ``train`` when it has studies.
+        config: the ``eval`` section (dataclass or mapping); ``tasks`` overrides its tasks.
+
+    Returns:
+        the results as written to ``results.json``.
+
+    Raises:
+        ConfigError: unknown task or bad eval setting.
+        ManifestError: the split has no readable study.
+    """
+    if isinstance(tasks, str):
+        tasks = [t.strip() for t in tasks.split(",") if t.strip()]
+    cfg = config if isinstance(config, EvalConfig) else from_dict(EvalConfig, dict(config or {}), where="eval")
+    cfg.tasks = list(tasks)
+    cfg.validate()
+    if not cfg.tasks:
+        raise ConfigError("no task given", field="eval.tasks", expected="some of zeroshot,retrieval,grounding,probe")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if hasattr(model, "eval"):
+        model.eval()
+
+    need_text = "retrieval" in cfg.tasks
+    emb = embed_split(model, manifest_path, split, data_cfg, with_text=need_text, progress=cfg.progress)
+    if len(emb) == 0:
+        raise ManifestError(f"split {split!r} has no readable study", path=manifest_path, field="split")
+    results: dict[str, Any] = {
+        "split": split,
+        "n_studies": len(emb),
+        "tasks": cfg.tasks,
+        "skipped": emb.skipped,
+        "config": to_dict(cfg),
+    }
+    train_emb: Embeddings | None = None
+    if "probe" in cfg.tasks or ("retrieval" in cfg.tasks and cfg.hubness != "none" and split != "train"):
+        train_emb = embed_split(model, manifest_path, "train", data_cfg, with_text=need_text, progress=cfg.progress)
+        if len(train_emb) == 0:
+            train_emb = None
+
+    plots: dict[str, str] = {}
+    zs_scores = None
+    if "zeroshot" in cfg.tasks:
+        zs = _zeroshot(model, emb, manifest_path, cfg)
+        zs_scores = zs.pop("scores")
+        results["zeroshot"] = zs
+    if "retrieval" in cfg.tasks:
+        from medvl.eval.retrieval import evaluate_retrieval
+
+        results["retrieval"] = evaluate_retrieval(
+            emb.image, emb.text, emb.texts, emb.labels, ks=cfg.retrieval_ks, hubness=cfg.hubness,
+            hubness_beta=cfg.hubness_beta,
+            bank_image=train_emb.image if train_emb is not None else None,
+            bank_text=train_emb.text if train_emb is not None and train_emb.text.size else None,
+        )
+    if "probe" in cfg.tasks:
+        from medvl.eval.probe import linear_probe
+
+        if train_emb is None:
+            results["probe"] = {"error": "the train split has no readable study", "fractions": {}}
+        else:
+            results["probe"] = {
+                "n_train_studies": len(train_emb),
+                "fractions": linear_probe(
+                    train_emb.image, train_emb.labels, emb.image, emb.labels, finding_names(),
+                    fractions=cfg.probe_fractions, seed=cfg.seed, max_iter=cfg.probe_max_iter,
+                ),
+            }
+    if "grounding" in cfg.tasks:
+        from medvl.eval.grounding import evaluate_grounding
+
+        results["grounding"] = evaluate_grounding(
+            model, manifest_path, split, data_cfg, threshold=cfg.grounding_threshold, out_dir=out if cfg.plots else None
+        )
+
+    if cfg.plots:
+        from medvl.eval.plots import plot_recall_curves, plot_roc
+
+        if zs_scores is not None:
+            names = results["zeroshot"]["findings"]
+            cols = [finding_names().index(f) for f in names]
+            p = plot_roc(emb.labels[:, cols], zs_scores, names, out / "roc_zeroshot.png", "zero-shot ROC")
+            if p:
+                plots["roc_zeroshot"] = p.name
+        if "retrieval" in results:
+            plots["recall_at_k"] = plot_recall_curves(results["retrieval"], out / "recall_at_k.png").name
+    results["plots"] = plots
+
+    from medvl.eval.plots import write_report
+
+    clean = _jsonable(results)
+    write_text_atomic(out / "results.json", json.dumps(clean, indent=2, allow_nan=False))
+    write_report(clean, out)
+    return clean

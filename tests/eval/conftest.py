@@ -1,0 +1,31 @@
+"""Fixtures of the eval tests: a manifest of fake studies and a fake data loader."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+# The fakes module sits next to this file; make it importable whatever pytest's import mode.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from medvl.data.manifest import write_manifest  # noqa: E402
+from medvl_fakes import batches_for, make_rows  # noqa: E402
+
+
+@pytest.fixture
+def fake_corpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A manifest (80 train, 60 test fake studies) whose batches come from the fake loader."""
+    rows = make_rows(80, seed=1, split="train", prefix="tr") + make_rows(60, seed=2, split="test", prefix="te")
+    manifest = tmp_path / "manifest.jsonl"
+    write_manifest(manifest, rows)
+
+    def fake_split_batches(data_cfg, manifest_path, split):  # noqa: ANN001, ARG001
+        chosen = [r for r in rows if split is None or r["split"] == split]
+        return iter(batches_for(chosen, batch_size=16)), []
+
+    import medvl.eval.embed as embed
+
+    monkeypatch.setattr(embed, "split_batches", fake_split_batches)
+    return manifest
