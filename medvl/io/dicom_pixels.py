@@ -1,0 +1,279 @@
+"""Low-level DICOM steps: open a file, check its pixel module, decode, modality LUT.
+
+Each function turns library exceptions into medvl errors that name the file and
+what was wrong, so callers (the single-file reader, the series reader, datasets
+that skip bad studies) never see a raw ``KeyError`` from inside pydicom.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from medvl.errors import ImageReadError, MissingDecoderError
+from medvl.io.image import VoiLut
+
+PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+# Transfer syntax UID prefix -> the pip packages that decode it (pydicom's pylibjpeg plugins)
+_DECODER_PACKAGES: dict[str, str] = {
+    "1.2.840.10008.1.2.4.50": "pylibjpeg pylibjpeg-libjpeg",
+    "1.2.840.10008.1.2.4.51": "pylibjpeg pylibjpeg-libjpeg",
+    "1.2.840.10008.1.2.4.57": "pylibjpeg pylibjpeg-libjpeg",
+    "1.2.840.10008.1.2.4.70": "pylibjpeg pylibjpeg-libjpeg",
+    "1.2.840.10008.1.2.4.80": "pylibjpeg pylibjpeg-libjpeg",
+    "1.2.840.10008.1.2.4.81": "pylibjpeg pylibjpeg-libjpeg",
+    "1.2.840.10008.1.2.4.90": "pylibjpeg pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.4.91": "pylibjpeg pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.4.201": "pylibjpeg pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.4.202": "pylibjpeg pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.4.203": "pylibjpeg pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.5": "pylibjpeg pylibjpeg-rle",
+}
+
+
+def decoder_packages(transfer_syntax: str) -> str:
+    """The pip packages that decode ``transfer_syntax`` (``"pylibjpeg pylibjpeg-openjpeg"``...)."""
+    return _DECODER_PACKAGES.get(str(transfer_syntax), "pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg pylibjpeg-rle")
+
+
+def open_dicom(path: str | Path, *, stop_before_pixels: bool = False,
+               defer_size: int | None = None) -> Dataset:
+    """Read a DICOM file, with or without the 128-byte preamble.
+
+    Raises:
+        ImageReadError: missing file, not DICOM, or a header that cannot be parsed.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ImageReadError("file not found", path=p)
+    if p.stat().st_size == 0:
+        raise ImageReadError("file is empty", path=p, expected="a DICOM file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                return pydicom.dcmread(p, stop_before_pixels=stop_before_pixels,
+                                       defer_size=defer_size)
+            except InvalidDicomError:
+                # Files without the DICM preamble (older writers) are still DICOM;
+                # read them forced and accept only if they carry DICOM image tags.
+                ds = pydicom.dcmread(p, force=True, stop_before_pixels=stop_before_pixels,
+                                     defer_size=defer_size)
+                if not any(k in ds for k in ("SOPClassUID", "Rows", "Modality", *PIXEL_KEYWORDS)):
+                    raise InvalidDicomError("no DICOM elements")
+                if "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
+                    # pydicom sets encoding from what it found; record it for decoding
+                    ds.file_meta = getattr(ds, "file_meta", None) or pydicom.dataset.FileMetaDataset()
+                    ds.file_meta.TransferSyntaxUID = (
+                        pydicom.uid.ImplicitVRLittleEndian if ds.is_implicit_VR
+                        else pydicom.uid.ExplicitVRLittleEndian if ds.is_little_endian
+                        else pydicom.uid.ExplicitVRBigEndian
+                    )
+                return ds
+    except InvalidDicomError:
+        raise ImageReadError("not a DICOM file", path=p,
+                             expected="a DICOM Part 10 file (DICM preamble)") from None
+    except (EOFError, OSError) as exc:
+        raise ImageReadError(f"truncated or unreadable DICOM file ({exc})", path=p) from None
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on corrupt headers
+        raise ImageReadError(
+            f"corrupt DICOM header ({type(exc).__name__}: {exc})", path=p
+        ) from None
+
+
+def _int_tag(ds: Dataset, keyword: str, path: Path, *, required: bool = True) -> int | None:
+    if keyword not in ds or ds[keyword].value in (None, ""):
+        if required:
+            raise ImageReadError(f"missing {keyword}", path=path, field=keyword,
+                                 expected="a value in the Image Pixel module")
+        return None
+    try:
+        return int(ds[keyword].value)
+    except (TypeError, ValueError):
+        raise ImageReadError(f"invalid {keyword} {ds[keyword].value!r}", path=path,
+                             field=keyword, expected="an integer") from None
+
+
+def pixel_geometry(ds: Dataset, path: Path) -> tuple[int, int, int, int]:
+    """Check the Image Pixel module; return ``(rows, cols, frames, samples)``.
+
+    Raises:
+        ImageReadError: no pixel data, or a missing / invalid pixel module tag.
+    """
+    if not any(k in ds for k in PIXEL_KEYWORDS):
+        raise ImageReadError("no pixel data in file", path=path, field="PixelData",
+                             expected="an image object (CT, MR, CR, DX, ...)")
+    rows = _int_tag(ds, "Rows", path)
+    cols = _int_tag(ds, "Columns", path)
+    _int_tag(ds, "BitsAllocated", path)
+    if "PixelData" in ds:
+        _int_tag(ds, "BitsStored", path)
+        _int_tag(ds, "PixelRepresentation", path)
+    samples = _int_tag(ds, "SamplesPerPixel", path, required=False) or 1
+    frames = _int_tag(ds, "NumberOfFrames", path, required=False) or 1
+    if not rows or not cols or rows < 0 or cols < 0 or frames < 1:
+        raise ImageReadError(f"empty image ({rows} x {cols} x {frames} frames)", path=path,
+                             field="Rows", expected="positive Rows, Columns and NumberOfFrames")
+    if "PhotometricInterpretation" not in ds:
+        raise ImageReadError("missing PhotometricInterpretation", path=path,
+                             field="PhotometricInterpretation", expected="MONOCHROME1/2, RGB, ...")
+    return int(rows), int(cols), int(frames), int(samples)
+
+
+def check_size(n_values: int, max_voxels: int | None, path: Path, what: str) -> None:
+    """Refuse an image with more than ``max_voxels`` values, before decoding it."""
+    if max_voxels is not None and n_values > max_voxels:
+        raise ImageReadError(
+            f"image too large: {what} = {n_values:,} values, above the limit of "
+            f"{max_voxels:,} (option max_voxels)", path=path, field="Rows",
+            expected=f"at most {max_voxels:,} voxels",
+        )
+
+
+def transfer_syntax(ds: Dataset) -> str:
+    """The dataset's Transfer Syntax UID as a string ('' when unknown)."""
+    meta = getattr(ds, "file_meta", None)
+    return str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+
+
+def decode_pixels(ds: Dataset, path: Path) -> np.ndarray:
+    """Decode pixel data (all frames), converting YBR to RGB and palette colour to RGB.
+
+    Returns:
+        ``(frames?, rows, cols[, 3])`` array in stored values (colour as RGB).
+
+    Raises:
+        MissingDecoderError: compressed data with no installed decoder; names the package.
+        ImageReadError: truncated or corrupt pixel data.
+    """
+    ts = transfer_syntax(ds)
+    uid = pydicom.uid.UID(ts) if ts else None
+    if uid is not None and uid.is_compressed:
+        try:
+            decoder = pydicom.pixels.get_decoder(uid)
+        except NotImplementedError:
+            decoder = None
+        if decoder is None or not decoder.is_available:
+            raise MissingDecoderError(
+                f"no installed decoder for transfer syntax {uid.name} ({ts})", path=path,
+                field="TransferSyntaxUID", expected=f"pip install {decoder_packages(ts)}",
+            )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            arr = ds.pixel_array
+    except (RuntimeError, NotImplementedError) as exc:
+        text = str(exc)
+        if "missing" in text.lower() or "plugin" in text.lower() or "decoder" in text.lower():
+            raise MissingDecoderError(
+                f"pixel data cannot be decoded: {text.splitlines()[0]}", path=path,
+                field="TransferSyntaxUID", expected=f"pip install {decoder_packages(ts)}",
+            ) from None
+        raise ImageReadError(f"pixel data cannot be decoded ({text.splitlines()[0]})",
+                             path=path, field="PixelData") from None
+    except Exception as exc:  # noqa: BLE001 - decoders raise ValueError, KeyError, struct.error...
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ImageReadError(f"pixel data cannot be decoded: truncated or corrupt ({first})",
+                             path=path, field="PixelData") from None
+    pi = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    if pi == "PALETTE COLOR":
+        try:
+            arr = pydicom.pixels.apply_color_lut(arr, ds)
+        except Exception as exc:  # noqa: BLE001
+            raise ImageReadError(f"palette colour lookup failed ({exc})", path=path,
+                                 field="RedPaletteColorLookupTableData") from None
+    return arr
+
+
+def photometric(ds: Dataset) -> str:
+    """The photometric interpretation of decoded pixels (YBR and palette become RGB)."""
+    pi = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    if pi in ("MONOCHROME1", "MONOCHROME2"):
+        return pi
+    return "RGB"
+
+
+def rescale(arr: np.ndarray, slope: float, intercept: float) -> np.ndarray:
+    """Linear modality LUT in float32: ``stored * slope + intercept`` (PS3.3 C.11.1)."""
+    out = arr.astype(np.float32)
+    if slope != 1.0:
+        out *= np.float32(slope)
+    if intercept != 0.0:
+        out += np.float32(intercept)
+    return out
+
+
+def _float(value: Any, default: float) -> float:
+    try:
+        return float(value) if value not in (None, "") else default
+    except (TypeError, ValueError):
+        return default
+
+
+def rescale_of(item: Dataset | None) -> tuple[float, float] | None:
+    """``(slope, intercept)`` from a dataset or functional-group item, or None."""
+    if item is None or ("RescaleSlope" not in item and "RescaleIntercept" not in item):
+        return None
+    return _float(item.get("RescaleSlope"), 1.0), _float(item.get("RescaleIntercept"), 0.0)
+
+
+def modality_lut(arr: np.ndarray, ds: Dataset, rescale_pair: tuple[float, float] | None) -> np.ndarray:
+    """Apply the modality LUT: a LUT sequence, or a rescale, or nothing; float32 out.
+
+    Args:
+        arr: stored values of one or more frames of a grayscale image.
+        ds: the dataset (for a Modality LUT Sequence).
+        rescale_pair: ``(slope, intercept)`` for these frames, or None for identity.
+    """
+    if ds.get("ModalityLUTSequence"):
+        return pydicom.pixels.apply_modality_lut(arr, ds).astype(np.float32)
+    if rescale_pair is None:
+        return arr.astype(np.float32)
+    return rescale(arr, *rescale_pair)
+
+
+def _as_list(value: Any) -> list[float]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+        return [float(v) for v in value if v not in (None, "")]
+    return [float(value)]
+
+
+def windows_of(item: Dataset | None) -> list[tuple[float, float]]:
+    """Window ``(center, width)`` pairs stored in a dataset or functional-group item."""
+    if item is None:
+        return []
+    try:
+        centers = _as_list(item.get("WindowCenter"))
+        widths = _as_list(item.get("WindowWidth"))
+    except (TypeError, ValueError):
+        return []
+    return [(c, w) for c, w in zip(centers, widths) if w > 0]
+
+
+def voi_luts_of(ds: Dataset) -> list[VoiLut]:
+    """VOI LUT tables of a dataset, materialised with pydicom's own ``apply_voi``."""
+    out: list[VoiLut] = []
+    for index, item in enumerate(ds.get("VOILUTSequence") or []):
+        desc = item.get("LUTDescriptor")
+        if desc is None or item.get("LUTData") is None:
+            continue
+        n = int(desc[0]) or 2**16
+        first = int(desc[1])
+        # first-mapped may be stored unsigned although negative (US VR); PS3.3 C.11.2.1.1
+        if first >= 2**15 and ds.get("PixelRepresentation", 0) == 1:
+            first -= 2**16
+        probe = np.arange(first, first + n, dtype=np.int64)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            data = pydicom.pixels.apply_voi(probe, ds, index)
+        out.append(VoiLut(first, int(desc[2]), np.asarray(data), str(item.get("LUTExplanation", ""))))
+    return out

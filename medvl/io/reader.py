@@ -1,0 +1,130 @@
+"""``read_image``: the one entry point for every image format medvl reads."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from medvl.errors import ImageReadError
+from medvl.io.image import MedicalImage
+
+RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+#: default refusal threshold: 2**29 values = 2 GiB of float32
+DEFAULT_MAX_VOXELS = 2**29
+
+
+@dataclass
+class ReadOptions:
+    """Reader settings (the ``io`` options a data config may carry).
+
+    Attributes:
+        max_voxels: refuse images with more values than this, before decoding.
+        allow_nonuniform: resample uneven slice gaps instead of raising.
+        spacing_tolerance: allowed relative deviation of a slice gap from the median.
+        nonfinite: NIfTI NaN/inf voxels: ``"zero"`` (replace), ``"keep"`` or ``"error"``.
+        recursive: look for series files in sub-folders too.
+    """
+
+    max_voxels: int | None = DEFAULT_MAX_VOXELS
+    allow_nonuniform: bool = False
+    spacing_tolerance: float = 0.01
+    nonfinite: Literal["zero", "keep", "error"] = "zero"
+    recursive: bool = False
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """The options as keyword arguments for :func:`read_image`."""
+        return asdict(self)
+
+
+def _sniff(path: Path) -> str:
+    """Guess the format of a file with no telling suffix from its first bytes."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(352)
+    except OSError as exc:
+        raise ImageReadError(f"cannot open file ({exc})", path=path) from None
+    if head.startswith(b"\x89PNG") or head.startswith(b"\xff\xd8\xff"):
+        return "raster"
+    if head[344:348] in (b"n+1\x00", b"n+2\x00") or head[4:8] in (b"n+2\x00",) or head[:2] == b"\x1f\x8b":
+        return "nifti"
+    return "dicom"
+
+
+def image_format(path: str | Path) -> Literal["series", "nifti", "raster", "dicom"]:
+    """Which reader :func:`read_image` uses for ``path``."""
+    p = Path(path)
+    if p.is_dir():
+        return "series"
+    name = p.name.lower()
+    if name.endswith(NIFTI_SUFFIXES):
+        return "nifti"
+    if name.endswith(RASTER_SUFFIXES):
+        return "raster"
+    if name.endswith((".dcm", ".dicom", ".ima")):
+        return "dicom"
+    if not p.exists():
+        return "dicom"
+    return _sniff(p)  # type: ignore[return-value]
+
+
+def read_image(
+    path: str | Path,
+    *,
+    series_uid: str | None = None,
+    frame: int | None = None,
+    max_voxels: int | None = DEFAULT_MAX_VOXELS,
+    allow_nonuniform: bool = False,
+    spacing_tolerance: float = 0.01,
+    nonfinite: Literal["zero", "keep", "error"] = "zero",
+    recursive: bool = False,
+    modality: str | None = None,
+) -> MedicalImage:
+    """Read a DICOM file, a DICOM series folder, a NIfTI file or a PNG/JPEG picture.
+
+    The array is float32 in physical units (modality LUT applied: HU for CT). A 2D
+    image is ``(rows, cols)``; a volume is ``(x, y, z)`` in RAS+ with ``affine``, as
+    ``nibabel.as_closest_canonical`` gives. No display window is applied; use
+    :func:`medvl.io.to_display` or the steps in :mod:`medvl.io.intensity`.
+
+    Args:
+        path: file or directory.
+        series_uid: series to read from a folder holding several.
+        frame: one frame of a multi-frame DICOM or one volume of a 4D NIfTI.
+        max_voxels: refuse images with more values than this (None: no limit).
+        allow_nonuniform: resample uneven slice spacing instead of raising.
+        spacing_tolerance: allowed relative deviation of slice gaps.
+        nonfinite: NIfTI only: NaN/inf voxels become 0 (``"zero"``), stay (``"keep"``)
+            or raise (``"error"``); an all-NaN volume always raises.
+        recursive: series only, include sub-folders.
+        modality: for NIfTI/PNG/JPEG, which store none (default ``"OT"``).
+
+    Raises:
+        ImageReadError: (or its subclasses ``SeriesError``, ``MissingDecoderError``)
+            naming the file and what was wrong.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ImageReadError("file or directory not found", path=p)
+    kind = image_format(p)
+    if kind == "series":
+        from medvl.io.series import read_dicom_series
+
+        return read_dicom_series(p, series_uid=series_uid, max_voxels=max_voxels,
+                                 allow_nonuniform=allow_nonuniform,
+                                 spacing_tolerance=spacing_tolerance, recursive=recursive)
+    if kind == "nifti":
+        from medvl.io.nifti import read_nifti
+
+        return read_nifti(p, frame=frame, max_voxels=max_voxels, nonfinite=nonfinite,
+                          modality=modality or "OT")
+    if kind == "raster":
+        from medvl.io.raster import read_raster
+
+        return read_raster(p, max_voxels=max_voxels, modality=modality or "OT")
+    from medvl.io.dicom import read_dicom_file
+
+    return read_dicom_file(p, frame=frame, max_voxels=max_voxels, allow_nonuniform=allow_nonuniform,
+                           spacing_tolerance=spacing_tolerance)

@@ -1,0 +1,188 @@
+"""DICOM series reader: a directory of single-slice files -> one RAS+ volume.
+
+Files are grouped by SeriesInstanceUID; slices are ordered along the normal of
+ImageOrientationPatient by the projection of ImagePositionPatient (so oblique
+stacks work and InstanceNumber / file names are never trusted); the slice step
+comes from the positions, not from SliceThickness.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+
+from medvl.errors import ImageReadError, SeriesError
+from medvl.io import dicom_pixels as px
+from medvl.io.dicom import image_from_dataset, pixel_spacing_of, safe_tags
+from medvl.io.geometry import order_slices, orientations_match, resample_uniform, stack_affine_lps, to_canonical, voxel_sizes
+from medvl.io.image import MedicalImage
+
+
+def _list_files(directory: Path, recursive: bool) -> list[Path]:
+    pattern = directory.rglob("*") if recursive else directory.iterdir()
+    return sorted(p for p in pattern if p.is_file() and not p.name.startswith("."))
+
+
+def scan_series(directory: str | Path, *, recursive: bool = False) -> tuple[dict[str, list[tuple[Path, Dataset]]], int]:
+    """Read the headers of every DICOM image file in a directory, grouped by series.
+
+    Pixel data is deferred (read only when the slice is decoded), so a directory
+    is parsed once.
+
+    Returns:
+        ``({series_uid: [(path, dataset), ...]}, number of files skipped)``;
+        non-DICOM files and DICOM objects without pixel data are skipped.
+    """
+    d = Path(directory)
+    groups: dict[str, list[tuple[Path, Dataset]]] = defaultdict(list)
+    skipped = 0
+    for f in _list_files(d, recursive):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds = pydicom.dcmread(f, defer_size=1024)
+        except Exception:  # noqa: BLE001 - a non-DICOM file in a series folder is skipped
+            skipped += 1
+            continue
+        if not any(k in ds for k in px.PIXEL_KEYWORDS):
+            skipped += 1
+            continue
+        groups[str(ds.get("SeriesInstanceUID", "") or "")].append((f, ds))
+    return dict(groups), skipped
+
+
+def _describe(uid: str, items: list[tuple[Path, Dataset]]) -> str:
+    ds = items[0][1]
+    return (f"{uid or '<no SeriesInstanceUID>'} (series {ds.get('SeriesNumber', '?')}, "
+            f"{ds.get('Modality', '?')}, {len(items)} file(s))")
+
+
+def read_dicom_series(
+    directory: str | Path,
+    *,
+    series_uid: str | None = None,
+    max_voxels: int | None = None,
+    allow_nonuniform: bool = False,
+    spacing_tolerance: float = 0.01,
+    recursive: bool = False,
+) -> MedicalImage:
+    """Read a directory holding one DICOM series as a volume ``(x, y, z)`` in RAS+.
+
+    Args:
+        directory: folder of DICOM files (other files are ignored).
+        series_uid: which series to read when the folder holds several.
+        max_voxels: refuse volumes with more voxels than this, before decoding.
+        allow_nonuniform: resample uneven slice gaps (e.g. a missing slice) onto a
+            uniform grid at the median gap instead of raising.
+        spacing_tolerance: allowed relative deviation of a gap from the median.
+        recursive: also look in sub-folders.
+
+    Raises:
+        SeriesError: several series and no selector, mixed orientations or sizes,
+            duplicated or missing slice positions, missing geometry tags.
+        ImageReadError: a slice cannot be decoded (names the file).
+    """
+    d = Path(directory)
+    if not d.is_dir():
+        raise ImageReadError("directory not found", path=d)
+    groups, skipped = scan_series(d, recursive=recursive)
+    if not groups:
+        raise SeriesError("no DICOM image files in directory", path=d,
+                          expected="a folder holding one DICOM series")
+    if series_uid is not None:
+        if series_uid not in groups:
+            raise SeriesError(
+                f"series {series_uid} not in directory; found: "
+                + "; ".join(_describe(u, g) for u, g in groups.items()),
+                path=d, field="SeriesInstanceUID")
+        items = groups[series_uid]
+    elif len(groups) > 1:
+        raise SeriesError(
+            f"directory holds {len(groups)} series: "
+            + "; ".join(_describe(u, g) for u, g in sorted(groups.items())),
+            path=d, field="SeriesInstanceUID", expected="one series, or series_uid=<uid>")
+    else:
+        items = next(iter(groups.values()))
+    opts = dict(max_voxels=max_voxels, allow_nonuniform=allow_nonuniform, spacing_tolerance=spacing_tolerance)
+    if len(items) == 1:
+        f, ds = items[0]
+        return image_from_dataset(ds, f, **opts)
+    image = _assemble(d, items, **opts)
+    image.tags["skipped_files"] = skipped
+    return image
+
+
+def _check_same(d: Path, items: list[tuple[Path, Dataset]], keyword: str, values: list) -> None:
+    counts = Counter(values)
+    if len(counts) > 1:
+        (common, _), (other, _) = counts.most_common(2)
+        bad = next(f.name for (f, _), v in zip(items, values) if v == other)
+        raise SeriesError(
+            f"slices differ in {keyword}: {dict(counts)} (e.g. {bad} has {other}, most have {common})",
+            path=d, field=keyword, expected="the same value in every slice of a series")
+
+
+def _assemble(
+    d: Path, items: list[tuple[Path, Dataset]], *, max_voxels: int | None,
+    allow_nonuniform: bool, spacing_tolerance: float,
+) -> MedicalImage:
+    names = [f.name for f, _ in items]
+    for f, ds in items:
+        frames = int(ds.get("NumberOfFrames") or 1)
+        if frames > 1:
+            raise SeriesError(f"multi-frame file {f.name} in a multi-file series", path=d,
+                              field="NumberOfFrames", expected="single-frame slices, or read the file alone")
+        for kw in ("ImageOrientationPatient", "ImagePositionPatient"):
+            value = ds.get(kw)
+            if value is None or len(value) != (6 if kw == "ImageOrientationPatient" else 3):
+                raise SeriesError(f"slice {f.name} has no valid {kw}", path=d, field=kw,
+                                  expected="geometry tags in every slice")
+    geoms = [[float(v) for v in ds.ImageOrientationPatient] for _, ds in items]
+    first = geoms[0]
+    bad = [n for n, g in zip(names, geoms) if not orientations_match(g, first)]
+    if bad:
+        raise SeriesError(
+            f"mixed orientations in one series: {len(bad)} of {len(items)} slices "
+            f"(e.g. {bad[0]}) differ from {names[0]}", path=d, field="ImageOrientationPatient",
+            expected="one ImageOrientationPatient per series")
+    _check_same(d, items, "Rows", [int(ds.get("Rows") or 0) for _, ds in items])
+    _check_same(d, items, "Columns", [int(ds.get("Columns") or 0) for _, ds in items])
+    spacings = [pixel_spacing_of(ds)[0] for _, ds in items]
+    _check_same(d, items, "PixelSpacing", [tuple(round(v, 4) for v in s) for s in spacings])
+    positions = np.array([[float(v) for v in ds.ImagePositionPatient] for _, ds in items])
+    order = order_slices(first, positions, where=d, names=names,
+                         spacing_tolerance=spacing_tolerance, allow_nonuniform=allow_nonuniform)
+    f0, ds0 = items[int(order.order[0])]
+    rows, cols, _, samples = px.pixel_geometry(ds0, f0)
+    px.check_size(rows * cols * len(items) * samples, max_voxels, d, f"{rows}x{cols}x{len(items)} slices")
+    pi = px.photometric(ds0)
+    if pi == "RGB":
+        raise SeriesError("colour series cannot form a volume", path=d,
+                          field="PhotometricInterpretation", expected="MONOCHROME1 or MONOCHROME2")
+    stack = np.empty((len(items), rows, cols), dtype=np.float32)  # (k, row, col)
+    for k, idx in enumerate(order.order):
+        f, ds = items[int(idx)]
+        raw = px.decode_pixels(ds, f)
+        if raw.shape != (rows, cols):
+            raise SeriesError(f"slice {f.name} decodes to {raw.shape}", path=d, field="Rows",
+                              expected=f"({rows}, {cols})")
+        stack[k] = px.modality_lut(raw, ds, px.rescale_of(ds))
+    volume = stack.transpose(2, 1, 0)  # (i=col, j=row, k)
+    tags = safe_tags(ds0)
+    tags.update(n_slices=len(items), spacing_source=pixel_spacing_of(ds0)[1], geometry="series positions")
+    if not order.uniform:
+        volume, n_new = resample_uniform(volume, order.distances, float(np.median(np.diff(order.distances))))
+        tags.update(resampled=True, n_slices=n_new)
+    affine_lps = stack_affine_lps(first, order.positions[0], spacings[0], order.step)
+    array, affine = to_canonical(volume, affine_lps)
+    return MedicalImage(
+        array=array, spacing=voxel_sizes(affine), affine=affine,
+        modality=str(ds0.get("Modality") or "OT"), photometric_interpretation=pi,
+        windows=px.windows_of(ds0), tags=tags, path=d,
+        voi_function=str(ds0.get("VOILUTFunction") or "LINEAR").upper(), voi_luts=px.voi_luts_of(ds0),
+    )
