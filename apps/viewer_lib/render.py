@@ -150,7 +150,10 @@ def split_sentences(text: str) -> list[str]:
 
 
 def highlight_html(sentences: Sequence[str], scores: Sequence[float] | None, n_top: int = 2) -> str:
-    """Report text as HTML with the ``n_top`` best-scoring sentences in ``<mark>``.
+    """Report text as HTML with the best-scoring sentences in ``<mark>``.
+
+    At most ``n_top`` sentences are marked, and only those scoring above the report's
+    lowest-scoring sentence.
 
     Report text is escaped, so markup in a report can never inject into the page.
 
@@ -166,8 +169,12 @@ def highlight_html(sentences: Sequence[str], scores: Sequence[float] | None, n_t
     if scores is not None and len(scores) != len(sentences):
         raise ValueError(f"{len(sentences)} sentences but {len(scores)} scores")
     top: set[int] = set()
-    if scores is not None and n_top > 0:
-        top = set(np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")[:n_top].tolist())
+    if scores is not None and n_top > 0 and len(scores):
+        values = np.asarray(scores, dtype=np.float64)
+        # Only sentences that beat the report's weakest one: with equal scores there is
+        # no best match, and a two-sentence report gets one highlight, not two.
+        order = [int(i) for i in np.argsort(-values, kind="stable") if values[i] > values.min()]
+        top = set(order[:n_top])
     parts = []
     for i, sentence in enumerate(sentences):
         text = html.escape(sentence)

@@ -26,3 +26,11 @@ def clear_streamlit_caches():
     yield
     st.cache_resource.clear()
     st.cache_data.clear()
+
+
+@pytest.fixture
+def viewer_target():
+    """(script, app args, file to upload, text query) for the browser test."""
+    from viewer_fakes import CT_FILE
+
+    return HERE / "fake_viewer_app.py", ["--index", "unused", "--model", "unused"], CT_FILE, "left pleural effusion"

@@ -92,6 +92,9 @@ def test_sentences_split_and_best_ones_highlighted_and_escaped():
         "&lt;script&gt;x&lt;/script&gt; end."
     )
     assert "<mark>" not in render.highlight_html(sentences, None)
+    assert "<mark>" not in render.highlight_html(sentences, [0.3] * 4)  # no preference, no highlight
+    assert render.highlight_html(["A.", "B."], [0.2, 0.7]) == "A. <mark>B.</mark>"
+    assert render.highlight_html(["A.", "B.", "C."], [0.5, 0.5, 0.1]) == "<mark>A.</mark> <mark>B.</mark> C."
     with pytest.raises(ValueError):
         render.highlight_html(sentences, [1.0])
 
