@@ -1,0 +1,330 @@
+"""The training loop: ``train(config, out_dir)`` reads top to bottom, under python or torchrun.
+
+Outline of one run:
+
+1. read the ``train`` section, join the process group if torchrun started us;
+2. build model, loss and data (seeded, rank 0's weights broadcast to every rank);
+3. AdamW + warmup/cosine schedule (+ loss scaler for fp16 on GPU);
+4. optionally resume every piece of state from ``checkpoints/last``;
+5. loop: gather ``accum_steps`` micro-batches -> loss over the whole effective batch
+   -> non-finite check on every rank -> backward -> average gradients over ranks ->
+   clip -> step; log every ``log_every`` steps; checkpoint when asked;
+6. at each epoch end: validation retrieval, best model, ``last`` checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from medvl.atomic import atomic_path, write_text_atomic
+from medvl.config import from_dict
+from medvl.errors import ConfigError, TrainingError
+from medvl.runinfo import write_run_info
+from medvl.train import distributed as D
+from medvl.train.checkpoint import capture_rng, fingerprint, load_checkpoint, restore_rng, save_checkpoint
+from medvl.train.config import TrainConfig
+from medvl.train.data import MicroBatchMaker, SkipTracker, build_train_loader, build_val_loader
+from medvl.train.gradcache import contrastive_step
+from medvl.train.logger import MetricsLogger
+from medvl.train.optim import build_optimizer, build_scheduler
+from medvl.train.state import TrainResult, TrainState
+from medvl.train.validation import validate
+
+MAX_LOGIT_SCALE = math.log(100.0)
+
+
+@dataclass
+class Components:
+    """The builders the engine calls; tests pass small fakes, the CLI the real rooms."""
+
+    build_model: Callable[[dict[str, Any]], torch.nn.Module]
+    build_loss: Callable[[dict[str, Any]], torch.nn.Module]
+    build_dataloader: Callable[..., DataLoader]
+
+
+def default_components() -> Components:
+    """``medvl.models.build_model``, ``medvl.losses.build_loss``, ``medvl.data.build_dataloader``."""
+    from medvl.data import build_dataloader
+    from medvl.losses import build_loss
+    from medvl.models import build_model
+
+    return Components(build_model, build_loss, build_dataloader)
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _autocast(precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager[Any]]:
+    if device.type != "cuda" or precision == "fp32":
+        return contextlib.nullcontext
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return lambda: torch.autocast(device_type="cuda", dtype=dtype)
+
+
+def _say(env: D.DistEnv, msg: str) -> None:
+    if env.is_main:
+        from tqdm import tqdm
+
+        tqdm.write(f"[medvl train] {msg}", file=sys.stderr)
+
+
+def train(
+    config: dict[str, Any],
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    components: Components | None = None,
+    on_step: Callable[[TrainState], None] | None = None,
+) -> TrainResult:
+    """Train a dual encoder from an experiment config.
+
+    Args:
+        config: the whole experiment config (sections ``data``, ``model``, ``loss``,
+            ``train`` and a top-level ``seed``).
+        out_dir: run directory; receives ``model/`` (best), ``checkpoints/{last,best}``,
+            ``metrics.csv``, ``tensorboard/``, ``skipped.jsonl``, ``config.yaml``, ``run.json``.
+        resume: continue from ``out_dir/checkpoints/last`` (model, optimizer, scheduler,
+            loss scaler, RNG of every rank and data position). Without a checkpoint the
+            run starts fresh.
+        components: builders of model, loss and data loader (default: the medvl rooms).
+        on_step: called on every rank after each optimizer step (after any checkpoint
+            of that step); an exception raised there ends the run like a crash would.
+
+    Returns:
+        A :class:`TrainResult`.
+
+    Raises:
+        ConfigError: invalid ``train`` section or missing ``data.manifest``.
+        CheckpointError: ``resume`` with a checkpoint of a different model or loss config.
+        TrainingError: a non-finite loss or gradient (the last good state is saved first).
+    """
+    t_start = time.perf_counter()
+    cfg = from_dict(TrainConfig, config.get("train"), where="train")
+    seed = cfg.seed if cfg.seed is not None else int(config.get("seed") or 0)
+    out = Path(out_dir)
+    parts = components or default_components()
+    env = D.init_distributed(cfg.device)
+    try:
+        return _train(config, cfg, seed, out, parts, env, resume, on_step, t_start)
+    finally:
+        D.cleanup(env)
+
+
+def _train(config, cfg: TrainConfig, seed: int, out: Path, parts: Components, env: D.DistEnv,
+           resume: bool, on_step, t_start: float) -> TrainResult:
+    device = env.device
+    if cfg.precision != "fp32" and device.type != "cuda":
+        _say(env, f"precision {cfg.precision} needs a GPU; training in fp32 on {device.type}")
+    if env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_run_info(out, config, seed, " ".join(["medvl train"] + sys.argv[1:]))
+
+    # -- model, loss, data ---------------------------------------------------------------
+    seed_everything(seed)  # identical initial weights on every rank (then broadcast anyway)
+    model = parts.build_model(config.get("model") or {}).to(device)
+    loss_fn = parts.build_loss(config.get("loss") or {}).to(device)
+    D.broadcast_parameters([model, loss_fn])
+    model.train()
+    loss_fn.train()
+    train_data = build_train_loader(parts, config, env, seed)
+    val_batches = build_val_loader(parts, config, env) if cfg.val_every_epoch > 0 else None
+    make_micro = MicroBatchMaker(model, device)
+    skips = SkipTracker(train_data)
+
+    # -- optimizer and schedule ----------------------------------------------------------
+    batches_per_epoch = train_data.sampler.num_batches()
+    steps_per_epoch = math.ceil(batches_per_epoch / cfg.accum_steps)
+    total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
+    named = list(model.named_parameters()) + [(f"loss.{n}", p) for n, p in loss_fn.named_parameters()]
+    params = [p for _, p in named if p.requires_grad]
+    optimizer = build_optimizer(named, cfg)
+    scheduler = build_scheduler(optimizer, cfg, total_steps)
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and cfg.precision == "fp16")
+    autocast = _autocast(cfg.precision, device)
+    fp = fingerprint(config, model, loss_fn)
+
+    # -- resume --------------------------------------------------------------------------
+    state = TrainState(global_batch_size=train_data.sampler.global_batch_size)
+    last_dir, best_dir = out / "checkpoints" / "last", out / "checkpoints" / "best"
+    resumed_at: int | None = None
+    if resume and last_dir.is_dir():
+        doc = load_checkpoint(last_dir, model=model, loss_fn=loss_fn, optimizer=optimizer,
+                              scheduler=scheduler, scaler=scaler, fingerprint=fp)
+        state = TrainState.from_json(doc["trainer"])
+        state.batch_in_epoch = train_data.position_from(state)
+        rng = doc["rng"]
+        restore_rng(rng[env.rank % len(rng)], device)
+        resumed_at = state.step
+        _say(env, f"resumed from {last_dir} at step {state.step} (epoch {state.epoch}, "
+                  f"batch {state.batch_in_epoch} of {batches_per_epoch})")
+    else:
+        if resume:
+            _say(env, f"--resume: no checkpoint in {last_dir}; starting fresh")
+        seed_everything(seed + env.rank)  # dropout/augmentation differ between ranks
+    logger = MetricsLogger(out, enabled=env.is_main, resume_step=resumed_at)
+
+    def save(path: Path) -> None:
+        rngs = D.all_gather_objects(capture_rng(device))  # every rank's generators
+        if env.is_main:
+            save_checkpoint(path, model=model, loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler,
+                            scaler=scaler, trainer_state=state.to_json(), rng=rngs, fingerprint=fp)
+        D.barrier()
+
+    def save_model() -> None:
+        if env.is_main:
+            with atomic_path(out / "model") as tmp:
+                model.save_pretrained(tmp)
+
+    def end_of_epoch(train_losses: list[float]) -> None:
+        """Validation, best model, history, last checkpoint."""
+        row: dict[str, Any] = {"epoch": state.epoch, "step": state.step,
+                               "train_loss": sum(train_losses) / len(train_losses) if train_losses else None}
+        due = val_batches is not None and (state.epoch + 1) % cfg.val_every_epoch == 0
+        metrics = validate(model, val_batches, device, autocast) if (due and env.is_main) else {}
+        metrics = D.all_gather_objects(metrics)[0]  # rank 0's result, on every rank
+        row.update(metrics)
+        state.history.append(row)
+        if metrics:
+            logger.log(state.step, state.epoch, "val", metrics)
+            _say(env, "epoch {} val: ".format(state.epoch) + ", ".join(
+                f"{k}={v:.3f}" for k, v in metrics.items() if k.startswith(("i2t_R", "mean"))))
+        value = metrics.get(cfg.monitor)
+        if metrics and cfg.monitor not in metrics:
+            raise ConfigError(f"unknown validation metric {cfg.monitor!r}", field="train.monitor",
+                              expected="one of " + ", ".join(sorted(metrics)))
+        if value is not None and math.isfinite(value) and (state.best is None or value > state.best):
+            state.best, state.best_step = value, state.step
+            save_model()
+            save(best_dir)
+        elif val_batches is None:
+            save_model()  # nothing to select on: the model is the last one
+
+    # -- the loop ------------------------------------------------------------------------
+    from tqdm import tqdm
+
+    bar = tqdm(total=total_steps, initial=state.step, disable=not (env.is_main and cfg.progress),
+               desc="train", unit="step", dynamic_ncols=True, file=sys.stderr)
+    window = {"time": 0.0, "wait": 0.0, "samples": 0}
+    epoch_losses: list[float] = []
+    done = (lambda: state.step >= cfg.max_steps) if cfg.max_steps else (lambda: state.epoch >= cfg.epochs)
+    try:
+        while not done():
+            steps_before = state.step
+            for group, plan, wait_s, t0 in train_data.epoch(state.epoch, state.batch_in_epoch, cfg.accum_steps):
+                state.batch_in_epoch += len(group)
+                skips.check(group, plan)
+                micro = [m for m in (make_micro(b) for b in group) if m is not None]
+                if D.any_rank(not micro, device):
+                    state.skipped_steps += 1  # every study of the step was unreadable on some rank
+                    continue
+
+                step_loss = contrastive_step(model, loss_fn, micro, autocast=autocast, scale=scaler.scale,
+                                             epoch=state.epoch)
+                terms = {k: float(v.detach()) for k, v in step_loss.terms.items()}
+                if D.any_rank(not all(math.isfinite(v) for v in terms.values()), device):
+                    state.batch_in_epoch -= len(group)  # resume retries this step
+                    _stop_nonfinite(out, env, state, terms, micro, "loss", save, last_dir)
+                step_loss.backward()
+                D.average_gradients(params)
+                scaler.unscale_(optimizer)
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or math.inf))
+                if not math.isfinite(grad_norm) and not scaler.is_enabled():
+                    optimizer.zero_grad(set_to_none=True)
+                    state.batch_in_epoch -= len(group)
+                    _stop_nonfinite(out, env, state, {**terms, "grad_norm": grad_norm}, micro, "gradient",
+                                    save, last_dir)
+                lr = scheduler.get_last_lr()[0]  # the rate this step used
+                scaler.step(optimizer)  # skips the update when fp16 gradients overflowed
+                scaler.update()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                if cfg.clamp_logit_scale and isinstance(getattr(model, "logit_scale", None), torch.Tensor):
+                    with torch.no_grad():
+                        model.logit_scale.clamp_(0.0, MAX_LOGIT_SCALE)
+
+                state.step += 1
+                n_step = sum(m.size for m in micro)
+                state.samples += int(D.all_reduce_mean({"n": float(n_step)}, device)["n"] * env.world_size)
+                epoch_losses.append(terms["loss"])
+                window["time"] += time.perf_counter() - t0
+                window["wait"] += wait_s
+                window["samples"] += n_step * env.world_size
+                if state.step % cfg.log_every == 0 or state.step == total_steps:
+                    values = D.all_reduce_mean(terms, device)
+                    values.update(lr=lr, grad_norm=grad_norm,
+                                  samples_per_s=window["samples"] / max(window["time"], 1e-9),
+                                  data_wait_frac=window["wait"] / max(window["time"], 1e-9))
+                    if isinstance(getattr(model, "logit_scale", None), torch.Tensor):
+                        values["logit_scale"] = float(model.logit_scale.detach().exp())
+                    logger.log(state.step, state.epoch, "train", values)
+                    window = {"time": 0.0, "wait": 0.0, "samples": 0}
+                bar.update(1)
+                bar.set_postfix(loss=f"{terms['loss']:.4f}", epoch=state.epoch)
+                if cfg.checkpoint_every_steps and state.step % cfg.checkpoint_every_steps == 0:
+                    save(last_dir)
+                if on_step is not None:
+                    on_step(state)
+                if cfg.max_steps and state.step >= cfg.max_steps:
+                    break
+            else:  # the epoch ran to its end
+                if state.step == steps_before:
+                    raise TrainingError(
+                        f"epoch {state.epoch} had no usable batch: every study was skipped",
+                        path=out / "skipped.jsonl", expected="readable studies in the train split",
+                    )
+                end_of_epoch(epoch_losses)
+                epoch_losses = []
+                state.epoch += 1
+                state.batch_in_epoch = 0
+                save(last_dir)
+                skips.write(out, env)
+                continue
+            break  # max_steps reached inside the epoch
+
+        if state.batch_in_epoch > 0:  # stopped mid-epoch (max_steps): still validate and save
+            end_of_epoch(epoch_losses)
+            save(last_dir)
+        if env.is_main and not (out / "model").is_dir():
+            save_model()
+        skipped = skips.write(out, env)
+    finally:
+        bar.close()
+        logger.close()
+    return TrainResult(model_dir=out / "model", history=state.history, seconds=time.perf_counter() - t_start,
+                       skipped=skipped, steps=state.step, out_dir=out)
+
+
+def _stop_nonfinite(out: Path, env: D.DistEnv, state: TrainState, terms: dict[str, float], micro,
+                    what: str, save: Callable[[Path], None], last_dir: Path) -> None:
+    """Save the last good state, record the step's studies and raise :class:`TrainingError`."""
+    studies = [s for per_rank in D.all_gather_objects([sid for m in micro for sid in m.study_id])
+               for s in per_rank]
+    save(last_dir)
+    report = {"step": state.step + 1, "epoch": state.epoch, "what": what, "terms": terms, "study_ids": studies}
+    if env.is_main:
+        write_text_atomic(out / "nonfinite.json", json.dumps(report, indent=2))
+    shown = ", ".join(studies[:8]) + (f" and {len(studies) - 8} more" if len(studies) > 8 else "")
+    bad = ", ".join(f"{k}={v}" for k, v in terms.items() if not math.isfinite(v))
+    raise TrainingError(
+        f"non-finite {what} at step {state.step + 1} (epoch {state.epoch}): {bad}; studies in the batch: "
+        f"{shown}. The last good state is in {last_dir} (resume with --resume after fixing the cause)",
+        path=out / "nonfinite.json", field=what, expected="finite values (lower train.lr, check these studies)",
+    )
