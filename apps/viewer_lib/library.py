@@ -66,12 +66,12 @@ class LibraryBackend:
         return read_image(image_path)
 
     def window_presets(self, modality: str | None) -> dict[str, tuple[float, float]]:
-        try:
-            from medvl.io import window_presets
-        except ImportError:
+        # The presets file holds Hounsfield-unit windows: they mean something for CT only.
+        if modality != "CT":
             return {}
-        presets = window_presets(modality) if modality else {}
-        return {str(k): (float(v[0]), float(v[1])) for k, v in dict(presets).items()}
+        from medvl.io import window_presets
+
+        return dict(window_presets())
 
     # -- model -------------------------------------------------------------------
     def zero_shot(self, image_path: Path) -> dict[str, float] | None:

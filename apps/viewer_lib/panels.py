@@ -23,6 +23,7 @@ RESEARCH_BANNER = (
 )
 
 AUTO = "Auto (0.5-99.5 percentile)"
+FILE_LUT = "VOI LUT in file"
 
 
 def window_choices(image: Any, presets: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
@@ -33,6 +34,34 @@ def window_choices(image: Any, presets: dict[str, tuple[float, float]]) -> dict[
     choices.update(presets)
     choices[AUTO] = render.auto_window(image.array)
     return choices
+
+
+def _is_color(image: Any) -> bool:
+    return str(getattr(image, "photometric_interpretation", "")).upper() == "RGB"
+
+
+def _grey_plane(backend: ViewerBackend, image: Any, plane: np.ndarray, key: str) -> np.ndarray:
+    """Window controls (preset, level, width) and the windowed 8-bit plane."""
+    invert = str(getattr(image, "photometric_interpretation", "")).upper() == "MONOCHROME1"
+    choices = window_choices(image, backend.window_presets(getattr(image, "modality", None)))
+    names = list(choices)
+    luts = getattr(image, "voi_luts", None) or []
+    if luts:  # a file's VOI LUT takes precedence over its windows, as in a PACS
+        names.insert(0, FILE_LUT)
+    preset = st.selectbox("Window preset", names, index=0, key=f"preset-{key}")
+    if preset == FILE_LUT:
+        from medvl.io import apply_voi_lut_table, invert_monochrome1
+
+        out = apply_voi_lut_table(plane, luts[0])
+        return render.to_uint8(invert_monochrome1(out) if invert else out)
+    center0, width0 = choices[preset]
+    c1, c2 = st.columns(2)
+    # The preset is part of the key: choosing a preset resets level/width to it.
+    center = c1.number_input("Level (center)", value=float(center0), step=10.0, key=f"level-{key}-{preset}")
+    width = c2.number_input("Width", value=float(width0), min_value=1.0, step=10.0, key=f"width-{key}-{preset}")
+    # The file's VOI function (e.g. SIGMOID) goes with the file's windows only.
+    function = getattr(image, "voi_function", "LINEAR") if preset.startswith("File window") else "LINEAR"
+    return render.window_to_uint8(plane, center, width, invert=invert, function=function)
 
 
 def image_panel(
@@ -54,25 +83,20 @@ def image_panel(
         image_path: the image's file, for the heatmap.
         caption: shown under the image.
     """
-    choices = window_choices(image, backend.window_presets(getattr(image, "modality", None)))
-    names = list(choices)
-    preset = st.selectbox("Window preset", names, index=0, key=f"preset-{key}")
-    center0, width0 = choices[preset]
-    c1, c2 = st.columns(2)
-    # The preset is part of the key: choosing a preset resets level/width to it.
-    center = c1.number_input("Level (center)", value=float(center0), step=10.0, key=f"level-{key}-{preset}")
-    width = c2.number_input("Width", value=float(width0), min_value=1.0, step=10.0, key=f"width-{key}-{preset}")
-
-    slices = render.n_slices(image.array)
+    color = _is_color(image)
+    array = np.asarray(image.array)
+    slices = n_display_slices(array, color)
     slice_index = 0
     if slices > 1:
         slice_index = st.slider("Slice", 0, slices - 1, slices // 2, key=f"slice-{key}")
-    plane = render.display_plane(image.array, slice_index)
-    invert = str(getattr(image, "photometric_interpretation", "")).upper() == "MONOCHROME1"
-    grey = render.window_to_uint8(plane, center, width, invert=invert)
+    if color:  # RGB photographs / secondary captures: no window applies
+        st.caption("Colour image: shown as stored, no window applies.")
+        grey = render.to_uint8(np.asarray(array, dtype=np.float64) / 255.0)
+    else:
+        grey = _grey_plane(backend, image, render.display_plane(array, slice_index), key)
 
     shown = grey
-    if image_path is not None:
+    if image_path is not None and not color:
         phrase = st.text_input("Heatmap phrase", value=heat_phrase or "", key=f"phrase-{key}")
         opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key=f"opacity-{key}")
         if phrase.strip():
@@ -82,13 +106,18 @@ def image_panel(
                 st.error(f"Heatmap unavailable: {exc}")
                 heat = None
             if heat is not None:
-                heat2d = _heat_for_plane(np.asarray(heat), image.array, slice_index)
+                heat2d = _heat_for_plane(np.asarray(heat), array, slice_index)
                 if heat2d is not None:
                     shown = render.overlay_heatmap(grey, heat2d, opacity)
     st.image(shown, caption=caption or None, clamp=True, width="stretch")
     facts = display_facts(image)
     if facts:
         st.caption(" · ".join(f"{k}: {v}" for k, v in facts.items()))
+
+
+def n_display_slices(array: np.ndarray, color: bool) -> int:
+    """Slices the slider offers: 1 for a 2D grey or RGB image, ``z`` for a volume."""
+    return 1 if color else render.n_slices(array)
 
 
 def _heat_for_plane(heat: np.ndarray, array: np.ndarray, slice_index: int) -> np.ndarray | None:
@@ -121,11 +150,18 @@ def _thumbnail(_backend: ViewerBackend, path: str, backend_id: int) -> np.ndarra
         image = _backend.read_image(Path(path))
     except MedvlError:
         return None
-    plane = render.display_plane(image.array, render.n_slices(image.array) // 2)
+    array = np.asarray(image.array)
+    if _is_color(image):
+        return render.thumbnail(render.to_uint8(array.astype(np.float64) / 255.0))
+    plane = render.display_plane(array, render.n_slices(array) // 2)
     windows = getattr(image, "windows", None) or []
-    center, width = windows[0] if windows else render.auto_window(plane)
+    if windows:
+        (center, width), function = windows[0], getattr(image, "voi_function", "LINEAR")
+    else:
+        (center, width), function = render.auto_window(plane), "LINEAR"
     invert = str(getattr(image, "photometric_interpretation", "")).upper() == "MONOCHROME1"
-    return render.thumbnail(render.window_to_uint8(plane, center, max(float(width), 1.0), invert=invert))
+    grey = render.window_to_uint8(plane, center, max(float(width), 1.0), invert=invert, function=function)
+    return render.thumbnail(grey)
 
 
 def results_panel(backend: ViewerBackend, hits: list[Case], query: Query) -> None:

@@ -15,37 +15,42 @@ import numpy as np
 from PIL import Image
 
 
-def window_to_uint8(array: np.ndarray, center: float, width: float, *, invert: bool = False) -> np.ndarray:
-    """Map physical values to 8-bit grey with the DICOM linear VOI window.
+def window_to_uint8(
+    array: np.ndarray, center: float, width: float, *, invert: bool = False, function: str = "LINEAR"
+) -> np.ndarray:
+    """Map physical values to 8-bit grey through a DICOM VOI window.
 
-    Implements PS3.3 C.11.2.1.2.1 ("LINEAR") with output range 0..255: values at or below
-    ``center - 0.5 - (width - 1) / 2`` become 0, values above
-    ``center - 0.5 + (width - 1) / 2`` become 255, and values between follow
-    ``((x - (center - 0.5)) / (width - 1) + 0.5) * 255``. Run it after the modality LUT
-    (``medvl.io`` arrays already are in physical units).
+    The window itself is ``medvl.io.apply_window`` (PS3.3 C.11.2.1.2 ``LINEAR``, or the
+    file's ``LINEAR_EXACT`` / ``SIGMOID``), giving [0, 1]; this scales to 0..255 and
+    rounds. With ``LINEAR``, values at or below ``center - 0.5 - (width - 1) / 2`` become
+    0 and values above ``center - 0.5 + (width - 1) / 2`` become 255. Run it after the
+    modality LUT (``medvl.io`` arrays already are in physical units).
 
     Args:
         array: physical values, any shape.
         center: window centre (level).
-        width: window width, at least 1.
-        invert: flip grey levels afterwards (MONOCHROME1, where high values are dark).
+        width: window width, at least 1 for ``LINEAR``.
+        invert: flip grey levels afterwards (MONOCHROME1, where high values are dark);
+            inversion follows the window, as the presentation LUT follows the VOI LUT.
+        function: the VOI LUT function.
 
     Returns:
         ``uint8`` array of the same shape.
 
     Raises:
-        ValueError: if ``width`` is below 1.
+        ValueError: if ``width`` is out of range for ``function``.
     """
-    if width < 1:
-        raise ValueError(f"window width must be >= 1, got {width}")
-    x = np.asarray(array, dtype=np.float64)
-    if width == 1:
-        out = np.where(x <= center - 0.5, 0.0, 255.0)
-    else:
-        out = ((x - (center - 0.5)) / (width - 1) + 0.5) * 255.0
-        out = np.clip(out, 0.0, 255.0)
-    grey = np.rint(out).astype(np.uint8)
-    return 255 - grey if invert else grey
+    from medvl.io import apply_window, invert_monochrome1
+
+    out = apply_window(array, float(center), float(width), function)  # type: ignore[arg-type]
+    if invert:
+        out = invert_monochrome1(out)
+    return to_uint8(out)
+
+
+def to_uint8(display: np.ndarray) -> np.ndarray:
+    """Display values in [0, 1] (grey or RGB) to ``uint8`` 0..255, rounded."""
+    return np.rint(np.clip(np.asarray(display, dtype=np.float64), 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def auto_window(array: np.ndarray, low: float = 0.5, high: float = 99.5) -> tuple[float, float]:

@@ -38,7 +38,10 @@ def test_window_hand_worked():
     # center 100, width 201: 0 at <= -0.5, 255 above 199.5, midpoint 99.5 -> 127.5
     x = np.array([-1000.0, -0.5, 99.5, 199.5, 200.0])
     np.testing.assert_array_equal(render.window_to_uint8(x, 100, 201), [0, 0, 128, 255, 255])
-    np.testing.assert_array_equal(render.window_to_uint8(x, 100, 201, invert=True), [255, 255, 127, 0, 0])
+    # inversion happens on [0, 1] before quantising: the midpoint 0.5 stays 127.5 -> 128
+    np.testing.assert_array_equal(render.window_to_uint8(x, 100, 201, invert=True), [255, 255, 128, 0, 0])
+    # a SIGMOID window from the file: 1 / (1 + exp(-4 (x - c) / w)) at x = c is one half
+    assert render.window_to_uint8(np.array([100.0]), 100, 50, function="SIGMOID")[0] == 128
     with pytest.raises(ValueError, match="width must be >= 1"):
         render.window_to_uint8(x, 0, 0.5)
 
