@@ -1,0 +1,223 @@
+"""``generate_corpus``: plan, render, write files and the manifest.
+
+Layout of the output folder::
+
+    manifest.jsonl          one row per study (medvl.data.manifest)
+    cxr/<study>.dcm         radiographs (CR/DX DICOM)
+    ct/<study>.nii.gz       CT volumes in HU (NIfTI), or
+    ct/<study>/*.dcm        CT DICOM series (shuffled file names)
+    masks/<study>_<finding>.png | .nii.gz
+    synth.json              the generator settings (deterministic)
+    config.yaml, run.json   run information (medvl.runinfo)
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medvl.data.synth.config import SynthConfig
+from medvl.data.synth.plan import FindingSpec, StudyPlan, plan_corpus
+from medvl.errors import ConfigError
+
+GENERATOR_VERSION = 1
+
+
+def _ground_truth(plan: StudyPlan) -> list[dict[str, Any]]:
+    out = []
+    for f in plan.findings:
+        d = {"finding": f.name, "laterality": f.laterality, "zone": f.zone, "uncertain": f.uncertain,
+             "severity": round(f.severity, 3)}
+        if f.devices:
+            d["devices"] = list(f.devices)
+        out.append(d)
+    return out
+
+
+def _annotation(f: FindingSpec, mask_rel: str, box: list[int]) -> dict[str, Any]:
+    ann: dict[str, Any] = {"finding": f.name, "mask": mask_rel, "box": box}
+    if f.laterality:
+        ann["laterality"] = f.laterality
+    if f.zone:
+        ann["zone"] = f.zone
+    if f.uncertain:
+        ann["uncertain"] = True
+    return ann
+
+
+def _render_cxr(plan: StudyPlan, cfg: SynthConfig, out: Path) -> dict[str, Any]:
+    from medvl.data.synth.cxr import render_cxr, sample_anatomy
+    from medvl.data.synth.shapes import bbox
+    from medvl.data.synth.text import write_report
+    from medvl.data.synth.writers import write_png_mask, write_radiograph
+
+    spacing = cfg.spacing_mm
+    r = render_cxr(sample_anatomy(plan.anatomy_seed), plan.findings, size=cfg.image_size,
+                   spacing=spacing, seed=plan.render_seed, view=plan.view)
+    annotations = []
+    kept = []
+    for f in plan.findings:
+        mask = r.masks.get(f.name)
+        box = bbox(mask) if mask is not None else None
+        if box is None:
+            continue  # nothing visible was drawn: the report must not claim it
+        rel = f"masks/{plan.study_id}_{f.name}.png"
+        write_png_mask(out / rel, mask)
+        annotations.append(_annotation(f, rel, box))
+        kept.append(f)
+    plan.findings = kept
+    rng = np.random.default_rng(np.random.SeedSequence([plan.render_seed, 3]))
+    image_rel = f"cxr/{plan.study_id}.dcm"
+    stored = write_radiograph(out / image_rel, r.attenuation, rng, patient_id=plan.patient_id,
+                              study_number=plan.study_number, modality=plan.modality, view=plan.view,
+                              spacing=spacing, compression=plan.compression)
+    report = write_report(plan, np.random.default_rng(np.random.SeedSequence([plan.render_seed, 4])))
+    meta = {
+        "generator": "medvl.synth", "generator_version": GENERATOR_VERSION,
+        "ground_truth": _ground_truth(plan), "study_number": plan.study_number,
+        "transfer_syntax": stored.transfer_syntax, "photometric": stored.photometric,
+        "bits_stored": stored.bits_stored, "rescale_slope": stored.slope,
+        "rescale_intercept": stored.intercept, "pixel_spacing_mm": round(spacing, 6),
+    }
+    return _row(plan, image_rel, report, annotations, meta)
+
+
+def _render_ct(plan: StudyPlan, cfg: SynthConfig, out: Path) -> dict[str, Any]:
+    from medvl.data.synth.ct import render_ct, sample_ct_anatomy, sample_ct_grid
+    from medvl.data.synth.shapes import bbox
+    from medvl.data.synth.text import write_report
+    from medvl.data.synth.writers import write_ct_series, write_nifti
+
+    shape = tuple(cfg.ct_size)
+    affine = sample_ct_grid(plan.render_seed, shape)
+    r = render_ct(sample_ct_anatomy(plan.anatomy_seed), plan.findings, shape=shape, affine=affine,
+                  seed=plan.render_seed)
+    annotations, kept = [], []
+    for f in plan.findings:
+        mask = r.masks.get(f.name)
+        box = bbox(mask) if mask is not None else None
+        if box is None:
+            continue
+        rel = f"masks/{plan.study_id}_{f.name}.nii.gz"
+        write_nifti(out / rel, mask.astype(np.uint8), affine)
+        annotations.append(_annotation(f, rel, box))
+        kept.append(f)
+    plan.findings = kept
+    rng = np.random.default_rng(np.random.SeedSequence([plan.render_seed, 3]))
+    meta: dict[str, Any] = {
+        "generator": "medvl.synth", "generator_version": GENERATOR_VERSION,
+        "ground_truth": _ground_truth(plan), "study_number": plan.study_number, "storage": plan.storage,
+        "spacing_mm": [round(float(affine[d, d]), 4) for d in range(3)], "shape": list(shape),
+    }
+    if plan.storage == "dicom_series":
+        image_rel = f"ct/{plan.study_id}"
+        meta.update(write_ct_series(out / image_rel, r.hu, affine, rng, patient_id=plan.patient_id,
+                                    study_number=plan.study_number))
+    else:
+        image_rel = f"ct/{plan.study_id}.nii.gz"
+        write_nifti(out / image_rel, np.rint(r.hu).astype(np.int16), affine)
+    report = write_report(plan, np.random.default_rng(np.random.SeedSequence([plan.render_seed, 4])))
+    return _row(plan, image_rel, report, annotations, meta)
+
+
+def _row(plan: StudyPlan, image: str, report: dict[str, str], annotations: list[dict[str, Any]],
+         meta: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "study_id": plan.study_id, "patient_id": plan.patient_id, "split": plan.split,
+        "modality": plan.modality, "dims": plan.dims, "image": image, "report": report,
+        "labels": plan.labels(), "annotations": annotations, "view": plan.view, "meta": meta,
+    }
+
+
+def render_study(plan: StudyPlan, cfg: SynthConfig, out_dir: str | Path) -> dict[str, Any]:
+    """Render one planned study, write its files under ``out_dir`` and return its manifest row."""
+    out = Path(out_dir)
+    return _render_ct(plan, cfg, out) if plan.modality == "CT" else _render_cxr(plan, cfg, out)
+
+
+def _work(job: tuple[dict[str, Any], dict[str, Any], str]) -> dict[str, Any]:
+    plan_d, cfg_d, out = job
+    cfg = SynthConfig(**cfg_d)
+    return render_study(StudyPlan.from_dict(plan_d), cfg, out)
+
+
+def generate_corpus(
+    out_dir: str | Path,
+    n_cxr: int = 100,
+    n_ct: int = 10,
+    seed: int = 0,
+    *,
+    progress: bool = False,
+    **options: Any,
+) -> Path:
+    """Generate a synthetic chest X-ray / CT corpus and return its manifest path.
+
+    Args:
+        out_dir: output folder (created; files of a previous run are overwritten).
+        n_cxr: number of radiograph studies.
+        n_ct: number of CT studies.
+        seed: master seed; the same seed and options give byte-identical files.
+        progress: show a progress bar.
+        **options: other :class:`SynthConfig` fields (``image_size``, ``ct_size``,
+            ``workers``, ``compressed_fraction``...).
+
+    Returns:
+        Path of ``manifest.jsonl``.
+
+    Raises:
+        ConfigError: an invalid count, size or option.
+    """
+    known = {f.name for f in fields(SynthConfig)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConfigError(f"unknown synth option {unknown[0]!r}", field=unknown[0],
+                          expected="one of " + ", ".join(sorted(known - {'n_cxr', 'n_ct', 'seed'})))
+    if "ct_size" in options and options["ct_size"] is not None:
+        options["ct_size"] = tuple(options["ct_size"])
+    if "compressions" in options:
+        options["compressions"] = tuple(options["compressions"])
+    cfg = SynthConfig(n_cxr=n_cxr, n_ct=n_ct, seed=seed, **options)
+    cfg.validate()
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create output folder ({exc.strerror})", path=out, field="out") from None
+
+    from medvl.data.manifest import write_manifest
+    from medvl.runinfo import write_run_info
+
+    plans = plan_corpus(cfg)
+    cfg_d = asdict(cfg)
+    jobs = [(p.to_dict(), cfg_d, str(out)) for p in plans]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(jobs), desc="synth", unit="study")
+    rows: list[dict[str, Any]] = []
+    if cfg.workers > 1 and len(jobs) > 1:
+        with mp.get_context("spawn").Pool(cfg.workers) as pool:
+            for row in pool.imap(_work, jobs, chunksize=max(1, min(16, len(jobs) // (4 * cfg.workers)))):
+                rows.append(row)
+                if bar:
+                    bar.update()
+    else:
+        for job in jobs:
+            rows.append(_work(job))
+            if bar:
+                bar.update()
+    if bar:
+        bar.close()
+    manifest = out / "manifest.jsonl"
+    write_manifest(manifest, rows)
+    settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg_d.items() if k != "workers"}
+    (out / "synth.json").write_text(json.dumps({"generator_version": GENERATOR_VERSION, **settings},
+                                               indent=2, sort_keys=True) + "\n")
+    write_run_info(out, {"synth": settings}, cfg.seed, "medvl synth")
+    return manifest
