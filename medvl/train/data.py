@@ -165,7 +165,12 @@ class SkipTracker:
     def collect(self) -> list[dict[str, Any]]:
         own = [dict(s) for s in getattr(self.dataset, "skipped", []) or []]
         known = {s.get("study_id") for s in own}
-        extra = [m for m in self.missing.values() if m.get("study_id") is None or m["study_id"] not in known]
+        # A missing index whose study id cannot be resolved is only reported when the
+        # dataset kept no record of its own (loading in worker processes); otherwise it
+        # is one of the recorded studies and would be listed twice.
+        extra = [m for m in self.missing.values()
+                 if (m.get("study_id") is None and not own)
+                 or (m.get("study_id") is not None and m["study_id"] not in known)]
         return own + extra
 
     def write(self, out: Path, env: D.DistEnv) -> list[dict[str, Any]]:

@@ -193,10 +193,10 @@ def _train(config, cfg: TrainConfig, seed: int, out: Path, parts: Components, en
             with atomic_path(out / "model") as tmp:
                 model.save_pretrained(tmp)
 
-    def end_of_epoch(train_losses: list[float]) -> None:
-        """Validation, best model, history, last checkpoint."""
+    def end_of_epoch() -> None:
+        """Validation, best model, history."""
         row: dict[str, Any] = {"epoch": state.epoch, "step": state.step,
-                               "train_loss": sum(train_losses) / len(train_losses) if train_losses else None}
+                               "train_loss": state.epoch_loss_sum / max(1, state.epoch_steps)}
         due = val_batches is not None and (state.epoch + 1) % cfg.val_every_epoch == 0
         metrics = validate(model, val_batches, device, autocast) if (due and env.is_main) else {}
         metrics = D.all_gather_objects(metrics)[0]  # rank 0's result, on every rank
@@ -223,11 +223,9 @@ def _train(config, cfg: TrainConfig, seed: int, out: Path, parts: Components, en
     bar = tqdm(total=total_steps, initial=state.step, disable=not (env.is_main and cfg.progress),
                desc="train", unit="step", dynamic_ncols=True, file=sys.stderr)
     window = {"time": 0.0, "wait": 0.0, "samples": 0}
-    epoch_losses: list[float] = []
     done = (lambda: state.step >= cfg.max_steps) if cfg.max_steps else (lambda: state.epoch >= cfg.epochs)
     try:
         while not done():
-            steps_before = state.step
             for group, plan, wait_s, t0 in train_data.epoch(state.epoch, state.batch_in_epoch, cfg.accum_steps):
                 state.batch_in_epoch += len(group)
                 skips.check(group, plan)
@@ -263,7 +261,8 @@ def _train(config, cfg: TrainConfig, seed: int, out: Path, parts: Components, en
                 state.step += 1
                 n_step = sum(m.size for m in micro)
                 state.samples += int(D.all_reduce_mean({"n": float(n_step)}, device)["n"] * env.world_size)
-                epoch_losses.append(terms["loss"])
+                state.epoch_loss_sum += terms["loss"]
+                state.epoch_steps += 1
                 window["time"] += time.perf_counter() - t0
                 window["wait"] += wait_s
                 window["samples"] += n_step * env.world_size
@@ -285,22 +284,22 @@ def _train(config, cfg: TrainConfig, seed: int, out: Path, parts: Components, en
                 if cfg.max_steps and state.step >= cfg.max_steps:
                     break
             else:  # the epoch ran to its end
-                if state.step == steps_before:
+                if state.epoch_steps == 0:
                     raise TrainingError(
                         f"epoch {state.epoch} had no usable batch: every study was skipped",
                         path=out / "skipped.jsonl", expected="readable studies in the train split",
                     )
-                end_of_epoch(epoch_losses)
-                epoch_losses = []
+                end_of_epoch()
                 state.epoch += 1
-                state.batch_in_epoch = 0
+                state.batch_in_epoch = state.epoch_steps = 0
+                state.epoch_loss_sum = 0.0
                 save(last_dir)
                 skips.write(out, env)
                 continue
             break  # max_steps reached inside the epoch
 
         if state.batch_in_epoch > 0:  # stopped mid-epoch (max_steps): still validate and save
-            end_of_epoch(epoch_losses)
+            end_of_epoch()
             save(last_dir)
         if env.is_main and not (out / "model").is_dir():
             save_model()

@@ -19,6 +19,8 @@ class TrainState:
         global_batch_size: ``batch_size * world_size`` the position was counted in.
         samples: training samples seen (all ranks).
         skipped_steps: steps with no data on some rank (every study of the batch skipped).
+        epoch_loss_sum: sum of the step losses of the current epoch (for its mean).
+        epoch_steps: optimizer steps taken in the current epoch.
         best: best value of the monitored validation metric so far.
         best_step: step at which ``best`` was reached.
         history: one dict per validation (epoch, step, mean train loss, val metrics).
@@ -30,6 +32,8 @@ class TrainState:
     global_batch_size: int = 0
     samples: int = 0
     skipped_steps: int = 0
+    epoch_loss_sum: float = 0.0
+    epoch_steps: int = 0
     best: float | None = None
     best_step: int | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
