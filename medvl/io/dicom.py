@@ -141,8 +141,8 @@ def image_from_dataset(
             "volume geometry", path=path, field="NumberOfFrames",
             expected="frame=<index> to read one frame",
         )
-    raw = px.decode_pixels(ds, path)
-    if frames > 1 and raw.shape[0] != frames:  # decoders may drop a singleton frame axis
+    raw = px.decode_pixels(ds, path, index=frame if frames > 1 else None)
+    if frames > 1 and frame is None and raw.shape[0] != frames:  # decoders may drop a singleton frame axis
         raise ImageReadError(f"decoded {raw.shape} for {frames} frames", path=path, field="NumberOfFrames")
     windows = px.windows_of(ds) or px.windows_of(_group_item(ds, frame or 0, "FrameVOILUTSequence"))
     tags = safe_tags(ds)
@@ -155,7 +155,7 @@ def image_from_dataset(
     dose = float(ds.DoseGridScaling) if ds.get("Modality") == "RTDOSE" and ds.get("DoseGridScaling") else None
     if frames == 1 or frame is not None:
         index = frame or 0
-        stored = raw[index] if frames > 1 else raw
+        stored = raw
         if pi == "RGB":
             arr = stored.astype(np.float32)
         else:

@@ -56,11 +56,13 @@ def open_dicom(path: str | Path, *, stop_before_pixels: bool = False,
     if p.stat().st_size == 0:
         raise ImageReadError("file is empty", path=p, expected="a DICOM file")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             try:
-                return pydicom.dcmread(p, stop_before_pixels=stop_before_pixels,
-                                       defer_size=defer_size)
+                ds = pydicom.dcmread(p, stop_before_pixels=stop_before_pixels,
+                                     defer_size=defer_size)
+                _check_complete(ds, caught, p)
+                return ds
             except InvalidDicomError:
                 # Files without the DICM preamble (older writers) are still DICOM;
                 # read them forced and accept only if they carry DICOM image tags.
@@ -76,7 +78,10 @@ def open_dicom(path: str | Path, *, stop_before_pixels: bool = False,
                         else pydicom.uid.ExplicitVRLittleEndian if ds.is_little_endian
                         else pydicom.uid.ExplicitVRBigEndian
                     )
+                _check_complete(ds, caught, p)
                 return ds
+    except ImageReadError:
+        raise
     except InvalidDicomError:
         raise ImageReadError("not a DICOM file", path=p,
                              expected="a DICOM Part 10 file (DICM preamble)") from None
@@ -86,6 +91,16 @@ def open_dicom(path: str | Path, *, stop_before_pixels: bool = False,
         raise ImageReadError(
             f"corrupt DICOM header ({type(exc).__name__}: {exc})", path=p
         ) from None
+
+
+def _check_complete(ds: Dataset, caught: list[warnings.WarningMessage], path: Path) -> None:
+    """pydicom only warns when a file ends early; a truncated header is an error here."""
+    for w in caught:
+        text = str(w.message)
+        if "End of file reached" in text or "truncated" in text.lower():
+            raise ImageReadError(f"truncated DICOM file ({text.strip()})", path=path)
+    if len(ds) == 0:
+        raise ImageReadError("no DICOM elements could be read (truncated or not DICOM)", path=path)
 
 
 def _int_tag(ds: Dataset, keyword: str, path: Path, *, required: bool = True) -> int | None:
@@ -143,11 +158,17 @@ def transfer_syntax(ds: Dataset) -> str:
     return str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
 
 
-def decode_pixels(ds: Dataset, path: Path) -> np.ndarray:
-    """Decode pixel data (all frames), converting YBR to RGB and palette colour to RGB.
+def decode_pixels(ds: Dataset, path: Path, index: int | None = None) -> np.ndarray:
+    """Decode pixel data, converting YBR to RGB and palette colour to RGB.
+
+    Args:
+        ds: the dataset.
+        path: its file, for error messages.
+        index: decode only this frame (0-based); None decodes all frames.
 
     Returns:
-        ``(frames?, rows, cols[, 3])`` array in stored values (colour as RGB).
+        ``(frames?, rows, cols[, 3])`` array in stored values (colour as RGB);
+        one frame gives ``(rows, cols[, 3])``.
 
     Raises:
         MissingDecoderError: compressed data with no installed decoder; names the package.
@@ -168,15 +189,19 @@ def decode_pixels(ds: Dataset, path: Path) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            ds.pixel_array_options(index=index)
             arr = ds.pixel_array
     except (RuntimeError, NotImplementedError) as exc:
-        text = str(exc)
-        if "missing" in text.lower() or "plugin" in text.lower() or "decoder" in text.lower():
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        text = " ".join(lines).lower()
+        if "missing" in text or "no pixel data decoders" in text or "not available" in text:
             raise MissingDecoderError(
-                f"pixel data cannot be decoded: {text.splitlines()[0]}", path=path,
-                field="TransferSyntaxUID", expected=f"pip install {decoder_packages(ts)}",
+                f"no usable decoder for transfer syntax {uid.name if uid else ts}: {lines[0]}",
+                path=path, field="TransferSyntaxUID", expected=f"pip install {decoder_packages(ts)}",
             ) from None
-        raise ImageReadError(f"pixel data cannot be decoded ({text.splitlines()[0]})",
+        # every installed plugin tried and failed: the data itself is bad
+        detail = lines[1] if len(lines) > 1 else (lines[0] if lines else type(exc).__name__)
+        raise ImageReadError(f"pixel data cannot be decoded, corrupt or non-conformant ({detail})",
                              path=path, field="PixelData") from None
     except Exception as exc:  # noqa: BLE001 - decoders raise ValueError, KeyError, struct.error...
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
