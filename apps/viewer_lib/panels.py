@@ -95,6 +95,7 @@ def image_panel(
     else:
         grey = _grey_plane(backend, image, render.display_plane(array, slice_index), key)
 
+    grey = render.thumbnail(grey, render.DISPLAY_MAX_SIDE)  # no-op for images already small
     shown = grey
     if image_path is not None and not color:
         phrase = st.text_input("Heatmap phrase", value=heat_phrase or "", key=f"phrase-{key}")

@@ -139,6 +139,11 @@ def overlay_heatmap(grey: np.ndarray, heat: np.ndarray, opacity: float) -> np.nd
     return np.rint(np.clip(out, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
+#: Longest side of the image the page shows; a radiograph is downscaled to it before
+#: the heatmap overlay, since the browser column is narrower anyway.
+DISPLAY_MAX_SIDE = 1024
+
+
 def thumbnail(image: np.ndarray, max_side: int = 160) -> np.ndarray:
     """Downscale an 8-bit grey or RGB image so its longest side is at most ``max_side``."""
     pil = Image.fromarray(image)
