@@ -11,7 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from medvl.data.manifest import write_manifest  # noqa: E402
-from medvl_fakes import batches_for, make_rows  # noqa: E402
+from medvl_fakes import fake_split_batches, make_rows  # noqa: E402
 
 
 @pytest.fixture
@@ -20,10 +20,6 @@ def fake_corpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     rows = make_rows(80, seed=1, split="train", prefix="tr") + make_rows(60, seed=2, split="test", prefix="te")
     manifest = tmp_path / "manifest.jsonl"
     write_manifest(manifest, rows)
-
-    def fake_split_batches(data_cfg, manifest_path, split):  # noqa: ANN001, ARG001
-        chosen = [r for r in rows if split is None or r["split"] == split]
-        return iter(batches_for(chosen, batch_size=16)), []
 
     import medvl.eval.embed as embed
 

@@ -133,3 +133,29 @@ def batches_for(rows: list[dict[str, Any]], batch_size: int = 8) -> list[dict[st
             "index": torch.arange(lo, lo + len(chunk)),
         })
     return out
+
+
+class FakeDataset:
+    """Stands in for the data room's dataset: only its ``skipped`` records are read."""
+
+    def __init__(self) -> None:
+        self.skipped: list[dict[str, str]] = []
+
+
+def fake_split_batches(data_cfg: Any, manifest_path: Any, split: str | None, batch_size: int = 8) -> tuple[Any, list[Any]]:
+    """Drop-in for ``medvl.eval.embed.split_batches`` that reads the manifest's rows.
+
+    A row whose image path contains ``broken`` is skipped and recorded, as the data
+    room does with an unreadable study.
+    """
+    from medvl.data.manifest import read_manifest
+
+    rows = [r.to_json() for r in read_manifest(manifest_path, split=split)]
+    ds = FakeDataset()
+    good = []
+    for r in rows:
+        if "broken" in r["image"]:
+            ds.skipped.append({"study_id": r["study_id"], "path": r["image"], "error": "ImageReadError: broken"})
+        else:
+            good.append(r)
+    return iter(batches_for(good, batch_size)), [ds]

@@ -1,0 +1,199 @@
+"""``build_index``: embed a manifest's studies into a case index, incrementally and atomically."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medvl.errors import CaseIndexError
+from medvl.index import metadata, storage
+from medvl.index.case_index import CaseIndex, model_fingerprint
+from medvl.index.config import IndexConfig
+from medvl.index.vectors import build_approx, faiss_available, read_approx, write_approx
+
+
+def _data_section(data_cfg: Any) -> dict[str, Any]:
+    if data_cfg is None:
+        return {}
+    if isinstance(data_cfg, dict):
+        return dict(data_cfg)
+    from medvl.config import to_dict
+
+    return dict(to_dict(data_cfg))
+
+
+def _want_approx(cfg: IndexConfig, n: int) -> bool:
+    if cfg.approximate == "never":
+        return False
+    if cfg.approximate == "always":
+        if not faiss_available():
+            raise CaseIndexError("index.approximate is 'always' but faiss is not installed",
+                                 field="index.approximate", expected="pip install faiss-cpu, or 'auto'")
+        return True
+    return faiss_available() and n >= cfg.approximate_min_vectors
+
+
+def _embed_rows(model: Any, rows: list[Any], manifest_path: Path, staged: Path, data_cfg: dict[str, Any],
+                progress: bool) -> tuple[Any, list[dict[str, Any]]]:
+    """Embed the given manifest rows through the data room's loader.
+
+    The rows are written to a temporary manifest (image paths made absolute) so the
+    loader sees exactly the studies to add and nothing else.
+    """
+    from medvl.data.manifest import resolve_path, write_manifest
+    from medvl.eval.embed import embed_split
+
+    tmp_manifest = staged / "to_add.jsonl"
+    payload = []
+    for r in rows:
+        d = r.to_json()
+        d["image"] = str(resolve_path(manifest_path, r.image))
+        d["annotations"] = []  # masks are not needed to index, and their relative paths would break
+        payload.append(d)
+    write_manifest(tmp_manifest, payload)
+    try:
+        emb = embed_split(model, tmp_manifest, None, data_cfg, with_text=True, progress=progress)
+    finally:
+        tmp_manifest.unlink(missing_ok=True)
+    return emb, emb.skipped
+
+
+def build_index(
+    model: Any,
+    manifest_path: str | Path,
+    out_dir: str | Path,
+    *,
+    split: str | None = None,
+    data_cfg: Any = None,
+    config: IndexConfig | dict[str, Any] | None = None,
+    rebuild: bool = False,
+) -> CaseIndex:
+    """Embed a manifest's studies (images and reports) into the case index at ``out_dir``.
+
+    When ``out_dir`` already holds an index built with the same model, only studies whose
+    ids are not in it are embedded and appended (incremental). Every write makes a new
+    version and switches to it atomically; if the build fails or is interrupted, the
+    previous version stays live.
+
+    Args:
+        model: a ``MedVLModel`` (``encode_image``, ``embed_texts``).
+        manifest_path: the manifest.
+        out_dir: the index folder (created when missing).
+        split: index one split only; ``None`` indexes every split.
+        data_cfg: the ``data`` section (as in training); it is stored in the index so
+            query images are preprocessed the same way.
+        config: the ``index`` section.
+        rebuild: ignore an existing index and build from scratch.
+
+    Returns:
+        the opened index (its live version).
+
+    Raises:
+        CaseIndexError: the existing index was built with another model (pass ``rebuild``),
+            another build holds the lock, or no study could be embedded.
+    """
+    from medvl.config import from_dict
+    from medvl.data.manifest import read_manifest
+
+    cfg = config if isinstance(config, IndexConfig) else from_dict(IndexConfig, dict(config or {}), where="index")
+    root = Path(out_dir)
+    manifest_path = Path(manifest_path)
+    data = _data_section(data_cfg)
+    if cfg.batch_size:
+        data["batch_size"] = cfg.batch_size
+    fingerprint = model_fingerprint(model)
+    if hasattr(model, "eval"):
+        model.eval()
+
+    with storage.writer_lock(root):
+        old_dir = None if rebuild else storage.current_dir(root)
+        old_info: dict[str, Any] = storage.read_info(old_dir) if old_dir else {}
+        existing: set[str] = set()
+        if old_dir is not None:
+            if old_info.get("model", {}).get("fingerprint") != fingerprint:
+                raise CaseIndexError("the index was built with another model", path=root, field="model",
+                                     expected="the same model, or rebuild (--rebuild)")
+            conn = metadata.connect(old_dir / "cases.sqlite", readonly=True)
+            existing = set(metadata.study_ids(conn))
+            conn.close()
+        dims = data.get("dims")
+        rows = [r for r in read_manifest(manifest_path, split=split)
+                if r.study_id not in existing and (dims is None or r.dims == dims)]
+        if not rows:
+            if old_dir is None:
+                raise CaseIndexError("no study to index", path=manifest_path, field="split",
+                                     expected="rows of the chosen split whose dims match data.dims")
+            return CaseIndex.open(root, config=cfg)
+        by_id = {r.study_id: r for r in rows}
+
+        with storage.staging_dir(root) as staged:
+            emb, skipped = _embed_rows(model, rows, manifest_path, staged, data, cfg.progress)
+            if len(emb) == 0 and old_dir is None:
+                raise CaseIndexError(f"none of {len(rows)} studies could be embedded", path=manifest_path,
+                                     expected="readable images (see the skipped list)")
+            start = int(old_info.get("count", 0))
+            counts = {}
+            for t, vecs in (("image", emb.image), ("report", emb.text)):
+                old_file = old_dir / f"{t}.npy" if old_dir else None
+                counts[t] = storage.append_vectors(old_file, vecs.reshape(len(emb), -1) if len(emb) else
+                                                   np.zeros((0, int(old_info.get("dim", 0))), np.float32),
+                                                   staged / f"{t}.npy")
+            if old_dir:
+                shutil.copyfile(old_dir / "cases.sqlite", staged / "cases.sqlite")
+            conn = metadata.connect(staged / "cases.sqlite")
+            metadata.insert_cases(conn, start, (_case(by_id[s], manifest_path) for s in emb.study_ids))
+            conn.close()
+            n = counts["image"]
+            dim = int(emb.image.shape[1]) if len(emb) else int(old_info["dim"])
+            approx = _approx_files(cfg, staged, old_dir, old_info, start, emb, n)
+            history = list(old_info.get("history", [])) + [{
+                "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "manifest": str(manifest_path.resolve()), "split": split,
+                "added": len(emb), "skipped": skipped,
+            }]
+            storage.write_info(staged, {
+                "format": storage.FORMAT,
+                "count": n,
+                "dim": dim,
+                "model": {"fingerprint": fingerprint, "config": getattr(model, "config", None)},
+                "data": data,
+                "approximate": approx,
+                "history": history,
+            })
+            storage.commit(root, staged, keep_versions=cfg.keep_versions)
+    return CaseIndex.open(root, config=cfg)
+
+
+def _case(row: Any, manifest_path: Path) -> dict[str, Any]:
+    """What the index stores of a manifest row: never the patient id."""
+    from medvl.data.manifest import resolve_path
+
+    return {"study_id": row.study_id, "split": row.split, "modality": row.modality, "dims": row.dims,
+            "view": row.view, "image": str(resolve_path(manifest_path, row.image)),
+            "report": row.report_text, "labels": dict(row.labels)}
+
+
+def _approx_files(cfg: IndexConfig, staged: Path, old_dir: Path | None, old_info: dict[str, Any], start: int,
+                  emb: Any, n: int) -> dict[str, Any]:
+    """Build (or extend) the approximate indexes when the corpus calls for them."""
+    if not _want_approx(cfg, n):
+        return {}
+    out: dict[str, Any] = {}
+    old_approx = old_info.get("approximate") or {}
+    for t in storage.TARGETS:
+        entry = old_approx.get(t)
+        new = np.ascontiguousarray((emb.image if t == "image" else emb.text), dtype=np.float32)
+        if entry and old_dir is not None and entry.get("kind") == cfg.kind and entry.get("count") == start:
+            # Extend the trained index with the new rows instead of re-clustering everything.
+            index = read_approx(old_dir / entry["file"])
+            if len(new):
+                index.add(new)
+        else:
+            index = build_approx(np.load(staged / f"{t}.npy", mmap_mode="r"), cfg.approx_params)
+        write_approx(index, staged / f"{t}.faiss")
+        out[t] = {"kind": cfg.kind, "file": f"{t}.faiss", "count": n}
+    return out
