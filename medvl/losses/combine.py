@@ -5,7 +5,8 @@ A ``loss`` config section names its terms and their settings::
     loss:
       terms:
         instance: {weight: 1.0, temperature: null}
-        token: {weight: 0.5}
+        token: {weight: 0.5}               # MGCA word<->patch alignment
+        gloria: {weight: 0.0}              # GLoRIA local attention loss
         prototype: {weight: 0.5, num_prototypes: 500}
 
 Each name is looked up in :data:`LOSS_TERMS` (unknown names raise
@@ -27,6 +28,9 @@ from torch import nn
 from medvl.config import from_dict, to_dict
 from medvl.errors import ConfigError
 from medvl.losses.instance import InstanceConfig, InstanceLoss
+from medvl.losses.prototype import PrototypeConfig, PrototypeLoss
+from medvl.losses.token_gloria import GloriaConfig, GloriaLocalLoss
+from medvl.losses.token_mgca import TokenAlignmentLoss, TokenConfig
 from medvl.models.outputs import EncoderOutput
 from medvl.registry import Registry
 
@@ -42,6 +46,9 @@ class TermSpec:
 #: Registered alignment terms by config name.
 LOSS_TERMS: Registry[TermSpec] = Registry("loss term")
 LOSS_TERMS.add("instance", TermSpec(InstanceConfig, InstanceLoss))
+LOSS_TERMS.add("token", TermSpec(TokenConfig, TokenAlignmentLoss))
+LOSS_TERMS.add("gloria", TermSpec(GloriaConfig, GloriaLocalLoss))
+LOSS_TERMS.add("prototype", TermSpec(PrototypeConfig, PrototypeLoss))
 
 
 def _default_terms() -> dict[str, Any]:

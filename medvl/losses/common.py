@@ -110,6 +110,7 @@ def token_weights(
     attention: torch.Tensor | None,
     mask: torch.Tensor,
     clip_quantiles: tuple[float, float] | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Per-token loss weights that sum to one over the valid tokens of each sample.
 
@@ -120,14 +121,15 @@ def token_weights(
         clip_quantiles: ``(low, high)``: clip each sample's weights of valid tokens
             to these quantiles of themselves before normalising (MGCA's code uses
             ``(0.1, 0.9)``, so a few dominant tokens cannot take all the weight).
+        dtype: dtype of the result (that of the embeddings the weights multiply).
 
     Returns:
         ``(B, N)`` float weights, zero on padding, detached (weights are not trained).
     """
     if attention is None:
-        w = mask.float()
+        w = mask.to(dtype)
     else:
-        w = attention.detach().float().clamp_min(0.0) * mask
+        w = attention.detach().to(dtype).clamp_min(0.0) * mask
         if clip_quantiles is not None:
             # NaN marks padding so nanquantile sees only the valid tokens of each row.
             masked = w.masked_fill(~mask, float("nan"))
@@ -136,7 +138,7 @@ def token_weights(
             w = torch.maximum(torch.minimum(w, bounds[1, :, None]), bounds[0, :, None]) * mask
         # A row of all-zero attention (possible after clamping) falls back to uniform.
         dead = w.sum(dim=1, keepdim=True) <= 0
-        w = torch.where(dead, mask.float(), w)
+        w = torch.where(dead, mask.to(dtype), w)
     return w / w.sum(dim=1, keepdim=True)
 
 

@@ -97,6 +97,20 @@ def gather_with_grad(x: torch.Tensor, sizes: list[int] | None = None) -> torch.T
     return _all_gather_padded(x, sizes)
 
 
+def batch_mean(per_sample: torch.Tensor) -> torch.Tensor:
+    """Mean of a per-sample loss over the *global* batch, as this rank's share.
+
+    Without a process group this is ``per_sample.mean()``. Under ``torchrun`` it is
+    ``sum(per_sample) * world_size / global_batch``: the mean over ranks of these
+    shares (what DDP's gradient averaging optimises) is then exactly the mean over all
+    samples, even when ranks hold different numbers of samples.
+    """
+    if not is_distributed():
+        return per_sample.mean()
+    total = sum(gather_sizes(per_sample.shape[0], per_sample.device))
+    return per_sample.sum() * (dist.get_world_size() / total)
+
+
 def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     """Sum ``x`` over ranks (no gradient); identity when not distributed."""
     if is_distributed():
