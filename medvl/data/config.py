@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from medvl.errors import ConfigError
+from medvl.io.reader import ReadOptions
 
 TEXT_MODES = ("truncate", "sample_sentences")
 
@@ -49,6 +50,8 @@ class DataConfig:
         cache_dtype: dtype stored in the cache (``float16`` halves disk and page cache).
         augment: random affine / intensity augmentation on the train split only.
         drop_last: drop the last incomplete batch when shuffling (training).
+        io: options of ``medvl.io.read_image`` (``max_voxels``, ``allow_nonuniform``,
+            ``spacing_tolerance``, ``nonfinite``, ``recursive``).
     """
 
     manifest: str | None = None
@@ -68,6 +71,7 @@ class DataConfig:
     cache_dtype: Literal["float16", "float32"] = "float32"
     augment: bool = False
     drop_last: bool = False
+    io: ReadOptions = field(default_factory=ReadOptions)
 
     def validate(self) -> None:
         """Check cross-field constraints; raise :class:`ConfigError` naming the key."""

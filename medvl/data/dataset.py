@@ -6,7 +6,8 @@ One item per study of one split. ``__getitem__`` reads the image with
 :class:`~medvl.data.cache.PreprocessCache`, augments it when asked, prepares the
 report text and turns the labels into a ``(K,)`` vector over ``finding_names()``.
 
-A study whose image cannot be read or preprocessed is **skipped, never fatal**: the
+A study whose image cannot be read or preprocessed, or whose chosen report sections
+are all empty, is **skipped, never fatal**: the
 item comes back as ``{"skipped": {"study_id", "path", "error"}, "index": i}``, is
 appended to ``dataset.skipped`` in the process that loaded it, and the collate
 function drops it (and carries the record to the main process, see
@@ -49,10 +50,12 @@ def label_vector(labels: dict[str, int], names: list[str]) -> np.ndarray:
     return out
 
 
-def _default_reader() -> Reader:
+def _default_reader(cfg: DataConfig) -> Reader:
+    from functools import partial
+
     from medvl.io import read_image  # the io room's public reader
 
-    return read_image
+    return partial(read_image, **cfg.io.as_kwargs())
 
 
 class StudyDataset(Dataset):
@@ -95,7 +98,7 @@ class StudyDataset(Dataset):
             log.warning("%s: %d %s row(s) with dims != %d left out", manifest_path,
                         self.excluded, split, cfg.dims)
         self.finding_names = finding_names()
-        self.reader = reader if reader is not None else _default_reader()
+        self.reader = reader if reader is not None else _default_reader(cfg)
         self.transform = ModelInputTransform(cfg)
         self.cache = (
             PreprocessCache(cfg.cache_dir, preprocess_signature(cfg), cfg.cache_dtype)
@@ -154,6 +157,7 @@ class StudyDataset(Dataset):
         row = self.rows[index]
         try:
             image = self.load_image(index)
+            text = prepare_text(row.report, self.cfg, np.random.default_rng(self._rng_seed(index)))
         except Exception as exc:  # noqa: BLE001 - a bad study must never stop training
             record = {"study_id": row.study_id, "path": str(self.image_path(index)),
                       "error": f"{type(exc).__name__}: {exc}"}
@@ -165,10 +169,9 @@ class StudyDataset(Dataset):
             seed = int(np.random.SeedSequence(self._rng_seed(index)).generate_state(1)[0])
             self.augment.pipeline.set_random_state(seed=seed)  # type: ignore[attr-defined]
             image = self.augment(image)
-        text_rng = np.random.default_rng(self._rng_seed(index))
         return {
             "image": torch.from_numpy(np.array(image, dtype=np.float32)),
-            "text": prepare_text(row.report, self.cfg, text_rng),
+            "text": text,
             "labels": torch.from_numpy(label_vector(row.labels, self.finding_names)),
             "study_id": row.study_id,
             "patient_id": row.patient_id,

@@ -213,7 +213,7 @@ def build_augmentation(cfg: DataConfig, seed: int | None = None) -> Callable[[np
 
 def preprocess_signature(cfg: DataConfig) -> str:
     """A short hash of every config field that changes the deterministic output."""
-    keys = ("dims", "image_size", "window", "in_channels", "hu_range", "spacing", "cache_dtype")
+    keys = ("dims", "image_size", "window", "in_channels", "hu_range", "spacing", "cache_dtype", "io")
     data = {k: to_dict(getattr(cfg, k)) for k in keys}
     data["size"] = list(cfg.spatial_size)
     data["version"] = PIPELINE_VERSION

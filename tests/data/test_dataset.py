@@ -151,3 +151,24 @@ def test_monochrome1_radiograph_is_inverted(tmp_path) -> None:
     img = build_dataset(_cfg(image_size=8), tmp_path / "m.jsonl", "train",
                         reader=reader_under_test())[0]["image"][0]
     assert float(img[:, :4].mean()) > 0.9 and float(img[:, 4:].mean()) < 0.1
+
+
+def test_io_options_reach_the_reader(tmp_path) -> None:
+    manifest = make_corpus_2d(tmp_path, n=1, size=(40, 30))
+    ds = build_dataset(_cfg(io={"max_voxels": 100}), manifest, "train")
+    item = ds[0]
+    assert "skipped" in item and ds.skipped[0]["study_id"] == "s0"
+    assert build_dataset(_cfg(), manifest, "train")[0]["image"].shape == (1, 16, 16)
+    with pytest.raises(ConfigError, match="data.io.nonfinite"):
+        build_dataset(_cfg(io={"nonfinite": "maybe"}), manifest, "train")
+
+
+def test_study_without_text_in_chosen_sections_is_skipped(tmp_path) -> None:
+    write_png(tmp_path / "a.png", np.zeros((4, 4)))
+    write_manifest(tmp_path / "m.jsonl", [
+        row("a", "a.png", report={"findings": "", "impression": "Normal."}),
+        row("b", "a.png", report={"indication": "Cough.", "findings": " "}),
+    ])
+    ds = build_dataset(_cfg(sections=["findings", "impression"]), tmp_path / "m.jsonl", "train")
+    assert ds[0]["text"] == "Normal."
+    assert "skipped" in ds[1] and "report" in ds.skipped[0]["error"].lower()
