@@ -71,6 +71,7 @@ def build_index(
     data_cfg: Any = None,
     config: IndexConfig | dict[str, Any] | None = None,
     rebuild: bool = False,
+    model_dir: str | Path | None = None,
 ) -> CaseIndex:
     """Embed a manifest's studies (images and reports) into the case index at ``out_dir``.
 
@@ -88,6 +89,7 @@ def build_index(
             query images are preprocessed the same way.
         config: the ``index`` section.
         rebuild: ignore an existing index and build from scratch.
+        model_dir: the model's folder, recorded so ``medvl index search`` can load it.
 
     Returns:
         the opened index (its live version).
@@ -159,7 +161,8 @@ def build_index(
                 "format": storage.FORMAT,
                 "count": n,
                 "dim": dim,
-                "model": {"fingerprint": fingerprint, "config": getattr(model, "config", None)},
+                "model": {"fingerprint": fingerprint, "config": getattr(model, "config", None),
+                          "dir": str(Path(model_dir).resolve()) if model_dir else old_info.get("model", {}).get("dir")},
                 "data": data,
                 "approximate": approx,
                 "history": history,

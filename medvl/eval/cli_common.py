@@ -1,0 +1,39 @@
+"""Helpers shared by the ``medvl eval`` and ``medvl index`` commands: model and config lookup."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from medvl.errors import ModelError
+
+
+def load_model(model_dir: str | Path) -> Any:
+    """Load a model directory with ``MedVLModel.from_pretrained`` (no network), in eval mode."""
+    p = Path(model_dir)
+    if not p.is_dir():
+        raise ModelError("model folder does not exist", path=p, expected="a folder written by `medvl train`")
+    from medvl.models import MedVLModel
+
+    model = MedVLModel.from_pretrained(p)
+    model.eval()
+    return model
+
+
+def find_experiment_config(model_dir: str | Path, config: str | None, overrides: list[str]) -> tuple[dict[str, Any], str]:
+    """The experiment config to take the ``data`` / ``eval`` / ``index`` sections from.
+
+    Order: ``--config`` when given; else ``config.yaml`` in the model folder or its parent
+    (``medvl train`` writes it next to ``model/``); else an empty config (defaults).
+
+    Returns:
+        ``(config, where it came from)``.
+    """
+    from medvl.config import apply_overrides, load_config
+
+    if config:
+        return load_config(config, overrides), config
+    for cand in (Path(model_dir) / "config.yaml", Path(model_dir).parent / "config.yaml"):
+        if cand.is_file():
+            return load_config(cand, overrides), str(cand)
+    return apply_overrides({}, overrides), "defaults"

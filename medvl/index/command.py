@@ -1,0 +1,90 @@
+"""``medvl index build`` and ``medvl index search``.
+
+Examples::
+
+    medvl index build --model runs/demo/model --manifest corpus/manifest.jsonl --out runs/demo/index
+    medvl index search runs/demo/index --text "left pleural effusion" -k 5
+    medvl index search runs/demo/index --image corpus/img/s0001.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="index_command", metavar="ACTION", required=True)
+    b = sub.add_parser("build", help="embed a manifest's studies into an index (incremental)")
+    b.add_argument("--model", required=True, help="model folder (from `medvl train`)")
+    b.add_argument("--manifest", required=True, help="manifest (JSONL)")
+    b.add_argument("--out", required=True, help="index folder (created, or extended when it exists)")
+    b.add_argument("--split", default=None, choices=["train", "val", "test"], help="index one split (default all)")
+    b.add_argument("--config", default=None,
+                   help="experiment config for the data/index sections (default: config.yaml next to the model)")
+    b.add_argument("--rebuild", action="store_true", help="start from scratch instead of adding new studies")
+    b.add_argument("overrides", nargs="*", help="dotted overrides, e.g. index.approximate=never")
+
+    s = sub.add_parser("search", help="print the cases closest to a text or an image")
+    s.add_argument("index", help="index folder")
+    q = s.add_mutually_exclusive_group(required=True)
+    q.add_argument("--text", help="free-text query")
+    q.add_argument("--image", help="query image (DICOM, NIfTI, PNG/JPEG)")
+    s.add_argument("--model", default=None, help="model folder (default: the one the index was built with)")
+    s.add_argument("-k", type=int, default=10, help="hits to print (default 10)")
+    s.add_argument("--against", default="image", choices=["image", "report"],
+                   help="rank cases by their images (default) or by their reports")
+    s.add_argument("--json", action="store_true", help="print hits as JSON lines")
+
+
+def _build(args: argparse.Namespace) -> int:
+    from medvl.eval.cli_common import find_experiment_config, load_model
+    from medvl.index.build import build_index
+
+    cfg, source = find_experiment_config(args.model, args.config, list(args.overrides))
+    model = load_model(args.model)
+    print(f"[index] model {args.model}; data section from {source}")
+    index = build_index(model, args.manifest, args.out, split=args.split, data_cfg=cfg.get("data"),
+                        config=cfg.get("index"), rebuild=args.rebuild, model_dir=args.model)
+    last = index.info["history"][-1]
+    print(f"[index] {args.out}: {len(index)} cases (dim {index.dim}, {index.version_dir.name}); "
+          f"last build added {last['added']}, skipped {len(last['skipped'])}; "
+          f"search: {'approximate (' + ', '.join(index.info['approximate']) + ') + exact' if index.info.get('approximate') else 'exact'}")
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from medvl.errors import CaseIndexError
+    from medvl.eval.cli_common import load_model
+    from medvl.index.case_index import CaseIndex
+
+    index = CaseIndex.open(args.index)
+    model_dir = args.model or (index.info.get("model") or {}).get("dir")
+    if not model_dir:
+        raise CaseIndexError("the index does not record its model folder", path=args.index, field="--model",
+                             expected="--model DIR")
+    if args.k < 1:
+        raise CaseIndexError(f"k is {args.k}", field="-k", expected=">= 1")
+    model = load_model(model_dir)
+    if args.text is not None:
+        hits = index.search_text(model, args.text, args.k, against=args.against)
+    else:
+        hits = index.search_image(model, Path(args.image), args.k, against=args.against)
+    for h in hits:
+        if args.json:
+            print(json.dumps(h.to_dict()))
+            continue
+        present = ", ".join(k for k, v in sorted(h.labels.items()) if v == 1) or "-"
+        report = " ".join(h.report_text.split())
+        print(f"{h.rank:>3}. {h.study_id}  score {h.score:.3f}  [{present}]")
+        print(f"     {h.image_path}")
+        print(f"     {report[:200]}{'...' if len(report) > 200 else ''}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.index_command == "build":
+        return _build(args)
+    return _search(args)
