@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from medvl.atomic import atomic_path
@@ -216,7 +216,7 @@ def read_state(path: str | Path) -> dict[str, Any]:
 def _load_module(module: torch.nn.Module, file: Path) -> None:
     try:
         missing, unexpected = load_model(module, str(file), strict=False)
-    except (OSError, RuntimeError, ValueError) as exc:
+    except (OSError, RuntimeError, ValueError, SafetensorError) as exc:
         raise CheckpointError(f"cannot load weights: {exc}", path=file) from None
     if missing or unexpected:
         names = (list(missing) + list(unexpected))[:3]
@@ -256,7 +256,7 @@ def load_checkpoint(
         scheduler.load_state_dict(doc["scheduler"])
         if doc.get("scaler") and scaler.is_enabled():
             scaler.load_state_dict(doc["scaler"])
-    except (OSError, KeyError, ValueError, RuntimeError) as exc:
+    except (OSError, KeyError, ValueError, RuntimeError, SafetensorError) as exc:
         raise CheckpointError(f"cannot restore the optimizer state: {exc}", path=path,
                               expected="a checkpoint of the same model and optimizer settings") from None
     return doc
