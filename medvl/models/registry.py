@@ -20,6 +20,7 @@ TEXT_ENCODERS: Registry[Callable[..., Any]] = Registry("text encoder")
 
 _MODULES = (
     "medvl.models.image2d",
+    "medvl.models.image_vit",
     "medvl.models.image_hf",
     "medvl.models.image3d",
     "medvl.models.text_bert",

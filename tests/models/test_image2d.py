@@ -1,0 +1,67 @@
+"""2D image encoders from the registry: tokens on their grid, channels, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medvl.errors import ConfigError, ModelError
+from medvl.models.config import ImageConfig
+from medvl.models.image2d import build_image_encoder
+
+TINY_2D = {
+    "resnet10": {"width": 8},
+    "resnet18": {"width": 8},
+    "densenet121": {"width": 8},
+    "efficientnet-b0": {},
+    "efficientnet-lite0": {},
+    "vit": {"width": 32, "depth": 2, "patch_size": 16, "options": {"num_heads": 2}},
+    "swin": {"width": 16, "options": {"depths": [1, 1, 1, 1], "window_size": 4}},
+}
+
+
+@pytest.mark.parametrize("name", sorted(TINY_2D))
+def test_encoder_returns_pooled_feature_and_grid_tokens(name):
+    torch.manual_seed(0)
+    cfg = ImageConfig(name=name, in_channels=3, image_size=64, **TINY_2D[name])
+    enc = build_image_encoder(cfg).eval()
+    x = torch.randn(2, 3, 64, 64)  # three stacked CT windows as channels
+    with torch.no_grad():
+        f = enc(x)
+    n = 1
+    for s in f.grid:
+        n *= s
+    assert f.grid == ((4, 4) if name == "vit" else (2, 2))  # patch 16 / total stride 32
+    assert f.tokens.shape == (2, n, enc.out_dim)
+    assert f.pooled.shape == (2, enc.out_dim)
+    assert torch.isfinite(f.tokens).all()
+    if name == "vit":
+        assert torch.allclose(f.attention.sum(-1), torch.ones(2), atol=1e-5)
+    else:  # CNN/Swin: the global feature is the mean of the cells
+        assert torch.allclose(f.pooled, f.tokens.mean(1), atol=1e-5)
+    # samples are encoded independently (eval mode): no leakage across the batch
+    with torch.no_grad():
+        alone = enc(x[:1])
+    assert torch.allclose(alone.pooled, f.pooled[:1], atol=1e-4)
+
+
+def test_vit_needs_its_training_size():
+    cfg = ImageConfig(name="vit", image_size=64, **TINY_2D["vit"])
+    enc = build_image_encoder(cfg)
+    with pytest.raises(ModelError, match=r"\(64, 64\) \(model.image.image_size\)"):
+        enc.check_input(torch.randn(1, 1, 96, 96))
+
+
+def test_encoder_options_are_validated():
+    with pytest.raises(ConfigError, match="model.image.options.num_head"):
+        build_image_encoder(ImageConfig(name="vit", options={"num_head": 2}))
+    with pytest.raises(ConfigError, match="model.image.options"):
+        build_image_encoder(ImageConfig(name="resnet18", options={"x": 1}))
+    with pytest.raises(ConfigError, match="slices"):
+        build_image_encoder(ImageConfig(name="resnet10", volume="native"))
+
+
+def test_channel_mismatch_is_reported_before_the_first_layer():
+    enc = build_image_encoder(ImageConfig(name="resnet10", width=8, in_channels=3))
+    with pytest.raises(ModelError, match="got 1 channels"):
+        enc.check_input(torch.randn(1, 1, 64, 64))
