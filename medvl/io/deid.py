@@ -1,0 +1,247 @@
+"""De-identification of DICOM files: PS3.15 Basic Application Level Confidentiality Profile.
+
+The maintained library `dicognito` does the consistent replacement: every UID is
+mapped to a pseudonymous UID (the same original UID always maps to the same new one
+within a run, and across runs given the same ``seed``), so series, studies and frames
+of reference stay together; names, IDs, institutions and addresses get dummy values.
+medvl adds what the basic profile asks and dicognito leaves: free-text descriptions
+and comments, patient age/size/weight, private tags and overlay data are removed,
+dates are emptied (or shifted, with the PS3.15 "modified dates" option), and files
+with burned-in annotation are refused unless the caller accepts them.
+
+What models need is untouched: pixel data, spacing, orientation and position,
+rescale, windows and VOI LUTs, modality, body part, view.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import pydicom
+from pydicom.datadict import keyword_dict
+from pydicom.dataset import Dataset
+
+from medvl.errors import ImageReadError, MedvlError
+
+DateMode = Literal["remove", "shift"]
+
+# PS3.15 Table E.1-1 attributes marked X (remove) or Z (empty) that dicognito keeps.
+# dicognito already handles every PN, UI, DA/DT/TM element and the IDs/addresses.
+REMOVE_KEYWORDS: tuple[str, ...] = (
+    "StudyDescription", "SeriesDescription", "ProtocolName", "PatientAge", "PatientSize",
+    "PatientWeight", "AdditionalPatientHistory", "PatientComments", "ImageComments",
+    "StudyComments", "RequestedProcedureDescription", "PerformedProcedureStepDescription",
+    "AdmittingDiagnosesDescription", "AdmittingDiagnosesCodeSequence", "DerivationDescription",
+    "AcquisitionComments", "DeviceSerialNumber", "ReasonForStudy", "ReasonForTheRequestedProcedure",
+    "RequestAttributesSequence", "EthnicGroup", "MedicalAlerts", "Allergies", "PregnancyStatus",
+    "SmokingStatus", "LastMenstrualDate", "PatientState", "SpecialNeeds", "VisitComments",
+    "TextComments", "TextString", "InterpretationText", "Impressions", "ResultsComments",
+    "PatientBirthName", "PatientMotherBirthName", "PatientBirthTime", "OtherPatientNames",
+    "ReferringPhysicianAddress", "ReferringPhysicianTelephoneNumbers", "InstitutionAddress",
+    "InstitutionalDepartmentName", "PerformedLocation", "ScheduledProcedureStepLocation",
+    "OperatorsName", "PhysiciansOfRecord", "PerformingPhysicianName", "NameOfPhysiciansReadingStudy",
+    "RequestingPhysician", "ReferringPhysicianName", "ContentCreatorName", "PersonName",
+    "IssuerOfPatientID", "PatientTelephoneNumbers", "PatientAddress", "CountryOfResidence",
+    "RegionOfResidence", "MilitaryRank", "BranchOfService", "Occupation",
+)
+# Emptied (Z) rather than left with dicognito's realistic dummy values. PatientID keeps
+# its pseudonym: corpora need it for patient-level splits.
+EMPTY_KEYWORDS: tuple[str, ...] = ("PatientName", "PatientBirthDate", "PatientSex",
+                                   "AccessionNumber", "StudyID", "InstitutionName", "StationName")
+
+# Elements that must carry no identifying value after de-identification (used by checks).
+IDENTIFYING_KEYWORDS: tuple[str, ...] = (
+    "PatientName", "PatientBirthDate", "OtherPatientIDs", "OtherPatientNames",
+    "PatientAddress", "PatientTelephoneNumbers", "InstitutionName", "InstitutionAddress",
+    "ReferringPhysicianName", "PerformingPhysicianName", "OperatorsName", "StudyDescription",
+    "SeriesDescription", "PatientAge", "AccessionNumber", "StationName", "DeviceSerialNumber",
+)
+
+BASIC_PROFILE_CODE = ("113100", "Basic Application Confidentiality Profile")
+MODIFIED_DATES_CODE = ("113107", "Retain Longitudinal Temporal Information Modified Dates Option")
+
+
+@dataclass
+class DeidReport:
+    """What :func:`deidentify` did.
+
+    Attributes:
+        written: output files, relative to the output folder.
+        skipped: ``{"file": input path, "reason": ...}`` for files not written.
+    """
+
+    written: list[str] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, object]:
+        """Counts and reasons only: safe to store next to the de-identified files."""
+        reasons: dict[str, int] = {}
+        for item in self.skipped:
+            key = item["reason"].split(":")[0]
+            reasons[key] = reasons.get(key, 0) + 1
+        return {"written": len(self.written), "skipped": len(self.skipped), "skip_reasons": reasons,
+                "profile": "DICOM PS3.15 Basic Application Level Confidentiality Profile (dicognito + medvl)"}
+
+
+def _make_anonymizer(seed: str | None):
+    from dicognito.anonymizer import Anonymizer
+
+    return Anonymizer(seed=seed)
+
+
+def _remove_overlays(ds: Dataset) -> None:
+    """Overlay Data / Comments (60xx,3000 / 60xx,4000) may hold burned-in text (Table E.1-1: X)."""
+    for elem in list(ds):
+        group, element = elem.tag.group, elem.tag.element
+        if 0x6000 <= group <= 0x601E and group % 2 == 0 and element in (0x3000, 0x4000):
+            del ds[elem.tag]
+
+
+def _blank_dates(ds: Dataset) -> None:
+    def visit(dataset: Dataset, elem: pydicom.DataElement) -> None:
+        if elem.VR in ("DA", "DT", "TM"):
+            elem.value = ""
+
+    ds.walk(visit)
+
+
+def _add_method_codes(ds: Dataset, dates: DateMode) -> None:
+    codes = [BASIC_PROFILE_CODE] + ([MODIFIED_DATES_CODE] if dates == "shift" else [])
+    items = []
+    for value, meaning in codes:
+        item = Dataset()
+        item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, "DCM", meaning
+        items.append(item)
+    ds.DeidentificationMethodCodeSequence = items
+    ds.DeidentificationMethod = "DICOM PS3.15 Basic Profile (dicognito, medvl)"
+    ds.PatientIdentityRemoved = "YES"
+
+
+def deidentify_dataset(ds: Dataset, anonymizer=None, *, dates: DateMode = "remove") -> Dataset:
+    """De-identify a dataset in place and return it.
+
+    Args:
+        ds: the dataset (with ``file_meta``).
+        anonymizer: a ``dicognito.anonymizer.Anonymizer``; reuse one for every file
+            of a study so UIDs map consistently. A new one is made when None.
+        dates: ``"remove"`` empties every date/time (basic profile); ``"shift"``
+            keeps dicognito's consistent backward shift (modified dates option).
+    """
+    anonymizer = anonymizer or _make_anonymizer(None)
+    if not hasattr(ds, "file_meta"):
+        ds.file_meta = pydicom.dataset.FileMetaDataset()
+    anonymizer.anonymize(ds)
+    ds.remove_private_tags()
+    _remove_overlays(ds)
+
+    def strip(dataset: Dataset, elem: pydicom.DataElement) -> None:
+        kw = elem.keyword
+        if kw in REMOVE_KEYWORDS:
+            del dataset[elem.tag]
+        elif kw in EMPTY_KEYWORDS:
+            elem.value = ""
+
+    ds.walk(strip)
+    if dates == "remove":
+        _blank_dates(ds)
+    _add_method_codes(ds, dates)
+    return ds
+
+
+def residual_identifiers(ds: Dataset, originals: Iterable[str] = ()) -> list[str]:
+    """Keywords of identifying elements still holding a value, plus any element whose
+    text contains one of ``originals`` (known identifiers of the source)."""
+    found = [kw for kw in IDENTIFYING_KEYWORDS if kw in ds and str(ds[kw].value or "").strip()]
+    needles = [o for o in originals if o]
+    if needles:
+        def visit(dataset: Dataset, elem: pydicom.DataElement) -> None:
+            if elem.VR in ("OB", "OW", "OF", "OD", "UN", "SQ") or elem.tag == 0x7FE00010:
+                return
+            text = str(elem.value)
+            if any(n in text for n in needles):
+                found.append(elem.keyword or str(elem.tag))
+
+        ds.walk(visit)
+    return found
+
+
+def _iter_inputs(src: Path) -> list[Path]:
+    if src.is_file():
+        return [src]
+    return sorted(p for p in src.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def deidentify(
+    src: str | Path,
+    dst: str | Path,
+    *,
+    seed: str | None = None,
+    dates: DateMode = "remove",
+    allow_burned_in: bool = False,
+) -> DeidReport:
+    """De-identify a DICOM file or a folder tree into ``dst``.
+
+    Output files are named by their new pseudonymous UIDs,
+    ``dst/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``, since input
+    names and folders often carry patient names. A ``deid_report.json`` with counts
+    and reasons only (no input paths) is written to ``dst``.
+
+    Args:
+        src: a DICOM file or a folder (searched recursively).
+        dst: output folder (created).
+        seed: secret that makes the pseudonyms reproducible across runs; keep it
+            private (anyone with it can re-link pseudonyms to originals).
+        dates: ``"remove"`` (basic profile) or ``"shift"`` (modified dates option).
+        allow_burned_in: also write files flagged BurnedInAnnotation YES (their
+            pixels may show names; the profile requires cleaning them first).
+
+    Raises:
+        MedvlError: ``src`` does not exist or holds no DICOM file.
+    """
+    from medvl.atomic import atomic_path
+
+    s, d = Path(src), Path(dst)
+    if not s.exists():
+        raise ImageReadError("input not found", path=s)
+    anonymizer = _make_anonymizer(seed)
+    report = DeidReport()
+    for f in _iter_inputs(s):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds = pydicom.dcmread(f)
+        except Exception as exc:  # noqa: BLE001 - non-DICOM files are skipped and recorded
+            report.skipped.append({"file": str(f), "reason": f"not DICOM: {type(exc).__name__}"})
+            continue
+        if str(ds.get("BurnedInAnnotation", "")).upper() == "YES" and not allow_burned_in:
+            report.skipped.append({"file": str(f), "reason": "burned-in annotation: pixels may show identifiers"})
+            continue
+        if str(ds.get("SOPClassUID", "")) == "1.2.840.10008.1.3.10":  # DICOMDIR indexes names
+            report.skipped.append({"file": str(f), "reason": "DICOMDIR: rebuild it from the output"})
+            continue
+        try:
+            deidentify_dataset(ds, anonymizer, dates=dates)
+            rel = Path(str(ds.get("StudyInstanceUID", "nostudy"))) / str(ds.get("SeriesInstanceUID", "noseries")) \
+                / f"{ds.get('SOPInstanceUID', f'obj{len(report.written)}')}.dcm"
+            with atomic_path(d / rel) as tmp:
+                ds.save_as(tmp, enforce_file_format=False)
+        except Exception as exc:  # noqa: BLE001 - one bad file must not stop a corpus
+            report.skipped.append({"file": str(f), "reason": f"cannot de-identify: {type(exc).__name__}: {exc}"})
+            continue
+        report.written.append(str(rel))
+    if not report.written and not report.skipped:
+        raise MedvlError("no files to de-identify", path=s, expected="a DICOM file or folder")
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "deid_report.json").write_text(json.dumps(report.summary(), indent=2) + "\n", encoding="utf-8")
+    return report
+
+
+def _check_keywords() -> None:  # pragma: no cover - guards typos in the tables above
+    unknown = [k for k in (*REMOVE_KEYWORDS, *EMPTY_KEYWORDS, *IDENTIFYING_KEYWORDS) if k not in keyword_dict]
+    if unknown:
+        raise AssertionError(f"unknown DICOM keywords: {unknown}")
