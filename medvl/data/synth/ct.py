@@ -199,4 +199,5 @@ def render_ct(
             hu[region] = 30.0
         masks[f.name] = region
     hu += np.random.default_rng(np.random.SeedSequence([int(seed), 2])).normal(0, 12, shape).astype(np.float32)
+    np.clip(hu, -1024.0, 3071.0, out=hu)  # the range a 12-bit scanner with intercept -1024 can store
     return CTRender(hu, affine, lobes, masks)

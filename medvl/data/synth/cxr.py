@@ -238,8 +238,10 @@ def _consolidation(cv: _Canvas, f: FindingSpec, img: np.ndarray, rng: np.random.
     blob = np.exp(-((np.hypot(cv.u - pu, (cv.v - pv) * 0.85) / radius) ** 2) * 1.2)
     patchy = np.clip(0.65 + 0.5 * smooth_noise(rng, img.shape, sigma=7.0 * cv.size / 512), 0.0, 1.0)
     dens = np.clip(blob * patchy * 1.6 - 0.25, 0.0, 1.0) * cv.lung[side]
+    # Cut the faint fringe so the mask (dens > 0.5 after the soft edge) covers all drawn opacity.
+    dens = np.where(dens > 0.12, np.clip((dens - 0.12) / 0.06, 0.0, 1.0) * dens, 0.0).astype(np.float32)
     img += (0.45 + 0.5 * f.severity) * dens * (0.4 + cv.lung_depth[side]) - cv.markings * dens * 0.5
-    return dens
+    return (dens > 0).astype(np.float32)
 
 
 def nodule_radius_mm(severity: float) -> float:
