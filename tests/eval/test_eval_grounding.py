@@ -1,0 +1,73 @@
+"""Grounding: heatmaps land where the phrase's evidence is; pointing game and IoU by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medvl.errors import ModelError
+from medvl.eval.grounding import mask_iou, phrase_for, phrase_heatmap, pointing_game, upsample
+from medvl_fakes import FakeModel
+
+
+def _cell_image(cell: int, size: int = 30) -> torch.Tensor:
+    """A (1, size, size) image bright in one of the 3x3 cells (cell index row-major)."""
+    img = torch.zeros(1, size, size)
+    r, c = divmod(cell, 3)
+    s = size // 3
+    img[0, r * s : (r + 1) * s, c * s : (c + 1) * s] = 1.0
+    return img
+
+
+def test_heatmap_peaks_on_the_phrase_and_scores_against_its_mask() -> None:
+    model = FakeModel()
+    nodule = 4  # finding_names()[4] == "nodule": the centre cell
+    img = _cell_image(nodule) + 0.5 * _cell_image(0)  # a fainter cardiomegaly cell as a distractor
+    heat = phrase_heatmap(model, img, "There is nodule.")
+    assert heat.shape == (30, 30) and heat.dtype == np.float32
+    assert heat.min() == 0.0 and heat.max() == 1.0
+    mask = np.zeros((30, 30), bool)
+    mask[10:20, 10:20] = True
+    assert pointing_game(heat, mask)
+    assert mask_iou(heat, mask, 0.5) > 0.4
+    # The same image grounded for the distractor points elsewhere.
+    other = phrase_heatmap(model, img, "Cardiomegaly.")
+    assert not pointing_game(other, mask)
+
+
+def test_pointing_game_and_iou_hand_worked() -> None:
+    heat = np.array([[0.0, 0.2], [0.9, 0.4]], dtype=np.float32)
+    assert pointing_game(heat, np.array([[0, 0], [1, 0]]))
+    assert not pointing_game(heat, np.array([[1, 1], [0, 1]]))
+    # minmax -> [[0, .222], [1, .444]]; >= 0.4 keeps (1,0) and (1,1); mask (1,0),(0,0): IoU 1/3
+    assert mask_iou(heat, np.array([[1, 0], [1, 0]]), 0.4) == pytest.approx(1 / 3)
+    with pytest.raises(ValueError):
+        pointing_game(heat, np.zeros((3, 3)))
+
+
+def test_slice_tokens_give_a_per_slice_profile() -> None:
+    prof = np.array([0.0, 1.0, 0.0, 2.0], dtype=np.float32)
+    vol = upsample(prof, (8, 5, 6))
+    assert vol.shape == (8, 5, 6)
+    assert np.all(vol == vol[:, :1, :1])  # constant within each slice
+    # linear interpolation, align_corners=False: output slice i samples input at (i + .5) / 2 - .5
+    assert vol[2, 0, 0] == pytest.approx(0.25 * 0.0 + 0.75 * 1.0)
+    with pytest.raises(ModelError):
+        upsample(np.zeros((2, 2)), (4, 4, 4))
+
+
+def test_encoder_without_local_tokens_is_a_model_error() -> None:
+    class GlobalOnly(FakeModel):
+        def encode_image(self, image):  # noqa: ANN001, ANN202
+            out = super().encode_image(image)
+            out.local_embeds, out.grid = None, None
+            return out
+
+    with pytest.raises(ModelError, match="local"):
+        phrase_heatmap(GlobalOnly(), _cell_image(1), "effusion")
+
+
+def test_phrase_includes_laterality() -> None:
+    assert phrase_for({"finding": "pleural_effusion", "laterality": "left"}) == "left pleural effusion"
+    assert phrase_for({"finding": "cardiomegaly"}) == "cardiomegaly"
