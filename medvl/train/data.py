@@ -75,6 +75,8 @@ class TrainData:
     def epoch(self, epoch: int, start_batch: int, accum: int) -> Iterator[tuple[list[dict], list[list[int]], float, float]]:
         """Yield ``(batches, planned indices, seconds waited for data, start time)`` per optimizer step."""
         self.sampler.set_epoch(epoch, start_batch)
+        if hasattr(self.dataset, "set_epoch"):  # per-epoch draws (sentence sampling, augmentation)
+            self.dataset.set_epoch(epoch)
         plan = self.sampler.epoch_batches()
         # Worker seeds come from this generator: fixed per (seed, epoch, rank), never from
         # the global RNG, so creating an iterator mid-epoch on resume consumes nothing.
@@ -141,9 +143,12 @@ class SkipTracker:
     def __init__(self, data: TrainData) -> None:
         self.dataset = data.dataset
         self.missing: dict[int, dict[str, Any]] = {}
+        self.carried: list[dict[str, Any]] = []
 
     def check(self, batches: list[dict[str, Any]], plan: list[list[int]]) -> None:
         for batch, wanted in zip(batches, plan):
+            # medvl.data's collate carries the records of the studies it dropped.
+            self.carried.extend(dict(r) for r in batch.get("skipped") or [])
             index = batch.get("index")
             if index is None:
                 continue
@@ -163,7 +168,7 @@ class SkipTracker:
         return entry
 
     def collect(self) -> list[dict[str, Any]]:
-        own = [dict(s) for s in getattr(self.dataset, "skipped", []) or []]
+        own = [dict(s) for s in getattr(self.dataset, "skipped", []) or []] + self.carried
         known = {s.get("study_id") for s in own}
         # A missing index whose study id cannot be resolved is only reported when the
         # dataset kept no record of its own (loading in worker processes); otherwise it

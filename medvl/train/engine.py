@@ -46,10 +46,17 @@ MAX_LOGIT_SCALE = math.log(100.0)
 
 @dataclass
 class Components:
-    """The builders the engine calls; tests pass small fakes, the CLI the real rooms."""
+    """The builders the engine calls; tests pass small fakes, the CLI the real rooms.
+
+    Attributes:
+        build_model: ``model`` section -> dual encoder.
+        build_loss: (``loss`` section, the built model) -> alignment loss; the model is
+            passed so terms with parameters can size them to its embedding.
+        build_dataloader: ``medvl.data.build_dataloader``'s signature.
+    """
 
     build_model: Callable[[dict[str, Any]], torch.nn.Module]
-    build_loss: Callable[[dict[str, Any]], torch.nn.Module]
+    build_loss: Callable[[dict[str, Any], torch.nn.Module], torch.nn.Module]
     build_dataloader: Callable[..., DataLoader]
 
 
@@ -59,7 +66,12 @@ def default_components() -> Components:
     from medvl.losses import build_loss
     from medvl.models import build_model
 
-    return Components(build_model, build_loss, build_dataloader)
+    def loss_for(loss_cfg: dict[str, Any], model: torch.nn.Module) -> torch.nn.Module:
+        model_cfg = getattr(model, "config", None)
+        embed_dim = model_cfg.get("embed_dim") if isinstance(model_cfg, dict) else None
+        return build_loss(loss_cfg, embed_dim=embed_dim)
+
+    return Components(build_model, loss_for, build_dataloader)
 
 
 def seed_everything(seed: int) -> None:
@@ -140,7 +152,7 @@ def _train(config, cfg: TrainConfig, seed: int, out: Path, parts: Components, en
     # -- model, loss, data ---------------------------------------------------------------
     seed_everything(seed)  # identical initial weights on every rank (then broadcast anyway)
     model = parts.build_model(config.get("model") or {}).to(device)
-    loss_fn = parts.build_loss(config.get("loss") or {}).to(device)
+    loss_fn = parts.build_loss(config.get("loss") or {}, model).to(device)
     D.broadcast_parameters([model, loss_fn])
     model.train()
     loss_fn.train()

@@ -208,7 +208,8 @@ class FakeLoss(nn.Module):
 
 
 def components() -> Components:
-    return Components(build_model=FakeModel, build_loss=FakeLoss, build_dataloader=build_dataloader)
+    return Components(build_model=FakeModel, build_loss=lambda cfg, model: FakeLoss(cfg),
+                      build_dataloader=build_dataloader)
 
 
 def tiny_config(**train: Any) -> dict[str, Any]:
