@@ -24,7 +24,8 @@ from medvl.data.synth.shapes import (
     ellipse,
     ellipse_radius,
     polyline_distance,
-    smooth_noise,
+    soft_inside,
+    texture,
     soft_inside,
 )
 
@@ -145,21 +146,20 @@ def _base_image(cv: _Canvas, heart_hw: float, rng: np.random.Generator) -> np.nd
     spine = soft_inside(0.032 - np.abs(u - a.cx), 1.5 * px)
     img += spine * (0.14 + 0.04 * np.cos(2 * np.pi * v / (a.rib_step * 0.9)))
 
-    ribs = np.zeros_like(img)
     du = np.abs(u - a.cx)
     lateral = soft_inside(du - 0.03, 2 * px) * soft_inside(a.thorax_hw + 0.015 - du, 2 * px)
-    th = 0.013
-    for k in range(10):
-        v0 = a.apex_v - 0.01 + k * a.rib_step
-        curve = v0 + 0.17 * (du / a.thorax_hw) ** 1.8 - 0.035 * (du / a.thorax_hw)
-        ribs = np.maximum(ribs, soft_inside(th / 2 - np.abs(v - curve), 1.5 * px))
+    # Posterior ribs: ten curved bands, one pass: distance to the nearest rib centre line.
+    curve = 0.17 * (du / a.thorax_hw) ** 1.8 - 0.035 * (du / a.thorax_hw)
+    t = (v - (a.apex_v - 0.01) - curve) / a.rib_step
+    k = np.clip(np.rint(t), 0, 9)
+    ribs = soft_inside(0.013 / 2 - np.abs(t - k) * a.rib_step, 1.5 * px)
     img += 0.14 * ribs * lateral
     for s in (-1.0, 1.0):  # clavicles
         pts = np.array([[a.cx + s * 0.035, 0.15], [a.cx + s * 0.18, 0.115], [a.cx + s * 0.32, 0.10]])
-        img += 0.30 * soft_inside(0.011 - polyline_distance(u, v, pts), 1.5 * px)
+        img += 0.30 * soft_inside(0.011 - polyline_distance(u, v, pts, reach=0.02), 1.5 * px)
 
     # Lung markings: vessel-like texture, denser near the hila.
-    tex = np.clip(smooth_noise(rng, img.shape, sigma=max(1.0, 2.5 * cv.size / 512)), 0.0, None)
+    tex = np.clip(texture(rng, img.shape, sigma=max(1.0, 2.5 * cv.size / 512)), 0.0, None)
     hila = np.zeros_like(img)
     for s in (-1.0, 1.0):
         hila += np.exp(-(np.hypot(u - (a.cx + s * 0.11), v - 0.45) / 0.16))
@@ -236,7 +236,7 @@ def _consolidation(cv: _Canvas, f: FindingSpec, img: np.ndarray, rng: np.random.
     radius = 0.05 + 0.05 * f.severity
     pu, pv = _point_in_lung(cv, side, f.zone, rng, margin=0.02)
     blob = np.exp(-((np.hypot(cv.u - pu, (cv.v - pv) * 0.85) / radius) ** 2) * 1.2)
-    patchy = np.clip(0.65 + 0.5 * smooth_noise(rng, img.shape, sigma=7.0 * cv.size / 512), 0.0, 1.0)
+    patchy = np.clip(0.65 + 0.5 * texture(rng, img.shape, sigma=7.0 * cv.size / 512), 0.0, 1.0)
     dens = np.clip(blob * patchy * 1.6 - 0.25, 0.0, 1.0) * cv.lung[side]
     # Cut the faint fringe so the mask (dens > 0.5 after the soft edge) covers all drawn opacity.
     dens = np.where(dens > 0.12, np.clip((dens - 0.12) / 0.06, 0.0, 1.0) * dens, 0.0).astype(np.float32)
@@ -253,9 +253,16 @@ def _nodule(cv: _Canvas, f: FindingSpec, img: np.ndarray, rng: np.random.Generat
     side = _sides(f)[0]
     r = nodule_radius_mm(f.severity) * cv.mm
     pu, pv = _point_in_lung(cv, side, f.zone, rng, margin=r * 1.3)
-    rr = np.hypot(cv.u - pu, cv.v - pv) / r
-    img += (0.35 + 0.45 * f.severity) * dome(rr)
-    return soft_inside((1.0 - rr) * r, cv.px) * cv.lung[side]
+    # Only the nodule's neighbourhood is computed; the rest of the image is untouched.
+    n = cv.size
+    r0, r1 = max(0, int((pv - r) * n) - 2), min(n, int((pv + r) * n) + 3)
+    c0, c1 = max(0, int((pu - r) * n) - 2), min(n, int((pu + r) * n) + 3)
+    win = (slice(r0, r1), slice(c0, c1))
+    rr = np.hypot(cv.u[win] - pu, cv.v[win] - pv) / r
+    img[win] += (0.35 + 0.45 * f.severity) * dome(rr)
+    mask = np.zeros_like(img)
+    mask[win] = soft_inside((1.0 - rr) * r, cv.px) * cv.lung[side][win]
+    return mask
 
 
 def _atelectasis(cv: _Canvas, f: FindingSpec, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -267,7 +274,7 @@ def _atelectasis(cv: _Canvas, f: FindingSpec, img: np.ndarray, rng: np.random.Ge
     du, dv = np.cos(angle) * length / 2, np.sin(angle) * length / 2
     pts = np.array([[pu - s * du, pv - dv], [pu + s * du, pv + dv]])
     thick = (0.008 + 0.012 * f.severity) * (1 + 0.6 * np.clip((cv.u - pu) * s / length + 0.5, 0, 1))
-    band = soft_inside(thick - polyline_distance(cv.u, cv.v, pts), 1.5 * cv.px) * cv.lung[side]
+    band = soft_inside(thick - polyline_distance(cv.u, cv.v, pts, reach=0.04), 1.5 * cv.px) * cv.lung[side]
     img += (0.5 + 0.4 * f.severity) * band * (0.4 + cv.lung_depth[side])
     return band
 
@@ -279,7 +286,7 @@ def _edema(cv: _Canvas, f: FindingSpec, img: np.ndarray, rng: np.random.Generato
         s = cv.side_sign(side)
         d = np.hypot(cv.u - (a.cx + s * 0.12), (cv.v - 0.47) * 0.8)
         haze = np.maximum(haze, np.exp(-((d / (0.13 + 0.06 * f.severity)) ** 2)) * cv.lung[side])
-    img += (0.45 + 0.45 * f.severity) * haze * (0.5 + 0.5 * smooth_noise(rng, img.shape, 6.0 * cv.size / 512).clip(-1, 1) * 0.3)
+    img += (0.45 + 0.45 * f.severity) * haze * (0.5 + 0.5 * texture(rng, img.shape, 6.0 * cv.size / 512).clip(-1, 1) * 0.3)
     return np.clip((haze - 0.35) / 0.3, 0.0, 1.0)
 
 
@@ -297,7 +304,7 @@ def _support_device(cv: _Canvas, f: FindingSpec, img: np.ndarray, rng: np.random
         paths.append(np.array([[a.cx - 0.30, 0.13], [a.cx - 0.14, 0.17], [a.cx - 0.035, 0.24], [a.cx - 0.03, 0.33]]))
     dist = np.full(img.shape, np.inf, dtype=np.float32)
     for p in paths:
-        dist = np.minimum(dist, polyline_distance(cv.u, cv.v, p))
+        dist = np.minimum(dist, polyline_distance(cv.u, cv.v, p, reach=4 * width))
     tubes = soft_inside(width / 2 - dist, cv.px)
     mask = tubes
     if "ecg" in f.devices:
@@ -357,7 +364,7 @@ def render_cxr(
         soft = _DRAW[f.name](cv, f, img, _finding_rng(seed, f.name))
         masks[f.name] = soft > 0.5
     noise_rng = np.random.default_rng(np.random.SeedSequence([int(seed), 2]))
-    img += noise_rng.normal(0.0, 0.012, img.shape).astype(np.float32)
+    img += 0.012 * texture(noise_rng, img.shape, sigma=0.0)  # quantum noise (white)
     np.clip(img, 0.0, 4.0, out=img)
     return CXRRender(img.astype(np.float32), masks)
 

@@ -6,6 +6,8 @@ All functions work on normalised coordinate grids and return float32 arrays in 0
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 
@@ -30,9 +32,24 @@ def dome(r: np.ndarray) -> np.ndarray:
     return np.sqrt(np.clip(1.0 - r * r, 0.0, None)).astype(np.float32)
 
 
-def polyline_distance(u: np.ndarray, v: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Distance from every grid point to a polyline given as ``(K, 2)`` points ``(u, v)``."""
+def polyline_distance(
+    u: np.ndarray, v: np.ndarray, points: np.ndarray, reach: float | None = None
+) -> np.ndarray:
+    """Distance from every grid point to a polyline given as ``(K, 2)`` points ``(u, v)``.
+
+    With ``reach``, only the bounding box of the polyline grown by ``reach`` is computed
+    (``u``/``v`` must then be a regular ``meshgrid``); elsewhere the result is ``inf``.
+    That keeps thin structures (tubes, clavicles) cheap on large images.
+    """
     best = np.full(u.shape, np.inf, dtype=np.float32)
+    if reach is not None:
+        cols, rows = u[0], v[:, 0]
+        c0, c1 = np.searchsorted(cols, [points[:, 0].min() - reach, points[:, 0].max() + reach])
+        r0, r1 = np.searchsorted(rows, [points[:, 1].min() - reach, points[:, 1].max() + reach])
+        if c1 <= c0 or r1 <= r0:
+            return best
+        best[r0:r1, c0:c1] = polyline_distance(u[r0:r1, c0:c1], v[r0:r1, c0:c1], points)
+        return best
     for (u0, v0), (u1, v1) in zip(points[:-1], points[1:]):
         du, dv = u1 - u0, v1 - v0
         length2 = du * du + dv * dv
@@ -52,6 +69,37 @@ def smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float)
     field = gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma, mode="wrap")
     std = float(field.std()) or 1.0
     return (field - field.mean()) / std
+
+
+_BANK_SEED = 20261122
+
+
+@lru_cache(maxsize=8)
+def _texture_bank(shape: tuple[int, int], sigma: float) -> np.ndarray:
+    """Two smoothed noise fields of twice ``shape`` (fixed seed), cut into per-study textures."""
+    rng = np.random.default_rng(_BANK_SEED)
+    big = (2 * shape[0], 2 * shape[1])
+    if sigma <= 0:  # white noise
+        return rng.standard_normal((2, *big), dtype=np.float32)
+    return np.stack([smooth_noise(rng, big, sigma) for _ in range(2)])
+
+
+def texture(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
+    """Like :func:`smooth_noise` for 2D, but a random crop and flip of a cached bank.
+
+    Filtering a fresh noise field per study dominated radiograph rendering time; a
+    crop at a random offset of a larger pre-filtered field has the same statistics.
+    """
+    bank = _texture_bank(tuple(shape), round(float(sigma), 3))
+    k = int(rng.integers(len(bank)))
+    r0 = int(rng.integers(shape[0]))
+    c0 = int(rng.integers(shape[1]))
+    out = bank[k, r0:r0 + shape[0], c0:c0 + shape[1]]
+    if rng.random() < 0.5:
+        out = out[::-1]
+    if rng.random() < 0.5:
+        out = out[:, ::-1]
+    return out
 
 
 def bbox(mask: np.ndarray) -> list[int] | None:
