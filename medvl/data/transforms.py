@@ -154,6 +154,24 @@ class ModelInputTransform:
             return self._grid_2d(x)
         return self._grid_3d(x, image.spacing)
 
+    def grid(self, x: np.ndarray, spacing: Sequence[float] | None = None) -> np.ndarray:
+        """Apply only the spatial steps to a channel-first array on the image's grid.
+
+        Use it to bring a mask, box raster or any per-pixel map of the *source* image
+        onto the model input's grid (threshold a binary mask at 0.5 afterwards).
+
+        Args:
+            x: ``(C, rows, cols)`` for 2D or ``(C, x, y, z)`` RAS+ for 3D.
+            spacing: the source voxel spacing (3D; needed when ``data.spacing`` is set).
+
+        Returns:
+            float32 ``(C, *image_size)``.
+        """
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim != self.cfg.dims + 1:
+            raise ValueError(f"grid() expects a channel-first {self.cfg.dims}D array, got shape {x.shape}")
+        return self._grid_2d(x) if self.cfg.dims == 2 else self._grid_3d(x, spacing)
+
     def _grid_2d(self, x: np.ndarray) -> np.ndarray:
         # Keep the aspect ratio: fit the longer side, pad the shorter with zeros.
         h, w = self.size

@@ -146,3 +146,17 @@ def test_pydicom_reference_is_sane() -> None:
     # Guard the reference helper itself: the centre of a window maps to ~0.5.
     assert abs(float(_pydicom_window(np.array([40.0]), 40.0, 400.0)[0]) - 0.5) < 0.01
     assert pydicom.__version__
+
+
+def test_grid_maps_a_mask_like_the_image() -> None:
+    # A mask of the left half of a 20 x 40 image lands on the left half of the padded
+    # 8 x 16 content band inside 16 x 16, exactly where the image pixels went.
+    mask = np.zeros((1, 20, 40), np.float32)
+    mask[:, :, :20] = 1
+    t = ModelInputTransform(_cfg(dims=2, image_size=16, window="none"))
+    got = t.grid(mask) >= 0.5
+    expected = np.zeros((1, 16, 16), bool)
+    expected[:, 4:12, :8] = True
+    np.testing.assert_array_equal(got, expected)
+    with pytest.raises(ValueError, match="channel-first"):
+        t.grid(mask[0])
