@@ -183,9 +183,9 @@ def results_panel(backend: ViewerBackend, hits: list[Case], query: Query) -> Non
                 left.caption("no image")
             score = "" if hit.score is None else f" · similarity {hit.score:.3f}"
             right.markdown(f"**#{rank} · {hit.study_id}**{score}")
-            sentences = render.split_sentences(hit.report)
+            sentences, line_ends = render.split_report(hit.report)
             try:
                 scores = backend.sentence_scores(query, sentences)
             except MedvlError:
                 scores = None
-            right.markdown(render.highlight_html(sentences, scores), unsafe_allow_html=True)
+            right.markdown(render.highlight_html(sentences, scores, line_ends=line_ends), unsafe_allow_html=True)

@@ -77,9 +77,11 @@ def display_plane(array: np.ndarray, slice_index: int = 0) -> np.ndarray:
     """The 2D plane to show, in radiological display orientation.
 
     A 2D image ``(rows, cols)`` is shown as stored. A volume is ``(x, y, z)`` in RAS+
-    (``medvl.io`` reorients NIfTI and DICOM series to it), so an axial slice is shown with
-    anterior at the top (row index decreasing in ``y``) and the patient's right on the
-    viewer's left (column index increasing in ``x``, which points to patient left).
+    (``medvl.io`` reorients NIfTI and DICOM series to it: +x is the patient's right, +y
+    anterior), so an axial slice is shown as a radiologist reads it: anterior at the top
+    (rows run along -y) and the patient's right on the viewer's left (columns run along
+    -x). This is the ``(z, -y, -x)`` layout of the model input
+    (``medvl.data.transforms.to_display_axes_3d``), so a heatmap slice lines up with it.
 
     Args:
         array: ``(rows, cols)`` or ``(x, y, z)``.
@@ -93,7 +95,7 @@ def display_plane(array: np.ndarray, slice_index: int = 0) -> np.ndarray:
     if array.ndim != 3:
         raise ValueError(f"expected a 2D image or a 3D volume, got shape {array.shape}")
     z = int(np.clip(slice_index, 0, array.shape[2] - 1))
-    return np.flipud(array[:, :, z].T)
+    return np.ascontiguousarray(array[::-1, ::-1, z].T)
 
 
 def resize_map(heat: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -155,11 +157,31 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=\S)")
 
 
 def split_sentences(text: str) -> list[str]:
-    """Split report text into sentences on ``.``, ``!``, ``?`` followed by whitespace."""
-    return [s.strip() for s in _SENTENCE_END.split(text.strip()) if s.strip()]
+    """Split report text into sentences on ``.``, ``!``, ``?`` followed by whitespace, and on line ends."""
+    return split_report(text)[0]
 
 
-def highlight_html(sentences: Sequence[str], scores: Sequence[float] | None, n_top: int = 2) -> str:
+def split_report(text: str) -> tuple[list[str], set[int]]:
+    """Sentences of a report and the indices of those that end a line (a section, say).
+
+    Returns:
+        ``(sentences, line_ends)``: a line break follows sentence ``i`` for ``i`` in
+        ``line_ends`` (the last sentence is never listed).
+    """
+    sentences: list[str] = []
+    line_ends: set[int] = set()
+    for line in text.splitlines():
+        parts = [p.strip() for p in _SENTENCE_END.split(line.strip()) if p.strip()]
+        if parts:
+            sentences.extend(parts)
+            line_ends.add(len(sentences) - 1)
+    line_ends.discard(len(sentences) - 1)
+    return sentences, line_ends
+
+
+def highlight_html(
+    sentences: Sequence[str], scores: Sequence[float] | None, n_top: int = 2, line_ends: set[int] | None = None
+) -> str:
     """Report text as HTML with the best-scoring sentences in ``<mark>``.
 
     At most ``n_top`` sentences are marked, and only those scoring above the report's
@@ -172,6 +194,7 @@ def highlight_html(sentences: Sequence[str], scores: Sequence[float] | None, n_t
         scores: one similarity per sentence (higher = better match), or None for no
             highlight.
         n_top: how many sentences to highlight.
+        line_ends: indices of sentences followed by a line break (see :func:`split_report`).
 
     Returns:
         An HTML fragment.
@@ -185,8 +208,10 @@ def highlight_html(sentences: Sequence[str], scores: Sequence[float] | None, n_t
         # no best match, and a two-sentence report gets one highlight, not two.
         order = [int(i) for i in np.argsort(-values, kind="stable") if values[i] > values.min()]
         top = set(order[:n_top])
-    parts = []
+    out = ""
     for i, sentence in enumerate(sentences):
         text = html.escape(sentence)
-        parts.append(f"<mark>{text}</mark>" if i in top else text)
-    return " ".join(parts)
+        out += f"<mark>{text}</mark>" if i in top else text
+        if i < len(sentences) - 1:
+            out += "<br>" if line_ends and i in line_ends else " "
+    return out

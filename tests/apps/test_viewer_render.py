@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pydicom
 import pytest
@@ -53,15 +55,41 @@ def test_auto_window_spans_percentiles():
 
 
 def test_volume_slice_is_in_radiological_orientation():
-    vol = np.zeros((4, 3, 5), dtype=np.float32)  # (x, y, z) RAS+
-    vol[0, 2, 1] = 1.0  # x=0: patient right; y=2: most anterior
-    vol[3, 0, 1] = 2.0  # patient left, most posterior
+    vol = np.zeros((4, 3, 5), dtype=np.float32)  # (x, y, z) RAS+: +x = patient right, +y = anterior
+    vol[3, 2, 1] = 1.0  # most right, most anterior
+    vol[0, 0, 1] = 2.0  # most left, most posterior
     plane = render.display_plane(vol, 1)
-    assert plane.shape == (3, 4)  # rows = y, cols = x
-    assert plane[0, 0] == 1.0  # anterior at top, patient right on viewer's left
+    assert plane.shape == (3, 4)  # rows along y, columns along x
+    assert plane[0, 0] == 1.0  # anterior at the top, patient right on the viewer's left
     assert plane[2, 3] == 2.0
     assert render.n_slices(vol) == 5 and render.n_slices(plane) == 1
     np.testing.assert_array_equal(render.display_plane(vol, 99), render.display_plane(vol, 4))
+
+
+def test_volume_slice_matches_the_model_input_layout():
+    # heatmaps come on the model input's (D, H, W) grid: the shown slice must be the same plane
+    from medvl.data.transforms import to_display_axes_3d
+
+    vol = np.random.default_rng(0).normal(size=(6, 5, 4)).astype(np.float32)
+    model_layout, _ = to_display_axes_3d(vol[None], (1.0, 1.0, 2.0))
+    for z in range(4):
+        np.testing.assert_array_equal(render.display_plane(vol, z), model_layout[0, z])
+
+
+def test_volume_slice_of_a_real_nifti_puts_patient_right_on_the_left():
+    import nibabel as nib
+
+    # nibabel's canonical (RAS+) image: voxel (i, j, k) -> world via the affine; the
+    # column shown at the left edge must be the one with the largest world x (patient right).
+    img = nib.as_closest_canonical(nib.load(Path(nib.__file__).parent / "tests" / "data" / "anatomical.nii"))
+    vol = np.asarray(img.dataobj, dtype=np.float32)
+    assert nib.aff2axcodes(img.affine) == ("R", "A", "S")
+    marked = np.zeros_like(vol)
+    marked[-1, :, :] = 1.0  # largest i = largest world x = patient right
+    marked[:, -1, :] = 2.0  # largest j = most anterior
+    plane = render.display_plane(marked, 0)
+    assert set(plane[:, 0]) <= {1.0, 2.0} and plane[5, 0] == 1.0
+    assert set(plane[0, :]) == {2.0}
 
 
 def test_overlay_keeps_grey_where_relevance_is_low():
@@ -100,6 +128,15 @@ def test_sentences_split_and_best_ones_highlighted_and_escaped():
     assert render.highlight_html(["A.", "B.", "C."], [0.5, 0.5, 0.1]) == "<mark>A.</mark> <mark>B.</mark> C."
     with pytest.raises(ValueError):
         render.highlight_html(sentences, [1.0])
+
+
+def test_report_sections_keep_their_line_breaks():
+    text = "FINDINGS: Small left effusion. Heart normal.\n\nIMPRESSION: Effusion."
+    sentences, line_ends = render.split_report(text)
+    assert sentences == ["FINDINGS: Small left effusion.", "Heart normal.", "IMPRESSION: Effusion."]
+    assert line_ends == {1}
+    out = render.highlight_html(sentences, [0.9, 0.1, 0.5], n_top=1, line_ends=line_ends)
+    assert out == "<mark>FINDINGS: Small left effusion.</mark> Heart normal.<br>IMPRESSION: Effusion."
 
 
 def test_display_facts_never_include_identifiers():
