@@ -109,6 +109,8 @@ class TextConfig:
         lora_targets: module names LoRA wraps; empty = the attention projections.
         dtype: ``float32`` or ``bfloat16`` (bf16 where the CPU/GPU supports it).
         freeze: keep the tower's weights fixed (heads still train).
+        cache_dir: with a frozen tower (no LoRA), cache report features on disk here,
+            keyed by tower fingerprint and text hash (``embed_texts`` reads them).
     """
 
     name: str = "bert"
@@ -129,6 +131,7 @@ class TextConfig:
     lora_targets: list[str] = field(default_factory=list)
     dtype: Literal["float32", "bfloat16"] = "float32"
     freeze: bool = False
+    cache_dir: str | None = None
 
     def validate(self) -> None:
         """Check value ranges that types alone cannot express."""
@@ -137,6 +140,11 @@ class TextConfig:
         if self.hidden_size % self.num_heads:
             raise ConfigError(
                 "hidden_size must be divisible by num_heads", field="model.text.hidden_size"
+            )
+        if self.cache_dir and not (self.freeze and self.lora_rank == 0):
+            raise ConfigError(
+                "a text feature cache needs a frozen tower", field="model.text.cache_dir",
+                expected="model.text.freeze: true and lora_rank: 0",
             )
         if self.name in ("hf",) and not self.path:
             raise ConfigError(

@@ -59,6 +59,7 @@ class MedVLModel(nn.Module):
         self.logit_scale = nn.Parameter(
             torch.tensor(math.log(cfg.logit_scale_init)), requires_grad=cfg.learn_logit_scale
         )
+        self._text_cache: Any = None  # built on first use, after any weights are loaded
 
     @property
     def config(self) -> dict[str, Any]:
@@ -107,10 +108,37 @@ class MedVLModel(nn.Module):
         )
 
     def embed_texts(self, texts: list[str]) -> EncoderOutput:
-        """Tokenise and encode reports on the model's device."""
+        """Tokenise and encode reports on the model's device.
+
+        With ``model.text.cache_dir`` set (frozen tower), the tower's features come
+        from the on-disk cache and only the projection heads run.
+        """
+        if self.cfg.text.cache_dir:
+            return self._embed_cached(texts)
         tokens = self.tokenize(texts)
         tokens = {k: v.to(self.device) for k, v in tokens.items()}
         return self.encode_text(**tokens)
+
+    def _embed_cached(self, texts: list[str]) -> EncoderOutput:
+        if self._text_cache is None:
+            from medvl.models.text_cache import TextFeatureCache
+
+            self._text_cache = TextFeatureCache(self.cfg.text.cache_dir, self.text_encoder)
+        feats = self._text_cache.features(texts, device=self.device)
+        return EncoderOutput(
+            embeds=self.text_head(feats.pooled),
+            local_embeds=self.text_local_head(feats.tokens),
+            local_mask=feats.mask,
+            grid=None,
+            attention=feats.attention,
+            words=feats.words,
+        )
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        """As :meth:`torch.nn.Module.load_state_dict`; also drops the text cache handle,
+        whose key depends on the text tower's weights."""
+        self._text_cache = None
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     # -- image --------------------------------------------------------------------
     def encode_image(self, image: torch.Tensor) -> EncoderOutput:

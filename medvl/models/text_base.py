@@ -129,9 +129,13 @@ class TextEncoder(nn.Module):
             ReportError: a report is empty or not a string, or too long under
                 ``truncation == "error"``.
         """
-        texts = self._check_texts(texts)
+        return self._encode(self._check_texts(texts))
+
+    def _encode(self, texts: list[str], prefix: str = "") -> dict[str, torch.Tensor]:
+        """Tokenise ``prefix + text``; tokens starting inside ``prefix`` get no word id."""
+        full = [prefix + t for t in texts]
         if self.cfg.truncation == "error":
-            lengths = self.tokenizer(texts, add_special_tokens=True)["input_ids"]
+            lengths = self.tokenizer(full, add_special_tokens=True)["input_ids"]
             for i, ids in enumerate(lengths):
                 if len(ids) > self.cfg.max_length:
                     raise ReportError(
@@ -140,13 +144,20 @@ class TextEncoder(nn.Module):
                         "or model.text.truncation: truncate",
                     )
         enc = self.tokenizer(
-            texts, padding=True, truncation=True, max_length=self.cfg.max_length,
-            return_tensors="pt",
+            full, padding=True, truncation=True, max_length=self.cfg.max_length,
+            return_tensors="pt", return_offsets_mapping=bool(prefix),
         )
-        word_ids = torch.tensor(
-            [[-1 if w is None else w for w in enc.word_ids(i)] for i in range(len(texts))],
-            dtype=torch.long,
-        )
+        rows = []
+        cut = len(prefix.rstrip())
+        for i in range(len(full)):
+            wids = [-1 if w is None else w for w in enc.word_ids(i)]
+            if prefix:
+                starts = enc["offset_mapping"][i, :, 0].tolist()
+                wids = [-1 if s < cut else w for w, s in zip(wids, starts)]
+                first = min((w for w in wids if w >= 0), default=0)
+                wids = [w - first if w >= 0 else -1 for w in wids]
+            rows.append(wids)
+        word_ids = torch.tensor(rows, dtype=torch.long)
         word_ids = word_ids.masked_fill(enc["attention_mask"] == 0, -1)
         return {
             "input_ids": enc["input_ids"],
@@ -202,29 +213,46 @@ class TextEncoder(nn.Module):
                 expected=f"0 <= id < {self.vocab_size()} (was the tokenizer changed?)",
             )
 
-    def fallback_word_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Recover word boundaries from token strings when ``word_ids`` is not given.
+    def instruction(self) -> str:
+        """Text prepended to every report and excluded from pooling ("" for encoders)."""
+        return ""
 
-        A piece continues the previous word when it starts with ``##`` (WordPiece) or
-        lacks a leading-space marker (``Ġ`` byte-level BPE, ``▁`` SentencePiece).
+    def fallback_word_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Recover word boundaries when ``word_ids`` is not given.
+
+        Each row is decoded and tokenised again; when that reproduces the same ids,
+        the tokenizer's own word boundaries are used. Otherwise a piece continues the
+        previous word when it starts with ``##`` (WordPiece) or lacks a leading-space
+        marker (``Ġ`` byte-level BPE, ``▁`` SentencePiece).
         """
-        special = set(self.tokenizer.all_special_ids)
-        vocab = self.tokenizer.get_vocab()
-        wordpiece = any(k.startswith("##") for k in vocab)
         out = torch.full_like(input_ids, -1)
+        prefix = self.instruction()
         for b in range(input_ids.shape[0]):
-            word = -1
-            row = input_ids[b].tolist()
-            for i, (tid, tok) in enumerate(zip(row, self.tokenizer.convert_ids_to_tokens(row))):
-                if not attention_mask[b, i] or tid in special:
-                    continue
-                if wordpiece:
-                    cont = tok.startswith("##")
-                else:
-                    cont = not tok.startswith(("Ġ", "▁"))
-                if not cont or word < 0:
-                    word += 1
-                out[b, i] = word
+            keep = attention_mask[b].bool()
+            row = input_ids[b][keep]
+            text = self.tokenizer.decode(row.tolist(), skip_special_tokens=True)
+            if prefix and text.startswith(prefix.rstrip()):
+                text = text[len(prefix.rstrip()):].lstrip()
+            again = self._encode([text], prefix=prefix) if text.strip() else None
+            if again is not None and torch.equal(again["input_ids"][0], row.cpu()):
+                out[b, keep] = again["word_ids"][0].to(out.device)
+            else:
+                out[b] = self._marker_word_ids(input_ids[b], attention_mask[b])
+        return out
+
+    def _marker_word_ids(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        special = set(self.tokenizer.all_special_ids)
+        wordpiece = any(k.startswith("##") for k in self.tokenizer.get_vocab())
+        out = torch.full_like(ids, -1)
+        word = -1
+        row = ids.tolist()
+        for i, (tid, tok) in enumerate(zip(row, self.tokenizer.convert_ids_to_tokens(row))):
+            if not mask[i] or tid in special:
+                continue
+            cont = tok.startswith("##") if wordpiece else not tok.startswith(("Ġ", "▁"))
+            if not cont or word < 0:
+                word += 1
+            out[i] = word
         return out
 
     def words_of(self, input_ids: torch.Tensor, word_ids: torch.Tensor, n_words: int) -> list[list[str]]:
