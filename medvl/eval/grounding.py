@@ -186,10 +186,8 @@ def annotation_mask(annotation: dict[str, Any], manifest_path: str | Path, image
         spacing = img.spacing
     else:
         raise ManifestError("annotation has neither mask nor box", field="annotations")
-    if dims == 2:
-        grid = transform._grid_2d(raw[None])  # same aspect-preserving resize + padding as the image
-    else:
-        grid = transform._grid_3d(raw[None], spacing)
+    # The data room's spatial steps only: same axis order, resize and padding as the image.
+    grid = transform.grid(raw[None], spacing if dims == 3 else None)
     return np.asarray(grid[0]) >= 0.5
 
 
