@@ -164,9 +164,10 @@ class LibraryBackend:
     def _image_region(self, image_path: Path, input_shape: tuple[int, ...]) -> tuple[slice, ...]:
         """Where the image lies on the model input grid (the rest is padding).
 
-        A mask of ones goes through the same geometric steps as the image (the data room's
-        aspect-preserving resize and padding, as ``medvl.eval.grounding`` does for
-        annotation masks); its bounding box is the image's region.
+        A mask of ones goes through the same geometric steps as the image
+        (``ModelInputTransform.grid``: aspect-preserving resize and padding, as
+        ``medvl.eval.grounding`` does for annotation masks); its bounding box is the
+        image's region.
         """
         from medvl.data.dataset import as_data_config
         from medvl.data.transforms import ModelInputTransform
@@ -176,7 +177,7 @@ class LibraryBackend:
         array = np.asarray(image.array)
         spatial = array.shape[: len(input_shape)]
         ones = np.ones((1, *spatial), dtype=np.float32)
-        valid = (tf._grid_2d(ones) if len(input_shape) == 2 else tf._grid_3d(ones, image.spacing))[0] >= 0.5
+        valid = tf.grid(ones, image.spacing if len(input_shape) == 3 else None)[0] >= 0.5
         if valid.shape != tuple(input_shape) or not valid.any():
             raise ImageReadError("cannot place the heatmap on the image", path=image_path, field="grid")
         idx = np.nonzero(valid)

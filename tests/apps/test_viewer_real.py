@@ -129,3 +129,21 @@ def test_volume_uploaded_to_a_radiograph_index_gets_a_clear_message(app):
     messages = [e.value for e in app.error]
     assert messages and messages[0].startswith("Search failed:")
     assert "dims" in messages[0]
+
+
+def test_heatmap_is_cropped_to_the_image_not_the_padding(tiny_viewer_data, index, tmp_path):
+    from apps.viewer_lib.backend import open_backend
+
+    # a non-square radiograph: the model input pads it to a square; the heatmap shown
+    # over the image must cover the image only
+    ds = pydicom.dcmread(index.get(index.study_ids()[0]).image_path)
+    arr = ds.pixel_array[:, 12:52].copy()  # 64 rows x 40 columns
+    ds.Rows, ds.Columns = arr.shape
+    ds.PixelData = arr.tobytes()
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian  # the source may be compressed
+    path = tmp_path / "narrow.dcm"
+    ds.save_as(path)
+    backend = open_backend(tiny_viewer_data.index_dir, tiny_viewer_data.model_dir)
+    heat = backend.heatmap(path, "left pleural effusion")
+    assert heat.shape == (64, 40)
+    assert np.isfinite(heat).all() and heat.min() >= 0.0 and heat.max() <= 1.0
