@@ -181,6 +181,11 @@ def _train(config, cfg: TrainConfig, seed: int, out: Path, parts: Components, en
         doc = load_checkpoint(last_dir, model=model, loss_fn=loss_fn, optimizer=optimizer,
                               scheduler=scheduler, scaler=scaler, fingerprint=fp)
         state = TrainState.from_json(doc["trainer"])
+        before = doc["scheduler"].get("lr_lambdas", [{}])[0] or {}
+        scheduler = build_scheduler(optimizer, cfg, total_steps, start_step=state.step)
+        after = scheduler.lr_lambdas[0].__dict__
+        if before and (before != after or doc["scheduler"].get("base_lrs", [cfg.lr])[0] != cfg.lr):
+            _say(env, f"learning-rate schedule changed on resume: {before} -> {after}, peak lr {cfg.lr}")
         state.batch_in_epoch = train_data.position_from(state)
         rng = doc["rng"]
         restore_rng(rng[env.rank % len(rng)], device)

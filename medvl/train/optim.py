@@ -71,6 +71,23 @@ class WarmupCosine:
         return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int) -> LambdaLR:
-    """Per-step schedule over ``total_steps`` optimizer steps (call ``.step()`` after each)."""
-    return LambdaLR(optimizer, WarmupCosine(cfg.warmup_for(total_steps), total_steps, cfg.min_lr_ratio))
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int, *, start_step: int = 0
+) -> LambdaLR:
+    """Per-step schedule over ``total_steps`` optimizer steps (call ``.step()`` after each).
+
+    Args:
+        optimizer: the optimizer whose groups get ``lr * multiplier(step)``.
+        cfg: the train section (peak ``lr``, warmup, ``min_lr_ratio``).
+        total_steps: length of the schedule.
+        start_step: steps already taken (resume). The rate is a closed-form function of
+            the step, so a schedule rebuilt at step ``s`` continues exactly; rebuilding
+            from the config also lets a resumed run be extended (more epochs) or get a
+            new peak rate.
+    """
+    fn = WarmupCosine(cfg.warmup_for(total_steps), total_steps, cfg.min_lr_ratio)
+    if start_step <= 0:
+        return LambdaLR(optimizer, fn)
+    for group in optimizer.param_groups:
+        group["initial_lr"] = cfg.lr
+    return LambdaLR(optimizer, fn, last_epoch=start_step - 1)

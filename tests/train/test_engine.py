@@ -196,3 +196,13 @@ def test_max_steps_overrides_epochs_and_cpu_ignores_bf16(tmp_path: Path, capsys)
     assert "fp32" in capsys.readouterr().err
     assert len(result.history) == 2  # end of epoch 0 and the partial epoch 1
     assert (out / "model" / "model.safetensors").is_file()
+
+
+def test_resume_can_extend_a_finished_run_with_a_longer_schedule(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    train(tiny_config(epochs=1, warmup_steps=0), out, components=components())
+    result = train(tiny_config(epochs=2, warmup_steps=0), out, components=components(), resume=True)
+    assert result.steps == 12
+    lrs = [float(r["lr"]) for r in _rows(out)]
+    # the second epoch follows the 12-step cosine, not the finished 6-step one (which ends at 0)
+    assert lrs[6] == pytest.approx(0.01 * 0.5 * (1 + math.cos(math.pi * 6 / 12)))

@@ -59,3 +59,10 @@ def test_bad_values_name_the_key(section: dict, key: str) -> None:
     with pytest.raises(ConfigError) as info:
         from_dict(TrainConfig, section, where="train")
     assert info.value.field == key
+
+
+def test_schedule_rebuilt_at_a_step_continues_exactly() -> None:
+    cfg = TrainConfig(lr=0.3, warmup_steps=3)
+    full = _lrs(lambda o: build_scheduler(o, cfg, 12), 12)
+    tail = _lrs(lambda o: build_scheduler(o, cfg, 12, start_step=5), 7)
+    assert tail == pytest.approx(full[5:], abs=1e-15)
