@@ -233,10 +233,10 @@ def _pneumothorax(cv: _Canvas, f: FindingSpec, img: np.ndarray, rng: np.random.G
 
 def _consolidation(cv: _Canvas, f: FindingSpec, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     side = _sides(f)[0]
-    radius = 0.05 + 0.05 * f.severity
+    radius = 0.07 + 0.06 * f.severity
     pu, pv = _point_in_lung(cv, side, f.zone, rng, margin=0.02)
     blob = np.exp(-((np.hypot(cv.u - pu, (cv.v - pv) * 0.85) / radius) ** 2) * 1.2)
-    patchy = np.clip(0.65 + 0.5 * texture(rng, img.shape, sigma=7.0 * cv.size / 512), 0.0, 1.0)
+    patchy = np.clip(0.8 + 0.3 * texture(rng, img.shape, sigma=7.0 * cv.size / 512), 0.0, 1.0)
     dens = np.clip(blob * patchy * 1.6 - 0.25, 0.0, 1.0) * cv.lung[side]
     # Cut the faint fringe so the mask (dens > 0.5 after the soft edge) covers all drawn opacity.
     dens = np.where(dens > 0.12, np.clip((dens - 0.12) / 0.06, 0.0, 1.0) * dens, 0.0).astype(np.float32)
@@ -245,8 +245,8 @@ def _consolidation(cv: _Canvas, f: FindingSpec, img: np.ndarray, rng: np.random.
 
 
 def nodule_radius_mm(severity: float) -> float:
-    """Radius of a radiograph nodule; 7..13 mm (2.5-4.6 pixels at 128x128) survives downsampling."""
-    return 7.0 + 6.0 * severity
+    """Radius of a radiograph nodule; 8..14 mm (2.9-5 pixels at 128x128) survives downsampling."""
+    return 8.0 + 6.0 * severity
 
 
 def _nodule(cv: _Canvas, f: FindingSpec, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -259,7 +259,7 @@ def _nodule(cv: _Canvas, f: FindingSpec, img: np.ndarray, rng: np.random.Generat
     c0, c1 = max(0, int((pu - r) * n) - 2), min(n, int((pu + r) * n) + 3)
     win = (slice(r0, r1), slice(c0, c1))
     rr = np.hypot(cv.u[win] - pu, cv.v[win] - pv) / r
-    img[win] += (0.35 + 0.45 * f.severity) * dome(rr)
+    img[win] += (0.5 + 0.4 * f.severity) * dome(rr)
     mask = np.zeros_like(img)
     mask[win] = soft_inside((1.0 - rr) * r, cv.px) * cv.lung[side][win]
     return mask
