@@ -99,12 +99,17 @@ def gloria_pair_scores(
         the word-to-region attention, for heatmaps.
     """
     sim = torch.einsum("atd,bnd->abtn", words, regions)  # (Bt, Bi, T, N)
-    wv = word_valid[:, None, :, None]  # (Bt, 1, T, 1)
-    rv = region_valid[None, :, None, :]  # (1, Bi, 1, N)
-    over_words = torch.softmax(masked_fill_min(sim, wv.expand_as(sim)), dim=2)
-    attn = torch.softmax(masked_fill_min(cfg.attention_scale * over_words, rv.expand_as(sim)), dim=3)
+    over_words = torch.softmax(masked_fill_min(sim, word_valid[:, None, :, None].expand_as(sim)), dim=2)
+    logits = cfg.attention_scale * over_words
+    if not bool(region_valid.all()):  # only volumes with fewer slices than others need this
+        logits = masked_fill_min(logits, region_valid[None, :, None, :].expand_as(sim))
+    attn = torch.softmax(logits, dim=3)
     context = torch.einsum("abtn,bnd->abtd", attn, regions)  # (Bt, Bi, T, D)
-    match = F.cosine_similarity(context, words[:, None], dim=-1, eps=1e-8)  # (Bt, Bi, T)
+    # Cosine written out: F.cosine_similarity would broadcast the words to the size of
+    # the context and normalise both, which costs more than the attention itself.
+    dot = torch.einsum("abtd,atd->abt", context, words)
+    norms = torch.linalg.vector_norm(context, dim=-1) * torch.linalg.vector_norm(words, dim=-1)[:, None]
+    match = dot / norms.clamp_min(1e-8)  # (Bt, Bi, T)
     scaled = masked_fill_min(cfg.aggregation_scale * match, word_valid[:, None, :].expand_as(match))
     z = torch.logsumexp(scaled, dim=2)  # (Bt, Bi)
     if cfg.aggregation == "mean":
