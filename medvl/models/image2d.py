@@ -196,13 +196,17 @@ def build_efficientnet_lite0(cfg: ImageConfig, spatial_dims: int = 2) -> Feature
     )
 
 
-def build_image_encoder(cfg: ImageConfig, *, load_pretrained: bool = True) -> ImageEncoder:
+def build_image_encoder(
+    cfg: ImageConfig, *, load_pretrained: bool = True, saved: dict[str, Any] | None = None
+) -> ImageEncoder:
     """Build the image tower named by ``cfg.name`` (including slice pooling for volumes).
 
     Args:
         cfg: the image section.
         load_pretrained: read ``cfg.pretrained``; False when the weights will be
             overwritten anyway (loading a saved model directory).
+        saved: the architecture a saved model recorded (``image_hf_config`` of its
+            ``config.json``) for encoders whose shape comes from a checkpoint.
 
     Raises:
         ConfigError: unknown name or options.
@@ -217,7 +221,7 @@ def build_image_encoder(cfg: ImageConfig, *, load_pretrained: bool = True) -> Im
         from medvl.models.image3d import slice_encoder_config
 
         enc_cfg = slice_encoder_config(cfg)
-    enc = builder(enc_cfg)
+    enc = builder(enc_cfg, saved=saved) if saved is not None else builder(enc_cfg)
     if cfg.pretrained and load_pretrained:
         from medvl.models.pretrained import load_image_weights
 

@@ -28,6 +28,7 @@ class MedVLModel(nn.Module):
             local weight files); False when a saved state dict will be loaded over them.
         saved_text: architecture of a saved text tower (``config.json``), so loading
             a model directory needs neither the original weights nor the network.
+        saved_image: architecture of a saved checkpoint-shaped image encoder (``hf-*``).
 
     Attributes:
         config: the model section as a plain dict (``to_dict`` of :class:`ModelConfig`).
@@ -41,6 +42,7 @@ class MedVLModel(nn.Module):
         *,
         load_pretrained: bool = True,
         saved_text: dict[str, Any] | None = None,
+        saved_image: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         from medvl.models.image2d import build_image_encoder
@@ -48,7 +50,9 @@ class MedVLModel(nn.Module):
 
         ensure_loaded()
         self.cfg = cfg
-        self.image_encoder = build_image_encoder(cfg.image, load_pretrained=load_pretrained)
+        self.image_encoder = build_image_encoder(
+            cfg.image, load_pretrained=load_pretrained, saved=saved_image
+        )
         text_builder = TEXT_ENCODERS.get(cfg.text.name, field="model.text.name")
         self.text_encoder = text_builder(cfg.text, saved=saved_text)
         d = cfg.embed_dim

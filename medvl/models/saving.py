@@ -64,6 +64,7 @@ def save_model(
         "medvl_version": _version(),
         "model": model.config,
         "text_hf_config": model.text_encoder.hf_config(),
+        "image_hf_config": _image_arch(model),
     }
     write_text_atomic(out / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True) + "\n")
     # clone: safetensors refuses tensors that share storage (tied or viewed weights)
@@ -79,6 +80,12 @@ def save_model(
                 shutil.copyfile(f, tmp)
     write_text_atomic(out / CARD_NAME, render_card(model, card or {}))
     return out
+
+
+def _image_arch(model: MedVLModel) -> dict[str, Any] | None:
+    enc = getattr(model.image_encoder, "encoder2d", model.image_encoder)
+    arch = getattr(enc, "hf_config", None)
+    return arch() if callable(arch) else None
 
 
 def render_card(model: MedVLModel, fields: dict[str, Any]) -> str:
@@ -171,7 +178,8 @@ def load_model(
     if not weights.is_file():
         raise CheckpointError("model.safetensors is missing", path=directory)
     saved_text = {"hf_config": data.get("text_hf_config") or {}, "tokenizer_dir": directory}
-    model = cls(cfg, load_pretrained=False, saved_text=saved_text)
+    model = cls(cfg, load_pretrained=False, saved_text=saved_text,
+                saved_image=data.get("image_hf_config"))
     try:
         state = load_file(str(weights), device=str(map_location))
     except (SafetensorError, OSError) as exc:

@@ -65,3 +65,51 @@ def test_channel_mismatch_is_reported_before_the_first_layer():
     enc = build_image_encoder(ImageConfig(name="resnet10", width=8, in_channels=3))
     with pytest.raises(ModelError, match="got 1 channels"):
         enc.check_input(torch.randn(1, 1, 64, 64))
+
+
+HF_TINY = {
+    "hf-vit": {"width": 32, "depth": 2, "patch_size": 16, "options": {"num_heads": 2}},
+    "hf-swin": {"width": 16, "options": {"num_heads": 1, "depths": [1, 1, 1, 1], "window_size": 2}},
+    "hf-convnext": {"width": 8, "options": {"depths": [1, 1, 1, 1]}},
+}
+
+
+@pytest.mark.parametrize("name", sorted(HF_TINY))
+def test_transformers_vision_encoders(name, tmp_path):
+    from medvl.models import MedVLModel, build_model
+
+    torch.manual_seed(0)
+    model = build_model({"embed_dim": 8, "image": {"name": name, "image_size": 64, **HF_TINY[name]},
+                         "text": {"hidden_size": 32, "num_layers": 1, "intermediate_size": 32}}).eval()
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        out = model.encode_image(x)
+    assert out.grid == ((4, 4) if name == "hf-vit" else (2, 2))
+    assert out.local_embeds.shape == (2, out.grid[0] * out.grid[1], 8)
+    if name == "hf-vit":
+        assert torch.allclose(out.attention.sum(-1), torch.ones(2), atol=1e-5)
+    model.save_pretrained(tmp_path)  # the architecture travels in config.json
+    with torch.no_grad():
+        assert torch.equal(MedVLModel.from_pretrained(tmp_path).encode_image(x).embeds, out.embeds)
+
+
+def test_transformers_checkpoint_directory_as_pretrained(tmp_path):
+    from transformers import ConvNextConfig, ConvNextModel
+
+    torch.manual_seed(0)
+    ref = ConvNextModel(ConvNextConfig(num_channels=3, depths=[1, 1, 1, 1],
+                                       hidden_sizes=[8, 16, 32, 64])).eval()
+    ref.save_pretrained(tmp_path)
+    enc = build_image_encoder(ImageConfig(name="hf-convnext", in_channels=3, pretrained=str(tmp_path))).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(enc(x).pooled, ref(pixel_values=x).pooler_output, atol=1e-6)
+    grey = build_image_encoder(ImageConfig(name="hf-convnext", in_channels=1, pretrained=str(tmp_path))).eval()
+    with torch.no_grad():  # RGB stem summed to grey: same response to a grey image
+        assert torch.allclose(grey(x[:, :1]).pooled, ref(pixel_values=x[:, :1].repeat(1, 3, 1, 1)).pooler_output,
+                              atol=1e-5)
+
+
+def test_swin_window_must_fit_the_last_stage():
+    with pytest.raises(ConfigError, match="window_size"):
+        build_image_encoder(ImageConfig(name="hf-swin", image_size=64, options={"window_size": 7}))
