@@ -137,37 +137,12 @@ def build_index(
             if len(emb) == 0 and old_dir is None:
                 raise CaseIndexError(f"none of {len(rows)} studies could be embedded", path=manifest_path,
                                      expected="readable images (see the skipped list)")
-            start = int(old_info.get("count", 0))
-            counts = {}
-            for t, vecs in (("image", emb.image), ("report", emb.text)):
-                old_file = old_dir / f"{t}.npy" if old_dir else None
-                counts[t] = storage.append_vectors(old_file, vecs.reshape(len(emb), -1) if len(emb) else
-                                                   np.zeros((0, int(old_info.get("dim", 0))), np.float32),
-                                                   staged / f"{t}.npy")
-            if old_dir:
-                shutil.copyfile(old_dir / "cases.sqlite", staged / "cases.sqlite")
-            conn = metadata.connect(staged / "cases.sqlite")
-            metadata.insert_cases(conn, start, (_case(by_id[s], manifest_path) for s in emb.study_ids))
-            conn.close()
-            n = counts["image"]
-            dim = int(emb.image.shape[1]) if len(emb) else int(old_info["dim"])
-            approx = _approx_files(cfg, staged, old_dir, old_info, start, emb, n)
-            history = list(old_info.get("history", [])) + [{
-                "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "manifest": str(manifest_path.resolve()), "split": split,
-                "added": len(emb), "skipped": skipped,
-            }]
-            storage.write_info(staged, {
-                "format": storage.FORMAT,
-                "count": n,
-                "dim": dim,
-                "model": {"fingerprint": fingerprint, "config": getattr(model, "config", None),
-                          "dir": str(Path(model_dir).resolve()) if model_dir else old_info.get("model", {}).get("dir")},
-                "data": data,
-                "approximate": approx,
-                "history": history,
-            })
-            storage.commit(root, staged, keep_versions=cfg.keep_versions)
+            model_info = {"fingerprint": fingerprint, "config": getattr(model, "config", None),
+                          "dir": str(Path(model_dir).resolve()) if model_dir else old_info.get("model", {}).get("dir")}
+            history = {"manifest": str(manifest_path.resolve()), "split": split, "skipped": skipped}
+            _write_version(root, staged, old_dir, old_info, emb.image, emb.text,
+                           [_case(by_id[s], manifest_path) for s in emb.study_ids], cfg,
+                           model_info=model_info, data=data, history=history)
     return CaseIndex.open(root, config=cfg)
 
 
@@ -181,7 +156,7 @@ def _case(row: Any, manifest_path: Path) -> dict[str, Any]:
 
 
 def _approx_files(cfg: IndexConfig, staged: Path, old_dir: Path | None, old_info: dict[str, Any], start: int,
-                  emb: Any, n: int) -> dict[str, Any]:
+                  new: dict[str, np.ndarray], n: int) -> dict[str, Any]:
     """Build (or extend) the approximate indexes when the corpus calls for them."""
     if not _want_approx(cfg, n):
         return {}
@@ -189,14 +164,125 @@ def _approx_files(cfg: IndexConfig, staged: Path, old_dir: Path | None, old_info
     old_approx = old_info.get("approximate") or {}
     for t in storage.TARGETS:
         entry = old_approx.get(t)
-        new = np.ascontiguousarray((emb.image if t == "image" else emb.text), dtype=np.float32)
-        if entry and old_dir is not None and entry.get("kind") == cfg.kind and entry.get("count") == start:
-            # Extend the trained index with the new rows instead of re-clustering everything.
+        rows = np.ascontiguousarray(new[t], dtype=np.float32)
+        trained = int((entry or {}).get("trained_count", 0))
+        if (entry and old_dir is not None and entry.get("kind") == cfg.kind and entry.get("count") == start
+                and n <= 2 * trained):
+            # Extend the trained index with the new rows instead of re-clustering everything;
+            # past twice the training size the IVF cells no longer fit the data, so retrain.
             index = read_approx(old_dir / entry["file"])
-            if len(new):
-                index.add(new)
+            if len(rows):
+                index.add(rows)
         else:
             index = build_approx(np.load(staged / f"{t}.npy", mmap_mode="r"), cfg.approx_params)
+            trained = n
         write_approx(index, staged / f"{t}.faiss")
-        out[t] = {"kind": cfg.kind, "file": f"{t}.faiss", "count": n}
+        out[t] = {"kind": cfg.kind, "file": f"{t}.faiss", "count": n, "trained_count": trained}
     return out
+
+
+def _write_version(
+    root: Path, staged: Path, old_dir: Path | None, old_info: dict[str, Any], image: np.ndarray,
+    report: np.ndarray, cases: list[dict[str, Any]], cfg: IndexConfig, *, model_info: dict[str, Any],
+    data: dict[str, Any], history: dict[str, Any],
+) -> Path:
+    """Stage old + new vectors, metadata and approximate indexes, then commit the version.
+
+    The caller holds the writer lock and owns ``staged``.
+    """
+    n_new = len(cases)
+    dim = int(image.shape[1]) if n_new else int(old_info.get("dim", 0))
+    start = int(old_info.get("count", 0))
+    if old_dir is not None and n_new and dim != int(old_info["dim"]):
+        raise CaseIndexError(f"new embeddings have dimension {dim}", path=root, expected=f"{old_info['dim']}")
+    new: dict[str, np.ndarray] = {}
+    for t, vecs in (("image", image), ("report", report)):
+        new[t] = np.asarray(vecs, np.float32).reshape(n_new, dim) if n_new else np.zeros((0, dim), np.float32)
+        storage.append_vectors(old_dir / f"{t}.npy" if old_dir else None, new[t], staged / f"{t}.npy")
+    if old_dir:
+        shutil.copyfile(old_dir / "cases.sqlite", staged / "cases.sqlite")
+    conn = metadata.connect(staged / "cases.sqlite")
+    try:
+        metadata.insert_cases(conn, start, cases)
+    finally:
+        conn.close()
+    n = start + n_new
+    approx = _approx_files(cfg, staged, old_dir, old_info, start, new, n)
+    entry = {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "added": n_new, **history}
+    storage.write_info(staged, {
+        "format": storage.FORMAT,
+        "count": n,
+        "dim": dim,
+        "model": model_info,
+        "data": data,
+        "approximate": approx,
+        "history": list(old_info.get("history", [])) + [entry],
+    })
+    return storage.commit(root, staged, keep_versions=cfg.keep_versions)
+
+
+def add_embeddings(
+    out_dir: str | Path,
+    image: np.ndarray,
+    report: np.ndarray,
+    cases: list[dict[str, Any]],
+    *,
+    model_info: dict[str, Any] | None = None,
+    data_cfg: Any = None,
+    config: IndexConfig | dict[str, Any] | None = None,
+) -> CaseIndex:
+    """Append precomputed embeddings and their cases to an index (created when missing).
+
+    For embeddings computed elsewhere (a GPU job, a benchmark). Each case is a mapping with
+    ``study_id``, ``image`` and ``report`` (and optionally ``split``, ``modality``,
+    ``dims``, ``view``, ``labels``); never a patient identifier. Studies already indexed
+    are refused.
+
+    Args:
+        out_dir: the index folder.
+        image, report: ``(N, D)`` embeddings (normalised here).
+        cases: N case mappings, in the same order.
+        model_info: recorded as the index's model (``fingerprint`` is checked on later adds).
+        data_cfg: the data section queries should be preprocessed with.
+        config: the ``index`` section.
+
+    Raises:
+        CaseIndexError: shapes disagree, a study id is already indexed or repeated, or the
+            model fingerprint differs from the index's.
+    """
+    from medvl.config import from_dict
+    from medvl.index.vectors import normalize_rows
+
+    cfg = config if isinstance(config, IndexConfig) else from_dict(IndexConfig, dict(config or {}), where="index")
+    root = Path(out_dir)
+    image, report = normalize_rows(image), normalize_rows(report)
+    if image.shape != report.shape or image.ndim != 2 or image.shape[0] != len(cases):
+        raise CaseIndexError(f"image {image.shape}, report {report.shape} and {len(cases)} cases disagree",
+                             field="embeddings", expected="(N, D) each, N = number of cases")
+    ids = [str(c.get("study_id", "")) for c in cases]
+    if len(set(ids)) != len(ids) or not all(ids):
+        raise CaseIndexError("study ids must be unique and non-empty", field="study_id")
+    if any("patient_id" in c for c in cases):
+        raise CaseIndexError("cases must not carry patient identifiers", field="patient_id",
+                             expected="study_id, split, modality, dims, view, image, report, labels")
+    model_info = dict(model_info or {})
+    with storage.writer_lock(root):
+        old_dir = storage.current_dir(root)
+        old_info: dict[str, Any] = storage.read_info(old_dir) if old_dir else {}
+        if old_dir is not None:
+            want = old_info.get("model", {}).get("fingerprint")
+            if want != model_info.get("fingerprint", want):
+                raise CaseIndexError("the embeddings come from another model", path=root, field="model")
+            conn = metadata.connect(old_dir / "cases.sqlite", readonly=True)
+            dup = set(metadata.study_ids(conn)) & set(ids)
+            conn.close()
+            if dup:
+                raise CaseIndexError(f"{len(dup)} studies already indexed (e.g. {sorted(dup)[0]})", path=root,
+                                     field="study_id")
+            model_info = {**old_info.get("model", {}), **model_info}
+        with storage.staging_dir(root) as staged:
+            _write_version(root, staged, old_dir, old_info, image, report, list(cases), cfg,
+                           model_info=model_info,
+                           data=_data_section(data_cfg) if data_cfg is not None else old_info.get("data", {}),
+                           history={"source": "add_embeddings"})
+    return CaseIndex.open(root, config=cfg)
