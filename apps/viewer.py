@@ -58,16 +58,22 @@ def load_backend(index_dir: str, model_dir: str) -> ViewerBackend:
     return backend_mod.open_backend(index_dir, model_dir)
 
 
+def _drop_staged() -> None:
+    """Delete the staged copy of the previous upload (it may hold a whole DICOM series)."""
+    state = st.session_state
+    old = state.pop("upload_tmp", None)
+    if old is not None:
+        old.cleanup()
+    for key in ("upload_id", "upload_staged", "upload_error"):
+        state.pop(key, None)
+
+
 def _stage(uploaded, limits: uploads.UploadLimits) -> uploads.StagedUpload:
     """Stage an upload once per file into a private temp folder kept in session state."""
     state = st.session_state
     file_id = getattr(uploaded, "file_id", None) or f"{uploaded.name}:{uploaded.size}"
     if state.get("upload_id") != file_id:
-        old = state.pop("upload_tmp", None)
-        if old is not None:
-            old.cleanup()
-        state.pop("upload_staged", None)
-        state.pop("upload_error", None)
+        _drop_staged()
         tmp = tempfile.TemporaryDirectory(prefix="medvl-upload-")
         state["upload_tmp"] = tmp
         state["upload_id"] = file_id
@@ -101,12 +107,22 @@ def _search(fn, *args) -> list[Case]:
         return []
 
 
-def _zero_shot(backend: ViewerBackend, path: Path) -> None:
+def _image_with_findings(
+    backend: ViewerBackend, image, path: Path, *, key: str, heat_phrase: str | None = None
+) -> None:
+    """Image panel and zero-shot panel of a query image.
+
+    The heatmap phrase defaults to the finding the model scores highest, so a heatmap is
+    shown without typing; the user can type any phrase instead.
+    """
     try:
         probs = backend.zero_shot(path)
     except MedvlError as exc:
         st.error(f"Zero-shot scoring failed: {exc}")
-        return
+        probs = None
+    if heat_phrase is None and probs:
+        heat_phrase = panels.finding_display(max(probs, key=probs.get))
+    panels.image_panel(backend, image, key=key, heat_phrase=heat_phrase, image_path=path)
     panels.zero_shot_panel(probs)
 
 
@@ -125,8 +141,7 @@ def query_by_case(backend: ViewerBackend, k: int) -> None:
         else:
             image = _read(backend, case.image_path, f"case {case.study_id}")
             if image is not None:
-                panels.image_panel(backend, image, key=f"case-{case.study_id}", image_path=case.image_path)
-                _zero_shot(backend, case.image_path)
+                _image_with_findings(backend, image, case.image_path, key=f"case-{case.study_id}")
         with st.expander("Report of this case", expanded=False):
             st.text(case.report or "(no report)")
     with right:
@@ -145,6 +160,7 @@ def query_by_upload(backend: ViewerBackend, k: int, limits: uploads.UploadLimits
         help=f"At most {limits.max_bytes / uploads.MIB:.0f} MiB.",
     )
     if uploaded is None:
+        _drop_staged()
         st.info("Upload " + uploads.ACCEPTED + " in the sidebar to search with it.")
         return
     try:
@@ -158,8 +174,7 @@ def query_by_upload(backend: ViewerBackend, k: int, limits: uploads.UploadLimits
     left, right = st.columns([2, 3])
     with left:
         st.subheader("Uploaded image")
-        panels.image_panel(backend, image, key=f"upload-{st.session_state['upload_id']}", image_path=staged.path)
-        _zero_shot(backend, staged.path)
+        _image_with_findings(backend, image, staged.path, key=f"upload-{st.session_state['upload_id']}")
     with right:
         hits = _search(backend.search_image, staged.path, k)
         panels.results_panel(backend, hits, Query(image_path=staged.path))

@@ -132,6 +132,30 @@ def _heat_for_plane(heat: np.ndarray, array: np.ndarray, slice_index: int) -> np
     return None  # slice-pooling maps (n_slices,) have no in-plane detail to show
 
 
+def finding_display(name: str) -> str:
+    """Human-readable name of a finding key (``pleural_effusion`` -> ``Pleural effusion``)."""
+    from medvl.findings import load_findings
+
+    for finding in load_findings():
+        if finding.name == name:
+            return finding.display
+    return name.replace("_", " ").capitalize()
+
+
+def labels_caption(labels: dict[str, int]) -> str:
+    """The manifest labels of a hit, positives and uncertain ones only (``""`` if none)."""
+    present = [finding_display(k) for k, v in labels.items() if v == 1 and k != "no_finding"]
+    uncertain = [finding_display(k) for k, v in labels.items() if v == -1]
+    parts = []
+    if present:
+        parts.append("Labels: " + ", ".join(present))
+    elif labels.get("no_finding") == 1:
+        parts.append("Labels: No finding")
+    if uncertain:
+        parts.append("uncertain: " + ", ".join(uncertain))
+    return " · ".join(parts)
+
+
 def zero_shot_panel(probs: dict[str, float] | None) -> None:
     """Finding probabilities for the query image, highest first."""
     st.subheader("Zero-shot findings")
@@ -140,7 +164,7 @@ def zero_shot_panel(probs: dict[str, float] | None) -> None:
         return
     rows = sorted(probs.items(), key=lambda kv: -kv[1])
     st.dataframe(
-        {"finding": [k.replace("_", " ") for k, _ in rows], "probability": [round(float(v), 3) for _, v in rows]},
+        {"finding": [finding_display(k) for k, _ in rows], "probability": [round(float(v), 3) for _, v in rows]},
         hide_index=True,
     )
 
@@ -189,3 +213,6 @@ def results_panel(backend: ViewerBackend, hits: list[Case], query: Query) -> Non
             except MedvlError:
                 scores = None
             right.markdown(render.highlight_html(sentences, scores, line_ends=line_ends), unsafe_allow_html=True)
+            caption = labels_caption(hit.labels)
+            if caption:
+                right.caption(caption)

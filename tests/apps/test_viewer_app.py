@@ -93,8 +93,21 @@ def test_case_query_shows_image_and_top5_other_cases(fake):
     assert len(at.image) == 1 + 5  # query image + one thumbnail per hit
     # zero-shot probabilities, highest first
     table = at.dataframe[0].value
-    assert list(table["finding"]) == ["pleural effusion", "pneumothorax", "cardiomegaly"]
+    assert list(table["finding"]) == ["Pleural effusion", "Pneumothorax", "Cardiomegaly"]
     assert list(table["probability"]) == [0.81, 0.4, 0.12]
+    # the heatmap shows the top-scoring finding until the user types another phrase
+    assert at.text_input(key="phrase-case-S002").value == "Pleural effusion"
+    assert ("heatmap", "Pleural effusion") in fake.calls
+    # manifest labels of a hit: positives and uncertain ones
+    assert "Labels: Cardiomegaly · uncertain: Atelectasis" in [c.value for c in at.caption]
+
+
+def test_no_finding_label_is_shown_and_no_labels_means_no_caption(fake):
+    at = _app()
+    at.sidebar.slider(key="k").set_value(7).run()
+    # hits S001..S007: only S001 and S007 carry labels, so exactly two label captions
+    labels = [c.value for c in at.caption if c.value.startswith("Labels")]
+    assert labels == ["Labels: Cardiomegaly · uncertain: Atelectasis", "Labels: No finding"]
 
 
 def test_number_of_results_follows_the_slider(fake):

@@ -79,7 +79,9 @@ def test_zero_shot_probabilities_cover_the_cxr_findings(app):
     from medvl.eval.prompts import prompt_set_for_modality
 
     table = app.dataframe[0].value
-    expected = {f.replace("_", " ") for f in prompt_set_for_modality("DX").findings}
+    from apps.viewer_lib.panels import finding_display
+
+    expected = {finding_display(f) for f in prompt_set_for_modality("DX").findings}
     assert set(table["finding"]) == expected
     probs = list(table["probability"])
     assert all(0.0 <= p <= 1.0 for p in probs) and probs == sorted(probs, reverse=True)

@@ -56,6 +56,8 @@ class FakeBackend:
         self.cases = [
             Case(study_id=f"S{i:03d}", report=r, image_path=CT_FILE, labels={}) for i, r in enumerate(REPORTS)
         ]
+        self.cases[1].labels = {"cardiomegaly": 1, "pleural_effusion": 0, "atelectasis": -1}
+        self.cases[7].labels = {"no_finding": 1}
         self.calls: list[tuple[str, Any]] = []
 
     def case_ids(self) -> list[str]:
