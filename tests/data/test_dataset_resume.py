@@ -94,3 +94,42 @@ def test_distributed_shards_are_disjoint_and_cover_the_split() -> None:
 def test_distributed_without_process_group_is_a_clear_error(manifest) -> None:
     with pytest.raises(TrainingError, match="distributed"):
         _loader(manifest, shuffle=True, distributed=True)
+
+
+def _rank_main(rank: int, manifest: str, store: str, out: str) -> None:
+    import json
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        loader = build_dataloader({"dims": 2, "image_size": 8, "batch_size": 2}, manifest, "train",
+                                  shuffle=True, distributed=True, seed=5, reader=reader_under_test())
+        loader.set_epoch(1)
+        got = [i for b in loader for i in b["index"].tolist()]
+        Path(out).write_text(json.dumps(got))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_distributed_loaders_under_a_real_process_group(manifest, tmp_path) -> None:
+    import json
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    outs = [tmp_path / f"rank{r}.json" for r in range(2)]
+    procs = [ctx.Process(target=_rank_main, args=(r, str(manifest), str(tmp_path / "store"), str(outs[r])))
+             for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    shards = [json.loads(o.read_text()) for o in outs]
+    assert len(shards[0]) == len(shards[1]) == 5
+    assert sorted(shards[0] + shards[1]) == list(range(10))
+    # the same shards as the sampler computes for each rank without a process group
+    for r in range(2):
+        s = ResumableSampler(list(range(10)), batch_size=2, num_replicas=2, rank=r, shuffle=True, seed=5)
+        s.set_epoch(1)
+        assert shards[r] == list(s)
