@@ -104,15 +104,16 @@ def _check_complete(ds: Dataset, caught: list[warnings.WarningMessage], path: Pa
 
 
 def _int_tag(ds: Dataset, keyword: str, path: Path, *, required: bool = True) -> int | None:
-    if keyword not in ds or ds[keyword].value in (None, ""):
+    value = ds.get(keyword)
+    if value is None or value == "":
         if required:
             raise ImageReadError(f"missing {keyword}", path=path, field=keyword,
                                  expected="a value in the Image Pixel module")
         return None
     try:
-        return int(ds[keyword].value)
+        return int(value)
     except (TypeError, ValueError):
-        raise ImageReadError(f"invalid {keyword} {ds[keyword].value!r}", path=path,
+        raise ImageReadError(f"invalid {keyword} {value!r}", path=path,
                              field=keyword, expected="an integer") from None
 
 

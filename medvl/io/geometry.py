@@ -159,18 +159,56 @@ def to_canonical(array: np.ndarray, affine_lps: np.ndarray) -> tuple[np.ndarray,
     Uses nibabel's orientation tools, so the result equals what
     ``nibabel.as_closest_canonical`` gives for a NIfTI holding the same voxels.
 
+    The returned array keeps the memory layout of its source where it can (a
+    slice stack comes back Fortran-ordered, like nibabel's own arrays): a C-order
+    copy would transpose the whole volume through the cache, which costs more than
+    decoding it.
+
     Returns:
-        ``(array, affine)`` with a contiguous float32 array and a 4x4 RAS+ affine.
+        ``(array, affine)`` with a float32 array (positive strides) and a 4x4 RAS+ affine.
     """
     affine_ras = LPS_TO_RAS @ affine_lps
     ornt = orientations.io_orientation(affine_ras)
     target = np.array([[0, 1], [1, 1], [2, 1]], dtype=float)
     if np.array_equal(ornt, target):
-        return np.ascontiguousarray(array, dtype=np.float32), affine_ras
-    transform = orientations.ornt_transform(ornt, target)
-    out = orientations.apply_orientation(array, transform)
-    new_affine = affine_ras @ orientations.inv_ornt_aff(transform, array.shape[:3])
-    return np.ascontiguousarray(out, dtype=np.float32), new_affine
+        out, new_affine = array, affine_ras
+    else:
+        transform = orientations.ornt_transform(ornt, target)
+        out = orientations.apply_orientation(array, transform)
+        new_affine = affine_ras @ orientations.inv_ornt_aff(transform, array.shape[:3])
+    if any(st < 0 for st in out.strides):
+        out = out.copy(order="K")  # flips become a layout-preserving copy with positive strides
+    return out.astype(np.float32, copy=False), new_affine
+
+
+@dataclass(frozen=True)
+class CanonicalPlan:
+    """How to place an ``(i, j, k)`` stack in RAS+ closest-canonical order without a copy.
+
+    Attributes:
+        flip: per input axis (i, j, k), whether it runs backwards in the output.
+        axes: ``np.transpose`` order taking the flipped ``(i, j, k)`` array to output axes.
+        affine: the 4x4 RAS+ affine of the output array.
+    """
+
+    flip: tuple[bool, bool, bool]
+    axes: tuple[int, int, int]
+    affine: np.ndarray
+
+
+def canonical_plan(affine_lps: np.ndarray, shape: Sequence[int]) -> CanonicalPlan:
+    """The reorientation :func:`to_canonical` would do, as flips plus an axis order.
+
+    A reader that knows the plan before decoding can write each slice already
+    flipped and return a transposed view, avoiding a second pass over the volume.
+    """
+    affine_ras = LPS_TO_RAS @ affine_lps
+    ornt = orientations.io_orientation(affine_ras)
+    transform = orientations.ornt_transform(ornt, np.array([[0, 1], [1, 1], [2, 1]], dtype=float))
+    flip = tuple(bool(transform[a, 1] < 0) for a in range(3))
+    axes = tuple(int(a) for p in range(3) for a in range(3) if int(transform[a, 0]) == p)
+    affine = affine_ras @ orientations.inv_ornt_aff(transform, tuple(shape)[:3])
+    return CanonicalPlan(flip, axes, affine)  # type: ignore[arg-type]
 
 
 def voxel_sizes(affine: np.ndarray) -> tuple[float, float, float]:

@@ -19,7 +19,15 @@ from pydicom.dataset import Dataset
 from medvl.errors import ImageReadError, SeriesError
 from medvl.io import dicom_pixels as px
 from medvl.io.dicom import image_from_dataset, pixel_spacing_of, safe_tags
-from medvl.io.geometry import order_slices, orientations_match, resample_uniform, stack_affine_lps, to_canonical, voxel_sizes
+from medvl.io.geometry import (
+    canonical_plan,
+    order_slices,
+    orientations_match,
+    resample_uniform,
+    stack_affine_lps,
+    to_canonical,
+    voxel_sizes,
+)
 from medvl.io.image import MedicalImage
 
 
@@ -164,22 +172,39 @@ def _assemble(
     if pi == "RGB":
         raise SeriesError("colour series cannot form a volume", path=d,
                           field="PhotometricInterpretation", expected="MONOCHROME1 or MONOCHROME2")
-    stack = np.empty((len(items), rows, cols), dtype=np.float32)  # (k, row, col)
+    n = len(items)
+    affine_lps = stack_affine_lps(first, order.positions[0], spacings[0], order.step)
+    # Uniform stacks are written straight into RAS+ order: each slice lands flipped in
+    # its final slot, and the volume is a transposed view (no second pass, no copy).
+    plan = canonical_plan(affine_lps, (cols, rows, n)) if order.uniform else None
+    flip_i, flip_j, flip_k = plan.flip if plan else (False, False, False)
+    in_plane = (slice(None, None, -1 if flip_j else 1), slice(None, None, -1 if flip_i else 1))
+    stack = np.empty((n, rows, cols), dtype=np.float32)  # (k, row=j, col=i)
     for k, idx in enumerate(order.order):
         f, ds = items[int(idx)]
         raw = px.decode_pixels(ds, f)
         if raw.shape != (rows, cols):
             raise SeriesError(f"slice {f.name} decodes to {raw.shape}", path=d, field="Rows",
                               expected=f"({rows}, {cols})")
-        stack[k] = px.modality_lut(raw, ds, px.rescale_of(ds))
-    volume = stack.transpose(2, 1, 0)  # (i=col, j=row, k)
+        target = stack[n - 1 - k if flip_k else k]
+        if ds.get("ModalityLUTSequence"):
+            target[...] = px.modality_lut(raw, ds, None)[in_plane]
+        else:  # rescale in place: no temporary per slice
+            target[...] = raw[in_plane]
+            slope, intercept = px.rescale_of(ds) or (1.0, 0.0)
+            if slope != 1.0:
+                target *= np.float32(slope)
+            if intercept != 0.0:
+                target += np.float32(intercept)
     tags = safe_tags(ds0)
-    tags.update(n_slices=len(items), spacing_source=pixel_spacing_of(ds0)[1], geometry="series positions")
-    if not order.uniform:
+    tags.update(n_slices=n, spacing_source=pixel_spacing_of(ds0)[1], geometry="series positions")
+    volume = stack.transpose(2, 1, 0)  # (i=col, j=row, k) view
+    if plan is not None:
+        array, affine = volume.transpose(plan.axes), plan.affine
+    else:
         volume, n_new = resample_uniform(volume, order.distances, float(np.median(np.diff(order.distances))))
         tags.update(resampled=True, n_slices=n_new)
-    affine_lps = stack_affine_lps(first, order.positions[0], spacings[0], order.step)
-    array, affine = to_canonical(volume, affine_lps)
+        array, affine = to_canonical(volume, affine_lps)
     return MedicalImage(
         array=array, spacing=voxel_sizes(affine), affine=affine,
         modality=str(ds0.get("Modality") or "OT"), photometric_interpretation=pi,
