@@ -2,7 +2,7 @@
 
 Public API (imported lazily so ``import medvl.data.manifest`` and the CLI stay fast):
 
-* :func:`build_dataset` / :class:`StudyDataset` (``medvl.data.dataset``)
+* :func:`build_dataset` / :class:`StudyDataset` / :func:`load_model_input` (``medvl.data.dataset``)
 * :func:`build_dataloader` / :class:`StudyLoader` / :class:`ResumableSampler`
   (``medvl.data.loader``)
 * :class:`DataConfig` (``medvl.data.config``)
@@ -20,6 +20,7 @@ _EXPORTS = {
     "StudyDataset": "medvl.data.dataset",
     "build_dataset": "medvl.data.dataset",
     "label_vector": "medvl.data.dataset",
+    "load_model_input": "medvl.data.dataset",
     "StudyLoader": "medvl.data.loader",
     "ResumableSampler": "medvl.data.loader",
     "build_dataloader": "medvl.data.loader",

@@ -212,3 +212,19 @@ def as_data_config(data_cfg: DataConfig | dict[str, Any] | None) -> DataConfig:
     from medvl.config import from_dict
 
     return from_dict(DataConfig, data_cfg, where="data")
+
+
+def load_model_input(path: str | Path, data_cfg: DataConfig | dict[str, Any] | None) -> torch.Tensor:
+    """One image file -> the model input tensor ``(C, *image_size)``, as a dataset item's.
+
+    For callers outside a manifest (the case index's query by image, the viewer's
+    uploads): same reader options, windows, orientation and grid as training; no
+    augmentation, no cache.
+
+    Raises:
+        ImageReadError: the file cannot be read or has the wrong dimensionality.
+        ConfigError: invalid data section.
+    """
+    cfg = as_data_config(data_cfg)
+    image = _default_reader(cfg)(Path(path))
+    return torch.from_numpy(np.ascontiguousarray(ModelInputTransform(cfg)(image), dtype=np.float32))

@@ -20,7 +20,8 @@ label keys          error   a key that is a near-miss of a vocabulary name (case
                             ``-``/space, a typo): probably a mislabelled column
                     warning a key outside the vocabulary used consistently (an extra
                             label column: loaders ignore it); a finding labelled on a
-                            modality it is not defined for
+                            modality it is not defined for; ``no_finding: 1`` together
+                            with a present pathology
 ==================  ======  ==============================================================
 
 Prints a summary (rows, patients, modalities and label prevalence per split) and the
@@ -213,6 +214,15 @@ def _check_labels(path: Path, rows: list[tuple[int, ManifestRow]], report: Valid
                     off_modality[(key, row.modality)] += 1
             else:
                 extra[key].append(lineno)
+    # "no finding" contradicts a present pathology (support devices are not pathology,
+    # as in CheXpert's labeller).
+    contradict = [n for n, r in rows if r.labels.get("no_finding") == 1 and any(
+        v == 1 for k, v in r.labels.items() if k in defined and k not in ("no_finding", "support_device"))]
+    if contradict:
+        report.problems.append(Problem(
+            "warning", "label_conflict", f"{path}:{contradict[0]}", "labels.no_finding",
+            f"no_finding is 1 together with a present finding in {len(contradict)} row(s)",
+        ))
     for key, lines in sorted(extra.items()):
         near = canon.get(re.sub(r"[^a-z0-9]", "", key.lower())) or next(
             iter(difflib.get_close_matches(key.lower(), vocab, n=1, cutoff=0.85)), None)

@@ -172,3 +172,12 @@ def test_study_without_text_in_chosen_sections_is_skipped(tmp_path) -> None:
     ds = build_dataset(_cfg(sections=["findings", "impression"]), tmp_path / "m.jsonl", "train")
     assert ds[0]["text"] == "Normal."
     assert "skipped" in ds[1] and "report" in ds.skipped[0]["error"].lower()
+
+
+def test_load_model_input_equals_the_dataset_item(tmp_path) -> None:
+    from medvl.data import load_model_input
+
+    manifest = make_corpus_2d(tmp_path, n=1)
+    cfg = _cfg(window="bone", in_channels=3)
+    item = build_dataset(cfg, manifest, "train")[0]["image"]
+    torch.testing.assert_close(load_model_input(tmp_path / "img" / "s0.dcm", cfg), item, rtol=0, atol=0)

@@ -158,3 +158,16 @@ def test_cli_entry_point(tmp_path, capsys) -> None:
 @pytest.mark.parametrize("text,norm", [("Heart: NORMAL.\n", "heart normal"), ("", "")])
 def test_normalise_text(text, norm) -> None:
     assert validate.normalise_text(text) == norm
+
+
+def test_no_finding_with_a_present_pathology_is_a_warning(tmp_path) -> None:
+    manifest = _corpus(tmp_path)
+    rows = [json.loads(x) for x in manifest.read_text().splitlines()]
+    rows[0]["labels"] = {"no_finding": 1, "cardiomegaly": 1}
+    rows[1]["labels"] = {"no_finding": 1, "support_device": 1}  # devices are not pathology
+    write_manifest(manifest, rows)
+    report = validate.validate_manifest(manifest)
+    assert report.ok
+    conflicts = [p for p in report.problems if p.kind == "label_conflict"]
+    assert len(conflicts) == 1 and "1 row(s)" in conflicts[0].message
+    assert conflicts[0].where.endswith(":1")
