@@ -78,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
     n_split = {s: sum(r.split == s for r in used) for s in ("train", "val", "test")}
 
     set_dotted(cfg, "data.manifest", str(manifest))
+    if not cfg.get("data", {}).get("cache_dir"):
+        set_dotted(cfg, "data.cache_dir", str(out / "cache"))
     cfg["seed"] = seed
 
     from medvl.train import train
