@@ -126,3 +126,15 @@ def test_every_split_has_every_finding_when_large_enough() -> None:
             assert set(names) <= seen, (modality, split, set(names) - seen)
     n = np.bincount([("train", "val", "test").index(p.split) for p in plans], minlength=3) / len(plans)
     assert 0.6 < n[0] < 0.8 and 0.08 < n[1] < 0.22 and 0.08 < n[2] < 0.22
+
+
+def test_regenerating_into_the_same_folder_leaves_no_stale_files(tmp_path: Path) -> None:
+    kw = dict(seed=1, image_size=64, ct_size=(16, 16, 16))
+    generate_corpus(tmp_path, n_cxr=6, n_ct=2, **kw)
+    (tmp_path / "notes.txt").write_text("mine")
+    manifest = generate_corpus(tmp_path, n_cxr=2, n_ct=0, **kw)
+    rows = read_manifest(manifest)
+    referenced = {r.image for r in rows} | {a["mask"] for r in rows for a in r.annotations}
+    written = {str(p.relative_to(tmp_path)) for sub in ("cxr", "ct", "masks") for p in (tmp_path / sub).glob("*")}
+    assert written == referenced
+    assert (tmp_path / "notes.txt").read_text() == "mine"  # files we did not write are left alone

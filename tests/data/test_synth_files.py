@@ -15,7 +15,7 @@ from medvl.data.synth.ct import render_ct, sample_ct_anatomy, sample_ct_grid
 from medvl.data.synth.cxr import render_cxr, sample_anatomy
 from medvl.data.synth.writers import encoder_available
 
-SETTINGS = dict(n_cxr=16, n_ct=4, seed=5, image_size=128, ct_size=(32, 32, 20),
+SETTINGS = dict(n_cxr=16, n_ct=6, seed=3, image_size=128, ct_size=(32, 32, 20),
                 compressed_fraction=0.6, ct_dicom_fraction=0.5)
 CR, DX = "1.2.840.10008.5.1.4.1.1.1", "1.2.840.10008.5.1.4.1.1.1.1"
 
@@ -48,8 +48,8 @@ def test_radiograph_tags_are_those_real_files_carry(corpus: Path) -> None:
         for uid in (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID):
             assert uid.startswith("2.25.") and len(uid) <= 64 and uid.is_valid
     assert photometrics == {"MONOCHROME1", "MONOCHROME2"}
-    if encoder_available("rle") or encoder_available("jpeg2000"):
-        assert len(syntaxes) >= 2, "some radiographs should be compressed"
+    available = [c for c in ("rle", "jpeg2000", "jpegls") if encoder_available(c)]
+    assert len(syntaxes) == 1 + len(available), "each installed encoder should be used"
 
 
 def test_modality_lut_recovers_the_phantom(corpus: Path, plans: dict) -> None:
@@ -128,23 +128,45 @@ def test_ct_series_geometry_matches_the_volume(corpus: Path, plans: dict) -> Non
         assert r.meta["spacing_mm"] == [round(float(affine[d, d]), 4) for d in range(3)]
 
 
-def test_ct_nifti_is_ras_in_hu_and_masks_share_its_grid(corpus: Path) -> None:
+def test_ct_nifti_holds_the_volume_in_hu_and_masks_share_its_grid(corpus: Path, plans: dict) -> None:
     import nibabel as nib
 
     rows = [r for r in read_manifest(corpus) if r.dims == 3 and r.meta.get("storage") == "nifti"]
-    assert rows
+    assert {r.meta["nifti_orientation"] for r in rows} == {"RAS", "LPS"}
     for r in rows:
+        p = plans[r.study_id]
         img = nib.load(resolve_path(corpus, r.image))
-        assert nib.aff2axcodes(img.affine) == ("R", "A", "S")
+        assert "".join(nib.aff2axcodes(img.affine)) == r.meta["nifti_orientation"]
         assert int(img.header["sform_code"]) == 1 and int(img.header["qform_code"]) == 1
-        hu = np.asarray(img.dataobj, dtype=np.float32)
-        assert hu.shape == (32, 32, 20)
+        canon = nib.as_closest_canonical(img)
+        affine = sample_ct_grid(p.render_seed, (32, 32, 20))
+        assert np.allclose(canon.affine, affine, atol=1e-3)
+        hu = np.asarray(canon.dataobj, dtype=np.float32)
+        expected = render_ct(sample_ct_anatomy(p.anatomy_seed), p.findings, shape=(32, 32, 20), affine=affine,
+                             seed=p.render_seed).hu
+        assert np.abs(hu - np.rint(expected)).max() == 0
         assert hu[0, 0].mean() < -900  # air in the corner of the field of view
         assert -100 < np.median(hu[14:18, 14:18, :]) < 100  # mediastinum soft tissue
         assert list(img.header.get_zooms()) == pytest.approx(r.meta["spacing_mm"], abs=1e-3)
         for ann in r.annotations:
             m = nib.load(resolve_path(corpus, ann["mask"]))
             assert m.shape == img.shape and np.allclose(m.affine, img.affine)
+            idx = np.nonzero(np.asarray(nib.as_closest_canonical(m).dataobj))
+            assert ann["box"] == [int(i.min()) for i in idx] + [int(i.max()) + 1 for i in idx]
+
+
+def test_lps_storage_round_trips_through_nibabel_canonical() -> None:
+    import nibabel as nib
+
+    from medvl.data.synth.writers import reorient_for_storage
+
+    affine = sample_ct_grid(1, (8, 6, 4))
+    vol = np.arange(8 * 6 * 4, dtype=np.int16).reshape(8, 6, 4)
+    arr, aff = reorient_for_storage(vol, affine, "LPS")
+    img = nib.Nifti1Image(arr, aff)
+    assert nib.aff2axcodes(img.affine) == ("L", "P", "S")
+    canon = nib.as_closest_canonical(img)
+    assert np.array_equal(np.asarray(canon.dataobj), vol) and np.allclose(canon.affine, affine)
 
 
 def test_spacing_varies_between_ct_studies(tmp_path: Path) -> None:

@@ -91,12 +91,16 @@ def _render_ct(plan: StudyPlan, cfg: SynthConfig, out: Path) -> dict[str, Any]:
     from medvl.data.synth.ct import render_ct, sample_ct_anatomy, sample_ct_grid
     from medvl.data.synth.shapes import bbox
     from medvl.data.synth.text import write_report
-    from medvl.data.synth.writers import write_ct_series, write_nifti
+    from medvl.data.synth.writers import reorient_for_storage, write_ct_series, write_nifti
 
     shape = tuple(cfg.ct_size)
     affine = sample_ct_grid(plan.render_seed, shape)
     r = render_ct(sample_ct_anatomy(plan.anatomy_seed), plan.findings, shape=shape, affine=affine,
                   seed=plan.render_seed)
+    # Some NIfTI volumes are stored LPS (as many converters write them); readers must
+    # reorient. Masks share the image's storage grid; boxes stay in RAS voxel indices.
+    orient_rng = np.random.default_rng(np.random.SeedSequence([plan.render_seed, 5]))
+    orientation = "LPS" if plan.storage == "nifti" and orient_rng.random() < 0.3 else "RAS"
     annotations, kept = [], []
     for f in plan.findings:
         mask = r.masks.get(f.name)
@@ -104,7 +108,7 @@ def _render_ct(plan: StudyPlan, cfg: SynthConfig, out: Path) -> dict[str, Any]:
         if box is None:
             continue
         rel = f"masks/{plan.study_id}_{f.name}.nii.gz"
-        write_nifti(out / rel, mask.astype(np.uint8), affine)
+        write_nifti(out / rel, *reorient_for_storage(mask.astype(np.uint8), affine, orientation))
         annotations.append(_annotation(f, rel, box))
         kept.append(f)
     plan.findings = kept
@@ -120,7 +124,8 @@ def _render_ct(plan: StudyPlan, cfg: SynthConfig, out: Path) -> dict[str, Any]:
                                     study_number=plan.study_number))
     else:
         image_rel = f"ct/{plan.study_id}.nii.gz"
-        write_nifti(out / image_rel, np.rint(r.hu).astype(np.int16), affine)
+        write_nifti(out / image_rel, *reorient_for_storage(np.rint(r.hu).astype(np.int16), affine, orientation))
+        meta["nifti_orientation"] = orientation
     report = write_report(plan, np.random.default_rng(np.random.SeedSequence([plan.render_seed, 4])))
     return _row(plan, image_rel, report, annotations, meta)
 
@@ -191,6 +196,15 @@ def generate_corpus(
 
     from medvl.data.manifest import write_manifest
     from medvl.runinfo import write_run_info
+
+    if (out / "synth.json").is_file():
+        # A previous corpus lives here: remove its files so no stale study or mask
+        # survives next to the new manifest. Folders we did not write are left alone.
+        import shutil
+
+        for sub in ("cxr", "ct", "masks"):
+            shutil.rmtree(out / sub, ignore_errors=True)
+        (out / "manifest.jsonl").unlink(missing_ok=True)
 
     plans = plan_corpus(cfg)
     cfg_d = asdict(cfg)

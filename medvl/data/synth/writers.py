@@ -201,6 +201,24 @@ def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
     nib.save(img, str(path))
 
 
+def reorient_for_storage(array: np.ndarray, affine: np.ndarray, orientation: str) -> tuple[np.ndarray, np.ndarray]:
+    """Flip a RAS+ array (and its affine) to ``LPS`` storage order, as many scanners' NIfTI are.
+
+    The world coordinates of every voxel are unchanged; only the index order differs,
+    so ``nibabel.as_closest_canonical`` gives back the RAS array.
+    """
+    if orientation == "RAS":
+        return array, affine
+    if orientation != "LPS":
+        raise ValueError(f"unknown orientation {orientation!r}")
+    flipped = np.ascontiguousarray(array[::-1, ::-1, :])
+    new = affine.copy()
+    for d in (0, 1):
+        new[:3, 3] += affine[:3, d] * (array.shape[d] - 1)
+        new[:3, d] = -affine[:3, d]
+    return flipped, new
+
+
 def write_ct_series(
     folder: Path,
     hu: np.ndarray,
@@ -228,7 +246,7 @@ def write_ct_series(
     for k in range(nz):
         # pixel[r, c] = hu[nx-1-c, ny-1-r, k]: columns run to patient left (+x LPS), rows posterior.
         sl = np.ascontiguousarray(hu[::-1, ::-1, k].T)
-        stored_f = np.rint(sl - intercept)
+        stored_f = np.rint(sl) - intercept  # round HU first so NIfTI and DICOM agree exactly
         if signed:
             stored = np.clip(stored_f, -32768, 32767).astype(np.int16)
         else:
