@@ -130,7 +130,7 @@ def token_weights(
         w = mask.to(dtype)
     else:
         w = attention.detach().to(dtype).clamp_min(0.0) * mask
-        if clip_quantiles is not None:
+        if clip_quantiles is not None and w.shape[0] > 0:  # an empty rank has nothing to clip
             # NaN marks padding so nanquantile sees only the valid tokens of each row.
             masked = w.masked_fill(~mask, float("nan"))
             q = torch.tensor(clip_quantiles, dtype=w.dtype, device=w.device)

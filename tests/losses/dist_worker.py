@@ -9,7 +9,9 @@ through a tiny shared projection model, and computes the alignment loss twice:
   :func:`medvl.losses.distributed.average_gradients`.
 
 Both results are saved to ``<out>/rank<r>.pt`` for the test to compare. Ranks hold
-unequal slices on purpose (3 and 5 samples), as a smaller last batch would.
+unequal slices on purpose (3 and 5 samples), as a smaller last batch would; one case
+leaves rank 0 with an empty batch (every study of its slice skipped), which must
+still take part in the collectives and leave rank 1 with the one-process result.
 """
 
 from __future__ import annotations
@@ -28,6 +30,11 @@ from medvl.models.outputs import EncoderOutput
 
 B, D_IN, D, K, N, T = 8, 6, 4, 3, 5, 4
 SPLITS = (3, 5)
+ALL_TERMS = {
+    "instance": {"local_loss": True},
+    "token": {"weight": 0.5},
+    "prototype": {"weight": 0.5, "num_prototypes": 7, "freeze_epochs": 0},
+}
 
 CASES: dict[str, dict] = {
     "full": {"terms": {"instance": {}}},
@@ -35,13 +42,12 @@ CASES: dict[str, dict] = {
                                      "text_to_image_weight": 0.25}}},
     "soft": {"terms": {"instance": {"soft_targets": True, "label_smoothing": 0.1,
                                     "label_temperature": 0.5}}},
+    "soft_local": {"terms": {"instance": {"soft_targets": True, "local_loss": True,
+                                          "label_temperature": 0.5}}},
 }
 EXTRA_CASES: dict[str, dict] = {
-    "all_terms": {"terms": {
-        "instance": {"local_loss": True},
-        "token": {"weight": 0.5},
-        "prototype": {"weight": 0.5, "num_prototypes": 7, "freeze_epochs": 0},
-    }},
+    "all_terms": {"terms": ALL_TERMS},
+    "all_terms_empty_rank": {"terms": ALL_TERMS, "splits": (0, 8)},
 }
 
 
@@ -98,19 +104,20 @@ def main(out_dir: str, cases: dict[str, dict]) -> None:
     torch.manual_seed(0)
     batch = make_batch()
     models, losses, results = {}, {}, {}
-    for name, cfg in cases.items():
+    for name, case in cases.items():
         torch.manual_seed(0)
         model = Towers().double()
-        loss = build_loss(cfg, embed_dim=D).double()
+        loss = build_loss({"terms": case["terms"]}, embed_dim=D).double()
         models[name], losses[name] = model, loss
         ref_model, ref_loss = copy.deepcopy(model), copy.deepcopy(loss)
         results[name] = {"ref": run(ref_model, ref_loss, batch, slice(0, B), ddp=False)}
 
     dist.init_process_group("gloo")
     rank = dist.get_rank()
-    start = sum(SPLITS[:rank])
-    rows = slice(start, start + SPLITS[rank])
-    for name in cases:
+    for name, case in cases.items():
+        splits = case.get("splits", SPLITS)
+        start = sum(splits[:rank])
+        rows = slice(start, start + splits[rank])
         results[name]["dist"] = run(models[name], losses[name], batch, rows, ddp=True)
     torch.save({"rank": rank, "world": dist.get_world_size(), "results": results},
                os.path.join(out_dir, f"rank{rank}.pt"))
