@@ -167,7 +167,7 @@ class StudyDataset(Dataset):
             return {"skipped": record, "index": index}
         if self.augment is not None:
             seed = int(np.random.SeedSequence(self._rng_seed(index)).generate_state(1)[0])
-            self.augment.pipeline.set_random_state(seed=seed)  # type: ignore[attr-defined]
+            self.augment.set_random_state(seed)
             image = self.augment(image)
         return {
             "image": torch.from_numpy(np.array(image, dtype=np.float32)),

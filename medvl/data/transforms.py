@@ -26,7 +26,7 @@ import dataclasses
 import hashlib
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -192,41 +192,52 @@ class ModelInputTransform:
         return _pad_or_crop(_resize(x, target), self.size)
 
 
-def build_augmentation(cfg: DataConfig, seed: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
+class Augmentation:
     """Random augmentation applied after the cache (train split only).
 
     A small affine (rotation up to ~6 degrees in-plane, scale +-8 %, shift up to 4 % of
-    the side) and a random gamma. Intensities stay in [0, 1]; borders fill with 0.
+    the side; MONAI ``RandAffine``) and a random gamma (``RandAdjustContrast``).
+    Intensities stay in [0, 1]; borders fill with 0. A class rather than a closure so
+    datasets pickle into spawned DataLoader workers.
 
     Args:
         cfg: the data section (``dims`` and ``image_size`` are used).
-        seed: seed of the transforms' random state (each DataLoader worker reseeds).
+        seed: seed of the transforms' random state; the dataset reseeds per item with
+            :meth:`set_random_state`.
     """
-    from monai.transforms import Compose, RandAdjustContrast, RandAffine
 
-    size = cfg.spatial_size
-    rot = 0.1
-    if cfg.dims == 2:
-        rotate_range: Any = (rot,)
-        translate = tuple(0.04 * s for s in size)
-    else:
-        # rotate in the axial plane only: (D, H, W) -> angle about the D axis.
-        rotate_range = (rot, 0.0, 0.0)
-        translate = (0.0,) + tuple(0.04 * s for s in size[1:])
-    pipeline = Compose([
-        RandAffine(prob=0.8, rotate_range=rotate_range, scale_range=0.08,
-                   translate_range=translate, padding_mode="zeros", mode="bilinear"),
-        RandAdjustContrast(prob=0.5, gamma=(0.8, 1.25)),
-    ])
-    if seed is not None:
-        pipeline.set_random_state(seed=seed)
+    def __init__(self, cfg: DataConfig, seed: int | None = None) -> None:
+        from monai.transforms import Compose, RandAdjustContrast, RandAffine
 
-    def augment(x: np.ndarray) -> np.ndarray:
-        out = np.asarray(pipeline(np.asarray(x, dtype=np.float32)), dtype=np.float32)
+        size = cfg.spatial_size
+        rot = 0.1
+        if cfg.dims == 2:
+            rotate_range: Any = (rot,)
+            translate = tuple(0.04 * s for s in size)
+        else:
+            # (D, H, W): the first angle turns the H-W (axial) plane; slices stay slices.
+            rotate_range = (rot, 0.0, 0.0)
+            translate = (0.0,) + tuple(0.04 * s for s in size[1:])
+        self.pipeline = Compose([
+            RandAffine(prob=0.8, rotate_range=rotate_range, scale_range=0.08,
+                       translate_range=translate, padding_mode="zeros", mode="bilinear"),
+            RandAdjustContrast(prob=0.5, gamma=(0.8, 1.25)),
+        ])
+        if seed is not None:
+            self.set_random_state(seed)
+
+    def set_random_state(self, seed: int) -> None:
+        """Reseed every random transform (``seed`` < 2**32)."""
+        self.pipeline.set_random_state(seed=int(seed))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        out = np.asarray(self.pipeline(np.asarray(x, dtype=np.float32)), dtype=np.float32)
         return np.clip(out, 0.0, 1.0, out=out)
 
-    augment.pipeline = pipeline  # type: ignore[attr-defined]
-    return augment
+
+def build_augmentation(cfg: DataConfig, seed: int | None = None) -> Augmentation:
+    """The train-time :class:`Augmentation` of a data section."""
+    return Augmentation(cfg, seed)
 
 
 def preprocess_signature(cfg: DataConfig) -> str:

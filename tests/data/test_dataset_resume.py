@@ -133,3 +133,12 @@ def test_distributed_loaders_under_a_real_process_group(manifest, tmp_path) -> N
         s = ResumableSampler(list(range(10)), batch_size=2, num_replicas=2, rank=r, shuffle=True, seed=5)
         s.set_epoch(1)
         assert shards[r] == list(s)
+
+
+def test_dataset_and_collate_pickle_for_spawned_workers(manifest) -> None:
+    import pickle
+
+    cfg = {"augment": True, "num_workers": 1}
+    loader = _loader(manifest, shuffle=False, cfg=cfg)
+    pickle.dumps(loader.dataset)  # spawn/forkserver contexts pickle the dataset
+    pickle.dumps(loader.collate_fn)
