@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             loss = build_loss({"terms": terms}, embed_dim=args.dim).to(args.device)
             scale = torch.tensor(2.0, device=args.device, requires_grad=True)
 
-            def step(loss=loss, scale=scale) -> None:
+            def step(loss=loss, scale=scale, batch=batch) -> None:
                 image, text = outputs(batch)
                 loss(image, text, logit_scale=scale, labels=batch["labels"], epoch=1)["loss"].backward()
 
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
 
         cfg = GloriaConfig()
 
-        def loop_step() -> None:
+        def loop_step(batch=batch, cfg=cfg) -> None:
             image, text = outputs(batch)
             gloria_loop(image, text, cfg).backward()
 
@@ -173,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"# Loss benchmark ({results['machine']['device']})", "",
              "```", json.dumps(results["machine"], indent=1), "```", ""]
     for shape_name, block in results["shapes"].items():
-        lines += [f"## {shape_name}", "", "| term | ms (fwd+bwd) | MiB saved for backward | vs instance / batched vs loop |",
+        lines += [f"## {shape_name}", "",
+                  "| term | ms (fwd+bwd) | MiB saved for backward | vs instance / batched vs loop |",
                   "|---|---|---|---|"]
         for name, r in block["terms"].items():
             rel = (f"time x{r['time_vs_instance']:.1f}, memory x{r['memory_vs_instance']:.1f}"
