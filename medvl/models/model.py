@@ -99,9 +99,14 @@ class MedVLModel(nn.Module):
         Returns:
             ``embeds (B, D)``, ``local_embeds (B, W, D)`` per word, ``local_mask
             (B, W)``, ``words``, ``attention (B, W)`` or None; ``grid`` is None.
+            With ``model.text.cache_dir`` set (frozen tower), the tower's features
+            come from the on-disk cache and only the projection heads run.
         """
         extra = {k: kw[k] for k in ("word_ids", "token_type_ids") if kw.get(k) is not None}
-        feats = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask, **extra)
+        if self.cfg.text.cache_dir:
+            feats = self._cache().features(input_ids, attention_mask, extra.get("word_ids"))
+        else:
+            feats = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask, **extra)
         return EncoderOutput(
             embeds=self.text_head(feats.pooled),
             local_embeds=self.text_local_head(feats.tokens),
@@ -112,31 +117,17 @@ class MedVLModel(nn.Module):
         )
 
     def embed_texts(self, texts: list[str]) -> EncoderOutput:
-        """Tokenise and encode reports on the model's device.
-
-        With ``model.text.cache_dir`` set (frozen tower), the tower's features come
-        from the on-disk cache and only the projection heads run.
-        """
-        if self.cfg.text.cache_dir:
-            return self._embed_cached(texts)
+        """Tokenise and encode reports on the model's device."""
         tokens = self.tokenize(texts)
         tokens = {k: v.to(self.device) for k, v in tokens.items()}
         return self.encode_text(**tokens)
 
-    def _embed_cached(self, texts: list[str]) -> EncoderOutput:
+    def _cache(self) -> Any:
         if self._text_cache is None:
             from medvl.models.text_cache import TextFeatureCache
 
             self._text_cache = TextFeatureCache(self.cfg.text.cache_dir, self.text_encoder)
-        feats = self._text_cache.features(texts, device=self.device)
-        return EncoderOutput(
-            embeds=self.text_head(feats.pooled),
-            local_embeds=self.text_local_head(feats.tokens),
-            local_mask=feats.mask,
-            grid=None,
-            attention=feats.attention,
-            words=feats.words,
-        )
+        return self._text_cache
 
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
         """As :meth:`torch.nn.Module.load_state_dict`; also drops the text cache handle,

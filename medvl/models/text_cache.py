@@ -3,8 +3,11 @@
 When the text tower is frozen (``model.text.freeze: true`` and no LoRA), a report's
 tower output never changes during training, so it is computed once and read back in
 later epochs; only the projection heads run. Entries are keyed by a fingerprint of
-the tower (its config and the bytes of its weights) and the SHA-256 of the text, so
-a different tower or an edited report can never hit a stale entry.
+the tower (its config and the bytes of its weights) and the SHA-256 of the report's
+tokens (the ids and word boundaries the tower sees, i.e. the text after tokenisation
+and truncation), so a different tower or an edited report never hits a stale entry.
+Keying by tokens lets the cache sit behind ``encode_text(**model.tokenize(texts))``,
+the path the training engine takes, as well as ``embed_texts``.
 
 What is cached is the unprojected :class:`~medvl.models.text_base.TextFeatures` of
 one report (pooled feature, word features, CLS attention, words), one safetensors
@@ -39,9 +42,11 @@ def tower_fingerprint(tower: TextEncoder) -> str:
     return h.hexdigest()[:16]
 
 
-def text_key(text: str) -> str:
-    """SHA-256 of a report's exact text."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+def token_key(ids: torch.Tensor, word_ids: torch.Tensor) -> str:
+    """SHA-256 of one report's real token ids and word ids (1-D, padding removed)."""
+    h = hashlib.sha256(ids.to(torch.int64).cpu().numpy().tobytes())
+    h.update(word_ids.to(torch.int64).cpu().numpy().tobytes())
+    return h.hexdigest()
 
 
 class TextFeatureCache:
@@ -105,18 +110,32 @@ class TextFeatureCache:
         self._remember(key, entry)
 
     @torch.no_grad()
-    def features(self, texts: list[str], *, device: torch.device | str = "cpu") -> TextFeatures:
-        """Tower features of ``texts``: cached ones read back, the rest computed and stored."""
-        texts = self.tower._check_texts(texts)
-        keys = [text_key(t) for t in texts]
+    def features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        word_ids: torch.Tensor | None = None,
+    ) -> TextFeatures:
+        """Tower features of a token batch: cached rows read back, the rest computed and stored.
+
+        Args:
+            input_ids: ``(B, L)`` from ``tokenize``.
+            attention_mask: ``(B, L)``.
+            word_ids: ``(B, L)``; recovered as the tower does when omitted.
+        """
+        self.tower.check_ids(input_ids, attention_mask)
+        if word_ids is None:
+            word_ids = self.tower.fallback_word_ids(input_ids, attention_mask)
+        real = attention_mask.bool()
+        keys = [token_key(input_ids[b][real[b]], word_ids[b][real[b]]) for b in range(len(input_ids))]
         entries: list[dict[str, Any] | None] = [self._read(k) for k in keys]
         todo = [i for i, e in enumerate(entries) if e is None]
-        self.hits += len(texts) - len(todo)
+        self.hits += len(keys) - len(todo)
         self.misses += len(todo)
         if todo:
-            param = next(self.tower.parameters())
-            tokens = self.tower.tokenize([texts[i] for i in todo])
-            feats = self.tower(**{k: v.to(param.device) for k, v in tokens.items()})
+            sel = torch.tensor(todo, device=input_ids.device)
+            feats = self.tower(input_ids=input_ids[sel], attention_mask=attention_mask[sel],
+                               word_ids=word_ids[sel])
             for row, i in enumerate(todo):
                 n = int(feats.mask[row].sum())
                 entry = {
@@ -128,7 +147,7 @@ class TextFeatureCache:
                     entry["attention"] = feats.attention[row, :n].float().cpu()
                 self._write(keys[i], entry)
                 entries[i] = entry
-        return _collate([e for e in entries if e is not None], device)
+        return _collate([e for e in entries if e is not None], input_ids.device)
 
 
 def _collate(entries: list[dict[str, Any]], device: torch.device | str) -> TextFeatures:

@@ -81,26 +81,33 @@ def test_frozen_tower_features_are_cached_on_disk(tiny_cfg, tmp_path):
     model = build_model(tiny_cfg).eval()
     texts = ["No pneumothorax.", "Mild cardiomegaly with edema."]
     with torch.no_grad():
-        reference = model.encode_text(**model.tokenize(texts))  # uncached path
+        feats = model.text_encoder(**model.tokenize(texts))  # the tower itself, no cache
+        ref_global = model.text_head(feats.pooled)
+        ref_local = model.text_local_head(feats.tokens)[feats.mask]
         first = model.embed_texts(texts)
         cache = model._text_cache
         assert (cache.hits, cache.misses) == (0, 2)
-        files = sorted((tmp_path / "cache").rglob("*.safetensors"))
-        assert len(files) == 2
-        second = model.embed_texts([texts[1], "Normal chest."])
+        assert len(sorted((tmp_path / "cache").rglob("*.safetensors"))) == 2
+        # the training engine's path (tokenize + encode_text) reads the same entries
+        engine = model.encode_text(**model.tokenize([texts[1], "Normal chest."]))
     assert (cache.hits, cache.misses) == (1, 3)
-    assert torch.allclose(first.embeds, reference.embeds, atol=1e-6)
-    assert torch.allclose(first.local_embeds[first.local_mask],
-                          reference.local_embeds[reference.local_mask], atol=1e-6)
-    assert first.words == reference.words
-    assert torch.allclose(second.embeds[0], reference.embeds[1], atol=1e-6)
-    # a fresh process (new model object, same weights) reads the files back
+    assert torch.allclose(first.embeds, ref_global, atol=1e-6)
+    assert torch.allclose(first.local_embeds[first.local_mask], ref_local, atol=1e-6)
+    assert first.words == feats.words
+    assert torch.allclose(first.attention[first.local_mask], feats.attention[feats.mask], atol=1e-6)
+    assert torch.allclose(engine.embeds[0], ref_global[1], atol=1e-6)
+    assert engine.local_mask.sum(1).tolist() == [5, 3]  # mild cardiomegaly with edema .
+    # the heads still train on cached features
+    model.train()
+    model.embed_texts(texts).embeds.sum().backward()
+    assert model.text_head.proj.weight.grad is not None
+    # a fresh model object with the same weights reads the files back
     model.save_pretrained(tmp_path / "m")
     loaded = MedVLModel.from_pretrained(tmp_path / "m")
     with torch.no_grad():
         again = loaded.embed_texts(texts)
     assert loaded._text_cache.hits == 2
-    assert torch.equal(again.embeds, first.embeds)
+    assert torch.equal(again.embeds, first.embeds.detach())
     # different tower weights -> a different key space, never a stale hit
     with torch.no_grad():
         loaded.text_encoder.model.embeddings.word_embeddings.weight.mul_(2)
