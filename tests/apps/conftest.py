@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import copy
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -30,41 +28,12 @@ def clear_streamlit_caches():
     st.cache_data.clear()
 
 
-@dataclass(frozen=True)
-class ViewerData:
-    """A tiny real setup: synthetic corpus, untrained tiny model, index built with it."""
-
-    manifest: Path
-    model_dir: Path
-    index_dir: Path
-
-
-#: Tiny model section (hidden 32, two layers), as the model room's tests use.
-TINY_MODEL = {
-    "embed_dim": 16,
-    "image": {"name": "resnet10", "width": 8, "in_channels": 1, "image_size": 64},
-    "text": {"name": "bert", "hidden_size": 32, "num_layers": 2, "num_heads": 2,
-             "intermediate_size": 64, "max_length": 32},
-}
-
-
 @pytest.fixture(scope="session")
-def tiny_viewer_data(tmp_path_factory) -> ViewerData:
+def tiny_viewer_data(tmp_path_factory):
     """Ten synthetic radiographs, an untrained tiny model and its index (built once)."""
-    import torch
+    from viewer_pipeline import build_viewer_data
 
-    from medvl.data.synth import generate_corpus
-    from medvl.index import build_index
-    from medvl.models import build_model
-
-    root = tmp_path_factory.mktemp("viewer-data")
-    manifest = generate_corpus(root / "corpus", n_cxr=10, n_ct=0, seed=0, image_size=64)
-    torch.manual_seed(0)
-    model = build_model(copy.deepcopy(TINY_MODEL)).eval()
-    model.save_pretrained(root / "model")
-    build_index(model, manifest, root / "index", data_cfg={"dims": 2, "image_size": 64, "batch_size": 5},
-                config={"progress": False})
-    return ViewerData(manifest, root / "model", root / "index")
+    return build_viewer_data(tmp_path_factory.mktemp("viewer-data"))
 
 
 @pytest.fixture

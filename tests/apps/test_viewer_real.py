@@ -149,3 +149,25 @@ def test_heatmap_is_cropped_to_the_image_not_the_padding(tiny_viewer_data, index
     heat = backend.heatmap(path, "left pleural effusion")
     assert heat.shape == (64, 40)
     assert np.isfinite(heat).all() and heat.min() >= 0.0 and heat.max() <= 1.0
+
+
+def test_a_model_that_did_not_build_the_index_is_refused_at_start(
+    tiny_viewer_data, tmp_path, monkeypatch, clear_streamlit_caches
+):
+    import copy
+
+    import torch
+    from viewer_pipeline import TINY_MODEL
+
+    from medvl.models import build_model
+
+    torch.manual_seed(1)  # same architecture, other weights
+    build_model(copy.deepcopy(TINY_MODEL)).save_pretrained(tmp_path / "other")
+    monkeypatch.setenv("MEDVL_VIEWER_INDEX", str(tiny_viewer_data.index_dir))
+    monkeypatch.setenv("MEDVL_VIEWER_MODEL", str(tmp_path / "other"))
+    at = AppTest.from_file(str(VIEWER), default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert "Research use only" in at.warning[0].value
+    message = at.error[0].value
+    assert message.startswith("Cannot open the index or model:")
+    assert "the model differs from the one this index was built with" in message

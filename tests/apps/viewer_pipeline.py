@@ -1,0 +1,41 @@
+"""A tiny real setup for the viewer tests: synthetic corpus, untrained tiny model, index."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+
+@dataclass(frozen=True)
+class ViewerData:
+    """A tiny real setup: synthetic corpus, untrained tiny model, index built with it."""
+
+    manifest: Path
+    model_dir: Path
+    index_dir: Path
+
+
+#: Tiny model section (hidden 32, two layers), as the model room's tests use.
+TINY_MODEL = {
+    "embed_dim": 16,
+    "image": {"name": "resnet10", "width": 8, "in_channels": 1, "image_size": 64},
+    "text": {"name": "bert", "hidden_size": 32, "num_layers": 2, "num_heads": 2,
+             "intermediate_size": 64, "max_length": 32},
+}
+
+
+def build_viewer_data(root: Path, n_cxr: int = 10) -> ViewerData:
+    """Generate ``n_cxr`` synthetic radiographs, save a tiny model and index them with it."""
+    import torch
+
+    from medvl.data.synth import generate_corpus
+    from medvl.index import build_index
+    from medvl.models import build_model
+
+    manifest = generate_corpus(root / "corpus", n_cxr=n_cxr, n_ct=0, seed=0, image_size=64)
+    torch.manual_seed(0)
+    model = build_model(copy.deepcopy(TINY_MODEL)).eval()
+    model.save_pretrained(root / "model")
+    build_index(model, manifest, root / "index", data_cfg={"dims": 2, "image_size": 64, "batch_size": 5},
+                config={"progress": False})
+    return ViewerData(manifest, root / "model", root / "index")
