@@ -5,8 +5,9 @@ more than reading a few hundred kilobytes of float16. The cache stores the outpu
 :class:`~medvl.data.transforms.ModelInputTransform` as one ``.npy`` file per image:
 
 * **key** = SHA-256 of the image's identity (absolute path, size and modification
-  time of the file, or of every file in a DICOM series folder) and the preprocessing
-  signature (every config field that changes the output, plus a pipeline version).
+  time of the file, or of every file in a DICOM series folder; or, with
+  ``cache_key: content``, the SHA-256 of the bytes) and the preprocessing signature
+  (every config field that changes the output, plus a pipeline version).
   Editing a file, or changing ``image_size``/``window``/..., makes a new key; stale
   entries are simply never read again (delete the folder to reclaim space).
 * **layout**: ``<cache_dir>/<signature>/<key[:2]>/<key>.npy``.
@@ -31,22 +32,43 @@ import numpy as np
 from medvl.errors import ConfigError
 
 
-def file_identity(path: str | os.PathLike[str]) -> str:
-    """Identity string of an image file or DICOM series folder: path, sizes, mtimes.
+def _walk_files(p: Path) -> list[Path]:
+    out = []
+    for root, dirs, files in os.walk(p):
+        dirs.sort()
+        out.extend(Path(root) / name for name in sorted(files))
+    return out
+
+
+def file_identity(path: str | os.PathLike[str], mode: str = "stat") -> str:
+    """Identity string of an image file or DICOM series folder.
+
+    Args:
+        path: the file or folder.
+        mode: ``"stat"``: absolute path, size and modification time (free; a copy or
+            ``touch`` invalidates); ``"content"``: SHA-256 of the bytes (reads the
+            files, survives copies and moves, and identical files share one entry).
 
     Raises:
         FileNotFoundError: the path does not exist.
     """
     p = Path(path).resolve()
-    st = p.stat()
-    if not p.is_dir():
-        return f"{p}|{st.st_size}|{st.st_mtime_ns}"
+    files = _walk_files(p) if p.is_dir() else [p]
+    if not files:
+        p.stat()  # an empty folder still has to exist
+    if mode == "content":
+        h = hashlib.sha256()
+        for f in files:
+            h.update(str(f.relative_to(p)).encode() if p.is_dir() else b"")
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):  # noqa: B023
+                    h.update(chunk)
+        return f"content:{h.hexdigest()}"
     parts = [str(p)]
-    for root, dirs, files in os.walk(p):
-        dirs.sort()
-        for name in sorted(files):
-            fst = os.stat(os.path.join(root, name))
-            parts.append(f"{os.path.relpath(os.path.join(root, name), p)}|{fst.st_size}|{fst.st_mtime_ns}")
+    for f in files:
+        st = f.stat()
+        rel = f.relative_to(p) if p.is_dir() else ""
+        parts.append(f"{rel}|{st.st_size}|{st.st_mtime_ns}")
     return "\n".join(parts)
 
 
@@ -57,12 +79,18 @@ class PreprocessCache:
         root: cache directory (created on first write).
         signature: preprocessing signature (``transforms.preprocess_signature``).
         dtype: stored dtype, ``"float16"`` or ``"float32"``.
+        key_mode: how images are identified, ``"stat"`` or ``"content"``
+            (see :func:`file_identity`).
     """
 
-    def __init__(self, root: str | os.PathLike[str], signature: str, dtype: str = "float32") -> None:
+    def __init__(self, root: str | os.PathLike[str], signature: str, dtype: str = "float32",
+                 key_mode: str = "stat") -> None:
         if dtype not in ("float16", "float32"):
             raise ConfigError(f"cache dtype {dtype!r}", field="data.cache_dtype",
                               expected="float16 or float32")
+        if key_mode not in ("stat", "content"):
+            raise ConfigError(f"cache key {key_mode!r}", field="data.cache_key", expected="stat or content")
+        self.key_mode = key_mode
         self.root = Path(root)
         self.signature = signature
         self.dtype = np.dtype(dtype)
@@ -71,7 +99,7 @@ class PreprocessCache:
 
     def key(self, image_path: str | os.PathLike[str]) -> str:
         """Cache key of an image under this cache's signature."""
-        ident = f"{self.signature}\n{file_identity(image_path)}"
+        ident = f"{self.signature}\n{file_identity(image_path, self.key_mode)}"
         return hashlib.sha256(ident.encode("utf-8")).hexdigest()
 
     def entry_path(self, key: str) -> Path:

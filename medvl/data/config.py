@@ -48,6 +48,8 @@ class DataConfig:
         expand_abbreviations: expand radiology abbreviations (table in ``medvl.data.reports``).
         cache_dir: directory of the preprocessing cache; ``None`` disables it.
         cache_dtype: dtype stored in the cache (``float16`` halves disk and page cache).
+        cache_key: identify images by ``stat`` (path + size + mtime, free) or
+            ``content`` (hash of the bytes: survives copying the corpus elsewhere).
         augment: random affine / intensity augmentation on the train split only.
         drop_last: drop the last incomplete batch when shuffling (training).
         io: options of ``medvl.io.read_image`` (``max_voxels``, ``allow_nonuniform``,
@@ -69,6 +71,7 @@ class DataConfig:
     expand_abbreviations: bool = True
     cache_dir: str | None = None
     cache_dtype: Literal["float16", "float32"] = "float32"
+    cache_key: Literal["stat", "content"] = "stat"
     augment: bool = False
     drop_last: bool = False
     io: ReadOptions = field(default_factory=ReadOptions)

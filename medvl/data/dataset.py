@@ -101,7 +101,7 @@ class StudyDataset(Dataset):
         self.reader = reader if reader is not None else _default_reader(cfg)
         self.transform = ModelInputTransform(cfg)
         self.cache = (
-            PreprocessCache(cfg.cache_dir, preprocess_signature(cfg), cfg.cache_dtype)
+            PreprocessCache(cfg.cache_dir, preprocess_signature(cfg), cfg.cache_dtype, cfg.cache_key)
             if cfg.cache_dir else None
         )
         do_augment = cfg.augment and split == "train" if augment is None else augment

@@ -123,3 +123,32 @@ def _writer(root: str, src: str) -> None:
         cache.store(cache.key(src), _value())
         got = cache.load(cache.key(src))
         assert got is not None and got.shape == (1, 256, 256)
+
+
+def test_content_keys_survive_a_copy_and_stat_keys_do_not(tmp_path) -> None:
+    import shutil
+
+    a = tmp_path / "a" / "img.dcm"
+    a.parent.mkdir()
+    a.write_bytes(b"same bytes")
+    b = tmp_path / "b" / "img.dcm"
+    b.parent.mkdir()
+    shutil.copy(a, b)
+    content = PreprocessCache(tmp_path / "c", "sig", key_mode="content")
+    stat = PreprocessCache(tmp_path / "c", "sig")
+    assert content.key(a) == content.key(b)
+    assert stat.key(a) != stat.key(b)
+    b.write_bytes(b"other bytes")
+    assert content.key(a) != content.key(b)
+
+
+def test_content_key_via_config(tmp_path) -> None:
+    manifest = make_corpus_2d(tmp_path, n=1)
+    reader = CountingReader()
+    ds = build_dataset(_cfg(tmp_path, cache_key="content"), manifest, "train", reader=reader)
+    ds[0]
+    path = tmp_path / "img" / "s0.dcm"
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched, same bytes
+    ds[0]
+    assert reader.calls == 1 and ds.cache.hits == 1
