@@ -35,6 +35,7 @@ def hand_directions(s: float) -> tuple[float, float]:
 
 def test_learnable_scale_matches_hand_computation() -> None:
     loss = build_loss({"terms": {"instance": {}}})
+    assert loss.uses_logit_scale
     out = loss(*pair(V, T), logit_scale=torch.tensor(math.log(10.0), dtype=torch.float64))
     i2t, t2i = hand_directions(10.0)
     assert out["instance_loss"].item() == pytest.approx((i2t + t2i) / 2, rel=1e-9)
