@@ -90,9 +90,10 @@ class ApproxParams:
 
     Attributes:
         kind: ``ivf`` (inverted lists over k-means cells) or ``hnsw`` (graph).
-        nlist: IVF cells; ``0`` picks ``4 * sqrt(N)``.
+        nlist: IVF cells; ``0`` picks ``sqrt(N)`` (1000 cells at 1M vectors; more cells make
+            queries cheaper but k-means training dearer, see ``benchmarks/index``).
         nprobe: IVF cells visited per query.
-        train_size: IVF k-means training sample (rows).
+        train_size: IVF k-means training sample (rows; at least 39 per cell are used).
         hnsw_m: HNSW neighbours per node.
         ef_construction, ef_search: HNSW beam widths at build and query time.
     """
@@ -100,7 +101,7 @@ class ApproxParams:
     kind: str = "ivf"
     nlist: int = 0
     nprobe: int = 32
-    train_size: int = 100_000
+    train_size: int = 50_000
     hnsw_m: int = 32
     ef_construction: int = 80
     ef_search: int = 64
@@ -126,12 +127,13 @@ def build_approx(vectors: np.ndarray, params: ApproxParams, seed: int = 0) -> An
         index.add(x)
         return index
     if params.kind == "ivf":
-        nlist = params.nlist or max(1, int(4 * np.sqrt(n)))
+        nlist = params.nlist or max(1, int(round(np.sqrt(n))))
         nlist = min(nlist, max(1, n // 39))  # faiss wants >= 39 training points per cell
         quantizer = faiss.IndexFlatIP(d)
         index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng(seed)
-        sample = x if n <= params.train_size else x[np.sort(rng.choice(n, params.train_size, replace=False))]
+        m = max(params.train_size, 39 * nlist)
+        sample = x if n <= m else x[np.sort(rng.choice(n, m, replace=False))]
         index.train(sample)
         index.add(x)
         index.nprobe = min(params.nprobe, nlist)
