@@ -191,6 +191,26 @@ def test_dicom_series_zip_upload_shows_a_slice_slider(fake):
     assert (slider.min, slider.max, slider.value) == (0, 2, 1)
 
 
+def test_volume_heatmap_follows_the_slice_slider(fake):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for i in range(3):
+            zf.writestr(f"series/IM{i}", CT_FILE.read_bytes())
+    at = _upload(_app(), "series.zip", buf.getvalue())
+    key = next(s.key for s in at.slider if s.label == "Slice").removeprefix("slice-")
+
+    def shown(slice_index: int, alpha: float) -> list[str]:
+        at.slider(key=f"slice-{key}").set_value(slice_index)  # fresh elements after each run
+        at.slider(key=f"opacity-{key}").set_value(alpha)
+        at.run()
+        assert not at.exception
+        return at.image[0].value  # media URLs are content hashes: equal URLs, equal pixels
+
+    # the fake map is hot in the first slice only (slices are identical copies here)
+    assert shown(0, 1.0) != shown(0, 0.0)
+    assert shown(2, 1.0) == shown(2, 0.0)
+
+
 def test_nifti_upload_is_read(fake):
     at = _upload(_app(), "brain.nii", (NIB_DATA / "anatomical.nii").read_bytes())
     assert not at.error

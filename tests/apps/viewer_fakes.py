@@ -107,10 +107,15 @@ class FakeBackend:
         return {"pleural_effusion": 0.81, "cardiomegaly": 0.12, "pneumothorax": 0.4}
 
     def heatmap(self, image_path: Path, phrase: str) -> np.ndarray | None:
+        """Hot top-left corner; for a volume (a series folder) only in the first slice."""
         self.calls.append(("heatmap", phrase))
-        heat = np.zeros((4, 4), dtype=np.float32)
-        heat[0, 0] = 1.0
-        return heat
+        if Path(image_path).is_dir():
+            n = len(list(Path(image_path).iterdir()))
+            heat = np.zeros((n, 4, 4), dtype=np.float32)
+        else:
+            heat = np.zeros((1, 4, 4), dtype=np.float32)
+        heat[0, 0, 0] = 1.0
+        return heat if Path(image_path).is_dir() else heat[0]
 
     def sentence_scores(self, query: Query, sentences: list[str]) -> list[float] | None:
         if query.text is None:
