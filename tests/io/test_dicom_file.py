@@ -142,3 +142,17 @@ def test_missing_decoder_names_the_package(tmp_path, testdata, monkeypatch):
     with pytest.raises(MissingDecoderError, match="pylibjpeg-openjpeg") as err:
         read_image(testdata("MR_small_jp2klossless.dcm"))
     assert "MR_small_jp2klossless.dcm" in str(err.value)
+
+
+def test_read_options_from_config(tmp_path):
+    """The data config's ``io`` section validates into ReadOptions and feeds read_image."""
+    from medvl.config import from_dict
+    from medvl.errors import ConfigError
+    from medvl.io import ReadOptions
+
+    opts = from_dict(ReadOptions, {"max_voxels": 100, "nonfinite": "keep"}, where="data.io")
+    path = save(make_dataset(np.zeros((64, 64), np.int16)), tmp_path / "big.dcm")
+    with pytest.raises(ImageReadError, match="too large"):
+        read_image(path, **opts.as_kwargs())
+    with pytest.raises(ConfigError, match="data.io.nonfinite"):
+        from_dict(ReadOptions, {"nonfinite": "drop"}, where="data.io")
