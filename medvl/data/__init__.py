@@ -28,6 +28,7 @@ _EXPORTS = {
     "is_empty_batch": "medvl.data.collate",
     "PreprocessCache": "medvl.data.cache",
     "ModelInputTransform": "medvl.data.transforms",
+    "ModelInputTransformd": "medvl.data.transforms",
     "validate_manifest": "medvl.data.validate",
 }
 

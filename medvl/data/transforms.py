@@ -192,6 +192,41 @@ class ModelInputTransform:
         return _pad_or_crop(_resize(x, target), self.size)
 
 
+class ModelInputTransformd:
+    """Dictionary wrapper of :class:`ModelInputTransform` for MONAI-style pipelines.
+
+    Each key's value may be a :class:`MedicalImage` or a path (read with
+    ``medvl.io.read_image`` and ``data.io`` options); it is replaced by the model input
+    array. Other keys pass through, so it composes with ``monai.transforms.Compose``
+    and MONAI dictionary transforms (``RandAffined``...) after it.
+
+    Args:
+        keys: keys to transform.
+        cfg: the data section.
+        allow_missing_keys: skip absent keys instead of raising ``KeyError``.
+    """
+
+    def __init__(self, keys: str | Sequence[str], cfg: DataConfig, allow_missing_keys: bool = False) -> None:
+        self.keys = (keys,) if isinstance(keys, str) else tuple(keys)
+        self.transform = ModelInputTransform(cfg)
+        self.allow_missing_keys = allow_missing_keys
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        from medvl.io import read_image
+
+        out = dict(data)
+        for key in self.keys:
+            if key not in out:
+                if self.allow_missing_keys:
+                    continue
+                raise KeyError(f"key {key!r} not in the data dictionary (has {sorted(out)})")
+            value = out[key]
+            if not isinstance(value, MedicalImage):
+                value = read_image(value, **self.transform.cfg.io.as_kwargs())
+            out[key] = self.transform(value)
+        return out
+
+
 class Augmentation:
     """Random augmentation applied after the cache (train split only).
 

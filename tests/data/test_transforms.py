@@ -160,3 +160,19 @@ def test_grid_maps_a_mask_like_the_image() -> None:
     np.testing.assert_array_equal(got, expected)
     with pytest.raises(ValueError, match="channel-first"):
         t.grid(mask[0])
+
+
+def test_dictionary_wrapper_composes_with_monai(tmp_path) -> None:
+    from monai.transforms import Compose, RandFlipd
+
+    from medvl.data.transforms import ModelInputTransformd
+
+    cfg = _cfg(dims=2, image_size=8, window="none")
+    hu = np.linspace(-1000, 1000, 64, dtype=np.float32).reshape(8, 8)
+    pipeline = Compose([ModelInputTransformd("image", cfg), RandFlipd("image", prob=1.0, spatial_axis=1)])
+    out = pipeline({"image": _image2d(hu), "study_id": "s1"})
+    assert out["study_id"] == "s1"
+    expected = ModelInputTransform(cfg)(_image2d(hu))[:, :, ::-1]
+    np.testing.assert_allclose(np.asarray(out["image"]), expected, atol=1e-6)
+    with pytest.raises(KeyError, match="image"):
+        ModelInputTransformd("image", cfg)({"other": 1})
