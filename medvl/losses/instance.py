@@ -183,7 +183,10 @@ class InstanceLoss(nn.Module):
         """Compute the term.
 
         Returns:
-            ``{"instance_loss": ..., "instance_scale": inverse temperature (detached)}``.
+            ``{"instance_loss": ..., "instance_scale": inverse temperature,
+            "instance_accuracy": in-batch top-1 retrieval of the own pair}`` (the last
+            two detached, for logging; under ``local_loss`` the accuracy is this
+            rank's rows).
         """
         b, _ = check_global(image, text)
         labels = check_labels(labels, b)
@@ -224,4 +227,8 @@ class InstanceLoss(nn.Module):
         i2t = F.cross_entropy(logits_i2t, target, label_smoothing=ls, reduction="sum") / denom
         t2i = F.cross_entropy(logits_t2i, target, label_smoothing=ls, reduction="sum") / denom
         loss = self.cfg.image_to_text_weight * i2t + self.cfg.text_to_image_weight * t2i
-        return {"instance_loss": loss, "instance_scale": s.detach()}
+        with torch.no_grad():  # in-batch top-1 retrieval of the own pair, both directions
+            own = torch.arange(first, first + rows, device=v.device)
+            hits = (logits_i2t.argmax(dim=1) == own).float() + (logits_t2i.argmax(dim=1) == own).float()
+            accuracy = hits.mean() / 2 if rows else hits.sum()
+        return {"instance_loss": loss, "instance_scale": s.detach(), "instance_accuracy": accuracy}

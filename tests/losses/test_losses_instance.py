@@ -41,6 +41,9 @@ def test_learnable_scale_matches_hand_computation() -> None:
     assert out["instance_loss"].item() == pytest.approx((i2t + t2i) / 2, rel=1e-9)
     assert out["loss"].item() == pytest.approx((i2t + t2i) / 2, rel=1e-9)
     assert out["instance_scale"].item() == pytest.approx(10.0)
+    # Row argmax: [6, 0] -> 0 (hit), [8, 10] -> 1 (hit); column argmax: [6, 8] -> 1 (miss),
+    # [0, 10] -> 1 (hit): 3 of 4.
+    assert out["instance_accuracy"].item() == pytest.approx(0.75)
 
 
 def test_logit_scale_clamped_at_max_and_gradient_stops_there() -> None:
