@@ -44,7 +44,7 @@ class DataConfig:
         max_words: word limit of the prepared text.
         text_mode: ``"truncate"`` keeps the first ``max_words`` words;
             ``"sample_sentences"`` samples whole sentences (new draw every epoch) up to
-            ``max_words``.
+            ``max_words`` on the train split; val and test always truncate.
         expand_abbreviations: expand radiology abbreviations (table in ``medvl.data.reports``).
         cache_dir: directory of the preprocessing cache; ``None`` disables it.
         cache_dtype: dtype stored in the cache (``float16`` halves disk and page cache).

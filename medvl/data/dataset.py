@@ -157,7 +157,8 @@ class StudyDataset(Dataset):
         row = self.rows[index]
         try:
             image = self.load_image(index)
-            text = prepare_text(row.report, self.cfg, np.random.default_rng(self._rng_seed(index)))
+            text = prepare_text(row.report, self.cfg, np.random.default_rng(self._rng_seed(index)),
+                                sample=self.split == "train")
         except Exception as exc:  # noqa: BLE001 - a bad study must never stop training
             record = {"study_id": row.study_id, "path": str(self.image_path(index)),
                       "error": f"{type(exc).__name__}: {exc}"}

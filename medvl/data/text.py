@@ -13,7 +13,8 @@ from medvl.data.config import DataConfig
 from medvl.data.reports import prepare_report
 
 
-def prepare_text(report: dict[str, str], cfg: DataConfig, rng: np.random.Generator) -> str:
+def prepare_text(report: dict[str, str], cfg: DataConfig, rng: np.random.Generator,
+                 *, sample: bool = True) -> str:
     """Prepared text of one report for the model.
 
     Args:
@@ -21,11 +22,14 @@ def prepare_text(report: dict[str, str], cfg: DataConfig, rng: np.random.Generat
         cfg: the data section.
         rng: random generator for ``text_mode: sample_sentences`` (seeded per epoch
             and item by the dataset, so draws are reproducible and resumable).
+        sample: allow ``sample_sentences``; the dataset passes ``False`` outside the
+            train split so evaluation texts are fixed (``truncate``).
 
     Raises:
         ReportError: none of the chosen sections has text (the dataset skips the study).
     """
     return prepare_report(
-        report, sections_to_use=list(cfg.sections), max_words=cfg.max_words, mode=cfg.text_mode,
+        report, sections_to_use=list(cfg.sections), max_words=cfg.max_words,
+        mode=cfg.text_mode if sample else "truncate",
         rng=rng, expand=cfg.expand_abbreviations,
     )

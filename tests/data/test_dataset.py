@@ -181,3 +181,22 @@ def test_load_model_input_equals_the_dataset_item(tmp_path) -> None:
     cfg = _cfg(window="bone", in_channels=3)
     item = build_dataset(cfg, manifest, "train")[0]["image"]
     torch.testing.assert_close(load_model_input(tmp_path / "img" / "s0.dcm", cfg), item, rtol=0, atol=0)
+
+
+def test_sentence_sampling_varies_by_epoch_on_train_only(tmp_path) -> None:
+    write_png(tmp_path / "a.png", np.zeros((4, 4)))
+    report = {"findings": " ".join(f"Sentence number {i} is here." for i in range(12))}
+    write_manifest(tmp_path / "m.jsonl", [row("a", "a.png", report=report),
+                                         row("b", "a.png", report=report, split="test", patient="q")])
+    cfg = _cfg(text_mode="sample_sentences", max_words=15)
+    train = build_dataset(cfg, tmp_path / "m.jsonl", "train")
+    texts = set()
+    for epoch in range(4):
+        train.set_epoch(epoch)
+        texts.add(train[0]["text"])
+        assert len(train[0]["text"].split()) <= 15
+    assert len(texts) > 1
+    test = build_dataset(cfg, tmp_path / "m.jsonl", "test")
+    first = test[0]["text"]
+    test.set_epoch(3)
+    assert test[0]["text"] == first and first.startswith("Sentence number 0")
