@@ -35,6 +35,7 @@ SAFE_TAGS: tuple[str, ...] = (
     "VOILUTFunction", "PresentationLUTShape", "WindowCenterWidthExplanation",
     "PixelSpacing", "ImagerPixelSpacing", "EstimatedRadiographicMagnificationFactor",
     "LossyImageCompression", "BurnedInAnnotation", "DoseUnits", "DoseGridScaling",
+    "PixelPaddingValue", "PixelPaddingRangeLimit", "Units", "SeriesNumber",
 )
 
 

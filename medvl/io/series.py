@@ -8,12 +8,10 @@ comes from the positions, not from SliceThickness.
 
 from __future__ import annotations
 
-import warnings
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset
 
 from medvl.errors import ImageReadError, SeriesError
@@ -51,12 +49,14 @@ def scan_series(directory: str | Path, *, recursive: bool = False) -> tuple[dict
     skipped = 0
     for f in _list_files(d, recursive):
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                ds = pydicom.dcmread(f, defer_size=1024)
-        except Exception:  # noqa: BLE001 - a non-DICOM file in a series folder is skipped
-            skipped += 1
-            continue
+            ds = px.open_dicom(f, defer_size=1024)
+        except ImageReadError as exc:
+            if exc.message.startswith(("not a DICOM file", "file is empty")):
+                skipped += 1  # notes, thumbnails, checksums next to the slices
+                continue
+            # a damaged slice must not silently become a "missing slice"
+            raise SeriesError(f"damaged DICOM file {f.name} in series folder: {exc.message}",
+                              path=d, expected="every DICOM file in the folder readable") from None
         if not any(k in ds for k in px.PIXEL_KEYWORDS):
             skipped += 1
             continue

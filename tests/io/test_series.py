@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from factory import make_dataset, oblique_orientation, save, write_series
 
-from medvl.errors import SeriesError
+from medvl.errors import ImageReadError, SeriesError
 from medvl.io import read_image
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -139,3 +139,17 @@ def test_per_slice_rescale(tmp_path):
     img = read_image(folder)
     for k in range(3):
         np.testing.assert_allclose(img.array[::-1, ::-1, k], vol[k].T * 0.5 * (k + 1) + 10.0 * k, atol=1e-3)
+
+
+def test_damaged_slice_is_named(tmp_path):
+    folder = tmp_path / "s"
+    info = write_series(folder, _volume(n=4), orientation=(1, 0, 0, 0, 1, 0))
+    victim = info["files"][2]
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) - 100])  # pixel data cut short
+    with pytest.raises(ImageReadError, match="truncated or corrupt") as err:
+        read_image(folder)
+    assert victim.name in str(err.value)
+    victim.write_bytes(data[:300])  # header cut short
+    with pytest.raises(SeriesError, match=f"damaged DICOM file {victim.name}"):
+        read_image(folder)
