@@ -5,7 +5,7 @@ Run::
     streamlit run apps/viewer.py -- --index runs/demo/index --model runs/demo/model
 
 or ``make viewer``. Without arguments, ``MEDVL_VIEWER_INDEX`` and ``MEDVL_VIEWER_MODEL``
-are read from the environment.
+are read from the environment; without a model, the one the index records is used.
 
 Query by a case from the index, an uploaded DICOM file / DICOM series (zip) / NIfTI
 volume, or free text; see the most similar cases with their reports, the best matching
@@ -40,7 +40,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """Arguments after ``--`` on the ``streamlit run`` line (unknown ones are ignored)."""
     parser = argparse.ArgumentParser(prog="viewer", add_help=False)
     parser.add_argument("--index", default=os.environ.get("MEDVL_VIEWER_INDEX"), help="case index folder")
-    parser.add_argument("--model", default=os.environ.get("MEDVL_VIEWER_MODEL"), help="model folder")
+    parser.add_argument(
+        "--model",
+        default=os.environ.get("MEDVL_VIEWER_MODEL"),
+        help="model folder (default: the one the index records it was built with)",
+    )
     parser.add_argument("--k", type=int, default=5, help="number of results shown by default")
     parser.add_argument(
         "--max-upload-mb",
@@ -55,7 +59,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 @st.cache_resource(show_spinner="Loading model and index ...")
 def load_backend(index_dir: str, model_dir: str) -> ViewerBackend:
     """Model and index, loaded once per server process and shared by every session."""
-    return backend_mod.open_backend(index_dir, model_dir)
+    return backend_mod.open_backend(index_dir, model_dir or None)
 
 
 def _drop_staged() -> None:
@@ -205,14 +209,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     st.set_page_config(page_title="medvl viewer (research use only)", layout="wide")
     st.warning(panels.RESEARCH_BANNER, icon="⚠️")
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    if not args.index or not args.model:
+    if not args.index:
         st.error(
-            "No index or model given. Start the viewer with "
-            "`streamlit run apps/viewer.py -- --index IDX --model DIR`."
+            "No index given. Start the viewer with "
+            "`streamlit run apps/viewer.py -- --index IDX --model DIR` "
+            "(without --model, the model the index was built with is used)."
         )
         st.stop()
     try:
-        backend = load_backend(str(args.index), str(args.model))
+        backend = load_backend(str(args.index), str(args.model or ""))
     except MedvlError as exc:
         st.error(f"Cannot open the index or model: {exc}")
         st.stop()

@@ -115,18 +115,49 @@ def to_case(hit: Any) -> Case:
     )
 
 
-def open_backend(index_dir: str | Path, model_dir: str | Path) -> ViewerBackend:
+def open_backend(index_dir: str | Path, model_dir: str | Path | None = None) -> ViewerBackend:
     """Load the model and open the index once; the viewer caches the result.
+
+    Args:
+        index_dir: a folder written by ``medvl index``.
+        model_dir: the model folder; ``None`` uses the model folder the index records
+            (the one it was built with).
 
     Raises:
         CaseIndexError: if ``index_dir`` is missing or not a medvl index.
-        ModelError: if ``model_dir`` is missing or not a medvl model directory.
+        ModelError: if ``model_dir`` is missing, or not given and not recorded in the index.
     """
     from apps.viewer_lib.library import LibraryBackend
 
-    index_dir, model_dir = Path(index_dir), Path(model_dir)
+    index_dir = Path(index_dir)
     if not index_dir.is_dir():
         raise CaseIndexError("index folder does not exist", path=index_dir, expected="a folder from `medvl index`")
+    if model_dir is None or str(model_dir) == "":
+        model_dir = recorded_model_dir(index_dir)
+    model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise ModelError("model folder does not exist", path=model_dir, expected="a folder from `medvl train`")
     return LibraryBackend(index_dir, model_dir)
+
+
+def recorded_model_dir(index_dir: Path) -> Path:
+    """The model folder an index records it was built with.
+
+    Raises:
+        ModelError: the index does not record one.
+    """
+    from medvl.index import CaseIndex
+
+    index = CaseIndex.open(index_dir)
+    try:
+        recorded = (index.info.get("model") or {}).get("dir")
+    finally:
+        index.close()
+    if not recorded:
+        raise ModelError(
+            "no model given and the index does not record the model it was built with",
+            path=index_dir,
+            field="--model",
+            expected="--model DIR",
+        )
+    return Path(recorded)

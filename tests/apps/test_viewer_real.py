@@ -171,3 +171,25 @@ def test_a_model_that_did_not_build_the_index_is_refused_at_start(
     message = at.error[0].value
     assert message.startswith("Cannot open the index or model:")
     assert "the model differs from the one this index was built with" in message
+
+
+def test_without_a_model_argument_the_index_s_model_is_used(tiny_viewer_data, monkeypatch, clear_streamlit_caches):
+    monkeypatch.setenv("MEDVL_VIEWER_INDEX", str(tiny_viewer_data.index_dir))
+    monkeypatch.delenv("MEDVL_VIEWER_MODEL", raising=False)
+    at = AppTest.from_file(str(VIEWER), default_timeout=TIMEOUT).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert len(_ranked(at)) == 5
+
+
+def test_an_index_without_a_recorded_model_needs_the_model_argument(tiny_viewer_data, tmp_path):
+    from apps.viewer_lib.backend import open_backend
+    from medvl.errors import ModelError
+    from medvl.index import build_index
+    from medvl.models import MedVLModel
+
+    model = MedVLModel.from_pretrained(tiny_viewer_data.model_dir).eval()
+    build_index(model, tiny_viewer_data.manifest, tmp_path / "index", data_cfg={"dims": 2, "image_size": 64},
+                config={"progress": False})
+    with pytest.raises(ModelError, match=r"\[--model\]: no model given.*expected --model DIR"):
+        open_backend(tmp_path / "index", None)
+    assert open_backend(tmp_path / "index", tiny_viewer_data.model_dir).case_ids()

@@ -37,5 +37,5 @@ def build_viewer_data(root: Path, n_cxr: int = 10) -> ViewerData:
     model = build_model(copy.deepcopy(TINY_MODEL)).eval()
     model.save_pretrained(root / "model")
     build_index(model, manifest, root / "index", data_cfg={"dims": 2, "image_size": 64, "batch_size": 5},
-                config={"progress": False})
+                config={"progress": False}, model_dir=root / "model")
     return ViewerData(manifest, root / "model", root / "index")
