@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     print("[demo] building the case index")
     t0 = time.perf_counter()
     with torch.no_grad():
-        build_index(model, manifest, out / "index", data_cfg=cfg.get("data"))
+        build_index(model, manifest, out / "index", data_cfg=cfg.get("data"), model_dir=result.model_dir)
     timings["index_s"] = time.perf_counter() - t0
 
     summary = _summary(rows, used, n_split, results, timings, out, result)
