@@ -140,7 +140,12 @@ def _load_rows(path: Path, report: ValidationReport) -> list[tuple[int, Manifest
 
 
 def _check_files(path: Path, rows: list[tuple[int, ManifestRow]], report: ValidationReport,
-                 read_rows: set[int], reader: Callable[[Path], Any]) -> None:
+                 read_rows: set[int], reader: Callable[[Path], Any], progress: bool) -> None:
+    bar = None
+    if progress and len(read_rows) >= 50:  # opening many images takes minutes; show it
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(read_rows), desc="reading images", unit="image", leave=False)
     for lineno, row in rows:
         where = f"{path}:{lineno}"
         image = resolve_path(path, row.image)
@@ -155,6 +160,8 @@ def _check_files(path: Path, rows: list[tuple[int, ManifestRow]], report: Valida
         if lineno not in read_rows:
             continue
         report.read_checked += 1
+        if bar is not None:
+            bar.update()
         try:
             img = reader(image)
         except Exception as exc:  # noqa: BLE001 - any failure to read is what we report
@@ -165,6 +172,8 @@ def _check_files(path: Path, rows: list[tuple[int, ManifestRow]], report: Valida
         if ndim is not None and ndim != row.dims:
             report.problems.append(Problem("error", "dims_mismatch", where, "dims",
                                            f"row says dims {row.dims} but {image.name} is {ndim}D"))
+    if bar is not None:
+        bar.close()
 
 
 def _check_reports(path: Path, rows: list[tuple[int, ManifestRow]], report: ValidationReport,
@@ -269,6 +278,7 @@ def validate_manifest(
     seed: int = 0,
     text_leakage: str = "error",
     reader: Callable[[Path], Any] | None = None,
+    progress: bool = False,
 ) -> ValidationReport:
     """Run every check on a manifest.
 
@@ -279,6 +289,7 @@ def validate_manifest(
         seed: seed of the sample.
         text_leakage: ``"error"`` or ``"warn"`` for test reports found verbatim in train.
         reader: image reader; defaults to ``medvl.io.read_image``.
+        progress: show a progress bar while opening 50 or more images.
 
     Raises:
         ManifestError: the manifest file does not exist.
@@ -292,7 +303,7 @@ def validate_manifest(
         from medvl.io import read_image as reader  # noqa: N813 - lazy: keeps --help fast
     linenos = [n for n, _ in rows]
     read_rows = set(linenos) if full else set(random.Random(seed).sample(linenos, min(sample, len(linenos))))
-    _check_files(path, rows, report, read_rows, reader)
+    _check_files(path, rows, report, read_rows, reader, progress)
     _check_reports(path, rows, report, text_leakage)
     _check_patients(path, rows, report)
     _check_labels(path, rows, report)
@@ -346,7 +357,7 @@ def run(args: argparse.Namespace) -> int:
     if args.sample < 0:
         raise ManifestError(f"--sample {args.sample}", field="--sample", expected=">= 0")
     report = validate_manifest(args.manifest, full=args.full, sample=args.sample, seed=args.seed,
-                               text_leakage=args.text_leakage)
+                               text_leakage=args.text_leakage, progress=True)
     print(format_report(report))
     if args.json:
         from medvl.atomic import write_text_atomic
