@@ -43,6 +43,10 @@ def test_radiograph_tags_are_those_real_files_carry(corpus: Path) -> None:
         assert float(ds.PixelSpacing[0]) == pytest.approx(0.7 * 512 / 128)
         assert "RescaleSlope" in ds and "RescaleIntercept" in ds and "WindowCenter" in ds and "WindowWidth" in ds
         assert ds.file_meta.TransferSyntaxUID == r.meta["transfer_syntax"]
+        if r.modality == "DX":
+            inverse = ds.PhotometricInterpretation == "MONOCHROME1"
+            assert ds.PresentationLUTShape == ("INVERSE" if inverse else "IDENTITY")
+        assert ds.VOILUTFunction in ("LINEAR", "SIGMOID")
         photometrics.add(ds.PhotometricInterpretation)
         syntaxes.add(str(ds.file_meta.TransferSyntaxUID))
         for uid in (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID):

@@ -152,8 +152,14 @@ def write_radiograph(
     ds.ViewPosition = view or ""
     ds.PatientOrientation = ["L", "F"]  # rows run to the patient's left, columns to the feet
     ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.BurnedInAnnotation = "NO"
     if modality == "DX":
+        # DX IOD: the presentation LUT shape follows the photometric interpretation, and
+        # stored values are log exposure (sign: +1 when higher means more attenuation).
         ds.PresentationIntentType = "FOR PRESENTATION"
+        ds.PresentationLUTShape = "INVERSE" if photometric == "MONOCHROME1" else "IDENTITY"
+        ds.PixelIntensityRelationship = "LOG"
+        ds.PixelIntensityRelationshipSign = -1 if photometric == "MONOCHROME1" else 1
     ds.ImagerPixelSpacing = [round(spacing, 6), round(spacing, 6)]
     ds.PixelSpacing = [round(spacing, 6), round(spacing, 6)]
     ds.Rows, ds.Columns = stored.shape
@@ -167,6 +173,8 @@ def write_radiograph(
     ds.WindowCenter = [w[0] for w in windows]
     ds.WindowWidth = [w[1] for w in windows]
     ds.WindowCenterWidthExplanation = ["WIDE", "NARROW"]
+    # Some detectors ask for a sigmoid VOI function (PS3.3 C.11.2.1.3.1).
+    ds.VOILUTFunction = "SIGMOID" if rng.random() < 0.15 else "LINEAR"
     ds.PixelData = stored.tobytes()
     ts = _TS["none"]
     if compression != "none" and encoder_available(compression):
