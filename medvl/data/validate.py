@@ -88,6 +88,12 @@ class ValidationReport:
     problems: list[Problem] = field(default_factory=list)
     summary: dict[str, dict[str, Any]] = field(default_factory=dict)
     read_checked: int = 0
+    where_split: dict[str, str] = field(default_factory=dict, repr=False)
+
+    def per_split(self, level: str) -> Counter:
+        """Count of ``level`` problems per split (problems not tied to one row are left out)."""
+        return Counter(self.where_split[p.where] for p in self.problems
+                       if p.level == level and p.where in self.where_split)
 
     @property
     def errors(self) -> list[Problem]:
@@ -308,6 +314,9 @@ def validate_manifest(
     _check_patients(path, rows, report)
     _check_labels(path, rows, report)
     report.summary = _summarise(rows)
+    for lineno, row in rows:
+        report.where_split[f"{path}:{lineno}"] = row.split
+        report.where_split[str(resolve_path(path, row.image))] = row.split
     report.problems.sort(key=lambda p: p.level != "error")
     return report
 
@@ -326,6 +335,9 @@ def format_report(report: ValidationReport) -> str:
     for m in mods:
         lines.append(f"modality {m}".ljust(width) + "".join(
             str(s[sp]["modalities"].get(m, 0)).rjust(12) for sp in splits))
+    for level in ("error", "warning"):
+        counts = report.per_split(level)
+        lines.append(f"{level}s".ljust(width) + "".join(str(counts.get(sp, 0)).rjust(12) for sp in splits))
     lines.append("label prevalence (positive / rows):")
     for f in finding_names():
         if not any(s[sp]["mentioned"][f] for sp in splits):

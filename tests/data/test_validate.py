@@ -104,6 +104,8 @@ def test_missing_and_unreadable_files(tmp_path) -> None:
     assert _kinds(no_read) == {"missing_file"} and no_read.read_checked == 0
     code, out = _run(str(manifest), "--full")
     assert code == 2 and "FAILED" in out
+    errors_line = next(line for line in out.splitlines() if line.startswith("errors"))
+    assert errors_line.split()[1:] == ["1", "1", "0"]  # s1 is train, s2 is val
 
 
 def test_empty_report(tmp_path) -> None:
