@@ -126,6 +126,9 @@ def token_weights(
     Returns:
         ``(B, N)`` float weights, zero on padding, detached (weights are not trained).
     """
+    out_dtype = dtype
+    if dtype in (torch.float16, torch.bfloat16):  # quantiles need float32 or float64
+        dtype = torch.float32
     if attention is None:
         w = mask.to(dtype)
     else:
@@ -139,7 +142,7 @@ def token_weights(
         # A row of all-zero attention (possible after clamping) falls back to uniform.
         dead = w.sum(dim=1, keepdim=True) <= 0
         w = torch.where(dead, mask.to(dtype), w)
-    return w / w.sum(dim=1, keepdim=True)
+    return (w / w.sum(dim=1, keepdim=True)).to(out_dtype)
 
 
 def masked_fill_min(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:

@@ -157,8 +157,11 @@ class PrototypeLoss(nn.Module):
             protos = l2n(self.prototypes)
         if epoch < self.cfg.freeze_epochs:
             protos = protos.detach()
-        u = l2n(image.embeds) @ protos.T  # (B, K)
-        z = l2n(text.embeds) @ protos.T  # (B, K)
+        # Half-precision embeddings meet float32 prototypes in the wider type.
+        dt = torch.promote_types(image.embeds.dtype, protos.dtype)
+        protos = protos.to(dt)
+        u = l2n(image.embeds.to(dt)) @ protos.T  # (B, K)
+        z = l2n(text.embeds.to(dt)) @ protos.T  # (B, K)
         dist = self.cfg.distributed_sinkhorn
         q_img = sinkhorn_knopp(u, self.cfg.epsilon, self.cfg.sinkhorn_iterations, distributed=dist).to(u.dtype)
         q_txt = sinkhorn_knopp(z, self.cfg.epsilon, self.cfg.sinkhorn_iterations, distributed=dist).to(z.dtype)

@@ -149,8 +149,10 @@ class TokenAlignmentLoss(nn.Module):
         """Context of every query token from the other modality's tokens, ``(B, Q, D)``."""
         if self.cfg.attention == "learned":
             layer = self.word_attention if which == "word" else self.patch_attention
-            out, _ = layer(query, keys, keys, key_padding_mask=~key_valid, need_weights=False)
-            return out
+            dt = layer.in_proj_weight.dtype  # half-precision tokens meet float32 maps
+            out, _ = layer(query.to(dt), keys.to(dt), keys.to(dt), key_padding_mask=~key_valid,
+                           need_weights=False)
+            return out.to(query.dtype)
         logits = torch.einsum("bqd,bkd->bqk", query, keys) / self.cfg.attention_temperature
         attn = torch.softmax(masked_fill_min(logits, key_valid[:, None, :]), dim=2)
         return torch.einsum("bqk,bkd->bqd", attn, keys)
