@@ -206,3 +206,19 @@ def test_resume_can_extend_a_finished_run_with_a_longer_schedule(tmp_path: Path)
     lrs = [float(r["lr"]) for r in _rows(out)]
     # the second epoch follows the 12-step cosine, not the finished 6-step one (which ends at 0)
     assert lrs[6] == pytest.approx(0.01 * 0.5 * (1 + math.cos(math.pi * 6 / 12)))
+
+
+def test_resume_with_another_batch_size_keeps_the_samples_seen(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+
+    def crash(state):
+        if state.step == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(epochs=1, checkpoint_every_steps=2), out, components=components(), on_step=crash)
+    cfg = tiny_config(epochs=1)
+    cfg["data"]["batch_size"] = 8  # 16 of 24 studies seen = 2 batches of 8
+    result = train(cfg, out, components=components(), resume=True)
+    assert "batch 2 of 3" in capsys.readouterr().err
+    assert result.steps == 5  # 4 steps of 4, then the last batch of 8
