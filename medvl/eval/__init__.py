@@ -6,6 +6,7 @@ Public API (imported lazily so ``import medvl.eval`` stays cheap):
   ``results.md`` and plots.
 * :mod:`medvl.eval.metrics`: pure metric functions (AUROC, bootstrap CIs, ranks, R@K, P@K).
 * :func:`phrase_heatmap` (``medvl.eval.grounding``): the heatmap of a phrase over an image.
+* :func:`classify_image` (``medvl.eval.zeroshot``): zero-shot finding scores of one image.
 * :func:`load_prompt_set` (``medvl.eval.prompts``): prompt sets kept as YAML data.
 * :class:`EvalConfig` (``medvl.eval.config``): the ``eval`` config section.
 """
@@ -23,6 +24,7 @@ _EXPORTS = {
     "mask_iou": "medvl.eval.grounding",
     "load_prompt_set": "medvl.eval.prompts",
     "zeroshot_scores": "medvl.eval.zeroshot",
+    "classify_image": "medvl.eval.zeroshot",
     "evaluate_retrieval": "medvl.eval.retrieval",
     "linear_probe": "medvl.eval.probe",
 }

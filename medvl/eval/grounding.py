@@ -25,7 +25,7 @@ import numpy as np
 from medvl.errors import ManifestError, ModelError
 
 
-def _as_batch(image: Any, spatial_dims: int | None) -> tuple[Any, int]:
+def as_batch(image: Any, spatial_dims: int | None = None) -> tuple[Any, int]:
     """Image tensor/array -> ``(1, C, *spatial)`` float tensor and its spatial dims."""
     import torch
 
@@ -54,7 +54,7 @@ def local_similarity(model: Any, image: Any, phrase: str, *, spatial_dims: int |
 
     from medvl.eval.embed import model_device
 
-    x, dims = _as_batch(image, spatial_dims)
+    x, dims = as_batch(image, spatial_dims)
     with torch.inference_mode():
         out = model.encode_image(x.to(model_device(model)))
         txt = model.embed_texts([phrase]).embeds

@@ -183,3 +183,45 @@ def evaluate_zeroshot(
         "n_images": int(image.shape[0]),
         "scores": headline,  # removed before JSON; kept for plots
     }
+
+
+def classify_image(
+    model: Any,
+    image: Any,
+    *,
+    prompts: str = "auto",
+    modality: str | None = None,
+    scoring: str = "softmax",
+    ensemble: str = "mean",
+    spatial_dims: int | None = None,
+) -> dict[str, float]:
+    """Zero-shot finding scores for one image (what the viewer shows next to a study).
+
+    Args:
+        model: a ``MedVLModel``.
+        image: the model input, ``(C, H, W)`` or ``(C, D, H, W)``; a leading batch of 1 is
+            accepted (pass ``spatial_dims=2`` for a ``(1, C, H, W)`` radiograph).
+        prompts: ``auto`` (the built-in set for ``modality``, else cxr for 2D and ct for
+            3D inputs), a built-in name or a YAML path.
+        modality: the study's modality code, used by ``auto``.
+        scoring, ensemble: as :func:`zeroshot_scores`.
+
+    Returns:
+        ``{finding: score}`` in the prompt set's order; with ``softmax`` scoring each is the
+        probability that the finding is present rather than absent.
+    """
+    from medvl.eval.embed import embed_images, embed_texts
+    from medvl.eval.grounding import as_batch
+    from medvl.eval.prompts import load_prompt_set, prompt_set_for_modality
+    from medvl.eval.runner import model_logit_scale
+
+    x, dims = as_batch(image, spatial_dims)
+    if prompts == "auto":
+        ps = prompt_set_for_modality(modality) if modality else load_prompt_set("cxr" if dims == 2 else "ct")
+    else:
+        ps = load_prompt_set(prompts)
+    img = embed_images(model, x)
+    pos = [embed_texts(model, ps.positive[f]) for f in ps.findings]
+    neg = [embed_texts(model, ps.negative[f]) for f in ps.findings]
+    s = zeroshot_scores(img, pos, neg, scoring=scoring, ensemble=ensemble, logit_scale=model_logit_scale(model))
+    return {f: float(s[0, j]) for j, f in enumerate(ps.findings)}
