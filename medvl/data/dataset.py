@@ -128,7 +128,10 @@ class StudyDataset(Dataset):
         return resolve_path(self.manifest_path, self.rows[index].image)
 
     def load_image(self, index: int) -> np.ndarray:
-        """Deterministic model input of item ``index`` (from the cache when enabled).
+        """Deterministic model input of item ``index``, float32 ``(C, *image_size)``.
+
+        The cache (when enabled) holds the distinct channels; repetition to
+        ``in_channels`` happens after it.
 
         Raises:
             MedvlError / OSError / ...: whatever reading or preprocessing raised.
@@ -138,11 +141,11 @@ class StudyDataset(Dataset):
             raise ManifestError("image file not found", path=path, field="image")
 
         def compute() -> np.ndarray:
-            return self.transform(self.reader(path))
+            return self.transform.core(self.reader(path))
 
         if self.cache is None:
-            return compute()
-        return self.cache.get_or_compute(path, compute)
+            return self.transform.expand(compute())
+        return self.transform.expand(self.cache.get_or_compute(path, compute))
 
     def record_skip(self, record: dict[str, str]) -> None:
         """Add a skipped-study record once (by study id)."""
@@ -171,7 +174,7 @@ class StudyDataset(Dataset):
             self.augment.set_random_state(seed)
             image = self.augment(image)
         return {
-            "image": torch.from_numpy(np.array(image, dtype=np.float32)),
+            "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
             "text": text,
             "labels": torch.from_numpy(label_vector(row.labels, self.finding_names)),
             "study_id": row.study_id,

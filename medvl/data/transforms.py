@@ -44,7 +44,7 @@ from medvl.io.intensity import (
 )
 
 # Bumped whenever the deterministic pipeline changes, so stale cache entries are not reused.
-PIPELINE_VERSION = 1
+PIPELINE_VERSION = 2
 
 
 def check_window_names(cfg: DataConfig) -> None:
@@ -58,7 +58,7 @@ def check_window_names(cfg: DataConfig) -> None:
             )
 
 
-def intensity_channels(image: MedicalImage, cfg: DataConfig) -> np.ndarray:
+def intensity_channels(image: MedicalImage, cfg: DataConfig, *, repeat: bool = True) -> np.ndarray:
     """Apply the configured window(s), then MONOCHROME1 inversion (``medvl.io`` steps).
 
     ``window: null`` uses the file's VOI LUT or first window (full data range when the
@@ -66,7 +66,8 @@ def intensity_channels(image: MedicalImage, cfg: DataConfig) -> np.ndarray:
     ``hu_range``. Colour images become BT.601 luma of their display values.
 
     Returns:
-        float32 array ``(C, *spatial)`` in [0, 1], ``C == cfg.in_channels``.
+        float32 array ``(C, *spatial)`` in [0, 1]: ``C == cfg.in_channels``, or with
+        ``repeat=False`` one channel per window (a single window is not repeated yet).
     """
     array = np.asarray(image.array)
     if not np.all(np.isfinite(array)):
@@ -89,7 +90,7 @@ def intensity_channels(image: MedicalImage, cfg: DataConfig) -> np.ndarray:
                 channels.append(window_image(image, name))
         if image.photometric_interpretation == "MONOCHROME1":
             channels = [invert_monochrome1(ch) for ch in channels]
-    if len(channels) == 1 and cfg.in_channels > 1:
+    if repeat and len(channels) == 1 and cfg.in_channels > 1:
         channels = channels * cfg.in_channels
     return np.stack(channels, axis=0).astype(np.float32, copy=False)
 
@@ -137,6 +138,14 @@ class ModelInputTransform:
 
     def __call__(self, image: MedicalImage) -> np.ndarray:
         """Preprocess one image; raise :class:`ImageReadError` if its shape does not fit ``dims``."""
+        return self.expand(self.core(image))
+
+    def core(self, image: MedicalImage) -> np.ndarray:
+        """The distinct channels on the model grid: one per window, before repetition.
+
+        With one window and ``in_channels: 3`` this is ``(1, *image_size)``: what the
+        cache stores (a third of the bytes); :meth:`expand` makes the model input.
+        """
         array = np.asarray(image.array)
         spatial = array.ndim - (1 if image.is_color else 0)
         if array.ndim == 4 and array.shape[-1] == 1 and not image.is_color:
@@ -149,10 +158,17 @@ class ModelInputTransform:
                 expected="a 2D (rows, cols) image for dims: 2" if self.cfg.dims == 2
                 else "a 3D (x, y, z) volume for dims: 3",
             )
-        x = intensity_channels(image, self.cfg)  # (C, *spatial)
+        x = intensity_channels(image, self.cfg, repeat=False)  # (windows, *spatial)
         if self.cfg.dims == 2:
             return self._grid_2d(x)
         return self._grid_3d(x, image.spacing)
+
+    def expand(self, x: np.ndarray) -> np.ndarray:
+        """Repeat a single channel to ``in_channels`` (no-op otherwise); float32 copy."""
+        x = np.asarray(x, dtype=np.float32)
+        if x.shape[0] == 1 and self.cfg.in_channels > 1:
+            return np.repeat(x, self.cfg.in_channels, axis=0)
+        return np.array(x, dtype=np.float32)
 
     def grid(self, x: np.ndarray, spacing: Sequence[float] | None = None) -> np.ndarray:
         """Apply only the spatial steps to a channel-first array on the image's grid.

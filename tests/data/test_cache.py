@@ -51,8 +51,20 @@ def test_hit_is_memory_mapped_and_shared_across_datasets(tmp_path) -> None:
     build_dataset(_cfg(tmp_path), manifest, "train", reader=reader_under_test())[0]
     reader = CountingReader()
     other = build_dataset(_cfg(tmp_path), manifest, "train", reader=reader)
-    arr = other.load_image(0)
-    assert isinstance(arr, np.memmap) and reader.calls == 0
+    other.load_image(0)
+    assert reader.calls == 0 and other.cache.hits == 1
+    entry = other.cache.load(other.cache.key(other.image_path(0)))
+    assert isinstance(entry, np.memmap)
+
+
+def test_repeated_channels_are_stored_once(tmp_path) -> None:
+    manifest = make_corpus_2d(tmp_path, n=1)
+    ds = build_dataset(_cfg(tmp_path, in_channels=3), manifest, "train")
+    item = ds[0]["image"]
+    assert item.shape == (3, 16, 16)
+    entry = ds.cache.load(ds.cache.key(ds.image_path(0)))
+    assert entry.shape == (1, 16, 16)
+    np.testing.assert_array_equal(item.numpy(), np.repeat(np.asarray(entry), 3, axis=0))
 
 
 def test_changed_file_or_config_is_a_miss(tmp_path) -> None:
