@@ -122,12 +122,12 @@ def embed_batches(
     Empty batches (every study unreadable) are skipped, as the contract allows.
     """
     images, texts_emb, texts, labels, ids = [], [], [], [], []
-    it = batches
+    bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        it = tqdm(batches, desc=desc, total=total, unit="batch")
-    for batch in it:
+        bar = tqdm(desc=desc, total=total, unit="study")
+    for batch in batches:
         sid = list(batch.get("study_id") or [])
         if not sid:
             continue
@@ -138,6 +138,10 @@ def embed_batches(
         lab = batch["labels"]
         labels.append(lab.detach().cpu().numpy().astype(np.float32) if hasattr(lab, "detach") else np.asarray(lab, np.float32))
         ids.extend(sid)
+        if bar is not None:
+            bar.update(len(sid))
+    if bar is not None:
+        bar.close()
     if not ids:
         return Embeddings(np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32), [], np.zeros((0, 0), np.float32), [])
     image = np.concatenate(images)
@@ -156,7 +160,10 @@ def embed_split(
 ) -> Embeddings:
     """Embeddings of one split of a manifest through the data room's loader."""
     batches, datasets = split_batches(data_cfg, manifest_path, split)
-    emb = embed_batches(model, batches, with_text=with_text, progress=progress, desc=f"embedding {split or 'all'}")
+    sizes = [len(ds) for ds in datasets if hasattr(ds, "__len__")]
+    total = sum(sizes) if sizes and len(sizes) == len(datasets) else None
+    emb = embed_batches(model, batches, with_text=with_text, progress=progress,
+                        desc=f"embedding {split or 'all splits'}", total=total)
     for ds in datasets:
         emb.skipped.extend(list(getattr(ds, "skipped", []) or []))
     return emb

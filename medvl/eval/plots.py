@@ -73,6 +73,28 @@ def plot_recall_curves(retrieval: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def plot_probe(probe: dict[str, Any], path: Path) -> Path | None:
+    """Linear-probe AUROC per finding (and the mean) against the fraction of training labels."""
+    fr = probe.get("fractions") or {}
+    if not fr:
+        return None
+    plt = _plt()
+    xs = [v["fraction"] * 100 for v in fr.values()]
+    names = sorted({n for v in fr.values() for n in v["per_class"]})
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for n in names:
+        ys = [v["per_class"].get(n, np.nan) for v in fr.values()]
+        ax.plot(xs, [np.nan if y is None else y for y in ys], marker=".", lw=0.8, alpha=0.6, label=n)
+    means = [np.nan if v["mean_auroc"] is None else v["mean_auroc"] for v in fr.values()]
+    ax.plot(xs, means, "k-o", lw=2, label="mean")
+    ax.set(xscale="log", xlabel="% of training labels", ylabel="AUROC", ylim=(0, 1.02), title="linear probe")
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def _f(v: Any) -> str:
     if v is None:
         return "n/a"

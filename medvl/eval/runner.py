@@ -164,7 +164,7 @@ def evaluate(
         )
 
     if cfg.plots:
-        from medvl.eval.plots import plot_recall_curves, plot_roc
+        from medvl.eval.plots import plot_probe, plot_recall_curves, plot_roc
 
         if zs_scores is not None:
             names = results["zeroshot"]["findings"]
@@ -174,6 +174,10 @@ def evaluate(
                 plots["roc_zeroshot"] = p.name
         if "retrieval" in results:
             plots["recall_at_k"] = plot_recall_curves(results["retrieval"], out / "recall_at_k.png").name
+        if "probe" in results:
+            p = plot_probe(_jsonable(results["probe"]), out / "probe.png")
+            if p:
+                plots["probe"] = p.name
     results["plots"] = plots
 
     from medvl.eval.plots import write_report

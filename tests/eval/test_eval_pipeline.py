@@ -43,6 +43,8 @@ def test_perfect_model_scores_high_and_writes_report(fake_corpus: Path, tmp_path
     assert (out / "results.md").read_text().startswith("# Evaluation")
     assert (out / "roc_zeroshot.png").stat().st_size > 1000
     assert (out / "recall_at_k.png").stat().st_size > 1000
+    assert (out / "probe.png").stat().st_size > 1000
+    assert set(res["plots"]) == {"roc_zeroshot", "recall_at_k", "probe"}
 
 
 def test_untrained_model_is_near_chance(fake_corpus: Path, tmp_path: Path) -> None:
