@@ -7,6 +7,7 @@ that skip bad studies) never see a raw ``KeyError`` from inside pydicom.
 
 from __future__ import annotations
 
+import copy
 import warnings
 from pathlib import Path
 from typing import Any
@@ -211,11 +212,40 @@ def decode_pixels(ds: Dataset, path: Path, index: int | None = None) -> np.ndarr
     pi = str(ds.get("PhotometricInterpretation", "")).strip().upper()
     if pi == "PALETTE COLOR":
         try:
-            arr = pydicom.pixels.apply_color_lut(arr, ds)
+            arr = pydicom.pixels.apply_color_lut(arr, _little_endian_palette(ds))
         except Exception as exc:  # noqa: BLE001
             raise ImageReadError(f"palette colour lookup failed ({exc})", path=path,
                                  field="RedPaletteColorLookupTableData") from None
     return arr
+
+
+_PALETTE_DATA = ("RedPaletteColorLookupTableData", "GreenPaletteColorLookupTableData",
+                 "BluePaletteColorLookupTableData", "AlphaPaletteColorLookupTableData")
+
+
+def _little_endian_palette(ds: Dataset) -> Dataset:
+    """A view of ``ds`` whose 16-bit palette LUT data is little-endian.
+
+    pydicom 3.0's ``apply_color_lut`` reads non-segmented LUT data in the machine's
+    (little-endian) byte order whatever the file's transfer syntax, so a big-endian
+    file gets byte-swapped colours (``OBXXXX1A_expb.dcm`` differs from
+    ``OBXXXX1A.dcm`` by up to 65025). Swap the bytes for it; segmented LUTs are
+    decoded with the right byte order already.
+    """
+    encoding = getattr(ds, "original_encoding", (None, True))
+    little = encoding[1] if encoding and encoding[1] is not None else True
+    desc = ds.get("RedPaletteColorLookupTableDescriptor")
+    if little or desc is None or "RedPaletteColorLookupTableData" not in ds:
+        return ds
+    n = int(desc[0]) or 2**16
+    if len(ds.RedPaletteColorLookupTableData) != 2 * n:  # 8-bit entries: no byte order
+        return ds
+    out = copy.copy(ds)  # shallow: pixel data and other elements shared, not copied
+    for kw in _PALETTE_DATA:
+        if kw in ds:
+            swapped = np.frombuffer(ds[kw].value, dtype=">u2").astype("<u2").tobytes()
+            setattr(out, kw, swapped)
+    return out
 
 
 def photometric(ds: Dataset) -> str:
