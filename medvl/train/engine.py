@@ -39,7 +39,7 @@ from medvl.train.gradcache import contrastive_step
 from medvl.train.logger import MetricsLogger
 from medvl.train.optim import build_optimizer, build_scheduler
 from medvl.train.state import TrainResult, TrainState
-from medvl.train.validation import validate
+from medvl.train.validation import metric_names, validate
 
 MAX_LOGIT_SCALE = math.log(100.0)
 
@@ -130,6 +130,9 @@ def train(
     """
     t_start = time.perf_counter()
     cfg = from_dict(TrainConfig, config.get("train"), where="train")
+    if cfg.monitor not in metric_names():
+        raise ConfigError(f"unknown validation metric {cfg.monitor!r}", field="train.monitor",
+                          expected="one of " + ", ".join(metric_names()))
     seed = cfg.seed if cfg.seed is not None else int(config.get("seed") or 0)
     out = Path(out_dir)
     parts = components or default_components()
@@ -224,9 +227,6 @@ def _train(config, cfg: TrainConfig, seed: int, out: Path, parts: Components, en
             _say(env, "epoch {} val: ".format(state.epoch) + ", ".join(
                 f"{k}={v:.3f}" for k, v in metrics.items() if k.startswith(("i2t_R", "mean"))))
         value = metrics.get(cfg.monitor)
-        if metrics and cfg.monitor not in metrics:
-            raise ConfigError(f"unknown validation metric {cfg.monitor!r}", field="train.monitor",
-                              expected="one of " + ", ".join(sorted(metrics)))
         if value is not None and math.isfinite(value) and (state.best is None or value > state.best):
             state.best, state.best_step = value, state.step
             save_model()

@@ -17,6 +17,11 @@ import torch.nn.functional as F
 RECALL_KS = (1, 5, 10)
 
 
+def metric_names(ks: Iterable[int] = RECALL_KS) -> list[str]:
+    """Names of the values :func:`retrieval_metrics` returns (for checking ``train.monitor``)."""
+    return [f"{d}_R@{k}" for k in ks for d in ("i2t", "t2i")] + ["mean_recall", "i2t_mean_rank", "n"]
+
+
 def retrieval_ranks(scores: torch.Tensor, relevant: torch.Tensor) -> torch.Tensor:
     """1-based rank of the best-scored relevant item for each query.
 

@@ -183,6 +183,8 @@ def test_bad_train_section_and_missing_manifest(tmp_path: Path) -> None:
         train(tiny_config(accum_steps=0), tmp_path / "a", components=components())
     with pytest.raises(ConfigError, match="train.learning_rate"):
         train(tiny_config(learning_rate=0.1), tmp_path / "b", components=components())
+    with pytest.raises(ConfigError, match="train.monitor"):
+        train(tiny_config(monitor="auroc"), tmp_path / "m", components=components())
     cfg = tiny_config()
     del cfg["data"]["manifest"]
     with pytest.raises(ConfigError, match="data.manifest"):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import top_k_accuracy_score
 
-from medvl.train.validation import recall_at, retrieval_metrics, retrieval_ranks
+from medvl.train.validation import metric_names, recall_at, retrieval_metrics, retrieval_ranks
 
 
 def test_recall_matches_sklearn_top_k_accuracy_without_ties() -> None:
@@ -37,3 +37,8 @@ def test_perfect_embeddings_give_recall_one() -> None:
     e = torch.eye(6)
     m = retrieval_metrics(e, e * 3, [f"r{i}" for i in range(6)])
     assert m["i2t_R@1"] == m["t2i_R@1"] == m["mean_recall"] == 1.0
+
+
+def test_metric_names_are_what_retrieval_metrics_returns() -> None:
+    e = torch.randn(12, 4)
+    assert sorted(retrieval_metrics(e, e, [str(i) for i in range(12)])) == sorted(metric_names())
