@@ -67,7 +67,7 @@ def _digest(folder: Path) -> dict[str, str]:
 
 
 def test_same_seed_is_byte_identical_and_other_seed_differs(tmp_path: Path) -> None:
-    kw = dict(n_cxr=4, n_ct=2, image_size=96, ct_size=(24, 24, 16), compressed_fraction=0.5, ct_dicom_fraction=0.5)
+    kw = {"n_cxr": 4, "n_ct": 2, "image_size": 96, "ct_size": (24, 24, 16), "compressed_fraction": 0.5, "ct_dicom_fraction": 0.5}
     a = generate_corpus(tmp_path / "a", seed=3, **kw)
     b = generate_corpus(tmp_path / "b", seed=3, workers=2, **kw)
     c = generate_corpus(tmp_path / "c", seed=4, **kw)
@@ -85,6 +85,8 @@ def test_same_seed_is_byte_identical_and_other_seed_differs(tmp_path: Path) -> N
         (["synth", "--out", "X", "--n-cxr", "0", "--n-ct", "0"], "n_cxr"),
         (["synth", "--out", "X", "--ct-size", "64,64"], "--ct-size"),
         (["synth", "--out", "X", "--workers", "0"], "workers"),
+        (["synth", "--out", "X", "--normal-fraction", "1.5"], "normal_fraction"),
+        (["synth", "--out", "X", "--image-size", "8"], "image_size"),
     ],
 )
 def test_bad_cli_arguments_give_one_line_and_exit_2(
@@ -129,7 +131,7 @@ def test_every_split_has_every_finding_when_large_enough() -> None:
 
 
 def test_regenerating_into_the_same_folder_leaves_no_stale_files(tmp_path: Path) -> None:
-    kw = dict(seed=1, image_size=64, ct_size=(16, 16, 16))
+    kw = {"seed": 1, "image_size": 64, "ct_size": (16, 16, 16)}
     generate_corpus(tmp_path, n_cxr=6, n_ct=2, **kw)
     (tmp_path / "notes.txt").write_text("mine")
     manifest = generate_corpus(tmp_path, n_cxr=2, n_ct=0, **kw)

@@ -15,8 +15,8 @@ from medvl.data.synth.ct import render_ct, sample_ct_anatomy, sample_ct_grid
 from medvl.data.synth.cxr import render_cxr, sample_anatomy
 from medvl.data.synth.writers import encoder_available
 
-SETTINGS = dict(n_cxr=16, n_ct=6, seed=3, image_size=128, ct_size=(32, 32, 20),
-                compressed_fraction=0.6, ct_dicom_fraction=0.5)
+SETTINGS = {"n_cxr": 16, "n_ct": 6, "seed": 3, "image_size": 128, "ct_size": (32, 32, 20),
+                "compressed_fraction": 0.6, "ct_dicom_fraction": 0.5}
 CR, DX = "1.2.840.10008.5.1.4.1.1.1", "1.2.840.10008.5.1.4.1.1.1.1"
 
 

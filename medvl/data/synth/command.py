@@ -31,6 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="share of radiographs stored compressed when an encoder is installed (default 0.25)")
     parser.add_argument("--ct-dicom-fraction", type=float, default=0.3,
                         help="share of CT studies written as DICOM series instead of NIfTI (default 0.3)")
+    parser.add_argument("--normal-fraction", type=float, default=0.25,
+                        help="share of studies without pathology (default 0.25)")
+    parser.add_argument("--uncertain-fraction", type=float, default=0.15,
+                        help="chance a study carries one hedged finding, label -1 (default 0.15)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -45,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
         args.out, n_cxr=args.n_cxr, n_ct=args.n_ct, seed=args.seed, progress=not args.quiet,
         image_size=args.image_size, ct_size=_ct_size(args.ct_size), workers=args.workers,
         compressed_fraction=args.compressed_fraction, ct_dicom_fraction=args.ct_dicom_fraction,
+        normal_fraction=args.normal_fraction, uncertain_fraction=args.uncertain_fraction,
     )
     n = args.n_cxr + args.n_ct
     print(f"wrote {n} studies to {manifest} in {time.perf_counter() - t0:.1f} s")

@@ -91,7 +91,11 @@ def _render_ct(plan: StudyPlan, cfg: SynthConfig, out: Path) -> dict[str, Any]:
     from medvl.data.synth.ct import render_ct, sample_ct_anatomy, sample_ct_grid
     from medvl.data.synth.shapes import bbox
     from medvl.data.synth.text import write_report
-    from medvl.data.synth.writers import reorient_for_storage, write_ct_series, write_nifti
+    from medvl.data.synth.writers import (
+        reorient_for_storage,
+        write_ct_series,
+        write_nifti,
+    )
 
     shape = tuple(cfg.ct_size)
     affine = sample_ct_grid(plan.render_seed, shape)

@@ -26,7 +26,6 @@ from medvl.data.synth.shapes import (
     polyline_distance,
     soft_inside,
     texture,
-    soft_inside,
 )
 
 _FINDING_STREAM = {

@@ -6,6 +6,7 @@ All functions work on normalised coordinate grids and return float32 arrays in 0
 
 from __future__ import annotations
 
+import itertools
 from functools import lru_cache
 
 import numpy as np
@@ -50,7 +51,7 @@ def polyline_distance(
             return best
         best[r0:r1, c0:c1] = polyline_distance(u[r0:r1, c0:c1], v[r0:r1, c0:c1], points)
         return best
-    for (u0, v0), (u1, v1) in zip(points[:-1], points[1:]):
+    for (u0, v0), (u1, v1) in itertools.pairwise(points):
         du, dv = u1 - u0, v1 - v0
         length2 = du * du + dv * dv
         if length2 == 0:

@@ -60,7 +60,7 @@ def _fill(template: str, f: FindingSpec, modality: str, rng: np.random.Generator
     loc = templates()["locations"]
     side = _pick(rng, loc["sides"][f.laterality]) if f.laterality else ""
     radius = (ct_phantom if modality == "CT" else cxr_phantom).nodule_radius_mm(f.severity)
-    mm = int(round(2 * radius))
+    mm = round(2 * radius)
     values = {
         "side": side, "size": _size(f), "mm": str(mm), "cm": f"{mm / 10:.1f}",
         "loc": location_phrase(f, modality, rng) if "{loc}" in template else "",
@@ -124,9 +124,7 @@ def write_report(plan: StudyPlan, rng: np.random.Generator) -> dict[str, str]:
         sentences.insert(len(sentences) - len(negs) if negs else len(sentences), _pick(rng, bank["normal_findings"]))
         impression.append(_pick(rng, bank["normal_impression"]))
     hedged = [f for f in plan.findings if f.uncertain]
-    if not impression and hedged:
-        impression.append(_fill(_pick(rng, bank[hedged[0].name]["uncertain"]), hedged[0], plan.modality, rng))
-    elif hedged and rng.random() < 0.5:
+    if not impression and hedged or hedged and rng.random() < 0.5:
         impression.append(_fill(_pick(rng, bank[hedged[0].name]["uncertain"]), hedged[0], plan.modality, rng))
     if "support_device" in by_name and rng.random() < 0.5:
         impression.append(_pick(rng, bank["support_device"]["impression"]))

@@ -71,7 +71,7 @@ def _study_date(patient_id: str, study_number: int) -> str:
 
 
 def _base_dataset(sop_class: str, ts: str, rng: np.random.Generator, *, patient_id: str, study_number: int,
-                  study_uid: str, series_uid: str, modality: str) -> "object":
+                  study_uid: str, series_uid: str, modality: str) -> object:
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
 
