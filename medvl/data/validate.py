@@ -13,6 +13,8 @@ unreadable file     error   ``medvl.io.read_image`` reads the image (a random sa
                             dimensionality matches the row's ``dims``
 empty report        error   at least one report section has text
 patient leakage     error   no patient appears in two splits
+image leakage       error   no image file is the image of studies in two splits
+                    warning ... of two studies in one split (a copy error?)
 text leakage        error   no test report (normalised: case, punctuation, spacing)
                             also appears in train; val-in-train is a warning.
                             ``--text-leakage warn`` downgrades (template corpora)
@@ -216,6 +218,25 @@ def _check_patients(path: Path, rows: list[tuple[int, ManifestRow]], report: Val
                                            f"patient {patient!r} is in several splits: {lines}"))
 
 
+def _check_images_shared(path: Path, rows: list[tuple[int, ManifestRow]], report: ValidationReport) -> None:
+    """The same image file under two studies: leakage across splits, a likely copy error within one."""
+    users: dict[Path, list[tuple[int, ManifestRow]]] = defaultdict(list)
+    for lineno, row in rows:
+        users[resolve_path(path, row.image)].append((lineno, row))
+    for image, used in users.items():
+        if len(used) < 2:
+            continue
+        splits = sorted({r.split for _, r in used})
+        ids = ", ".join(f"{r.study_id!r} ({r.split}, line {n})" for n, r in used[:4])
+        more = f" and {len(used) - 4} more" if len(used) > 4 else ""
+        if len(splits) > 1:
+            report.problems.append(Problem("error", "image_leakage", f"{path}:{used[-1][0]}", "image",
+                                           f"{image.name} is the image of studies in several splits: {ids}{more}"))
+        else:
+            report.problems.append(Problem("warning", "shared_image", f"{path}:{used[-1][0]}", "image",
+                                           f"{image.name} is the image of {len(used)} studies: {ids}{more}"))
+
+
 def _check_labels(path: Path, rows: list[tuple[int, ManifestRow]], report: ValidationReport) -> None:
     vocab = finding_names()
     defined = {f.name: set(f.modalities) for f in load_findings()}
@@ -312,6 +333,7 @@ def validate_manifest(
     _check_files(path, rows, report, read_rows, reader, progress)
     _check_reports(path, rows, report, text_leakage)
     _check_patients(path, rows, report)
+    _check_images_shared(path, rows, report)
     _check_labels(path, rows, report)
     report.summary = _summarise(rows)
     for lineno, row in rows:

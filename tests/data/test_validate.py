@@ -173,3 +173,18 @@ def test_no_finding_with_a_present_pathology_is_a_warning(tmp_path) -> None:
     conflicts = [p for p in report.problems if p.kind == "label_conflict"]
     assert len(conflicts) == 1 and "1 row(s)" in conflicts[0].message
     assert conflicts[0].where.endswith(":1")
+
+
+def test_same_image_in_two_splits_is_leakage(tmp_path) -> None:
+    manifest = _corpus(tmp_path)
+    rows = [json.loads(x) for x in manifest.read_text().splitlines()]
+    rows[3]["image"] = "s0.dcm"  # test study points at a train study's image
+    write_manifest(manifest, rows)
+    report = validate.validate_manifest(manifest)
+    assert _kinds(report) == {"image_leakage"}
+    assert "'s0' (train, line 1)" in report.errors[0].message
+    rows[3]["image"] = "s3.dcm"
+    rows[1]["image"] = "s0.dcm"  # two train studies share one file: a warning
+    write_manifest(manifest, rows)
+    report = validate.validate_manifest(manifest)
+    assert report.ok and any(p.kind == "shared_image" for p in report.problems)
