@@ -9,6 +9,7 @@ nor in the study's negatives are not mentioned.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from importlib import resources
 from typing import Any
@@ -65,7 +66,10 @@ def _fill(template: str, f: FindingSpec, modality: str, rng: np.random.Generator
         "side": side, "size": _size(f), "mm": str(mm), "cm": f"{mm / 10:.1f}",
         "loc": location_phrase(f, modality, rng) if "{loc}" in template else "",
     }
-    return _cap(" ".join(template.format(**values).split()))
+    text = " ".join(template.format(**values).split())
+    if f.laterality == "bilateral":
+        text = re.sub(r"\beffusion\b", "effusions", text).replace("There is a ", "There are ")
+    return _cap(text)
 
 
 def _device_sentences(f: FindingSpec, bank: dict[str, Any], rng: np.random.Generator) -> list[str]:
@@ -122,7 +126,9 @@ def write_report(plan: StudyPlan, rng: np.random.Generator) -> dict[str, str]:
     sentences.extend(_negatives([negs[i] for i in order], bank, rng))
     if not plan.findings or all(f.name == "support_device" for f in plan.findings):
         sentences.insert(len(sentences) - len(negs) if negs else len(sentences), _pick(rng, bank["normal_findings"]))
-        impression.append(_pick(rng, bank["normal_impression"]))
+        # With tubes and lines the film is not "normal", only free of acute disease.
+        options = [s for s in bank["normal_impression"] if not (plan.findings and s.lower().startswith("normal"))]
+        impression.append(_pick(rng, options))
     hedged = [f for f in plan.findings if f.uncertain]
     if not impression and hedged or hedged and rng.random() < 0.5:
         impression.append(_fill(_pick(rng, bank[hedged[0].name]["uncertain"]), hedged[0], plan.modality, rng))
