@@ -131,6 +131,11 @@ def markdown_report(results: dict[str, Any]) -> str:
             rows += [(f"{d} + {rt['hubness']['method']}", rt["hubness"][d]) for d in ("image_to_report", "report_to_image")]
         for name, r in rows:
             lines.append(f"| {name} | " + " | ".join(_f(r[k]) for k in keys) + " |")
+        bc = rt.get("by_class") or {}
+        if bc.get("n") and "image_to_report" in bc:
+            pk = ", ".join(f"{k} {_f(v)}" for k, v in bc["image_to_report"].items())
+            lines += ["", f"By class ({', '.join(bc['classes'])}; {bc['n']} single-label studies, 5x200 style): "
+                      f"image->report {pk} (chance P@1 {_f(bc['chance_P@1'])})."]
         lines.append("")
     pr = results.get("probe")
     if pr and pr.get("fractions"):

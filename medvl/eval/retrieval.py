@@ -167,3 +167,39 @@ def evaluate_retrieval(
             "report_to_image": _direction(t2i_h, rel_t2i, lab_u, lab, ks, curve_max),
         }
     return result
+
+
+def class_retrieval(
+    image: np.ndarray,
+    text: np.ndarray,
+    texts: Sequence[str],
+    targets: np.ndarray,
+    classes: Sequence[str],
+    ks: Sequence[int] = (1, 5, 10),
+) -> dict[str, Any]:
+    """Precision@K by class on a one-label-per-study subset (the MIMIC/CheXpert 5x200 protocol).
+
+    Args:
+        image, text: ``(M, D)`` embeddings of the subset's studies.
+        texts: their report texts (duplicates collapsed).
+        targets: ``(M,)`` class index of each study.
+        classes: class names, for the record.
+
+    Returns:
+        ``{"classes", "n", "image_to_report": {"P@K"...}, "report_to_image": {...}}``; a report's
+        class is the class of the first study carrying it.
+    """
+    unique, inverse = collapse_texts(texts)
+    first = np.array([int(np.flatnonzero(inverse == u)[0]) for u in range(len(unique))], dtype=np.int64)
+    t_u, c_u = text[first], np.asarray(targets)[first]
+    c = np.asarray(targets)
+    i2t = precision_at_k(image @ t_u.T, c, c_u, list(ks))
+    t2i = precision_at_k(t_u @ image.T, c_u, c, list(ks))
+    return {
+        "classes": list(classes),
+        "n": int(len(c)),
+        "n_unique_reports": len(unique),
+        "image_to_report": {f"P@{k}": v for k, v in i2t.items()},
+        "report_to_image": {f"P@{k}": v for k, v in t2i.items()},
+        "chance_P@1": float(np.mean(np.bincount(c, minlength=len(classes))[c] / len(c))),
+    }

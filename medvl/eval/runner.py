@@ -69,6 +69,25 @@ def _zeroshot(model: Any, emb: Embeddings, manifest_path: str | Path, cfg: EvalC
     return res
 
 
+def _class_retrieval(emb: Embeddings, cfg: EvalConfig) -> dict[str, Any]:
+    """P@K by class on the 5x200-style subset (same classes and balancing as multi-class zero-shot)."""
+    from medvl.eval.retrieval import class_retrieval
+    from medvl.eval.zeroshot import CHEXPERT_5, balanced_sample, multiclass_subset
+
+    names = finding_names()
+    classes = list(cfg.multiclass) if cfg.multiclass else [f for f in CHEXPERT_5 if f in names]
+    present = [f for f in classes if f in names and np.any(emb.labels[:, names.index(f)] == 1)]
+    if len(present) < 2:
+        return {"classes": present, "n": 0, "note": "fewer than two classes with positive studies"}
+    rows, targets = multiclass_subset(emb.labels, [names.index(f) for f in present])
+    keep = balanced_sample(targets, cfg.multiclass_per_class, cfg.seed)
+    rows, targets = rows[keep], targets[keep]
+    if len(rows) < 2:
+        return {"classes": present, "n": int(len(rows)), "note": "too few single-label studies"}
+    return class_retrieval(emb.image[rows], emb.text[rows], [emb.texts[i] for i in rows], targets, present,
+                           cfg.retrieval_ks)
+
+
 def evaluate(
     model: Any,
     manifest_path: str | Path,
@@ -143,6 +162,7 @@ def evaluate(
             bank_image=train_emb.image if train_emb is not None else None,
             bank_text=train_emb.text if train_emb is not None and train_emb.text.size else None,
         )
+        results["retrieval"]["by_class"] = _class_retrieval(emb, cfg)
     if "probe" in cfg.tasks:
         from medvl.eval.probe import linear_probe
 

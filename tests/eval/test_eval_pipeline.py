@@ -35,6 +35,8 @@ def test_perfect_model_scores_high_and_writes_report(fake_corpus: Path, tmp_path
     # Identical normal reports are collapsed into one gallery item.
     assert res["retrieval"]["n_unique_reports"] < res["retrieval"]["n_images"]
     assert "hubness" in res["retrieval"]
+    by_class = res["retrieval"]["by_class"]
+    assert by_class["n"] > 0 and by_class["image_to_report"]["P@1"] == 1.0
 
     probe = res["probe"]["fractions"]
     assert set(probe) == {"1%", "10%", "100%"}

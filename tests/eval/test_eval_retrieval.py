@@ -102,3 +102,19 @@ def test_evaluate_retrieval_reports_hubness_variant() -> None:
     assert set(res["hubness"]["image_to_report"]) == set(res["image_to_report"])
     with pytest.raises(ValueError):
         evaluate_retrieval(img, txt, texts, np.zeros((12, 2)), hubness="csls")
+
+
+def test_class_retrieval_precision_by_class_hand_worked() -> None:
+    from medvl.eval.retrieval import class_retrieval
+
+    # Two classes; image i matches its own text; texts of class 0 are identical (collapsed).
+    img = np.eye(4)
+    txt = np.array([[1.0, 0, 0, 0], [1.0, 0, 0, 0], [0, 0, 1.0, 0], [0, 0, 0, 1.0]])
+    res = class_retrieval(img, txt, ["a", "a", "c", "d"], np.array([0, 0, 1, 1]), ["x", "y"], ks=(1, 2))
+    assert res["n_unique_reports"] == 3
+    # image 1 has similarity 0 to every text: ties keep gallery order -> top-1 "a" (class 0): agrees.
+    assert res["image_to_report"]["P@1"] == 1.0
+    # top-2: img0 -> a (0), then c (1) or d... scores 0 tie -> gallery order c: 1/2; img1 same 1/2;
+    # img2 -> c, then a: 1/2; img3 -> d, then a: 1/2.
+    assert res["image_to_report"]["P@2"] == 0.5
+    assert res["chance_P@1"] == 0.5
