@@ -14,7 +14,7 @@ pixels change (the basis of the ground-truth tests).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -92,9 +92,11 @@ class _Canvas:
         # AP films magnify the heart (it is further from the detector).
         ctr = a.ctr + (0.03 if self.view == "AP" else 0.0)
         self.heart_hw = ctr * a.thorax_hw
-        self.lung = {}
-        self.lung_depth = {}
-        self.lung_ellipse = {}
+        # Filled by _base_image; findings use them to stay inside the lungs.
+        self.lung: dict[str, np.ndarray] = {}  # side -> soft lung mask (rows, cols)
+        self.lung_depth: dict[str, np.ndarray] = {}  # side -> relative air thickness
+        self.lung_ellipse: dict[str, tuple[float, float, float, float]] = {}  # cu, cv, au, av
+        self.markings = np.zeros((size, size), dtype=np.float32)  # vessel texture
 
     def side_sign(self, side: str) -> float:
         # The patient's right is on the image left for frontal views.
@@ -367,7 +369,3 @@ def render_cxr(
     np.clip(img, 0.0, 4.0, out=img)
     return CXRRender(img.astype(np.float32), masks)
 
-
-def without(findings: list[FindingSpec], name: str) -> list[FindingSpec]:
-    """The same finding list minus ``name`` (for with/without comparisons)."""
-    return [replace(f) for f in findings if f.name != name]
