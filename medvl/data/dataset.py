@@ -11,7 +11,9 @@ are all empty, is **skipped, never fatal**: the
 item comes back as ``{"skipped": {"study_id", "path", "error"}, "index": i}``, is
 appended to ``dataset.skipped`` in the process that loaded it, and the collate
 function drops it (and carries the record to the main process, see
-:class:`~medvl.data.loader.StudyLoader`).
+:class:`~medvl.data.loader.StudyLoader`). A study skipped once is not read again by a
+dataset that knows its record (the main process's, or a worker forked after the
+record reached it).
 """
 
 from __future__ import annotations
@@ -109,7 +111,7 @@ class StudyDataset(Dataset):
         self.seed = int(seed)
         self.epoch = 0
         self.skipped: list[dict[str, str]] = []
-        self._skipped_ids: set[str] = set()
+        self._skipped_by_id: dict[str, dict[str, str]] = {}
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -149,8 +151,8 @@ class StudyDataset(Dataset):
 
     def record_skip(self, record: dict[str, str]) -> None:
         """Add a skipped-study record once (by study id)."""
-        if record["study_id"] not in self._skipped_ids:
-            self._skipped_ids.add(record["study_id"])
+        if record["study_id"] not in self._skipped_by_id:
+            self._skipped_by_id[record["study_id"]] = dict(record)
             self.skipped.append(dict(record))
 
     def _rng_seed(self, index: int) -> list[int]:
@@ -158,6 +160,10 @@ class StudyDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         row = self.rows[index]
+        known = self._skipped_by_id.get(row.study_id)
+        if known is not None:
+            # Not retried: a broken 500 MB series would be decoded again every epoch.
+            return {"skipped": dict(known), "index": index}
         try:
             image = self.load_image(index)
             text = prepare_text(row.report, self.cfg, np.random.default_rng(self._rng_seed(index)),
@@ -165,8 +171,7 @@ class StudyDataset(Dataset):
         except Exception as exc:  # noqa: BLE001 - a bad study must never stop training
             record = {"study_id": row.study_id, "path": str(self.image_path(index)),
                       "error": f"{type(exc).__name__}: {exc}"}
-            if row.study_id not in self._skipped_ids:
-                log.warning("skipping study %s: %s", row.study_id, record["error"])
+            log.warning("skipping study %s: %s", row.study_id, record["error"])
             self.record_skip(record)
             return {"skipped": record, "index": index}
         if self.augment is not None:

@@ -200,3 +200,21 @@ def test_sentence_sampling_varies_by_epoch_on_train_only(tmp_path) -> None:
     first = test[0]["text"]
     test.set_epoch(3)
     assert test[0]["text"] == first and first.startswith("Sentence number 0")
+
+
+def test_a_skipped_study_is_not_read_again(tmp_path) -> None:
+    manifest = make_corpus_2d(tmp_path, n=2)
+    (tmp_path / "img" / "s1.dcm").write_bytes(b"broken")
+    calls: list[str] = []
+    read = reader_under_test()
+
+    def reader(path):
+        calls.append(Path(path).name)
+        return read(path)
+
+    loader = build_dataloader(_cfg(), manifest, "train", shuffle=False, reader=reader)
+    for epoch in range(3):
+        loader.set_epoch(epoch)
+        assert [b["study_id"] for b in loader] == [["s0"]]
+    assert calls.count("s1.dcm") == 1 and calls.count("s0.dcm") == 3
+    assert len(loader.dataset.skipped) == 1
