@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "io"))
 
-from medvl.io import normalize, read_image, to_display  # noqa: E402
+from medvl.io import normalize, read_image, to_display
 
 warnings.simplefilter("ignore")
 
@@ -124,10 +124,10 @@ def main() -> None:
     out = Path(args.out)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     lines = [f"# medvl.io benchmark ({results['date']})", "",
-             f"Machine: {machine['platform']}, {machine['cpu_count']} CPUs, "
+             (f"Machine: {machine['platform']}, {machine['cpu_count']} CPUs, "
              f"OMP_NUM_THREADS={machine['omp_num_threads']}, pydicom {machine['pydicom']}, "
              f"load average at start {machine['load_average_at_start']} (shared machine: best of "
-             "interleaved rounds)", "",
+             "interleaved rounds)"), "",
              "| file | syntax | pydicom img/s | medvl read img/s | read+display+normalize img/s | read ratio | preprocess ratio |",
              "|---|---|---|---|---|---|---|"]
     for d in decode:
@@ -138,12 +138,12 @@ def main() -> None:
                      f"{d['pydicom_pixel_array_per_s']} | {d['medvl_read_per_s']} | "
                      f"{d['medvl_read_display_normalize_per_s']} | {d['read_overhead_ratio']} | "
                      f"{d['preprocess_overhead_ratio']} |")
-    lines += ["", "read ratio = medvl read_image time / pydicom dcmread+pixel_array time (target < 1.3 for "
+    lines += ["", ("read ratio = medvl read_image time / pydicom dcmread+pixel_array time (target < 1.3 for "
               "uncompressed radiographs); medvl adds the modality LUT to float32, pixel-module checks "
-              "and the non-identifying tags, a roughly fixed cost per file.",
-              "", f"Series of {series['slices']} slices {series['size'][0]}x{series['size'][1]}: "
+              "and the non-identifying tags, a roughly fixed cost per file."),
+              "", (f"Series of {series['slices']} slices {series['size'][0]}x{series['size'][1]}: "
               f"pydicom loop + stack {series['pydicom_loop_stack_s']} s, medvl {series['medvl_series_s']} s "
-              f"(ratio {series['ratio']}; {series['note']})."]
+              f"(ratio {series['ratio']}; {series['note']}).")]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -37,9 +37,34 @@ _LAZY = {
 }
 
 __all__ = [
-    "DEFAULT_MAX_VOXELS", "MedicalImage", "ReadOptions", "VoiLut", "apply_voi_lut_table",
-    "apply_window", "get_preset", "image_format", "invert_monochrome1", "normalize",
-    "read_image", "to_display", "window_image", "window_presets", *_LAZY,
+    "DEFAULT_MAX_VOXELS",
+    # lazy (MONAI / dicognito imported on first use)
+    "InvertMonochrome1",
+    "InvertMonochrome1d",
+    "LoadMedicalImage",
+    "LoadMedicalImaged",
+    "MedicalImage",
+    "MedvlImageReader",
+    "Normalize",
+    "Normalized",
+    "ReadOptions",
+    "ToDisplay",
+    "ToDisplayd",
+    "VoiLut",
+    "Window",
+    "Windowd",
+    "apply_voi_lut_table",
+    "apply_window",
+    "deidentify",
+    "deidentify_dataset",
+    "get_preset",
+    "image_format",
+    "invert_monochrome1",
+    "normalize",
+    "read_image",
+    "to_display",
+    "window_image",
+    "window_presets",
 ]
 
 

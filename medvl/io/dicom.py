@@ -20,7 +20,13 @@ from pydicom.tag import Tag
 
 from medvl.errors import ImageReadError
 from medvl.io import dicom_pixels as px
-from medvl.io.geometry import order_slices, resample_uniform, stack_affine_lps, to_canonical, voxel_sizes
+from medvl.io.geometry import (
+    order_slices,
+    resample_uniform,
+    stack_affine_lps,
+    to_canonical,
+    voxel_sizes,
+)
 from medvl.io.image import MedicalImage
 
 # Tags safe to hand on: acquisition and display facts, nothing that identifies a
@@ -65,7 +71,7 @@ def safe_tags(ds: Dataset) -> dict[str, Any]:
         if tag in present:
             try:
                 v = _plain(ds[tag].value)
-            except Exception:  # noqa: BLE001 - a malformed value is simply not reported
+            except Exception:  # noqa: BLE001, S112 - a malformed value is simply not reported
                 continue
             if v not in (None, "", []):
                 out[kw] = v
@@ -153,12 +159,12 @@ def image_from_dataset(
         raise ImageReadError(f"decoded {raw.shape} for {frames} frames", path=path, field="NumberOfFrames")
     windows = px.windows_of(ds) or px.windows_of(_group_item(ds, frame or 0, "FrameVOILUTSequence"))
     tags = safe_tags(ds)
-    common = dict(
-        modality=str(ds.get("Modality") or "OT"), photometric_interpretation=pi,
-        windows=windows, tags=tags, path=path,
-        voi_function=str(ds.get("VOILUTFunction") or "LINEAR").upper(),
-        voi_luts=px.voi_luts_of(ds) if pi != "RGB" else [],
-    )
+    common = {
+        "modality": str(ds.get("Modality") or "OT"), "photometric_interpretation": pi,
+        "windows": windows, "tags": tags, "path": path,
+        "voi_function": str(ds.get("VOILUTFunction") or "LINEAR").upper(),
+        "voi_luts": px.voi_luts_of(ds) if pi != "RGB" else [],
+    }
     dose = float(ds.DoseGridScaling) if ds.get("Modality") == "RTDOSE" and ds.get("DoseGridScaling") else None
     if frames == 1 or frame is not None:
         index = frame or 0

@@ -222,7 +222,7 @@ def resample_uniform(stack: np.ndarray, dist: np.ndarray, spacing: float) -> tup
     Returns:
         the resampled stack and its number of slices.
     """
-    n_new = int(round((dist[-1] - dist[0]) / spacing)) + 1
+    n_new = round((dist[-1] - dist[0]) / spacing) + 1
     targets = dist[0] + spacing * np.arange(n_new)
     idx = np.clip(np.searchsorted(dist, targets, side="right") - 1, 0, len(dist) - 2)
     frac = ((targets - dist[idx]) / (dist[idx + 1] - dist[idx])).astype(np.float32)

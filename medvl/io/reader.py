@@ -46,9 +46,9 @@ def _sniff(path: Path) -> str:
             head = fh.read(352)
     except OSError as exc:
         raise ImageReadError(f"cannot open file ({exc})", path=path) from None
-    if head.startswith(b"\x89PNG") or head.startswith(b"\xff\xd8\xff"):
+    if head.startswith((b"\x89PNG", b"\xff\xd8\xff")):
         return "raster"
-    if head[344:348] in (b"n+1\x00", b"n+2\x00") or head[4:8] in (b"n+2\x00",) or head[:2] == b"\x1f\x8b":
+    if head[344:348] in (b"n+1\x00", b"n+2\x00") or head[4:8] == b"n+2\x00" or head.startswith(b"\x1f\x8b"):
         return "nifti"
     return "dicom"
 

@@ -116,7 +116,7 @@ def read_dicom_series(
             path=d, field="SeriesInstanceUID", expected="one series, or series_uid=<uid>")
     else:
         items = next(iter(groups.values()))
-    opts = dict(max_voxels=max_voxels, allow_nonuniform=allow_nonuniform, spacing_tolerance=spacing_tolerance)
+    opts = {"max_voxels": max_voxels, "allow_nonuniform": allow_nonuniform, "spacing_tolerance": spacing_tolerance}
     if len(items) == 1:
         f, ds = items[0]
         return image_from_dataset(ds, f, **opts)

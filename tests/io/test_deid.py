@@ -10,8 +10,7 @@ import pydicom
 import pytest
 from factory import write_series
 
-from medvl.io import read_image
-from medvl.io import deid_command
+from medvl.io import deid_command, read_image
 from medvl.io.deid import deidentify, residual_identifiers
 
 ORIGINALS = ["Doe", "Jane", "PID-12345", "19700101", "20200102", "General Hospital", "ACC999"]
@@ -68,7 +67,7 @@ def test_seed_makes_pseudonyms_reproducible(tmp_path):
     deidentify(tmp_path / "in", tmp_path / "a", seed="k1")
     deidentify(tmp_path / "in", tmp_path / "b", seed="k1")
     deidentify(tmp_path / "in", tmp_path / "c", seed="k2")
-    rel = lambda d: sorted(str(p.relative_to(d)) for p in _dcm_files(d))  # noqa: E731
+    rel = lambda d: sorted(str(p.relative_to(d)) for p in _dcm_files(d))
     assert rel(tmp_path / "a") == rel(tmp_path / "b")
     assert rel(tmp_path / "a") != rel(tmp_path / "c")
 

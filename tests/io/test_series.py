@@ -133,7 +133,7 @@ def test_per_slice_rescale(tmp_path):
 
     for f in info["files"]:
         ds = pydicom.dcmread(f)
-        k = int(round((float(ds.ImagePositionPatient[2]) - 55.0) / 1.5))
+        k = round((float(ds.ImagePositionPatient[2]) - 55.0) / 1.5)
         ds.RescaleSlope, ds.RescaleIntercept = 0.5 * (k + 1), 10.0 * k
         ds.save_as(f)
     img = read_image(folder)

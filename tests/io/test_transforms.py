@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 monai = pytest.importorskip("monai")
-from monai.data import MetaTensor  # noqa: E402
-from monai.transforms import Compose, LoadImage, Orientation  # noqa: E402
+from monai.data import MetaTensor
+from monai.transforms import Compose, LoadImage, Orientation
 
-from medvl.errors import ConfigError  # noqa: E402
-from medvl.io import apply_window, read_image, to_display  # noqa: E402
-from medvl.io.transforms import (  # noqa: E402
+from medvl.errors import ConfigError
+from medvl.io import apply_window, read_image, to_display
+from medvl.io.transforms import (
     LoadMedicalImage,
     LoadMedicalImaged,
     MedvlImageReader,
@@ -19,7 +19,6 @@ from medvl.io.transforms import (  # noqa: E402
     ToDisplayd,
     Window,
 )
-
 
 LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 
