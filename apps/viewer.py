@@ -30,10 +30,18 @@ import streamlit as st  # noqa: E402
 
 from apps.viewer_lib import backend as backend_mod  # noqa: E402
 from apps.viewer_lib import panels, uploads  # noqa: E402
-from apps.viewer_lib.backend import Case, Query, ViewerBackend  # noqa: E402
+from apps.viewer_lib.backend import (  # noqa: E402
+    UNKNOWN_MODALITIES,
+    Case,
+    Query,
+    ViewerBackend,
+    effective_modality,
+)
 from medvl.errors import MedvlError  # noqa: E402
 
 MODES = ("Case from index", "Uploaded image", "Free text")
+#: Choices for an upload whose file records no modality (NIfTI).
+UPLOAD_MODALITIES = ("unknown", "CT", "CR", "DX", "MR")
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -112,7 +120,13 @@ def _search(fn, *args) -> list[Case]:
 
 
 def _image_with_findings(
-    backend: ViewerBackend, image, path: Path, *, key: str, heat_phrase: str | None = None
+    backend: ViewerBackend,
+    image,
+    path: Path,
+    *,
+    key: str,
+    modality: str | None = None,
+    heat_phrase: str | None = None,
 ) -> None:
     """Image panel and zero-shot panel of a query image.
 
@@ -120,13 +134,13 @@ def _image_with_findings(
     shown without typing; the user can type any phrase instead.
     """
     try:
-        probs = backend.zero_shot(path)
+        probs = backend.zero_shot(path, modality)
     except MedvlError as exc:
         st.error(f"Zero-shot scoring failed: {exc}")
         probs = None
     if heat_phrase is None and probs:
         heat_phrase = panels.finding_display(max(probs, key=probs.get))
-    panels.image_panel(backend, image, key=key, heat_phrase=heat_phrase, image_path=path)
+    panels.image_panel(backend, image, key=key, heat_phrase=heat_phrase, image_path=path, modality=modality)
     panels.zero_shot_panel(probs)
 
 
@@ -145,7 +159,8 @@ def query_by_case(backend: ViewerBackend, k: int) -> None:
         else:
             image = _read(backend, case.image_path, f"case {case.study_id}")
             if image is not None:
-                _image_with_findings(backend, image, case.image_path, key=f"case-{case.study_id}")
+                modality = effective_modality(image, case.modality)
+                _image_with_findings(backend, image, case.image_path, key=f"case-{case.study_id}", modality=modality)
         with st.expander("Report of this case", expanded=False):
             st.text(case.report or "(no report)")
     with right:
@@ -178,7 +193,15 @@ def query_by_upload(backend: ViewerBackend, k: int, limits: uploads.UploadLimits
     left, right = st.columns([2, 3])
     with left:
         st.subheader("Uploaded image")
-        _image_with_findings(backend, image, staged.path, key=f"upload-{st.session_state['upload_id']}")
+        modality = effective_modality(image)
+        if modality is None or modality in UNKNOWN_MODALITIES:
+            # NIfTI records no modality; it decides the CT windows and the prompt set.
+            chosen = st.sidebar.selectbox(
+                "Modality of the upload (not recorded in the file)", UPLOAD_MODALITIES, key="upload_modality"
+            )
+            modality = None if chosen == UPLOAD_MODALITIES[0] else chosen
+        key = f"upload-{st.session_state['upload_id']}-{modality}"
+        _image_with_findings(backend, image, staged.path, key=key, modality=modality)
     with right:
         hits = _search(backend.search_image, staged.path, k)
         panels.results_panel(backend, hits, Query(image_path=staged.path))

@@ -29,6 +29,7 @@ class Case:
         image_path: the case's image (file or DICOM series folder), if on disk.
         labels: finding -> 1 / 0 / -1, as in the manifest.
         score: similarity to the query (hits only).
+        modality: the manifest's modality (a NIfTI file itself records none).
     """
 
     study_id: str
@@ -36,6 +37,7 @@ class Case:
     image_path: Path | None = None
     labels: dict[str, int] = field(default_factory=dict)
     score: float | None = None
+    modality: str | None = None
 
 
 @dataclass
@@ -67,14 +69,29 @@ class ViewerBackend(Protocol):
     def window_presets(self, modality: str | None) -> dict[str, tuple[float, float]]:
         """Named display windows ``(center, width)`` for ``modality``."""
 
-    def zero_shot(self, image_path: Path) -> dict[str, float] | None:
-        """Finding -> probability for the image, or None if the model cannot score it."""
+    def zero_shot(self, image_path: Path, modality: str | None = None) -> dict[str, float] | None:
+        """Finding -> probability for the image, or None when no prompt set fits its modality.
+
+        ``modality`` overrides the file's (NIfTI records none).
+        """
 
     def heatmap(self, image_path: Path, phrase: str) -> np.ndarray | None:
         """Relevance of each image patch to ``phrase`` on the model's patch grid."""
 
     def sentence_scores(self, query: Query, sentences: list[str]) -> list[float] | None:
         """Similarity of each sentence to the query (for highlighting), or None."""
+
+
+#: Modality codes that say "unknown" (NIfTI files, secondary captures).
+UNKNOWN_MODALITIES = ("", "OT", "NONE")
+
+
+def effective_modality(image: Any, fallback: str | None = None) -> str | None:
+    """The image's modality, or ``fallback`` when the file records none (``OT`` for NIfTI)."""
+    own = str(getattr(image, "modality", "") or "").upper()
+    if own not in UNKNOWN_MODALITIES:
+        return own
+    return fallback.upper() if fallback else (own or None)
 
 
 def _get(obj: Any, *names: str, default: Any = None) -> Any:
@@ -112,6 +129,7 @@ def to_case(hit: Any) -> Case:
         image_path=Path(image) if image else None,
         labels=dict(_get(hit, "labels", default={}) or {}),
         score=None if score is None else float(score),
+        modality=_get(hit, "modality"),
     )
 
 

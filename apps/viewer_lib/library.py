@@ -139,10 +139,10 @@ class LibraryBackend:
 
         return self._prompts.get(modality.upper(), make)
 
-    def zero_shot(self, image_path: Path) -> dict[str, float] | None:
+    def zero_shot(self, image_path: Path, modality: str | None = None) -> dict[str, float] | None:
         from medvl.eval.zeroshot import zeroshot_scores
 
-        modality = str(getattr(self.read_image(image_path), "modality", "") or "")
+        modality = modality or str(getattr(self.read_image(image_path), "modality", "") or "")
         prompts = self._prompt_embeddings(modality) if modality else None
         if prompts is None:
             return None

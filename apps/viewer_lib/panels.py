@@ -40,10 +40,12 @@ def _is_color(image: Any) -> bool:
     return str(getattr(image, "photometric_interpretation", "")).upper() == "RGB"
 
 
-def _grey_plane(backend: ViewerBackend, image: Any, plane: np.ndarray, key: str) -> np.ndarray:
+def _grey_plane(
+    backend: ViewerBackend, image: Any, plane: np.ndarray, key: str, modality: str | None
+) -> np.ndarray:
     """Window controls (preset, level, width) and the windowed 8-bit plane."""
     invert = str(getattr(image, "photometric_interpretation", "")).upper() == "MONOCHROME1"
-    choices = window_choices(image, backend.window_presets(getattr(image, "modality", None)))
+    choices = window_choices(image, backend.window_presets(modality))
     names = list(choices)
     luts = getattr(image, "voi_luts", None) or []
     if luts:  # a file's VOI LUT takes precedence over its windows, as in a PACS
@@ -72,6 +74,7 @@ def image_panel(
     heat_phrase: str | None = None,
     image_path: Path | None = None,
     caption: str = "",
+    modality: str | None = None,
 ) -> None:
     """Draw an image with window presets, level/width, slice slider and phrase heatmap.
 
@@ -82,7 +85,11 @@ def image_panel(
         heat_phrase: default phrase of the heatmap (e.g. the text query).
         image_path: the image's file, for the heatmap.
         caption: shown under the image.
+        modality: the modality to use when the file records none (NIfTI): it picks the
+            window presets and is shown as such.
     """
+    own = str(getattr(image, "modality", "") or "")
+    modality = modality or own or None
     color = _is_color(image)
     array = np.asarray(image.array)
     slices = n_display_slices(array, color)
@@ -93,7 +100,7 @@ def image_panel(
         st.caption("Colour image: shown as stored, no window applies.")
         grey = render.to_uint8(np.asarray(array, dtype=np.float64) / 255.0)
     else:
-        grey = _grey_plane(backend, image, render.display_plane(array, slice_index), key)
+        grey = _grey_plane(backend, image, render.display_plane(array, slice_index), key, modality)
 
     grey = render.thumbnail(grey, render.DISPLAY_MAX_SIDE)  # no-op for images already small
     shown = grey
@@ -112,6 +119,8 @@ def image_panel(
                     shown = render.overlay_heatmap(grey, heat2d, opacity)
     st.image(shown, caption=caption or None, clamp=True, width="stretch")
     facts = display_facts(image)
+    if modality and modality != own:
+        facts["Modality"] = f"{modality} (not recorded in the file)"
     if facts:
         st.caption(" · ".join(f"{k}: {v}" for k, v in facts.items()))
 

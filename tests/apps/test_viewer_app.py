@@ -171,7 +171,7 @@ def test_dicom_upload_queries_by_image_without_showing_identifiers(fake, tmp_pat
     at = _upload(_app(), "jane.dcm", buf.getvalue())
     assert not at.error
     assert "Uploaded image" in [h.value for h in at.subheader]
-    searched = [p for kind, p in fake.calls if kind == "search_image"]
+    searched = [c[1] for c in fake.calls if c[0] == "search_image"]
     assert searched and searched[-1].name == "upload.dcm"
     assert len([m for m in at.markdown if m.value.startswith("**#")]) == 5
     page = _texts(at)
@@ -211,10 +211,20 @@ def test_volume_heatmap_follows_the_slice_slider(fake):
     assert shown(2, 1.0) == shown(2, 0.0)
 
 
-def test_nifti_upload_is_read(fake):
+def test_nifti_upload_asks_for_the_modality_it_does_not_record(fake):
     at = _upload(_app(), "brain.nii", (NIB_DATA / "anatomical.nii").read_bytes())
     assert not at.error
-    assert "Modality: MR" in _texts(at)
+    assert "Modality: OT" in _texts(at)
+    assert any("Zero-shot scores are not available" in i.value for i in at.info)
+    chooser = at.sidebar.selectbox(key="upload_modality")
+    assert chooser.value == "unknown"
+    chooser.set_value("CT").run()
+    assert not at.exception and not at.error
+    assert "Modality: CT (not recorded in the file)" in _texts(at)
+    assert [c for c in fake.calls if c[0] == "zero_shot"][-1][2] == "CT"
+    preset = next(s for s in at.selectbox if s.label == "Window preset")
+    assert "lung" in preset.options  # CT presets now apply
+    assert at.dataframe[0].value["finding"][0] == "Pleural effusion"
 
 
 @pytest.mark.parametrize(

@@ -91,7 +91,7 @@ class FakeBackend:
                 img = nib.as_closest_canonical(nib.load(path))
                 arr = np.asarray(img.dataobj, dtype=np.float32)
                 arr = arr[..., 0] if arr.ndim == 4 else arr
-                return FakeImage(arr, tuple(float(z) for z in img.header.get_zooms()[:3]), "MR")
+                return FakeImage(arr, tuple(float(z) for z in img.header.get_zooms()[:3]), "OT")
             ds = pydicom.dcmread(path)
             arr = apply_modality_lut(ds.pixel_array, ds).astype(np.float32)
             windows = [(40.0, 400.0)] if ds.Modality == "CT" else []
@@ -102,8 +102,10 @@ class FakeBackend:
     def window_presets(self, modality: str | None) -> dict[str, tuple[float, float]]:
         return {"lung": (-600.0, 1500.0), "bone": (400.0, 1800.0)} if modality == "CT" else {}
 
-    def zero_shot(self, image_path: Path) -> dict[str, float] | None:
-        self.calls.append(("zero_shot", Path(image_path)))
+    def zero_shot(self, image_path: Path, modality: str | None = None) -> dict[str, float] | None:
+        self.calls.append(("zero_shot", Path(image_path), modality))
+        if modality not in ("CT", "CR", "DX"):
+            return None
         return {"pleural_effusion": 0.81, "cardiomegaly": 0.12, "pneumothorax": 0.4}
 
     def heatmap(self, image_path: Path, phrase: str) -> np.ndarray | None:
