@@ -106,6 +106,8 @@ def _base_dataset(sop_class: str, ts: str, rng: np.random.Generator, *, patient_
 
 
 def _windows(output: np.ndarray, body: np.ndarray) -> list[tuple[float, float]]:
+    # Every 4th row and column is plenty for percentiles and four times cheaper.
+    output, body = output[::4, ::4], body[::4, ::4]
     vals = output[body] if body.any() else output.ravel()
     lo, hi = np.percentile(vals, [0.5, 99.5])
     wide = (float(round((lo + hi) / 2)), float(round(max(hi - lo, 10.0))))
