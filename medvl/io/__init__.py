@@ -26,6 +26,7 @@ from medvl.io.intensity import (
 )
 from medvl.io.reader import DEFAULT_MAX_VOXELS, ReadOptions, image_format, read_image
 
+# Imported on first use: MONAI costs seconds to import, dicognito is only for deid.
 _LAZY = {
     "LoadMedicalImage": "medvl.io.transforms", "LoadMedicalImaged": "medvl.io.transforms",
     "Window": "medvl.io.transforms", "Windowd": "medvl.io.transforms",
@@ -38,7 +39,6 @@ _LAZY = {
 
 __all__ = [
     "DEFAULT_MAX_VOXELS",
-    # lazy (MONAI / dicognito imported on first use)
     "InvertMonochrome1",
     "InvertMonochrome1d",
     "LoadMedicalImage",
