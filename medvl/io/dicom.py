@@ -93,7 +93,12 @@ def _group_item(ds: Dataset, frame: int, sequence: str) -> Dataset | None:
 
 
 def pixel_spacing_of(ds: Dataset, frame: int = 0) -> tuple[tuple[float, float], str]:
-    """``((row_spacing, col_spacing), source)`` in mm, looking where each IOD keeps it."""
+    """``((row_spacing, col_spacing), source)`` in mm, looking where each IOD keeps it.
+
+    Projection radiographs often carry only ImagerPixelSpacing, measured at the
+    detector; divided by EstimatedRadiographicMagnificationFactor it approximates the
+    size in the patient (PS3.3 C.8.11.7), and the source says so.
+    """
     measures = _group_item(ds, frame, "PixelMeasuresSequence")
     for item, key in ((measures, "PixelSpacing"), (ds, "PixelSpacing"), (ds, "ImagerPixelSpacing")):
         if item is not None and item.get(key) is not None:
@@ -102,6 +107,13 @@ def pixel_spacing_of(ds: Dataset, frame: int = 0) -> tuple[tuple[float, float], 
             except (TypeError, ValueError):
                 continue
             if r > 0 and c > 0:
+                if key == "ImagerPixelSpacing":
+                    try:
+                        mag = float(ds.get("EstimatedRadiographicMagnificationFactor") or 0)
+                    except (TypeError, ValueError):
+                        mag = 0.0
+                    if mag > 0:
+                        return (r / mag, c / mag), "ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor"
                 return (r, c), key
     return (1.0, 1.0), "assumed"
 

@@ -156,3 +156,16 @@ def test_read_options_from_config(tmp_path):
         read_image(path, **opts.as_kwargs())
     with pytest.raises(ConfigError, match="data.io.nonfinite"):
         from_dict(ReadOptions, {"nonfinite": "drop"}, where="data.io")
+
+
+def test_radiograph_spacing_sources(tmp_path):
+    ds = make_dataset(np.zeros((4, 4), np.uint16), modality="DX", orientation=None, position=None)
+    del ds.PixelSpacing
+    ds.ImagerPixelSpacing = [0.2, 0.2]
+    assert read_image(save(ds, tmp_path / "a.dcm")).spacing == (0.2, 0.2)
+    ds.EstimatedRadiographicMagnificationFactor = 1.25
+    img = read_image(save(ds, tmp_path / "b.dcm"))
+    assert img.spacing == pytest.approx((0.16, 0.16))
+    assert img.tags["spacing_source"].startswith("ImagerPixelSpacing/")
+    ds.PixelSpacing = [0.15, 0.14]  # calibrated spacing wins
+    assert read_image(save(ds, tmp_path / "c.dcm")).spacing == (0.15, 0.14)
