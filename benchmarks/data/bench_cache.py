@@ -28,7 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-def _epoch(loader) -> tuple[float, int]:  # noqa: ANN001
+def _epoch(loader) -> tuple[float, int]:
     t0 = time.perf_counter()
     n = 0
     for batch in loader:
@@ -115,15 +115,15 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# medvl.data preprocessing cache benchmark",
         "",
-        f"Machine: {m['platform']}, {m['processor']}, {m['cpu_count']} CPUs "
-        f"({m['affinity']} usable), torch threads {m['torch_threads']}, "
-        f"OMP_NUM_THREADS={m['omp_num_threads']}, Python {m['python']}. Run {record['when']}; "
-        f"1-minute load average {m['load_average_1min']} (shared machine: absolute times are noisy, "
-        "ratios within one run are the figure to read).",
+        (f"Machine: {m['platform']}, {m['processor']}, {m['cpu_count']} CPUs "
+         f"({m['affinity']} usable), torch threads {m['torch_threads']}, "
+         f"OMP_NUM_THREADS={m['omp_num_threads']}, Python {m['python']}. Run {record['when']}; "
+         f"1-minute load average {m['load_average_1min']} (shared machine: absolute times are noisy, "
+         "ratios within one run are the figure to read)."),
         "",
-        f"Corpus: synthetic, {args.n_cxr} radiographs of {args.cxr_size} px (DICOM, some "
-        f"compressed) and {args.n_ct} CT volumes of {tuple(args.ct_size)} voxels; train split; "
-        f"DataLoader workers: {args.workers}. Figures are seconds per epoch in one process.",
+        (f"Corpus: synthetic, {args.n_cxr} radiographs of {args.cxr_size} px (DICOM, some "
+         f"compressed) and {args.n_ct} CT volumes of {tuple(args.ct_size)} voxels; train split; "
+         f"DataLoader workers: {args.workers}. Figures are seconds per epoch in one process."),
         "",
         "| modality | studies | no cache | cache dtype | epoch 1 (cold) | epoch 2 (warm) | epoch1/epoch2 | no-cache/epoch2 |",
         "|---|---|---|---|---|---|---|---|",
@@ -135,8 +135,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"| {name} | {r['studies']} | {r['no_cache_s']:.2f} s | {dtype} | {x['epoch1_s']:.2f} s | "
                 f"{x['epoch2_s']:.3f} s | {x['speedup']:.1f}x | {r['no_cache_s'] / x['epoch2_s']:.1f}x |"
             )
-    lines += ["", "Epoch 2 reads from the OS page cache here (files just written); from a cold disk it is "
-              "bounded by reading C x size x 2 or 4 bytes per study instead of decoding the source.",
+    lines += ["", ("Epoch 2 reads from the OS page cache here (files just written); from a cold disk it is "
+                   "bounded by reading C x size x 2 or 4 bytes per study instead of decoding the source."),
               "", "Regenerate: `OMP_NUM_THREADS=1 .venv/bin/python benchmarks/data/bench_cache.py`.", ""]
     (args.out / "results.md").write_text("\n".join(lines))
     print(f"wrote {args.out / 'results.md'}")

@@ -32,7 +32,7 @@ _EXPORTS = {
     "validate_manifest": "medvl.data.validate",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = list(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:

@@ -61,7 +61,7 @@ def file_identity(path: str | os.PathLike[str], mode: str = "stat") -> str:
         for f in files:
             h.update(str(f.relative_to(p)).encode() if p.is_dir() else b"")
             with open(f, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):  # noqa: B023
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
                     h.update(chunk)
         return f"content:{h.hexdigest()}"
     parts = [str(p)]
@@ -139,7 +139,7 @@ class PreprocessCache:
             raise
         return data
 
-    def get_or_compute(self, image_path: str | os.PathLike[str], compute) -> np.ndarray:  # noqa: ANN001
+    def get_or_compute(self, image_path: str | os.PathLike[str], compute) -> np.ndarray:
         """Return the cached array for ``image_path`` or compute, store and return it.
 
         ``compute()`` is only called on a miss; its exceptions propagate (nothing is stored).

@@ -110,7 +110,8 @@ class DataConfig:
         if not self.sections:
             raise ConfigError("no report sections", field="data.sections",
                               expected="e.g. [findings, impression]")
-        from medvl.data.transforms import check_window_names  # presets live with medvl.io
+        # The presets live with medvl.io; imported here to avoid a module cycle.
+        from medvl.data.transforms import check_window_names
 
         check_window_names(self)
 

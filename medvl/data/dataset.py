@@ -31,7 +31,11 @@ from medvl.data.cache import PreprocessCache
 from medvl.data.config import DataConfig
 from medvl.data.manifest import ManifestRow, read_manifest, resolve_path
 from medvl.data.text import prepare_text
-from medvl.data.transforms import ModelInputTransform, build_augmentation, preprocess_signature
+from medvl.data.transforms import (
+    ModelInputTransform,
+    build_augmentation,
+    preprocess_signature,
+)
 from medvl.errors import ManifestError
 from medvl.findings import finding_names
 

@@ -81,7 +81,7 @@ class ResumableSampler(DistributedSampler):
         return self.num_samples - self._skip_samples()
 
 
-def _worker_init(worker_id: int) -> None:  # noqa: ARG001
+def _worker_init(worker_id: int) -> None:
     # Each worker decodes one study at a time; intra-op threads would only oversubscribe.
     torch.set_num_threads(1)
 

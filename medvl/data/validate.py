@@ -327,7 +327,7 @@ def validate_manifest(
     report = ValidationReport(str(path))
     rows = _load_rows(path, report)
     if reader is None:
-        from medvl.io import read_image as reader  # noqa: N813 - lazy: keeps --help fast
+        from medvl.io import read_image as reader
     linenos = [n for n, _ in rows]
     read_rows = set(linenos) if full else set(random.Random(seed).sample(linenos, min(sample, len(linenos))))
     _check_files(path, rows, report, read_rows, reader, progress)

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # the suite runs with --import-mode=importlib
-from test_dataset_helpers import make_corpus_2d, reader_under_test, write_dicom_2d  # noqa: E402
+from test_dataset_helpers import make_corpus_2d, reader_under_test, write_dicom_2d
 
-from medvl.data import build_dataset  # noqa: E402
-from medvl.data.cache import PreprocessCache  # noqa: E402
+from medvl.data import build_dataset
+from medvl.data.cache import PreprocessCache
 
 
 class CountingReader:

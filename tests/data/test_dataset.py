@@ -11,7 +11,13 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # the suite runs with --import-mode=importlib
-from test_dataset_helpers import make_corpus_2d, reader_under_test, row, write_dicom_2d, write_png  # noqa: E402
+from test_dataset_helpers import (
+    make_corpus_2d,
+    reader_under_test,
+    row,
+    write_dicom_2d,
+    write_png,
+)
 
 from medvl.data import build_dataloader, build_dataset, is_empty_batch
 from medvl.data.manifest import write_manifest

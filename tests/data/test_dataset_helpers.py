@@ -81,15 +81,15 @@ def row(study_id: str, image: str, *, patient: str | None = None, split: str = "
         labels: dict | None = None, report: dict | None = None, dims: int = 2,
         modality: str = "CR") -> dict:
     """One manifest row as a mapping."""
-    return dict(
-        study_id=study_id, patient_id=patient or f"p-{study_id}", split=split,
-        modality=modality, dims=dims, image=image,
-        report=report if report is not None else {
+    return {
+        "study_id": study_id, "patient_id": patient or f"p-{study_id}", "split": split,
+        "modality": modality, "dims": dims, "image": image,
+        "report": report if report is not None else {
             "findings": f"Findings of {study_id}. Lungs are clear.",
             "impression": "No acute disease.",
         },
-        labels=labels or {}, annotations=[], view="PA" if dims == 2 else None, meta={},
-    )
+        "labels": labels or {}, "annotations": [], "view": "PA" if dims == 2 else None, "meta": {},
+    }
 
 
 def make_corpus_2d(root: Path, n: int = 6, *, size=(40, 30)) -> Path:

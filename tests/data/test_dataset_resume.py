@@ -10,11 +10,11 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # the suite runs with --import-mode=importlib
-from test_dataset_helpers import reader_under_test, row, write_png  # noqa: E402
+from test_dataset_helpers import reader_under_test, row, write_png
 
-from medvl.data import ResumableSampler, build_dataloader  # noqa: E402
-from medvl.data.manifest import write_manifest  # noqa: E402
-from medvl.errors import TrainingError  # noqa: E402
+from medvl.data import ResumableSampler, build_dataloader
+from medvl.data.manifest import write_manifest
+from medvl.errors import TrainingError
 
 
 def _orders(loader) -> list[list[int]]:
@@ -41,11 +41,11 @@ def test_order_depends_only_on_seed_and_epoch(manifest) -> None:
     a.set_epoch(2)
     b.set_epoch(2)
     assert _orders(a) == _orders(b)
-    flat = sum(_orders(a), [])
+    flat = [i for batch in _orders(a) for i in batch]
     assert sorted(flat) == list(range(10)) and flat != list(range(10))
     a.set_epoch(3)
     assert _orders(a) != _orders(b)
-    assert sum(_orders(_loader(manifest, shuffle=False)), []) == list(range(10))
+    assert [i for b in _orders(_loader(manifest, shuffle=False)) for i in b] == list(range(10))
 
 
 def test_resume_skips_exactly_the_first_batches(manifest) -> None:

@@ -10,7 +10,11 @@ from pydicom.pixels import apply_voi_lut
 
 from medvl.config import from_dict
 from medvl.data.config import DataConfig
-from medvl.data.transforms import ModelInputTransform, build_augmentation, preprocess_signature
+from medvl.data.transforms import (
+    ModelInputTransform,
+    build_augmentation,
+    preprocess_signature,
+)
 from medvl.errors import ImageReadError
 from medvl.io.image import MedicalImage
 from medvl.io.intensity import get_preset

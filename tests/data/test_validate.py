@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # the suite runs with --import-mode=importlib
-from test_dataset_helpers import row, write_dicom_2d  # noqa: E402
+from test_dataset_helpers import row, write_dicom_2d
 
-from medvl.data import validate  # noqa: E402
-from medvl.data.manifest import write_manifest  # noqa: E402
+from medvl.data import validate
+from medvl.data.manifest import write_manifest
 
 
 def _corpus(tmp_path: Path, rows: list[dict] | None = None) -> Path:
