@@ -1,0 +1,60 @@
+"""``medvl model``: list encoders, describe a model directory, or write an untrained one.
+
+Examples::
+
+    medvl model encoders
+    medvl model info runs/demo/model
+    medvl model init configs/tiny.yaml --out runs/init -o model.text.name=minilm
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the ``model`` subcommand's arguments."""
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    sub.add_parser("encoders", help="list the registered image and text encoders")
+    info = sub.add_parser("info", help="describe a saved model directory")
+    info.add_argument("directory", help="a folder written by save_pretrained")
+    init = sub.add_parser("init", help="build the model of a config and save it untrained")
+    init.add_argument("config", help="experiment YAML with a model: section")
+    init.add_argument("--out", required=True, help="target model directory")
+    init.add_argument("-o", "--override", action="append", default=[],
+                      help="dotted override, e.g. model.embed_dim=256 (repeatable)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the chosen action; medvl errors propagate to the CLI (one line, exit 2)."""
+    if args.action == "encoders":
+        from medvl.models.registry import IMAGE_ENCODERS, TEXT_ENCODERS, ensure_loaded
+
+        ensure_loaded()
+        print("image encoders: " + ", ".join(IMAGE_ENCODERS.names()))
+        print("text encoders:  " + ", ".join(TEXT_ENCODERS.names()))
+        return 0
+    if args.action == "info":
+        from medvl.models.saving import read_config
+
+        data = read_config(args.directory)
+        model = data["model"]
+        summary = {
+            "format_version": data.get("format_version"),
+            "medvl_version": data.get("medvl_version"),
+            "embed_dim": model.get("embed_dim"),
+            "image": {k: model["image"].get(k) for k in ("name", "in_channels", "image_size", "volume")},
+            "text": {k: model["text"].get(k) for k in ("name", "path", "pooling", "max_length")},
+        }
+        print(json.dumps(summary, indent=2))
+        return 0
+    from medvl.config import load_config
+    from medvl.models import build_model
+
+    cfg = load_config(args.config, args.override)
+    model = build_model(cfg.get("model"))
+    model.save_pretrained(args.out, card={"training_data": "none (untrained initialisation)"})
+    n = sum(p.numel() for p in model.parameters())
+    print(f"wrote {args.out} ({n / 1e6:.1f}M parameters)")
+    return 0
