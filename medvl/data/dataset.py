@@ -101,7 +101,7 @@ class StudyDataset(Dataset):
         self.rows: list[ManifestRow] = [r for r in rows if r.dims == cfg.dims]
         self.excluded = len(rows) - len(self.rows)
         if self.excluded:
-            log.warning("%s: %d %s row(s) with dims != %d left out", manifest_path,
+            log.info("%s: %d %s row(s) with dims != %d left out", manifest_path,
                         self.excluded, split, cfg.dims)
         self.finding_names = finding_names()
         self.reader = reader if reader is not None else _default_reader(cfg)
