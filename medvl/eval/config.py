@@ -30,6 +30,8 @@ class EvalConfig:
         hubness: hubness reduction reported next to the plain ranking: ``none``,
             ``inverted_softmax`` or ``qb_norm``.
         hubness_beta: inverse temperature of the hubness normalisation.
+        hubness_bank_size: train studies (first in manifest order) embedded as the hubness
+            query bank when the probe does not embed the whole train split anyway.
         probe_fractions: fractions of the training labels the linear probe is fit on.
         probe_max_iter: iterations of the logistic regression.
         grounding_threshold: a heatmap pixel belongs to the predicted region when it is
@@ -50,6 +52,7 @@ class EvalConfig:
     retrieval_ks: list[int] = field(default_factory=lambda: [1, 5, 10])
     hubness: Literal["none", "inverted_softmax", "qb_norm"] = "qb_norm"
     hubness_beta: float = 20.0
+    hubness_bank_size: int = 1000
     probe_fractions: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0])
     probe_max_iter: int = 1000
     grounding_threshold: float = 0.5
@@ -68,6 +71,8 @@ class EvalConfig:
         for f in self.probe_fractions:
             if not 0 < f <= 1:
                 raise ConfigError(f"fraction {f} out of range", field="eval.probe_fractions", expected="0 < f <= 1")
+        if self.hubness_bank_size < 1:
+            raise ConfigError("must be >= 1", field="eval.hubness_bank_size")
         if any(k < 1 for k in self.retrieval_ks):
             raise ConfigError("cut-offs must be >= 1", field="eval.retrieval_ks")
         if not 0 <= self.grounding_threshold <= 1:

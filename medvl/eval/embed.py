@@ -116,6 +116,7 @@ def embed_batches(
     progress: bool = False,
     desc: str = "embedding",
     total: int | None = None,
+    max_studies: int | None = None,
 ) -> Embeddings:
     """Run the model over batches (``image``, ``text``, ``labels``, ``study_id``) and gather.
 
@@ -140,6 +141,8 @@ def embed_batches(
         ids.extend(sid)
         if bar is not None:
             bar.update(len(sid))
+        if max_studies is not None and len(ids) >= max_studies:
+            break
     if bar is not None:
         bar.close()
     if not ids:
@@ -157,13 +160,19 @@ def embed_split(
     *,
     with_text: bool = True,
     progress: bool = False,
+    max_studies: int | None = None,
 ) -> Embeddings:
-    """Embeddings of one split of a manifest through the data room's loader."""
+    """Embeddings of one split of a manifest through the data room's loader.
+
+    ``max_studies`` stops after the first that many studies (in manifest order).
+    """
     batches, datasets = split_batches(data_cfg, manifest_path, split)
     sizes = [len(ds) for ds in datasets if hasattr(ds, "__len__")]
     total = sum(sizes) if sizes and len(sizes) == len(datasets) else None
+    if total is not None and max_studies is not None:
+        total = min(total, max_studies)
     emb = embed_batches(model, batches, with_text=with_text, progress=progress,
-                        desc=f"embedding {split or 'all splits'}", total=total)
+                        desc=f"embedding {split or 'all splits'}", total=total, max_studies=max_studies)
     for ds in datasets:
         emb.skipped.extend(list(getattr(ds, "skipped", []) or []))
     return emb

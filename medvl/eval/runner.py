@@ -142,8 +142,11 @@ def evaluate(
         "config": to_dict(cfg),
     }
     train_emb: Embeddings | None = None
-    if "probe" in cfg.tasks or ("retrieval" in cfg.tasks and cfg.hubness != "none" and split != "train"):
-        train_emb = embed_split(model, manifest_path, "train", data_cfg, with_text=need_text, progress=cfg.progress)
+    bank_only = "probe" not in cfg.tasks
+    if not bank_only or ("retrieval" in cfg.tasks and cfg.hubness != "none" and split != "train"):
+        # The probe needs the whole train split; a hubness query bank only a sample of it.
+        train_emb = embed_split(model, manifest_path, "train", data_cfg, with_text=need_text, progress=cfg.progress,
+                                max_studies=cfg.hubness_bank_size if bank_only else None)
         if len(train_emb) == 0:
             train_emb = None
 

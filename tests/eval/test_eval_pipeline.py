@@ -74,3 +74,11 @@ def test_results_are_reproducible(fake_corpus: Path, tmp_path: Path) -> None:
     b = evaluate(FakeModel(noise=0.3), fake_corpus, out_dir=tmp_path / "b", **kw)
     assert a["zeroshot"]["per_class"] == b["zeroshot"]["per_class"]
     assert np.isfinite(a["zeroshot"]["mean_auroc"])
+
+
+def test_hubness_bank_is_a_sample_of_train_without_probe(fake_corpus: Path, tmp_path: Path) -> None:
+    model = FakeModel()
+    evaluate(model, fake_corpus, tasks=["retrieval"], out_dir=tmp_path,
+             config={**FAST, "plots": False, "hubness_bank_size": 20})
+    # 60 test studies in 8 batches of 8, then the bank stops after 3 of the 10 train batches (24 >= 20).
+    assert model.image_calls == 8 + 3
