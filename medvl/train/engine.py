@@ -37,7 +37,7 @@ from medvl.train.config import TrainConfig
 from medvl.train.data import MicroBatchMaker, SkipTracker, build_train_loader, build_val_loader
 from medvl.train.gradcache import contrastive_step
 from medvl.train.logger import MetricsLogger
-from medvl.train.optim import build_optimizer, build_scheduler
+from medvl.train.optim import build_optimizer, build_scheduler, step_optimizer, unscale_and_clip
 from medvl.train.state import TrainResult, TrainState
 from medvl.train.validation import metric_names, validate
 
@@ -259,18 +259,13 @@ def _train(config, cfg: TrainConfig, seed: int, out: Path, parts: Components, en
                     _stop_nonfinite(out, env, state, terms, micro, "loss", save, last_dir)
                 step_loss.backward()
                 D.average_gradients(params)
-                scaler.unscale_(optimizer)
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or math.inf))
+                grad_norm = unscale_and_clip(params, optimizer, scaler, cfg.grad_clip)
                 if not math.isfinite(grad_norm) and not scaler.is_enabled():
                     optimizer.zero_grad(set_to_none=True)
                     state.batch_in_epoch -= len(group)
                     _stop_nonfinite(out, env, state, {**terms, "grad_norm": grad_norm}, micro, "gradient",
                                     save, last_dir)
-                lr = scheduler.get_last_lr()[0]  # the rate this step used
-                scaler.step(optimizer)  # skips the update when fp16 gradients overflowed
-                scaler.update()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                lr = step_optimizer(optimizer, scaler, scheduler)
                 if cfg.clamp_logit_scale and isinstance(getattr(model, "logit_scale", None), torch.Tensor):
                     with torch.no_grad():
                         model.logit_scale.clamp_(0.0, MAX_LOGIT_SCALE)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
@@ -62,8 +65,6 @@ class WarmupCosine:
         self.min_ratio = float(min_ratio)
 
     def __call__(self, step: int) -> float:
-        import math
-
         if step < self.warmup_steps:
             return step / max(1, self.warmup_steps)
         span = max(1, self.total_steps - self.warmup_steps)
@@ -91,3 +92,28 @@ def build_scheduler(
     for group in optimizer.param_groups:
         group["initial_lr"] = cfg.lr
     return LambdaLR(optimizer, fn, last_epoch=start_step - 1)
+
+
+def unscale_and_clip(params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer, scaler: Any,
+                     grad_clip: float | None) -> float:
+    """Undo the fp16 loss scale (no-op otherwise) and clip; return the global gradient norm.
+
+    The norm is of the unscaled gradients, before clipping; ``inf``/``nan`` when a
+    gradient overflowed (the scaler then skips the step in :func:`step_optimizer`).
+    """
+    scaler.unscale_(optimizer)
+    return float(torch.nn.utils.clip_grad_norm_(params, grad_clip or math.inf))
+
+
+def step_optimizer(optimizer: torch.optim.Optimizer, scaler: Any, scheduler: LambdaLR) -> float:
+    """One AdamW update through the scaler, then the schedule; return the rate the update used."""
+    lr = scheduler.get_last_lr()[0]
+    scaler.step(optimizer)  # skips the update when fp16 gradients overflowed
+    scaler.update()
+    with warnings.catch_warnings():
+        # After a skipped fp16 step torch warns that the schedule stepped before the
+        # optimizer; advancing it anyway keeps the schedule tied to the step count.
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+        scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return lr

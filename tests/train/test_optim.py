@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
@@ -66,3 +68,42 @@ def test_schedule_rebuilt_at_a_step_continues_exactly() -> None:
     full = _lrs(lambda o: build_scheduler(o, cfg, 12), 12)
     tail = _lrs(lambda o: build_scheduler(o, cfg, 12, start_step=5), 7)
     assert tail == pytest.approx(full[5:], abs=1e-15)
+
+
+def _scaled_setup():
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(3, 3))
+    opt = torch.optim.AdamW([p], lr=0.1, weight_decay=0.0)
+    sched = build_scheduler(opt, TrainConfig(lr=0.1), 10)
+    # the fp16 path of a GPU run, exercised with torch's CPU loss scaler
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, enabled=True)
+    return p, opt, sched, scaler
+
+
+def test_loss_scaler_path_unscales_before_clipping_and_matches_an_unscaled_step() -> None:
+    from medvl.train.optim import step_optimizer, unscale_and_clip
+
+    p, opt, sched, scaler = _scaled_setup()
+    start = p.detach().clone()
+    scaler.scale((p ** 2).sum()).backward()
+    norm = unscale_and_clip([p], opt, scaler, grad_clip=None)
+    assert norm == pytest.approx(float((2 * start).norm()), rel=1e-5)  # the true, unscaled norm
+    step_optimizer(opt, scaler, sched)
+
+    ref = torch.nn.Parameter(start.clone())
+    ref_opt = torch.optim.AdamW([ref], lr=0.1, weight_decay=0.0)
+    (ref ** 2).sum().backward()
+    ref_opt.step()
+    torch.testing.assert_close(p.detach(), ref.detach())
+
+
+def test_loss_scaler_skips_an_overflowing_step_and_lowers_the_scale() -> None:
+    from medvl.train.optim import step_optimizer, unscale_and_clip
+
+    p, opt, sched, scaler = _scaled_setup()
+    start = p.detach().clone()
+    scaler.scale((p * float("inf")).sum()).backward()
+    assert not math.isfinite(unscale_and_clip([p], opt, scaler, grad_clip=1.0))
+    step_optimizer(opt, scaler, sched)
+    assert torch.equal(p.detach(), start)
+    assert scaler.get_scale() == 512.0
