@@ -104,6 +104,14 @@ def test_report_statements_agree_with_labels(corpus: Path) -> None:
     assert n_hedged >= 10 and n_negative >= 100
 
 
+def test_other_sections_name_no_finding(corpus: Path) -> None:
+    rows = read_manifest(corpus)
+    for row in rows:
+        other = " ".join(v for k, v in row.report.items() if k not in ("findings", "impression"))
+        assert other and label_report(other)[0] == {}, (row.study_id, other)
+    assert len({r.report["indication"] for r in rows}) >= 8
+
+
 def test_normal_studies_say_so(corpus: Path) -> None:
     normal = [r for r in read_manifest(corpus) if r.labels["no_finding"] == 1]
     assert len(normal) >= 10

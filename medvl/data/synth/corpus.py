@@ -53,7 +53,6 @@ def _annotation(f: FindingSpec, mask_rel: str, box: list[int]) -> dict[str, Any]
 def _render_cxr(plan: StudyPlan, cfg: SynthConfig, out: Path) -> dict[str, Any]:
     from medvl.data.synth.cxr import render_cxr, sample_anatomy
     from medvl.data.synth.shapes import bbox
-    from medvl.data.synth.text import write_report
     from medvl.data.synth.writers import write_png_mask, write_radiograph
 
     spacing = cfg.spacing_mm
@@ -76,7 +75,7 @@ def _render_cxr(plan: StudyPlan, cfg: SynthConfig, out: Path) -> dict[str, Any]:
     stored = write_radiograph(out / image_rel, r.attenuation, rng, patient_id=plan.patient_id,
                               study_number=plan.study_number, modality=plan.modality, view=plan.view,
                               spacing=spacing, compression=plan.compression)
-    report = write_report(plan, np.random.default_rng(np.random.SeedSequence([plan.render_seed, 4])))
+    report = _report(plan)
     meta = {
         "generator": "medvl.synth", "generator_version": GENERATOR_VERSION,
         "ground_truth": _ground_truth(plan), "study_number": plan.study_number,
@@ -90,7 +89,6 @@ def _render_cxr(plan: StudyPlan, cfg: SynthConfig, out: Path) -> dict[str, Any]:
 def _render_ct(plan: StudyPlan, cfg: SynthConfig, out: Path) -> dict[str, Any]:
     from medvl.data.synth.ct import render_ct, sample_ct_anatomy, sample_ct_grid
     from medvl.data.synth.shapes import bbox
-    from medvl.data.synth.text import write_report
     from medvl.data.synth.writers import (
         reorient_for_storage,
         write_ct_series,
@@ -130,8 +128,17 @@ def _render_ct(plan: StudyPlan, cfg: SynthConfig, out: Path) -> dict[str, Any]:
         image_rel = f"ct/{plan.study_id}.nii.gz"
         write_nifti(out / image_rel, *reorient_for_storage(np.rint(r.hu).astype(np.int16), affine, orientation))
         meta["nifti_orientation"] = orientation
-    report = write_report(plan, np.random.default_rng(np.random.SeedSequence([plan.render_seed, 4])))
+    report = _report(plan)
     return _row(plan, image_rel, report, annotations, meta)
+
+
+def _report(plan: StudyPlan) -> dict[str, str]:
+    from medvl.data.synth.text import write_other_sections, write_report
+
+    # Separate random streams: the other sections never change FINDINGS/IMPRESSION wording.
+    main = write_report(plan, np.random.default_rng(np.random.SeedSequence([plan.render_seed, 4])))
+    other = write_other_sections(plan, np.random.default_rng(np.random.SeedSequence([plan.render_seed, 6])))
+    return {**main, **other}
 
 
 def _row(plan: StudyPlan, image: str, report: dict[str, str], annotations: list[dict[str, Any]],

@@ -121,17 +121,29 @@ def write_report(plan: StudyPlan, rng: np.random.Generator) -> dict[str, str]:
         sentences.append(_fill(_pick(rng, bank[name][key]), f, plan.modality, rng))
         if not f.uncertain:
             impression.append(_fill(_pick(rng, bank[name]["impression"]), f, plan.modality, rng))
-    negs = [n for n in plan.negatives if n in bank]
-    order = rng.permutation(len(negs)).tolist()
-    sentences.extend(_negatives([negs[i] for i in order], bank, rng))
     if not plan.findings or all(f.name == "support_device" for f in plan.findings):
-        sentences.insert(len(sentences) - len(negs) if negs else len(sentences), _pick(rng, bank["normal_findings"]))
+        sentences.append(_pick(rng, bank["normal_findings"]))
         # With tubes and lines the film is not "normal", only free of acute disease.
         options = [s for s in bank["normal_impression"] if not (plan.findings and s.lower().startswith("normal"))]
         impression.append(_pick(rng, options))
+    negs = [n for n in plan.negatives if n in bank]
+    order = rng.permutation(len(negs)).tolist()
+    sentences.extend(_negatives([negs[i] for i in order], bank, rng))
     hedged = [f for f in plan.findings if f.uncertain]
     if not impression and hedged or hedged and rng.random() < 0.5:
         impression.append(_fill(_pick(rng, bank[hedged[0].name]["uncertain"]), hedged[0], plan.modality, rng))
     if "support_device" in by_name and rng.random() < 0.5:
         impression.append(_pick(rng, bank["support_device"]["impression"]))
     return {"findings": " ".join(sentences), "impression": " ".join(impression)}
+
+
+def write_other_sections(plan: StudyPlan, rng: np.random.Generator) -> dict[str, str]:
+    """INDICATION and COMPARISON sections (no finding is named in either)."""
+    t = templates()
+    follow_up = plan.study_number > 1
+    pool = t["indication"]["follow_up"] if follow_up and rng.random() < 0.6 else (
+        t["indication"]["ct" if plan.modality == "CT" else "cxr"])
+    return {
+        "indication": _pick(rng, pool),
+        "comparison": _pick(rng, t["comparison"]["follow_up" if follow_up else "first"]),
+    }
