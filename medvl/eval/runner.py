@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections import Counter
@@ -121,7 +122,7 @@ def evaluate(
     if isinstance(tasks, str):
         tasks = [t.strip() for t in tasks.split(",") if t.strip()]
     cfg = config if isinstance(config, EvalConfig) else from_dict(EvalConfig, dict(config or {}), where="eval")
-    cfg.tasks = list(tasks)
+    cfg = dataclasses.replace(cfg, tasks=list(tasks))
     cfg.validate()
     if not cfg.tasks:
         raise ConfigError("no task given", field="eval.tasks", expected="some of zeroshot,retrieval,grounding,probe")
@@ -133,7 +134,9 @@ def evaluate(
     need_text = "retrieval" in cfg.tasks
     emb = embed_split(model, manifest_path, split, data_cfg, with_text=need_text, progress=cfg.progress)
     if len(emb) == 0:
-        raise ManifestError(f"split {split!r} has no readable study", path=manifest_path, field="split")
+        dims = (data_cfg or {}).get("dims", 2) if isinstance(data_cfg, dict) else getattr(data_cfg, "dims", 2)
+        raise ManifestError(f"split {split!r} has no readable study with dims {dims}", path=manifest_path,
+                            field="split", expected="studies of that split and data.dims (see skipped records)")
     results: dict[str, Any] = {
         "split": split,
         "n_studies": len(emb),
@@ -142,8 +145,9 @@ def evaluate(
         "config": to_dict(cfg),
     }
     train_emb: Embeddings | None = None
-    bank_only = "probe" not in cfg.tasks
-    if not bank_only or ("retrieval" in cfg.tasks and cfg.hubness != "none" and split != "train"):
+    probe = "probe" in cfg.tasks and split != "train"
+    bank_only = not probe
+    if probe or ("retrieval" in cfg.tasks and cfg.hubness != "none" and split != "train"):
         # The probe needs the whole train split; a hubness query bank only a sample of it.
         train_emb = embed_split(model, manifest_path, "train", data_cfg, with_text=need_text, progress=cfg.progress,
                                 max_studies=cfg.hubness_bank_size if bank_only else None)
@@ -169,7 +173,9 @@ def evaluate(
     if "probe" in cfg.tasks:
         from medvl.eval.probe import linear_probe
 
-        if train_emb is None:
+        if split == "train":
+            results["probe"] = {"error": "the probe is fit on the train split; evaluate val or test", "fractions": {}}
+        elif train_emb is None:
             results["probe"] = {"error": "the train split has no readable study", "fractions": {}}
         else:
             results["probe"] = {
