@@ -46,3 +46,11 @@ def viewer_target(tiny_viewer_data):
     index.close()
     args = ["--index", str(tiny_viewer_data.index_dir), "--model", str(tiny_viewer_data.model_dir)]
     return REPO / "apps" / "viewer.py", args, upload, "left pleural effusion"
+
+
+@pytest.fixture(scope="session")
+def tiny_viewer_data_3d(tmp_path_factory):
+    """Three synthetic chest CTs, an untrained tiny native-3D model and its index."""
+    from viewer_pipeline import build_viewer_data_3d
+
+    return build_viewer_data_3d(tmp_path_factory.mktemp("viewer-data-3d"))

@@ -39,3 +39,23 @@ def build_viewer_data(root: Path, n_cxr: int = 10) -> ViewerData:
     build_index(model, manifest, root / "index", data_cfg={"dims": 2, "image_size": 64, "batch_size": 5},
                 config={"progress": False}, model_dir=root / "model")
     return ViewerData(manifest, root / "model", root / "index")
+
+
+def build_viewer_data_3d(root: Path, n_ct: int = 3) -> ViewerData:
+    """``n_ct`` synthetic chest CTs (NIfTI and a DICOM series), a tiny native-3D model, its index."""
+    import torch
+
+    from medvl.data.synth import generate_corpus
+    from medvl.index import build_index
+    from medvl.models import build_model
+
+    manifest = generate_corpus(root / "corpus", n_cxr=0, n_ct=n_ct, seed=0, ct_size=(32, 32, 24),
+                               ct_dicom_fraction=0.34)
+    cfg = copy.deepcopy(TINY_MODEL)
+    cfg["image"] = {"name": "resnet10-3d", "width": 8, "in_channels": 1, "volume": "native"}
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    model.save_pretrained(root / "model")
+    build_index(model, manifest, root / "index", data_cfg={"dims": 3, "image_size": [32, 32, 32], "batch_size": 3},
+                config={"progress": False}, model_dir=root / "model")
+    return ViewerData(manifest, root / "model", root / "index")

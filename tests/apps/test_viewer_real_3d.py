@@ -1,0 +1,91 @@
+"""The viewer on volumes with the real library: CT NIfTI and DICOM series, tiny 3D model."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from medvl.index import CaseIndex
+
+VIEWER = Path(__file__).resolve().parents[2] / "apps" / "viewer.py"
+TIMEOUT = 120
+
+
+@pytest.fixture(scope="module")
+def cases(tiny_viewer_data_3d) -> dict[str, Path]:
+    """study id -> image path (a .nii.gz file or a DICOM series folder)."""
+    index = CaseIndex.open(tiny_viewer_data_3d.index_dir)
+    try:
+        return {s: Path(index.get(s).image_path) for s in index.study_ids()}
+    finally:
+        index.close()
+
+
+@pytest.fixture
+def app(tiny_viewer_data_3d, monkeypatch, clear_streamlit_caches) -> AppTest:
+    monkeypatch.setenv("MEDVL_VIEWER_INDEX", str(tiny_viewer_data_3d.index_dir))
+    monkeypatch.delenv("MEDVL_VIEWER_MODEL", raising=False)  # the index records its model
+    at = AppTest.from_file(str(VIEWER), default_timeout=TIMEOUT).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    return at
+
+
+def _texts(at: AppTest) -> str:
+    return "\n".join(str(e.value) for kind in ("markdown", "caption", "info") for e in getattr(at, kind))
+
+
+def test_nifti_ct_case_has_slices_ct_windows_and_ct_findings(app, cases):
+    import nibabel as nib
+
+    study = next(s for s, p in cases.items() if p.name.endswith(".nii.gz"))
+    app.sidebar.selectbox(key="case_id").set_value(study).run()
+    assert not app.exception and not app.error, [e.value for e in app.error]
+    n_z = nib.as_closest_canonical(nib.load(cases[study])).shape[2]
+    slider = app.slider(key=f"slice-case-{study}")
+    assert (slider.min, slider.max, slider.value) == (0, n_z - 1, n_z // 2)
+    # NIfTI records no modality: the index's CT applies (windows, prompt set)
+    assert "Modality: CT (not recorded in the file)" in _texts(app)
+    assert "lung" in app.selectbox(key=f"preset-case-{study}").options
+    from medvl.eval.prompts import prompt_set_for_modality
+
+    from apps.viewer_lib.panels import finding_display
+
+    table = app.dataframe[0].value
+    assert set(table["finding"]) == {finding_display(f) for f in prompt_set_for_modality("CT").findings}
+    # the heatmap of the top finding is drawn, and moving through slices changes the image
+    assert app.text_input(key=f"phrase-case-{study}").value == table["finding"][0]
+    before = app.image[0].value
+    app.slider(key=f"slice-case-{study}").set_value(0).run()
+    assert app.image[0].value != before
+    assert [m.value for m in app.subheader if m.value.startswith("Top")] == [f"Top {len(cases) - 1} similar cases"]
+
+
+def test_dicom_series_zip_upload_finds_its_own_study(app, cases):
+    study, folder = next((s, p) for s, p in cases.items() if p.is_dir())
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for f in sorted(folder.iterdir()):
+            zf.write(f, f"export/{study}/{f.name}")
+    app.sidebar.radio(key="mode").set_value("Uploaded image").run()
+    app.sidebar.file_uploader(key="upload").set_value(("series.zip", buf.getvalue(), "application/zip")).run()
+    assert not app.exception and not app.error, [e.value for e in app.error]
+    ranked = [m.value for m in app.markdown if m.value.startswith("**#")]
+    assert ranked[0].startswith(f"**#1 · {study}**") and ranked[0].endswith("similarity 1.000")
+    assert "Modality: CT" in _texts(app)
+    assert next(s for s in app.slider if s.label == "Slice").max >= 1
+
+
+def test_volume_heatmap_spans_the_whole_volume(tiny_viewer_data_3d, cases):
+    from apps.viewer_lib.backend import open_backend
+
+    backend = open_backend(tiny_viewer_data_3d.index_dir)
+    path = next(p for p in cases.values() if p.name.endswith(".nii.gz"))
+    heat = backend.heatmap(path, "nodule")
+    # data.spacing is unset: the volume is resized to the input grid, so no padding to crop
+    assert heat.shape == (32, 32, 32)
+    assert np.isfinite(heat).all() and 0.0 <= heat.min() and heat.max() <= 1.0
