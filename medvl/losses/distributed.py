@@ -97,6 +97,32 @@ def gather_with_grad(x: torch.Tensor, sizes: list[int] | None = None) -> torch.T
     return _all_gather_padded(x, sizes)
 
 
+def gather_tokens(
+    tokens: torch.Tensor, mask: torch.Tensor, sizes: list[int] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gather ``(b, L, D)`` local tokens and their ``(b, L)`` mask from every rank.
+
+    Ranks may pad their batches to different lengths ``L`` (the longest report on
+    each rank); tokens are padded with masked-out zeros to the longest over ranks
+    first. Gradients flow back as in :func:`gather_with_grad`.
+
+    Returns:
+        ``(tokens (sum(sizes), L_max, D), mask (sum(sizes), L_max))``; unchanged
+        without a process group.
+    """
+    if not is_distributed():
+        return tokens, mask
+    longest = torch.tensor([tokens.shape[1]], dtype=torch.long, device=tokens.device)
+    dist.all_reduce(longest, op=dist.ReduceOp.MAX)
+    extra = int(longest.item()) - tokens.shape[1]
+    if extra:
+        tokens = torch.cat([tokens, tokens.new_zeros(tokens.shape[0], extra, tokens.shape[2])], dim=1)
+        mask = torch.cat([mask, mask.new_zeros(mask.shape[0], extra)], dim=1)
+    if sizes is None:
+        sizes = gather_sizes(tokens.shape[0], tokens.device)
+    return gather_with_grad(tokens, sizes), gather_with_grad(mask, sizes)
+
+
 def batch_mean(per_sample: torch.Tensor) -> torch.Tensor:
     """Mean of a per-sample loss over the *global* batch, as this rank's share.
 

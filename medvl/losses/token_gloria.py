@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medvl.errors import ConfigError
+from medvl.losses import distributed as D
 from medvl.losses.common import check_global, l2n, local_tokens, masked_fill_min
 from medvl.models.outputs import EncoderOutput
 
@@ -52,6 +53,10 @@ class GloriaConfig:
         image_to_text_weight: weight of the image-to-report cross entropy.
         text_to_image_weight: weight of the report-to-image cross entropy (GLoRIA
             sums both directions: 1 and 1).
+        gather: under ``torchrun``, score each rank's reports and images against all
+            ranks' images and reports (local tokens are gathered with gradients), so
+            the loss equals that of one process with the whole batch. Costs
+            ``2 b B`` pair scores per rank instead of ``b^2``.
     """
 
     SECTION: ClassVar[str] = "loss.terms.gloria"
@@ -65,6 +70,7 @@ class GloriaConfig:
     normalize_inputs: bool = True
     image_to_text_weight: float = 1.0
     text_to_image_weight: float = 1.0
+    gather: bool = True
 
     def validate(self) -> None:
         """Reject values outside their meaningful range."""
@@ -151,11 +157,27 @@ class GloriaLocalLoss(nn.Module):
         words, word_valid, _ = local_tokens(text, "text", b, d)
         if self.cfg.normalize_inputs:
             regions, words = l2n(regions), l2n(words)
-        z, _ = gloria_pair_scores(words, word_valid, regions, region_valid, self.cfg)
-        logits_t2i = self.cfg.similarity_scale * z  # (B texts, B images)
-        target = torch.arange(b, device=z.device)
-        t2i = F.cross_entropy(logits_t2i, target)
-        i2t = F.cross_entropy(logits_t2i.T, target)
+        scale = self.cfg.similarity_scale
+        if self.cfg.gather and D.is_distributed():
+            # "Local loss" over ranks: this rank's reports against all images and this
+            # rank's images against all reports; each rank returns its share of the
+            # global mean, as the instance term does.
+            sizes = D.gather_sizes(b, words.device)
+            offset, total = sum(sizes[: D.rank()]), sum(sizes)
+            all_words, all_wv = D.gather_tokens(words, word_valid, sizes)
+            all_regions, all_rv = D.gather_tokens(regions, region_valid, sizes)
+            z_texts, _ = gloria_pair_scores(words, word_valid, all_regions, all_rv, self.cfg)  # (b, B)
+            z_images, _ = gloria_pair_scores(all_words, all_wv, regions, region_valid, self.cfg)  # (B, b)
+            target = torch.arange(offset, offset + b, device=words.device)
+            share = D.world_size() / total
+            t2i = F.cross_entropy(scale * z_texts, target, reduction="sum") * share
+            i2t = F.cross_entropy(scale * z_images.T, target, reduction="sum") * share
+        else:
+            z, _ = gloria_pair_scores(words, word_valid, regions, region_valid, self.cfg)
+            logits_t2i = scale * z  # (B texts, B images)
+            target = torch.arange(b, device=z.device)
+            t2i = F.cross_entropy(logits_t2i, target)
+            i2t = F.cross_entropy(logits_t2i.T, target)
         loss = self.cfg.image_to_text_weight * i2t + self.cfg.text_to_image_weight * t2i
         return {"gloria_loss": loss}
 

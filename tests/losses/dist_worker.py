@@ -48,6 +48,7 @@ CASES: dict[str, dict] = {
 EXTRA_CASES: dict[str, dict] = {
     "all_terms": {"terms": ALL_TERMS},
     "all_terms_empty_rank": {"terms": ALL_TERMS, "splits": (0, 8)},
+    "gloria": {"terms": {"gloria": {"similarity_scale": 2.0, "aggregation": "mean"}}},
 }
 
 
@@ -72,7 +73,8 @@ def make_batch() -> dict[str, torch.Tensor]:
     labels[torch.rand(B, K, generator=g) < 0.3] = float("nan")
     labels[:2] = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)  # two identical reports
     mt = torch.ones(B, T, dtype=torch.bool)
-    mt[::3, -1] = False  # some padded words
+    mt[:3, -1] = False  # rank 0's reports are shorter: its batch is padded to T - 1 words
+    mt[5, 1:] = False
     return {
         "xi": torch.randn(B, D_IN, generator=g, dtype=torch.float64),
         "xt": torch.randn(B, D_IN, generator=g, dtype=torch.float64),
@@ -88,14 +90,20 @@ def make_batch() -> dict[str, torch.Tensor]:
 
 def run(model: nn.Module, loss: nn.Module, batch: dict, rows: slice, *, ddp: bool) -> dict:
     part = {k: v[rows] for k, v in batch.items()}
-    net = nn.parallel.DistributedDataParallel(model) if ddp else model
+    # Like a collate function, pad the words only to the longest report of this slice.
+    longest = int(part["mt"].sum(dim=1).max()) if part["mt"].shape[0] else 1
+    part.update(lt=part["lt"][:, :longest], mt=part["mt"][:, :longest], at=part["at"][:, :longest])
+    # As docs/losses.md advises: when no term uses logit_scale, DDP must be told that
+    # a parameter goes unused, or it never reduces the bucket holding it.
+    net = nn.parallel.DistributedDataParallel(model, find_unused_parameters=not loss.uses_logit_scale) \
+        if ddp else model
     image, text = net(part["xi"], part["xt"], part["li"], part["lt"], part["mi"], part["mt"],
                       part["ai"], part["at"])
     out = loss(image, text, logit_scale=model.logit_scale, labels=part["labels"], epoch=1)
     out["loss"].backward()
     if ddp:
         average_gradients(loss.parameters())
-    grads = {f"model.{n}": p.grad.clone() for n, p in model.named_parameters()}
+    grads = {f"model.{n}": p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     grads.update({f"loss.{n}": p.grad.clone() for n, p in loss.named_parameters() if p.grad is not None})
     return {"values": {k: v.detach().clone() for k, v in out.items()}, "grads": grads}
 

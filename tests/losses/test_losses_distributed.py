@@ -36,7 +36,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     out = tmp_path_factory.mktemp("dist")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parents[2]))
     args = [str(out)]
-    if all(name in LOSS_TERMS for name in ("token", "prototype")):
+    if all(name in LOSS_TERMS for name in ("token", "prototype", "gloria")):
         args.append("--all-terms")
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--nnodes", "1",
@@ -81,8 +81,8 @@ def test_gradients_equal_single_process(results: list[dict]) -> None:
 
 
 def test_all_terms_case_ran_when_terms_exist(results: list[dict]) -> None:
-    if all(name in LOSS_TERMS for name in ("token", "prototype")):
-        assert {"all_terms", "all_terms_empty_rank"} <= set(cases(results))
+    if all(name in LOSS_TERMS for name in ("token", "prototype", "gloria")):
+        assert {"all_terms", "all_terms_empty_rank", "gloria"} <= set(cases(results))
         assert any(k.startswith("loss.") for k in results[0]["results"]["all_terms"]["ref"]["grads"])
 
 
