@@ -114,6 +114,17 @@ class HFEncoderText(TextEncoder):
         )
 
 
+def is_decoder_only(config: Any) -> bool:
+    """True for causal-LM-only families (Llama, Qwen2, GPT-2, ...), False for BERT-likes."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    kind = getattr(config, "model_type", "")
+    return kind in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and kind not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
 def _attn_impl(cfg: TextConfig) -> str:
     # only the eager implementation returns attention maps; sdpa is faster otherwise
     return "eager" if cfg.pooling == "cls" else "sdpa"
@@ -166,7 +177,7 @@ def _load_hf(cfg: TextConfig, path: str | Path) -> HFEncoderText:
             f"cannot load a Hugging Face model: {exc}".splitlines()[0], path=path,
             field="model.text.path", expected="a local directory with config.json and weights",
         ) from None
-    if getattr(model.config, "is_decoder", False):
+    if is_decoder_only(model.config) or getattr(model.config, "is_decoder", False):
         raise ModelError(
             "this is a decoder model", path=path, field="model.text.name",
             expected="'llm' for decoder models",

@@ -115,3 +115,27 @@ def test_bfloat16_tower(bpe_dir):
 def test_lora_targets_are_checked(bpe_dir):
     with pytest.raises(ConfigError, match="model.text.lora_targets"):
         build_model(_cfg(bpe_dir, lora_rank=2, lora_targets=["query_proj_x"]))
+
+
+def test_local_decoder_directory_loads_as_llm_and_is_refused_as_hf(bpe_dir, tmp_path):
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from medvl.errors import ModelError
+
+    tok = AutoTokenizer.from_pretrained(bpe_dir)
+    torch.manual_seed(0)
+    ref = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1,
+                                       num_attention_heads=2, num_key_value_heads=2,
+                                       intermediate_size=64)).eval()
+    ref.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    model = build_model({"embed_dim": 8, "image": {"name": "resnet10", "width": 8},
+                         "text": {"name": "llm", "path": str(tmp_path), "bidirectional": False}}).eval()
+    tokens = model.tokenize(["The lungs are clear."])
+    with torch.no_grad():
+        pooled = model.text_encoder(**tokens).pooled
+        hidden = ref.model(input_ids=tokens["input_ids"]).last_hidden_state
+    assert torch.allclose(pooled[0], hidden[0, tokens["word_ids"][0] >= 0].mean(0), atol=1e-5)
+    with pytest.raises(ModelError, match="'llm' for decoder models"):
+        build_model({"image": {"name": "resnet10", "width": 8},
+                     "text": {"name": "hf", "path": str(tmp_path)}})
