@@ -250,6 +250,8 @@ def write_ct_series(
     intercept = 0.0 if signed else -1024.0
     study_uid, series_uid, frame_uid = seeded_uid(rng), seeded_uid(rng), seeded_uid(rng)
     names = [f"{int(v):016x}.dcm" for v in rng.integers(0, 2**62, size=nz, dtype=np.int64)]
+    # Scanners number slices from the head or from the feet; neither is the file order.
+    from_top = bool(rng.random() < 0.5)
     folder.mkdir(parents=True, exist_ok=True)
     # LPS of voxel (nx-1, ny-1, k): the first transmitted pixel of each slice.
     x0, y0 = -(ox + (nx - 1) * sx), -(oy + (ny - 1) * sy)
@@ -265,7 +267,7 @@ def write_ct_series(
                            study_uid=study_uid, series_uid=series_uid, modality="CT")
         ds.FrameOfReferenceUID = frame_uid
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.InstanceNumber = k + 1
+        ds.InstanceNumber = nz - k if from_top else k + 1
         ds.ImagePositionPatient = [round(x0, 4), round(y0, 4), round(oz + k * sz, 4)]
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
         ds.PixelSpacing = [round(sy, 6), round(sx, 6)]  # row spacing (y), column spacing (x)
@@ -284,4 +286,5 @@ def write_ct_series(
         ds.WindowCenterWidthExplanation = ["LUNG", "MEDIASTINUM"]
         ds.PixelData = stored.tobytes()
         ds.save_as(folder / names[k], enforce_file_format=True)
-    return {"pixel_representation": int(signed), "rescale_intercept": intercept, "n_files": nz}
+    return {"pixel_representation": int(signed), "rescale_intercept": intercept, "n_files": nz,
+            "instance_order": "head_first" if from_top else "feet_first"}
