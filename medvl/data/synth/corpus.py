@@ -168,7 +168,7 @@ def generate_corpus(
     n_ct: int = 10,
     seed: int = 0,
     *,
-    progress: bool = False,
+    progress: bool | None = None,
     **options: Any,
 ) -> Path:
     """Generate a synthetic chest X-ray / CT corpus and return its manifest path.
@@ -178,7 +178,7 @@ def generate_corpus(
         n_cxr: number of radiograph studies.
         n_ct: number of CT studies.
         seed: master seed; the same seed and options give byte-identical files.
-        progress: show a progress bar.
+        progress: show a progress bar; None shows one when stderr is a terminal.
         **options: other :class:`SynthConfig` fields (``image_size``, ``ct_size``,
             ``workers``, ``compressed_fraction``...).
 
@@ -221,12 +221,19 @@ def generate_corpus(
     cfg_d = asdict(cfg)
     jobs = [(p.to_dict(), cfg_d, str(out)) for p in plans]
     bar = None
+    if progress is None:
+        import sys
+
+        progress = sys.stderr.isatty()
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=len(jobs), desc="synth", unit="study")
     rows: list[dict[str, Any]] = []
     if cfg.workers > 1 and len(jobs) > 1:
+        # "spawn", not "fork": the caller may hold threads (torch, tokenizers) that a
+        # forked child would inherit in a broken state. Scripts that call this with
+        # workers > 1 need the usual ``if __name__ == "__main__":`` guard.
         with mp.get_context("spawn").Pool(cfg.workers) as pool:
             for row in pool.imap(_work, jobs, chunksize=max(1, min(16, len(jobs) // (4 * cfg.workers)))):
                 rows.append(row)
