@@ -81,6 +81,8 @@ def extract_sections(text: str, *, keep_other: bool = False) -> dict[str, str]:
         Repeated headings are joined. A report with no recognised heading returns
         ``{}`` (or ``{"preamble": text}`` with ``keep_other``).
     """
+    if not isinstance(text, str):
+        raise ReportError(f"report text is {type(text).__name__}, not a string", field="report", expected="str")
     text = _BANNER_RE.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
     out: dict[str, str] = {}
 
@@ -188,7 +190,7 @@ def _words(text: str) -> int:
 
 def _truncate_words(sentence: str, budget: int, length: Callable[[str], int]) -> str:
     words = sentence.split()
-    lo, hi = 0, len(words)
+    lo, hi = 1, len(words)  # never empty: one word over budget beats no text at all
     while lo < hi:  # longest word prefix within budget (length is monotone in words)
         mid = (lo + hi + 1) // 2
         if length(" ".join(words[:mid])) <= budget:
@@ -218,7 +220,7 @@ def prepare_report(
         length_fn: text -> length; default counts white-space separated words.
         mode: what to do when the text exceeds the budget: ``truncate`` keeps leading
             whole sentences (cutting words only when the first sentence alone is too
-            long); ``sample_sentences`` keeps a random subset of sentences that fits,
+            long, and keeping at least one word); ``sample_sentences`` keeps a random subset of sentences that fits,
             in their original order (augmentation in training).
         rng: random source for ``sample_sentences`` (numpy Generator or
             ``random.Random``); None uses a fixed seed so results are reproducible.
@@ -230,6 +232,9 @@ def prepare_report(
     Raises:
         ReportError: every requested section is missing or empty; an invalid mode or budget.
     """
+    if not isinstance(sections, Mapping):
+        raise ReportError(f"report is {type(sections).__name__}, not a mapping of sections", field="report",
+                          expected="{'findings': ..., 'impression': ...}")
     if mode not in ("truncate", "sample_sentences"):
         raise ReportError(f"unknown mode {mode!r}", field="mode", expected="'truncate' or 'sample_sentences'")
     if max_words is not None and (isinstance(max_words, bool) or not isinstance(max_words, int) or max_words < 1):

@@ -171,3 +171,14 @@ def test_bad_mode_and_budget_raise_report_error() -> None:
         prepare_report(REPORT, mode="random")  # type: ignore[arg-type]
     with pytest.raises(ReportError, match="max_words"):
         prepare_report(REPORT, max_words=0)
+
+
+def test_budget_smaller_than_one_word_keeps_the_first_word() -> None:
+    assert prepare_report(REPORT, max_words=3, length_fn=len) == "Small"
+
+
+def test_non_text_input_raises_report_error() -> None:
+    with pytest.raises(ReportError, match="not a string"):
+        extract_sections(None)  # type: ignore[arg-type]
+    with pytest.raises(ReportError, match="not a mapping"):
+        prepare_report("FINDINGS: clear")  # type: ignore[arg-type]
