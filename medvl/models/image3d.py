@@ -17,8 +17,10 @@ and ViT, whose tokens are 3D patches (grid ``(d, h, w)``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +31,28 @@ from medvl.errors import ModelError
 from medvl.models.config import ImageConfig
 from medvl.models.image_base import ImageEncoder, ImageFeatures
 from medvl.models.registry import IMAGE_ENCODERS
+
+
+@contextlib.contextmanager
+def _keep_norm_statistics(module: nn.Module) -> Iterator[None]:
+    """Freeze BatchNorm running statistics while a checkpointed chunk is recomputed.
+
+    The backward-pass recomputation runs the same batch through BatchNorm again; with
+    momentum 0 it leaves ``running_mean``/``running_var`` as the forward pass left
+    them (the batch statistics used for normalisation are unchanged).
+    """
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None)
+             for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (momentum, tracked) in zip(norms, saved):
+            m.momentum = momentum
+            if tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
 
 
 class QueryPool(nn.Module):
@@ -124,7 +148,11 @@ class SlicePoolingEncoder(ImageEncoder):
             if use_ckpt:
                 # recompute each chunk in backward: activation memory of one chunk,
                 # not of the whole volume
-                feat = checkpoint(self._encode_chunk, x, start, stop, use_reentrant=False)
+                feat = checkpoint(
+                    self._encode_chunk, x, start, stop, use_reentrant=False,
+                    context_fn=lambda: (contextlib.nullcontext(),
+                                        _keep_norm_statistics(self.encoder2d)),
+                )
             else:
                 feat = self._encode_chunk(x, start, stop)
             parts.append(feat.view(b, stop - start, -1))

@@ -69,6 +69,22 @@ def test_chunking_does_not_change_values_or_gradients():
     assert torch.allclose(grads[0], grads[1], atol=1e-4)
 
 
+def test_checkpointed_chunks_update_batchnorm_statistics_once():
+    vol = torch.randn(1, 1, 6, 64, 64)
+    stats = []
+    for chunk in (2, 64):
+        enc = _slices("mean", slice_chunk=chunk).train()
+        enc(vol).pooled.sum().backward()
+        bn = enc.encoder2d.net.bn1
+        stats.append((bn.running_mean.clone(), int(bn.num_batches_tracked)))
+    # three chunks update three times (once each), never again in the recomputation
+    assert stats[0][1] == 3 and stats[1][1] == 1
+    one_chunk = _slices("mean", slice_chunk=2).train()
+    with torch.no_grad():
+        one_chunk(vol)  # forward only: the same three updates, no recomputation
+    assert torch.allclose(one_chunk.encoder2d.net.bn1.running_mean, stats[0][0], atol=1e-6)
+
+
 def test_native_3d_encoders_return_3d_patch_tokens():
     torch.manual_seed(0)
     enc = build_image_encoder(ImageConfig(name="resnet10-3d", width=8, volume="native")).eval()
