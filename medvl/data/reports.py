@@ -31,7 +31,8 @@ from medvl.errors import ReportError
 
 #: Heading (as written, upper case) -> canonical section key.
 SECTION_ALIASES: dict[str, str] = {
-    "FINDINGS": "findings", "FINDING": "findings", "REPORT": "findings", "BODY": "findings",
+    "FINDINGS": "findings", "FINDING": "findings", "FINDINGS AND IMPRESSION": "findings",
+    "FINDINGS/IMPRESSION": "findings", "FINDINGS / IMPRESSION": "findings", "REPORT": "findings", "BODY": "findings",
     "IMPRESSION": "impression", "IMPRESSIONS": "impression", "CONCLUSION": "impression",
     "CONCLUSIONS": "impression", "SUMMARY": "impression", "OPINION": "impression",
     "INDICATION": "indication", "INDICATIONS": "indication", "HISTORY": "indication",
@@ -49,7 +50,8 @@ MAIN_SECTIONS = ("findings", "impression")
 
 _HEADING_RE = re.compile(
     r"(?:(?<=^)|(?<=\n)|(?<=[.!?;]\s)|(?<=[.!?;]))[ \t]*("
-    + "|".join(sorted((re.escape(h).replace(" ", r"\s+") for h in SECTION_ALIASES), key=len, reverse=True))
+    # Words of a heading may be separated by any white space ("CLINICAL  HISTORY").
+    + "|".join(sorted((r"\s+".join(map(re.escape, h.split())) for h in SECTION_ALIASES), key=len, reverse=True))
     + r")[ \t]*:",
     re.IGNORECASE,
 )

@@ -63,6 +63,17 @@ def test_conclusion_counts_as_impression_and_repeats_are_joined() -> None:
     assert s == {"findings": "Right effusion. Left effusion.", "impression": "Bilateral effusions."}
 
 
+def test_combined_findings_and_impression_heading() -> None:
+    s = extract_sections("HISTORY: cough.\nFINDINGS AND IMPRESSION: No acute process.")
+    assert s == {"findings": "No acute process."}
+    assert extract_sections("Findings/Impression: Clear lungs.") == {"findings": "Clear lungs."}
+
+
+def test_multi_word_headings_with_any_spacing() -> None:
+    s = extract_sections("CLINICAL  HISTORY: fever.\nREASON FOR\tEXAM: cough.\nFINDINGS: Clear.", keep_other=True)
+    assert s == {"indication": "fever. cough.", "findings": "Clear."}
+
+
 def test_no_heading_gives_nothing_unless_preamble_is_kept() -> None:
     assert extract_sections("The lungs are clear.") == {}
     assert extract_sections("The lungs are clear.", keep_other=True) == {"preamble": "The lungs are clear."}
