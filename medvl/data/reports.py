@@ -52,7 +52,8 @@ _HEADING_RE = re.compile(
     r"(?:(?<=^)|(?<=\n)|(?<=[.!?;]\s)|(?<=[.!?;]))[ \t]*("
     # Words of a heading may be separated by any white space ("CLINICAL  HISTORY").
     + "|".join(sorted((r"\s+".join(map(re.escape, h.split())) for h in SECTION_ALIASES), key=len, reverse=True))
-    + r")[ \t]*:",
+    # A colon ends a heading; a heading alone on its line needs none ("FINDINGS\n...").
+    + r")(?:[ \t]*:|[ \t]*(?=\n|$))",
     re.IGNORECASE,
 )
 # "FINAL REPORT" is a banner, not a section; drop it wherever it stands.
@@ -96,7 +97,8 @@ def extract_sections(text: str, *, keep_other: bool = False) -> dict[str, str]:
             return
         out[key] = f"{out[key]} {body}" if key in out else body
 
-    matches = list(_HEADING_RE.finditer(text))
+    # Without a colon only an upper-case heading counts: a wrapped line may hold just "findings".
+    matches = [m for m in _HEADING_RE.finditer(text) if m.group(0).rstrip().endswith(":") or m.group(1).isupper()]
     add("preamble", text[: matches[0].start()] if matches else text)
     for m, nxt in zip(matches, matches[1:] + [None]):
         heading = _normalise_space(m.group(1)).upper()

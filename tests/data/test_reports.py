@@ -69,6 +69,18 @@ def test_combined_findings_and_impression_heading() -> None:
     assert extract_sections("Findings/Impression: Clear lungs.") == {"findings": "Clear lungs."}
 
 
+def test_heading_alone_on_its_line_needs_no_colon() -> None:
+    s = extract_sections("FINDINGS\nNo effusion.\n\nIMPRESSION\nNormal.")
+    assert s == {"findings": "No effusion.", "impression": "Normal."}
+    # ... but a lower-case word alone on a wrapped line, or inside a sentence, is text.
+    assert extract_sections("FINDINGS: Unchanged from prior\nfindings\nof 2019.") == {
+        "findings": "Unchanged from prior findings of 2019."
+    }
+    assert extract_sections("FINDINGS: The impression of a mass is not confirmed.") == {
+        "findings": "The impression of a mass is not confirmed."
+    }
+
+
 def test_multi_word_headings_with_any_spacing() -> None:
     s = extract_sections("CLINICAL  HISTORY: fever.\nREASON FOR\tEXAM: cough.\nFINDINGS: Clear.", keep_other=True)
     assert s == {"indication": "fever. cough.", "findings": "Clear."}
