@@ -58,6 +58,11 @@ class TokenConfig:
         weight_clip_quantiles: clip token weights to these quantiles of each
             sample's valid tokens before normalising (MGCA's code: 0.1 and 0.9);
             ``null`` uses the raw attention.
+        word_weights: ``"attention"`` = the text tower's [CLS] attention
+            (``EncoderOutput.attention``; uniform when the tower gives none), or
+            ``"uniform"`` over valid words.
+        patch_weights: the same for image tokens (MGCA's code: the ViT's [CLS]
+            attention, uniform for CNN towers).
     """
 
     SECTION: ClassVar[str] = "loss.terms.token"
@@ -71,6 +76,8 @@ class TokenConfig:
     bidirectional: bool = True
     normalize_patch_context: bool = True
     weight_clip_quantiles: tuple[float, float] | None = (0.1, 0.9)
+    word_weights: Literal["attention", "uniform"] = "attention"
+    patch_weights: Literal["attention", "uniform"] = "attention"
 
     def validate(self) -> None:
         """Reject values outside their meaningful range."""
@@ -175,6 +182,10 @@ class TokenAlignmentLoss(nn.Module):
         b, d = check_global(image, text)
         patches, patch_valid, patch_att = local_tokens(image, "image", b, d)
         words, word_valid, word_att = local_tokens(text, "text", b, d)
+        if self.cfg.word_weights == "uniform":
+            word_att = None
+        if self.cfg.patch_weights == "uniform":
+            patch_att = None
         patches, words = l2n(patches), l2n(words)  # (B, N, D), (B, T, D)
         q = self.cfg.weight_clip_quantiles
         q = None if q is None else (float(q[0]), float(q[1]))

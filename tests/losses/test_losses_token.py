@@ -160,6 +160,17 @@ def test_missing_attention_means_uniform_weights() -> None:
     assert a == pytest.approx(b, rel=1e-12)
 
 
+def test_uniform_weighting_overrides_tower_attention() -> None:
+    words, patches, wmask, watt, patt = random_case()
+    forced = term(word_weights="uniform", patch_weights="uniform")(*outputs(words, patches, wmask, None, watt, patt))
+    none = term()(*outputs(words, patches, wmask, None, None, None))
+    assert forced["token_loss"].item() == pytest.approx(none["token_loss"].item(), rel=1e-12)
+    only_patch = term(patch_weights="uniform")(*outputs(words, patches, wmask, None, watt, patt))
+    with_att = term()(*outputs(words, patches, wmask, None, watt, patt))
+    assert only_patch["token_word_loss"].item() == pytest.approx(with_att["token_word_loss"].item(), rel=1e-12)
+    assert only_patch["token_patch_loss"].item() != pytest.approx(with_att["token_patch_loss"].item(), rel=1e-6)
+
+
 def test_unidirectional_is_the_word_half() -> None:
     words, patches, wmask, watt, patt = random_case()
     both = term()(*outputs(words, patches, wmask, None, watt, patt))
