@@ -59,10 +59,10 @@ def main() -> None:
         "",
         f"Machine: {machine()}",
         "",
-        "Single-channel input; forward = eval mode under no_grad; train step = forward +"
+        ("Single-channel input; forward = eval mode under no_grad; train step = forward +"
         " backward in train mode. Peak = resident memory above the level before the step,"
         f" per sample. Batch {args.batch} at 224 px, 1 at 512 px; one timed run after a"
-        " warm-up forward. `x r18` = train step time relative to ResNet-18 at the same size.",
+        " warm-up forward. `x r18` = train step time relative to ResNet-18 at the same size."),
         "",
         "| encoder | px | params (M) | grid | forward s | forward MiB | train s | train MiB | x r18 |",
         "|---|---|---|---|---|---|---|---|---|",

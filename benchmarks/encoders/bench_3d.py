@@ -59,11 +59,11 @@ def main() -> None:
         "",
         f"Machine: {machine()}",
         "",
-        f"Volume {vol[4]}x{vol[3]}x{vol[2]} (W x H x slices), one channel, batch 1. Forward = eval"
+        (f"Volume {vol[4]}x{vol[3]}x{vol[2]} (W x H x slices), one channel, batch 1. Forward = eval"
         " under no_grad; train = forward + backward in train mode (slice chunks are"
         " checkpointed). MiB = peak resident memory above the level before the step;"
         " process = whole-process peak (ru_maxrss). `x slice` = train time relative to the"
-        " first row.",
+        " first row."),
         "",
         "| case | params (M) | tokens | forward s | forward MiB | train s | train MiB | process MiB | x slice |",
         "|---|---|---|---|---|---|---|---|---|",

@@ -100,19 +100,19 @@ def main() -> None:
         "",
         f"Machine: {machine()}",
         "",
-        f"{len(texts)} synthetic reports, batches of {args.batch}, frozen all-MiniLM-L6-v2 (real"
+        (f"{len(texts)} synthetic reports, batches of {args.batch}, frozen all-MiniLM-L6-v2 (real"
         " weights), text heads trained (forward + backward). Image epoch = ResNet-18 width 32 at"
-        " 128 px, forward + backward, same batches.",
+        " 128 px, forward + backward, same batches."),
         "",
         "| epoch | text s | text speed-up | with image tower s | whole-epoch speed-up |",
         "|---|---|---|---|---|",
         f"| no cache | {t_plain:.2f} | 1.0 | {t_plain + t_img:.2f} | 1.0 |",
-        f"| cache, first epoch (fills) | {t_fill:.2f} | {t_plain / t_fill:.2f} | {t_fill + t_img:.2f} "
-        f"| {(t_plain + t_img) / (t_fill + t_img):.2f} |",
-        f"| cache, later epoch (RAM) | {t_ram:.2f} | {t_plain / t_ram:.1f} | {t_ram + t_img:.2f} "
-        f"| {res['full_epoch_speedup_ram']:.2f} |",
-        f"| cache, new run (disk) | {t_disk:.2f} | {t_plain / t_disk:.1f} | {t_disk + t_img:.2f} "
-        f"| {res['full_epoch_speedup_disk']:.2f} |",
+        (f"| cache, first epoch (fills) | {t_fill:.2f} | {t_plain / t_fill:.2f} | {t_fill + t_img:.2f} "
+        f"| {(t_plain + t_img) / (t_fill + t_img):.2f} |"),
+        (f"| cache, later epoch (RAM) | {t_ram:.2f} | {t_plain / t_ram:.1f} | {t_ram + t_img:.2f} "
+        f"| {res['full_epoch_speedup_ram']:.2f} |"),
+        (f"| cache, new run (disk) | {t_disk:.2f} | {t_plain / t_disk:.1f} | {t_disk + t_img:.2f} "
+        f"| {res['full_epoch_speedup_disk']:.2f} |"),
         "",
         f"Cache hits {hits}, misses {misses}.",
     ]

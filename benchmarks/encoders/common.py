@@ -64,7 +64,7 @@ class PeakRSS:
             self.peak = max(self.peak, self._proc.memory_info().rss)
             time.sleep(self._interval)
 
-    def __enter__(self) -> PeakRSS:
+    def __enter__(self) -> PeakRSS:  # noqa: PYI034
         self.base = self._proc.memory_info().rss
         self.peak = self.base
         self._thread.start()
@@ -103,7 +103,7 @@ def run_worker(task: str, **kwargs: Any) -> dict[str, Any]:
     env.setdefault("MALLOC_MMAP_THRESHOLD_", "131072")
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.encoders.worker", task, json.dumps(kwargs)],
-        cwd=ROOT, env=env, capture_output=True, text=True,
+        cwd=ROOT, env=env, capture_output=True, text=True, check=False,
     )
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}

@@ -257,4 +257,4 @@ def parse_options(cls: type, cfg: ImageConfig) -> Any:
     return from_dict(cls, cfg.options, where="model.image.options")
 
 
-__all__ = ["FeatureMapEncoder", "build_image_encoder", "build_resnet", "parse_options", "ModelError"]
+__all__ = ["FeatureMapEncoder", "ModelError", "build_image_encoder", "build_resnet", "parse_options"]

@@ -186,7 +186,7 @@ def _register_3d(name: str, base: str) -> None:
 
 
 def _register_all() -> None:
-    import medvl.models.image2d  # noqa: F401 - the 2D builders the 3D ones reuse
+    import medvl.models.image2d
     import medvl.models.image_vit  # noqa: F401
 
     for base in ("resnet10", "resnet18", "resnet34", "resnet50", "densenet121", "vit", "swin"):

@@ -85,7 +85,7 @@ class HFVisionEncoder(ImageEncoder):
                 state[key] = adapt_stem(state[key], own[key].shape[1])
         missing = set(own) - set(state)
         if missing:
-            raise CheckpointError(f"{len(missing)} weights missing (e.g. {sorted(missing)[0]})",
+            raise CheckpointError(f"{len(missing)} weights missing (e.g. {min(missing)})",
                                   path=directory, field="model.image.pretrained")
         self.model.load_state_dict({k: state[k] for k in own}, strict=True)
 

@@ -199,4 +199,4 @@ def build_model(model_cfg: dict[str, Any] | ModelConfig | None) -> MedVLModel:
     return MedVLModel(cfg)
 
 
-__all__ = ["MedVLModel", "build_model", "ModelError"]
+__all__ = ["MedVLModel", "ModelError", "build_model"]

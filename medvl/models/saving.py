@@ -203,4 +203,4 @@ def load_model(
     return model
 
 
-__all__ = ["save_model", "load_model", "read_config", "render_card"]
+__all__ = ["load_model", "read_config", "render_card", "save_model"]

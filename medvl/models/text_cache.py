@@ -88,7 +88,7 @@ class TextFeatureCache:
 
         try:
             with safe_open(str(path), framework="pt") as fh:
-                entry: dict[str, Any] = {k: fh.get_tensor(k) for k in fh.keys()}
+                entry: dict[str, Any] = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open is not a dict
                 entry["words"] = json.loads((fh.metadata() or {}).get("words", "[]"))
         except Exception:  # noqa: BLE001 - a torn or foreign file is recomputed, not fatal
             return None

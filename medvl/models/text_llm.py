@@ -18,7 +18,13 @@ import torch
 from medvl.errors import ModelError
 from medvl.models.config import TextConfig
 from medvl.models.registry import TEXT_ENCODERS
-from medvl.models.text_base import TextEncoder, TextFeatures, load_tokenizer, merge_pieces, minilm_path
+from medvl.models.text_base import (
+    TextEncoder,
+    TextFeatures,
+    load_tokenizer,
+    merge_pieces,
+    minilm_path,
+)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 _LORA_TARGETS = ["q_proj", "v_proj"]
