@@ -1,8 +1,10 @@
 """Phrase grounding: a heatmap for any phrase, scored against annotated masks and boxes.
 
-The heatmap of a phrase is the cosine similarity between the phrase's global text
-embedding and the image's local (patch) embeddings, laid out on the encoder's ``grid``
-and upsampled to the model input. For volumes, native 3D patch tokens give a 3D map and
+The heatmap of a phrase is the cosine similarity between the phrase's word tokens (the
+text tower's local embeddings, averaged over words; or its global embedding when the
+tower has no word tokens) and the image's local (patch) embeddings, laid out on the
+encoder's ``grid`` and upsampled to the model input. Word tokens are the default because
+the local heads of both towers are what token-level losses (MGCA, GLoRIA) align. For volumes, native 3D patch tokens give a 3D map and
 slice tokens (``grid == (n_slices,)``) give a per-slice profile spread over each slice.
 
 Scoring happens on the model's input grid: an annotation's mask (PNG or NIfTI, or a box)
@@ -44,8 +46,19 @@ def as_batch(image: Any, spatial_dims: int | None = None) -> tuple[Any, int]:
                      expected="(C, H, W), (C, D, H, W) or one of them with a batch of 1")
 
 
-def local_similarity(model: Any, image: Any, phrase: str, *, spatial_dims: int | None = None) -> tuple[np.ndarray, tuple[int, ...], tuple[int, ...]]:
+QUERY_MODES = ("auto", "words", "global")
+
+
+def local_similarity(
+    model: Any, image: Any, phrase: str, *, spatial_dims: int | None = None, query: str = "auto"
+) -> tuple[np.ndarray, tuple[int, ...], tuple[int, ...]]:
     """Cosine similarity of each local image token to the phrase, on the encoder's grid.
+
+    Args:
+        query: ``words`` compares each image token with each of the phrase's word tokens
+            (the text tower's local embeddings, the space token-level losses align with
+            image tokens) and averages over words; ``global`` uses the phrase's global
+            embedding; ``auto`` takes words when the text tower returns them.
 
     Returns:
         ``(similarity over grid, grid, spatial shape of the input)``.
@@ -57,7 +70,7 @@ def local_similarity(model: Any, image: Any, phrase: str, *, spatial_dims: int |
     x, dims = as_batch(image, spatial_dims)
     with torch.inference_mode():
         out = model.encode_image(x.to(model_device(model)))
-        txt = model.embed_texts([phrase]).embeds
+        txt = model.embed_texts([phrase])
     if out.local_embeds is None or out.grid is None:
         raise ModelError("the image encoder returns no local embeddings, so no heatmap", field="local_embeds")
     grid = tuple(int(g) for g in out.grid)
@@ -67,8 +80,21 @@ def local_similarity(model: Any, image: Any, phrase: str, *, spatial_dims: int |
         raise ModelError(f"{loc.shape[0]} local tokens for grid {grid}", field="grid", expected=f"{n} tokens")
     # Tokens beyond the grid (e.g. padding slots) are not spatial; they come last by contract.
     loc = torch.nn.functional.normalize(loc[:n], dim=-1)
-    q = torch.nn.functional.normalize(txt[0].float().to(loc.device), dim=-1)
-    sim = (loc @ q).cpu().numpy().reshape(grid)
+    words = txt.local_embeds
+    if query not in QUERY_MODES:
+        raise ValueError(f"query={query!r}; expected one of {QUERY_MODES}")
+    if query == "words" and words is None:
+        raise ModelError("the text encoder returns no word embeddings", field="local_embeds")
+    if query != "global" and words is not None:
+        w = words[0].float().to(loc.device)
+        if txt.local_mask is not None:
+            w = w[txt.local_mask[0].to(loc.device).bool()]
+        w = torch.nn.functional.normalize(w, dim=-1)  # (W, D)
+        sim_t = (loc @ w.T).mean(dim=1) if w.shape[0] else torch.zeros(loc.shape[0])
+    else:
+        q = torch.nn.functional.normalize(txt.embeds[0].float().to(loc.device), dim=-1)
+        sim_t = loc @ q
+    sim = sim_t.cpu().numpy().reshape(grid)
     return sim, grid, tuple(int(s) for s in x.shape[2:])
 
 
@@ -89,7 +115,13 @@ def upsample(grid_map: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def phrase_heatmap(
-    model: Any, image_tensor: Any, phrase: str, *, normalize: bool = True, spatial_dims: int | None = None
+    model: Any,
+    image_tensor: Any,
+    phrase: str,
+    *,
+    normalize: bool = True,
+    spatial_dims: int | None = None,
+    query: str = "auto",
 ) -> np.ndarray:
     """Heatmap of ``phrase`` over an image, at the image's spatial shape.
 
@@ -101,11 +133,13 @@ def phrase_heatmap(
         phrase: any text, e.g. ``"left pleural effusion"``.
         normalize: min-max scale to [0, 1] (a constant map becomes zeros); otherwise the
             raw cosine similarities.
+        spatial_dims: 2 or 3 when the input's layout is ambiguous.
+        query: ``auto`` / ``words`` / ``global``, see :func:`local_similarity`.
 
     Returns:
         float32 ``(H, W)`` or ``(D, H, W)``.
     """
-    sim, _, shape = local_similarity(model, image_tensor, phrase, spatial_dims=spatial_dims)
+    sim, _, shape = local_similarity(model, image_tensor, phrase, spatial_dims=spatial_dims, query=query)
     heat = upsample(sim, shape).astype(np.float32)
     return minmax(heat) if normalize else heat
 
@@ -237,7 +271,8 @@ def evaluate_grounding(
             rec["hit"].append(float(pointing_game(heat, mask)))
             rec["iou"].append(mask_iou(heat, mask, threshold))
             if out_dir is not None and len(figures) < max_figures:
-                figures.append(_save_overlay(image, heat, mask, phrase, out_dir, row.study_id).name)
+                figures.append(_save_overlay(image, heat, mask, f"{row.study_id}: {phrase}", out_dir,
+                                             f"{row.study_id}_{a['finding']}").name)
     hits = [h for r in per.values() for h in r["hit"]]
     ious = [v for r in per.values() for v in r["iou"] if not np.isnan(v)]
     return {
@@ -255,7 +290,7 @@ def evaluate_grounding(
     }
 
 
-def _save_overlay(image: np.ndarray, heat: np.ndarray, mask: np.ndarray, phrase: str, out_dir: Path, study_id: str) -> Path:
+def _save_overlay(image: np.ndarray, heat: np.ndarray, mask: np.ndarray, title: str, out_dir: Path, name: str) -> Path:
     """A PNG of the image (middle slice for volumes), heatmap and mask outline."""
     from medvl.eval.plots import _plt
 
@@ -268,9 +303,9 @@ def _save_overlay(image: np.ndarray, heat: np.ndarray, mask: np.ndarray, phrase:
     ax.imshow(img, cmap="gray")
     ax.imshow(heat, cmap="jet", alpha=0.35)
     ax.contour(mask.astype(float), levels=[0.5], colors="w", linewidths=1)
-    ax.set_title(f"{study_id}: {phrase}", fontsize=8)
+    ax.set_title(title, fontsize=8)
     ax.axis("off")
-    path = Path(out_dir) / "grounding" / f"{study_id}.png"
+    path = Path(out_dir) / "grounding" / f"{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80)
     plt.close(fig)

@@ -71,3 +71,34 @@ def test_encoder_without_local_tokens_is_a_model_error() -> None:
 def test_phrase_includes_laterality() -> None:
     assert phrase_for({"finding": "pleural_effusion", "laterality": "left"}) == "left pleural effusion"
     assert phrase_for({"finding": "cardiomegaly"}) == "cardiomegaly"
+
+
+class WordModel(FakeModel):
+    """The fake model with word tokens: each word maps to its finding's direction or to noise."""
+
+    def embed_texts(self, texts):  # noqa: ANN001, ANN201
+        out = super().embed_texts(texts)
+        words = [t.lower().strip(".").split() for t in texts]
+        n = max(len(w) for w in words)
+        g = torch.Generator().manual_seed(1)
+        local = torch.randn(len(texts), n, self.dirs.shape[1], generator=g) * 0.1
+        mask = torch.zeros(len(texts), n, dtype=torch.bool)
+        for i, ws in enumerate(words):
+            for j, w in enumerate(ws):
+                mask[i, j] = True
+                if w == "nodule":
+                    local[i, j] = self.dirs[4]
+        out.local_embeds, out.local_mask, out.words = local, mask, words
+        return out
+
+
+def test_word_tokens_are_used_when_the_text_tower_has_them() -> None:
+    img = _cell_image(4) + 0.5 * _cell_image(0)
+    mask = np.zeros((30, 30), bool)
+    mask[10:20, 10:20] = True
+    heat = phrase_heatmap(WordModel(), img, "small nodule")
+    assert pointing_game(heat, mask)
+    # Forcing the global embedding gives the other path (and works too on this model).
+    assert pointing_game(phrase_heatmap(WordModel(), img, "There is nodule.", query="global"), mask)
+    with pytest.raises(ModelError, match="word"):
+        phrase_heatmap(FakeModel(), img, "nodule", query="words")
