@@ -42,6 +42,10 @@ from medvl.errors import MedvlError  # noqa: E402
 MODES = ("Case from index", "Uploaded image", "Free text")
 #: Choices for an upload whose file records no modality (NIfTI).
 UPLOAD_MODALITIES = ("unknown", "CT", "CR", "DX", "MR")
+#: What a text query is compared with: the cases' image or report embeddings.
+TEXT_TARGETS = {"images": "image", "reports": "report"}
+#: Above this many cases the case picker filters by a typed part of the study id.
+CASE_PICKER_LIMIT = 500
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -149,6 +153,16 @@ def query_by_case(backend: ViewerBackend, k: int) -> None:
     if not ids:
         st.info("The index holds no cases.")
         return
+    if len(ids) > CASE_PICKER_LIMIT:
+        # A select box with 100 000 options is slow to send and to scroll: filter first.
+        part = st.sidebar.text_input("Study id contains", key="case_filter").strip().lower()
+        matches = [s for s in ids if part in s.lower()] if part else ids
+        if not matches:
+            st.info(f"No study id contains {part!r}.")
+            return
+        if len(matches) > CASE_PICKER_LIMIT:
+            st.sidebar.caption(f"{len(matches)} cases match; showing the first {CASE_PICKER_LIMIT}.")
+        ids = matches[:CASE_PICKER_LIMIT]
     study_id = st.sidebar.selectbox("Case", ids, key="case_id")
     case = backend.case(study_id)
     left, right = st.columns([2, 3])
@@ -209,10 +223,16 @@ def query_by_upload(backend: ViewerBackend, k: int, limits: uploads.UploadLimits
 
 def query_by_text(backend: ViewerBackend, k: int) -> None:
     text = st.sidebar.text_input("Findings to search for", key="query_text", placeholder="e.g. left pleural effusion")
+    target = st.sidebar.radio(
+        "Match the text against",
+        list(TEXT_TARGETS),
+        key="text_target",
+        help="Images: cross-modal search (what the model learnt to align). Reports: report-to-report search.",
+    )
     if not text.strip():
         st.info("Type a description of findings in the sidebar to search the reports and images.")
         return
-    hits = _search(backend.search_text, text.strip(), k)
+    hits = _search(backend.search_text, text.strip(), k, TEXT_TARGETS[target])
     left, right = st.columns([2, 3])
     with left:
         top = hits[0] if hits else None

@@ -57,8 +57,8 @@ class ViewerBackend(Protocol):
     def case(self, study_id: str) -> Case:
         """The stored case ``study_id``."""
 
-    def search_text(self, text: str, k: int) -> list[Case]:
-        """The ``k`` cases whose reports or images best match ``text``, best first."""
+    def search_text(self, text: str, k: int, against: str = "image") -> list[Case]:
+        """The ``k`` cases whose images (``against="image"``) or reports best match ``text``."""
 
     def search_image(self, image_path: Path, k: int) -> list[Case]:
         """The ``k`` cases most similar to the image at ``image_path``, best first."""

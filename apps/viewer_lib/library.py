@@ -86,8 +86,9 @@ class LibraryBackend:
     def case(self, study_id: str) -> Case:
         return to_case(self.index.get(study_id))
 
-    def search_text(self, text: str, k: int) -> list[Case]:
-        hits = self._results.get(("text", text, k), lambda: self.index.search_text(self.model, text, k))
+    def search_text(self, text: str, k: int, against: str = "image") -> list[Case]:
+        key = ("text", text, k, against)
+        hits = self._results.get(key, lambda: self.index.search_text(self.model, text, k, against=against))
         return [to_case(h) for h in hits]
 
     def search_image(self, image_path: Path, k: int) -> list[Case]:

@@ -136,7 +136,7 @@ def test_text_query_ranks_reports_and_highlights_best_sentences(fake):
     at = _mode(_app(), "Free text")
     assert any("Type a description" in i.value for i in at.info)
     at.sidebar.text_input(key="query_text").set_value("left pleural effusion").run()
-    assert ("search_text", "left pleural effusion") in fake.calls
+    assert ("search_text", "left pleural effusion", "image") in fake.calls
     ranked = [m.value for m in at.markdown if m.value.startswith("**#")]
     assert ranked[0] == "**#1 · S000** · similarity 1.000"
     report = next(m.value for m in at.markdown if "Heart size is normal" in m.value)
@@ -144,6 +144,26 @@ def test_text_query_ranks_reports_and_highlights_best_sentences(fake):
     # the heatmap of the query phrase is drawn over the best match
     assert ("heatmap", "left pleural effusion") in fake.calls
     assert at.slider(key="opacity-text-S000").value == 0.5
+
+
+def test_text_query_can_match_reports_instead_of_images(fake):
+    at = _mode(_app(), "Free text")
+    at.sidebar.text_input(key="query_text").set_value("cardiomegaly").run()
+    at.sidebar.radio(key="text_target").set_value("reports").run()
+    assert [c for c in fake.calls if c[0] == "search_text"][-1] == ("search_text", "cardiomegaly", "report")
+
+
+def test_large_index_case_picker_filters_by_study_id(monkeypatch, tmp_path, clear_streamlit_caches):
+    big = FakeBackend(n_cases=1200)
+    monkeypatch.setattr(backend_mod, "open_backend", lambda index_dir, model_dir: big)
+    monkeypatch.setenv("MEDVL_VIEWER_INDEX", str(tmp_path))
+    at = _app()
+    assert len(at.sidebar.selectbox(key="case_id").options) == 500
+    at.sidebar.text_input(key="case_filter").set_value("S11").run()
+    expected = [f"S{i}" for i in range(110, 120)] + [f"S{i}" for i in range(1100, 1200)]
+    assert at.sidebar.selectbox(key="case_id").options == expected
+    at.sidebar.text_input(key="case_filter").set_value("nope").run()
+    assert any("No study id contains 'nope'" in i.value for i in at.info)
 
 
 def test_heatmap_opacity_changes_the_shown_image(fake):

@@ -193,3 +193,16 @@ def test_an_index_without_a_recorded_model_needs_the_model_argument(tiny_viewer_
     with pytest.raises(ModelError, match=r"\[--model\]: no model given.*expected --model DIR"):
         open_backend(tmp_path / "index", None)
     assert open_backend(tmp_path / "index", tiny_viewer_data.model_dir).case_ids()
+
+
+def test_text_query_against_reports_uses_the_report_vectors(app, index, tiny_viewer_data):
+    from medvl.eval.embed import embed_texts
+    from medvl.models import MedVLModel
+
+    app.sidebar.radio(key="mode").set_value("Free text").run()
+    app.sidebar.text_input(key="query_text").set_value("cardiomegaly").run()
+    app.sidebar.radio(key="text_target").set_value("reports").run()
+    assert not app.exception and not app.error
+    model = MedVLModel.from_pretrained(tiny_viewer_data.model_dir).eval()
+    sims = np.asarray(index.vectors["report"]) @ embed_texts(model, ["cardiomegaly"])[0]
+    np.testing.assert_allclose([v for _, v in _ranked(app)], np.sort(sims)[::-1][:5], atol=1e-3)

@@ -52,9 +52,10 @@ def _words(text: str) -> set[str]:
 class FakeBackend:
     """Eight cases sharing a real CT slice; word-overlap text scores; fixed image scores."""
 
-    def __init__(self) -> None:
+    def __init__(self, n_cases: int = len(REPORTS)) -> None:
         self.cases = [
-            Case(study_id=f"S{i:03d}", report=r, image_path=CT_FILE, labels={}) for i, r in enumerate(REPORTS)
+            Case(study_id=f"S{i:03d}", report=REPORTS[i % len(REPORTS)], image_path=CT_FILE, labels={})
+            for i in range(n_cases)
         ]
         self.cases[1].labels = {"cardiomegaly": 1, "pleural_effusion": 0, "atelectasis": -1}
         self.cases[7].labels = {"no_finding": 1}
@@ -70,8 +71,8 @@ class FakeBackend:
         order = np.argsort(-np.asarray(scores), kind="stable")[:k]
         return [Case(**{**vars(self.cases[i]), "score": float(scores[i])}) for i in order]
 
-    def search_text(self, text: str, k: int) -> list[Case]:
-        self.calls.append(("search_text", text))
+    def search_text(self, text: str, k: int, against: str = "image") -> list[Case]:
+        self.calls.append(("search_text", text, against))
         q = _words(text)
         return self._ranked([len(q & _words(c.report)) / max(len(q), 1) for c in self.cases], k)
 
