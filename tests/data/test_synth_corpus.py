@@ -140,3 +140,17 @@ def test_regenerating_into_the_same_folder_leaves_no_stale_files(tmp_path: Path)
     written = {str(p.relative_to(tmp_path)) for sub in ("cxr", "ct", "masks") for p in (tmp_path / sub).glob("*")}
     assert written == referenced
     assert (tmp_path / "notes.txt").read_text() == "mine"  # files we did not write are left alone
+
+
+def test_synth_config_section_is_validated_by_from_dict() -> None:
+    from medvl.config import from_dict
+    from medvl.data.synth.config import SynthConfig
+
+    cfg = from_dict(SynthConfig, {"n_cxr": 10, "ct_size": [32, 32, 16], "compressions": ["rle"]}, where="demo.synth")
+    assert cfg.ct_size == (32, 32, 16) and cfg.compressions == ("rle",)
+    with pytest.raises(ConfigError, match="demo.synth.n_cx"):
+        from_dict(SynthConfig, {"n_cx": 10}, where="demo.synth")
+    with pytest.raises(ConfigError, match="compressions"):
+        from_dict(SynthConfig, {"compressions": ["zip"]}, where="demo.synth")
+    with pytest.raises(ConfigError, match="uncertain_fraction"):
+        from_dict(SynthConfig, {"uncertain_fraction": 2.0}, where="demo.synth")
