@@ -108,6 +108,9 @@ def test_cli_writes_a_corpus(tmp_path: Path, capsys: pytest.CaptureFixture[str])
                "--ct-size", "24,24,16", "--quiet"])
     assert rc == 0
     assert len(read_manifest(tmp_path / "manifest.jsonl")) == 4
+    out = capsys.readouterr().out
+    studies = next(line for line in out.splitlines() if line.startswith("studies")).split()[1:]
+    assert sum(int(n) for n in studies) == 4
     assert json.loads((tmp_path / "synth.json").read_text())["seed"] == 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 from medvl.errors import ConfigError
 
@@ -53,4 +54,20 @@ def run(args: argparse.Namespace) -> int:
     )
     n = args.n_cxr + args.n_ct
     print(f"wrote {n} studies to {manifest} in {time.perf_counter() - t0:.1f} s")
+    print(summary(manifest))
     return 0
+
+
+def summary(manifest: str | Path) -> str:
+    """Studies per split and present (1) / hedged (-1) / stated-absent (0) counts per finding."""
+    from medvl.data.manifest import SPLITS, read_manifest
+    from medvl.findings import finding_names
+
+    rows = read_manifest(manifest)
+    lines = [f"{'':18s}" + "".join(f"{s:>8s}" for s in SPLITS) + f"{'+1/-1/0 all':>16s}"]
+    lines.append(f"{'studies':18s}" + "".join(f"{sum(r.split == s for r in rows):8d}" for s in SPLITS))
+    for name in finding_names():
+        per = "".join(f"{sum(r.split == s and r.labels.get(name) == 1 for r in rows):8d}" for s in SPLITS)
+        counts = "/".join(str(sum(r.labels.get(name) == v for r in rows)) for v in (1, -1, 0))
+        lines.append(f"{name:18s}{per}{counts:>16s}")
+    return "\n".join(lines)
