@@ -1,0 +1,1 @@
+"""Synthetic corpus benchmarks: generation speed and finding visibility."""
