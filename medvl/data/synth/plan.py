@@ -214,7 +214,9 @@ def plan_corpus(cfg: SynthConfig) -> list[StudyPlan]:
                 else:
                     sid = f"SYN-CXR{made:06d}"
                     modality = "DX" if rng.random() < 0.5 else "CR"
-                    view = "PA" if rng.random() < 0.7 else "AP"
+                    # Patients with tubes and lines are filmed AP at the bedside.
+                    has_device = any(f.name == "support_device" for f in findings)
+                    view = "AP" if rng.random() < (0.85 if has_device else 0.2) else "PA"
                     comp = "none"
                     if cfg.compressions and rng.random() < cfg.compressed_fraction:
                         comp = cfg.compressions[int(rng.integers(len(cfg.compressions)))]
