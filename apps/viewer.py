@@ -29,7 +29,7 @@ if str(_ROOT) not in sys.path:  # `streamlit run apps/viewer.py` puts only apps/
 import streamlit as st  # noqa: E402
 
 from apps.viewer_lib import backend as backend_mod  # noqa: E402
-from apps.viewer_lib import panels, uploads  # noqa: E402
+from apps.viewer_lib import panels, render, uploads  # noqa: E402
 from apps.viewer_lib.backend import (  # noqa: E402
     UNKNOWN_MODALITIES,
     Case,
@@ -167,7 +167,7 @@ def query_by_case(backend: ViewerBackend, k: int) -> None:
     case = backend.case(study_id)
     left, right = st.columns([2, 3])
     with left:
-        st.subheader(f"Case {case.study_id}")
+        st.subheader(f"Case {render.markdown_escape(case.study_id)}")
         if case.image_path is None:
             st.info("This case has no image on disk.")
         else:
@@ -237,7 +237,7 @@ def query_by_text(backend: ViewerBackend, k: int) -> None:
     with left:
         top = hits[0] if hits else None
         if top is not None and top.image_path is not None:
-            st.subheader(f"Best match: {top.study_id}")
+            st.subheader(f"Best match: {render.markdown_escape(top.study_id)}")
             image = _read(backend, top.image_path, f"case {top.study_id}")
             if image is not None:
                 panels.image_panel(

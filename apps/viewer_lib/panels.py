@@ -215,7 +215,7 @@ def results_panel(backend: ViewerBackend, hits: list[Case], query: Query) -> Non
             else:
                 left.caption("no image")
             score = "" if hit.score is None else f" · similarity {hit.score:.3f}"
-            right.markdown(f"**#{rank} · {hit.study_id}**{score}")
+            right.markdown(f"**#{rank} · {render.markdown_escape(hit.study_id)}**{score}")
             sentences, line_ends = render.split_report(hit.report)
             try:
                 scores = backend.sentence_scores(query, sentences)

@@ -153,6 +153,14 @@ def thumbnail(image: np.ndarray, max_side: int = 160) -> np.ndarray:
     return np.asarray(pil)
 
 
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!<>|~$])")
+
+
+def markdown_escape(text: str) -> str:
+    """Backslash-escape Markdown (and HTML angle brackets) so ``text`` shows literally."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", str(text))
+
+
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=\S)")
 
 

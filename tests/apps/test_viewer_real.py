@@ -48,7 +48,8 @@ def _ranked(at: AppTest) -> list[tuple[str, float]]:
     for m in at.markdown:
         if m.value.startswith("**#"):
             head, score = m.value.split(" · similarity ")
-            out.append((head.split(" · ")[1].rstrip("*"), float(score)))
+            study = head.split(" · ")[1].rstrip("*").replace("\\", "")  # ids are Markdown-escaped
+            out.append((study, float(score)))
     return out
 
 

@@ -161,3 +161,9 @@ def test_display_facts_never_include_identifiers():
     text = " ".join(facts.values())
     for value in Img.tags.values():
         assert value not in text
+
+
+def test_markdown_escape_shows_ids_literally():
+    assert render.markdown_escape("SYN-CXR000001") == "SYN\\-CXR000001"
+    assert render.markdown_escape("a_b*c<d>") == "a\\_b\\*c\\<d\\>"
+    assert render.markdown_escape("plain") == "plain"
