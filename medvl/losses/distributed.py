@@ -148,15 +148,25 @@ def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
 def average_gradients(parameters) -> None:
     """Average the ``.grad`` of parameters over ranks, after ``backward``.
 
-    For parameters that live in the loss (MGCA's prototypes) when the loss module is
-    not wrapped in DDP together with the model: without this, each rank would update
-    its own copy and the copies would drift apart. Parameters without a gradient
-    (prototypes frozen in the first epoch) are skipped on every rank alike.
+    For parameters that live in the loss (MGCA's prototypes, learned attention maps)
+    when the loss module is not wrapped in DDP together with the model: without this,
+    each rank would update its own copy and the copies would drift apart. A parameter
+    that got a gradient on some ranks only (a rank with an empty batch) counts zeros
+    on the others; one that got none anywhere (prototypes frozen in the first epoch)
+    keeps ``grad = None``, so the optimiser leaves it alone.
     """
     if not is_distributed():
         return
+    params = [p for p in parameters if p.requires_grad]
+    if not params:
+        return
+    has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=params[0].device)
+    dist.all_reduce(has, op=dist.ReduceOp.MAX)
     n = dist.get_world_size()
-    for p in parameters:
-        if p.grad is not None:
-            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-            p.grad /= n
+    for p, any_rank in zip(params, has.tolist()):
+        if not any_rank:
+            continue
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+        p.grad /= n

@@ -156,6 +156,8 @@ class TokenAlignmentLoss(nn.Module):
         """Context of every query token from the other modality's tokens, ``(B, Q, D)``."""
         if self.cfg.attention == "learned":
             layer = self.word_attention if which == "word" else self.patch_attention
+            if query.shape[0] == 0:  # an empty rank: nn.MultiheadAttention cannot reshape 0 rows
+                return query.new_zeros(query.shape)
             dt = layer.in_proj_weight.dtype  # half-precision tokens meet float32 maps
             out, _ = layer(query.to(dt), keys.to(dt), keys.to(dt), key_padding_mask=~key_valid,
                            need_weights=False)

@@ -32,7 +32,7 @@ B, D_IN, D, K, N, T = 8, 6, 4, 3, 5, 4
 SPLITS = (3, 5)
 ALL_TERMS = {
     "instance": {"local_loss": True},
-    "token": {"weight": 0.5},
+    "token": {"weight": 0.5, "attention": "learned", "num_heads": 2},
     "prototype": {"weight": 0.5, "num_prototypes": 7, "freeze_epochs": 0},
 }
 
