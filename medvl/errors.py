@@ -75,6 +75,10 @@ class ModelError(MedvlError):
     """A model directory, encoder input or checkpoint does not fit what is expected."""
 
 
+class LossInputError(ModelError):
+    """The tensors handed to a loss term do not have the shapes the term needs."""
+
+
 class CheckpointError(ModelError):
     """A checkpoint cannot be loaded or does not match the config."""
 

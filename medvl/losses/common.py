@@ -11,17 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from medvl.errors import ModelError
+from medvl.errors import LossInputError
 from medvl.models.outputs import EncoderOutput
-
-
-class LossInputError(ModelError):
-    """The tensors handed to a loss term do not have the shapes the term needs.
-
-    Kept here until ``medvl.errors`` grows an equivalent subclass; it derives from
-    :class:`~medvl.errors.ModelError`, so callers catching that (or
-    :class:`~medvl.errors.MedvlError`) see it.
-    """
 
 
 def _shape(t: torch.Tensor | None) -> str:
