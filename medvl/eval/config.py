@@ -22,6 +22,8 @@ class EvalConfig:
         ensemble: how a finding's prompts combine, ``mean`` or ``max``.
         n_bootstrap: bootstrap resamples of AUROC confidence intervals.
         confidence: two-sided level of those intervals.
+        uncertain: how uncertain (-1) labels count in AUROC and the probe: ``ignore``
+            (left out, CheXpert's U-Ignore), ``positive`` (U-Ones) or ``negative`` (U-Zeros).
         seed: seed of bootstrap, class balancing and probe subsampling.
         multiclass: classes of the multi-class zero-shot task (default: CheXpert's five
             when present, else every finding but ``no_finding``).
@@ -46,6 +48,7 @@ class EvalConfig:
     ensemble: Literal["mean", "max"] = "mean"
     n_bootstrap: int = 1000
     confidence: float = 0.95
+    uncertain: Literal["ignore", "positive", "negative"] = "ignore"
     seed: int = 0
     multiclass: list[str] | None = None
     multiclass_per_class: int | None = 200

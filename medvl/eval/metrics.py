@@ -19,6 +19,8 @@ __all__ = [
     "auroc",
     "auroc_per_class",
     "bootstrap_auroc",
+    "bootstrap_auroc_samples",
+    "bootstrap_mean_auroc",
     "mean_rank",
     "median_rank",
     "precision_at_k",
@@ -137,6 +139,52 @@ def bootstrap_indices(n: int, n_resamples: int, seed: int) -> np.ndarray:
     return rng.integers(0, n, size=(n_resamples, n))
 
 
+def bootstrap_auroc_samples(
+    labels: np.ndarray,
+    scores: np.ndarray,
+    *,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    uncertain: str = "ignore",
+    chunk: int = 250,
+) -> np.ndarray:
+    """AUROC of every class on every bootstrap resample, ``(n_resamples, K)``.
+
+    Studies (rows) are resampled with replacement (:func:`bootstrap_indices`), the same
+    resamples for every class. Vectorised: a chunk of resamples becomes a matrix of count
+    weights, and one sort per class serves the whole chunk. NaN where a resample holds no
+    positive or no negative of a class.
+    """
+    lab = np.asarray(labels, dtype=np.float64)
+    sc = np.asarray(scores, dtype=np.float64)
+    if lab.ndim == 1:
+        lab, sc = lab[:, None], sc[:, None]
+    if lab.shape != sc.shape:
+        raise ValueError(f"labels {lab.shape} and scores {sc.shape} differ in shape")
+    n, k = lab.shape
+    idx = bootstrap_indices(n, n_resamples, seed)
+    masks = [valid_label_mask(lab[:, j], uncertain=uncertain) for j in range(k)]
+    out = np.full((n_resamples, k), np.nan)
+    for lo in range(0, n_resamples, chunk):
+        block = idx[lo : lo + chunk]
+        b = block.shape[0]
+        counts = np.bincount((block + np.arange(b)[:, None] * n).ravel(), minlength=b * n)
+        counts = counts.reshape(b, n).astype(np.float64)
+        for j, (t, m) in enumerate(masks):
+            w = counts.copy()
+            w[:, ~m] = 0.0
+            out[lo : lo + b, j] = _weighted_auroc(t, sc[:, j], w)
+    return out
+
+
+def _interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
+    ok = values[~np.isnan(values)]
+    if not ok.size:
+        return float("nan"), float("nan")
+    alpha = (1.0 - confidence) / 2.0
+    return float(np.quantile(ok, alpha)), float(np.quantile(ok, 1 - alpha))
+
+
 def bootstrap_auroc(
     labels: np.ndarray,
     scores: np.ndarray,
@@ -149,10 +197,6 @@ def bootstrap_auroc(
     chunk: int = 250,
 ) -> dict[str, dict[str, float]]:
     """Per-class AUROC with percentile bootstrap confidence intervals.
-
-    Studies (rows) are resampled with replacement, the same resamples for every class,
-    so intervals of different classes come from the same draws. The computation is
-    vectorised: resamples become count weights and one sort per class serves them all.
 
     Args:
         labels: ``(N, K)`` 1 / 0 / -1 / NaN.
@@ -171,39 +215,51 @@ def bootstrap_auroc(
     sc = np.asarray(scores, dtype=np.float64)
     if lab.ndim == 1:
         lab, sc = lab[:, None], sc[:, None]
-    if lab.shape != sc.shape:
-        raise ValueError(f"labels {lab.shape} and scores {sc.shape} differ in shape")
-    n, k = lab.shape
-    names = list(class_names) if class_names is not None else [str(i) for i in range(k)]
-    idx = bootstrap_indices(n, n_resamples, seed)
-    alpha = (1.0 - confidence) / 2.0
+    names = list(class_names) if class_names is not None else [str(i) for i in range(lab.shape[1])]
+    boot = bootstrap_auroc_samples(lab, sc, n_resamples=n_resamples, seed=seed, uncertain=uncertain, chunk=chunk)
     out: dict[str, dict[str, float]] = {}
     for j, name in enumerate(names):
         t, m = valid_label_mask(lab[:, j], uncertain=uncertain)
-        point = auroc(lab[:, j], sc[:, j], uncertain=uncertain)
-        values = []
-        for lo in range(0, n_resamples, chunk):
-            block = idx[lo : lo + chunk]
-            b = block.shape[0]
-            counts = np.bincount(
-                (block + np.arange(b)[:, None] * n).ravel(), minlength=b * n
-            ).reshape(b, n).astype(np.float64)
-            counts[:, ~m] = 0.0
-            values.append(_weighted_auroc(t, sc[:, j], counts))
-        boot = np.concatenate(values) if values else np.array([])
-        ok = boot[~np.isnan(boot)]
-        low, high = (
-            (float(np.quantile(ok, alpha)), float(np.quantile(ok, 1 - alpha))) if ok.size else (np.nan, np.nan)
-        )
+        low, high = _interval(boot[:, j], confidence)
         out[name] = {
-            "auroc": point,
+            "auroc": auroc(lab[:, j], sc[:, j], uncertain=uncertain),
             "ci_low": low,
             "ci_high": high,
             "n_pos": int((t[m] == 1).sum()),
             "n_neg": int((t[m] == 0).sum()),
-            "n_valid_resamples": int(ok.size),
+            "n_valid_resamples": int(np.sum(~np.isnan(boot[:, j]))),
         }
     return out
+
+
+def bootstrap_mean_auroc(
+    labels: np.ndarray,
+    scores: np.ndarray,
+    *,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    uncertain: str = "ignore",
+) -> dict[str, float]:
+    """Mean AUROC over classes with a bootstrap interval from the same resamples.
+
+    Classes whose AUROC is undefined on the full data are left out; on a resample, the
+    mean is over the classes defined there.
+    """
+    lab = np.asarray(labels, dtype=np.float64)
+    sc = np.asarray(scores, dtype=np.float64)
+    point = np.array([auroc(lab[:, j], sc[:, j], uncertain=uncertain) for j in range(lab.shape[1])])
+    keep = ~np.isnan(point)
+    if not keep.any():
+        return {"mean_auroc": float("nan"), "ci_low": float("nan"), "ci_high": float("nan")}
+    boot = bootstrap_auroc_samples(lab[:, keep], sc[:, keep], n_resamples=n_resamples, seed=seed,
+                                   uncertain=uncertain)
+    with np.errstate(invalid="ignore"):
+        ok_rows = ~np.all(np.isnan(boot), axis=1)
+        means = np.full(boot.shape[0], np.nan)
+        means[ok_rows] = np.nanmean(boot[ok_rows], axis=1)
+    low, high = _interval(means, confidence)
+    return {"mean_auroc": float(point[keep].mean()), "ci_low": low, "ci_high": high}
 
 
 def accuracy(targets: np.ndarray, scores: np.ndarray) -> float:

@@ -114,7 +114,9 @@ def markdown_report(results: dict[str, Any]) -> str:
         ]
         for name, r in zs["per_class"].items():
             lines.append(f"| {name} | {_f(r['auroc'])} | {_f(r['ci_low'])}-{_f(r['ci_high'])} | {r['n_pos']} | {r['n_neg']} |")
-        lines += ["", f"Mean AUROC {_f(zs['mean_auroc'])}.", "", "| variant | mean AUROC |", "|---|---|"]
+        ci = zs.get("mean_auroc_ci") or [None, None]
+        lines += ["", f"Mean AUROC {_f(zs['mean_auroc'])} (95% CI {_f(ci[0])}-{_f(ci[1])}; uncertain labels: "
+                  f"{zs.get('uncertain', 'ignore')}).", "", "| variant | mean AUROC |", "|---|---|"]
         lines += [f"| {k} | {_f(v)} |" for k, v in zs["variants"].items()]
         mc = zs.get("multiclass") or {}
         if mc.get("n"):

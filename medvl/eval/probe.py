@@ -34,6 +34,7 @@ def linear_probe(
     seed: int = 0,
     max_iter: int = 1000,
     C: float = 1.0,
+    uncertain: str = "ignore",
 ) -> dict[str, Any]:
     """Per-finding AUROC of a logistic-regression probe at several label fractions.
 
@@ -46,6 +47,8 @@ def linear_probe(
         fractions: fractions of the training studies used.
         seed: seed of the subsampling.
         max_iter, C: logistic regression settings (L2, lbfgs).
+        uncertain: policy for uncertain (-1) labels in fit and score (``ignore``,
+            ``positive``, ``negative``).
 
     Returns:
         ``{"<pct>%": {"n_train", "per_class": {finding: auroc}, "mean_auroc", "skipped": {finding: why}}}``.
@@ -62,8 +65,8 @@ def linear_probe(
         per: dict[str, float] = {}
         skipped: dict[str, str] = {}
         for j, name in enumerate(label_names):
-            t_tr, m_tr = valid_label_mask(tr_lab[rows, j])
-            t_te, m_te = valid_label_mask(te_lab[:, j])
+            t_tr, m_tr = valid_label_mask(tr_lab[rows, j], uncertain=uncertain)
+            t_te, m_te = valid_label_mask(te_lab[:, j], uncertain=uncertain)
             y = t_tr[m_tr]
             if len(np.unique(y)) < 2:
                 skipped[name] = "training sample lacks a positive or a negative"
@@ -77,7 +80,7 @@ def linear_probe(
             clf = LogisticRegression(C=C, max_iter=max_iter)
             clf.fit(scaler.transform(x), y)
             prob = clf.predict_proba(scaler.transform(test_x))[:, 1]
-            per[name] = auroc(te_lab[:, j], prob)
+            per[name] = auroc(te_lab[:, j], prob, uncertain=uncertain)
         vals = [v for v in per.values() if not np.isnan(v)]
         out[f"{frac * 100:g}%"] = {
             "fraction": float(frac),

@@ -64,7 +64,7 @@ def _zeroshot(model: Any, emb: Embeddings, manifest_path: str | Path, cfg: EvalC
         emb.image, emb.labels, finding_names(), pos, neg,
         logit_scale=model_logit_scale(model), scoring=cfg.scoring, ensemble=cfg.ensemble,
         n_bootstrap=cfg.n_bootstrap, seed=cfg.seed, multiclass=cfg.multiclass,
-        multiclass_per_class=cfg.multiclass_per_class,
+        multiclass_per_class=cfg.multiclass_per_class, uncertain=cfg.uncertain, confidence=cfg.confidence,
     )
     res["prompt_set"] = ps.name
     return res
@@ -183,6 +183,7 @@ def evaluate(
                 "fractions": linear_probe(
                     train_emb.image, train_emb.labels, emb.image, emb.labels, finding_names(),
                     fractions=cfg.probe_fractions, seed=cfg.seed, max_iter=cfg.probe_max_iter,
+                    uncertain=cfg.uncertain,
                 ),
             }
     if "grounding" in cfg.tasks:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from medvl.eval.metrics import accuracy, auroc_per_class, bootstrap_auroc
+from medvl.eval.metrics import accuracy, auroc_per_class, bootstrap_auroc, bootstrap_mean_auroc
 
 SCORINGS = ("softmax", "positive")
 ENSEMBLES = ("mean", "max")
@@ -115,6 +115,8 @@ def evaluate_zeroshot(
     seed: int = 0,
     multiclass: Sequence[str] | None = None,
     multiclass_per_class: int | None = 200,
+    uncertain: str = "ignore",
+    confidence: float = 0.95,
 ) -> dict[str, Any]:
     """Zero-shot results of one embedding set against prompt embeddings.
 
@@ -129,6 +131,8 @@ def evaluate_zeroshot(
         n_bootstrap: resamples of the AUROC intervals.
         multiclass: classes of the multi-class task (default CheXpert's five, else all).
         multiclass_per_class: at most this many images per class (200 as 5x200).
+        uncertain: policy for uncertain (-1) labels: ``ignore``, ``positive`` or ``negative``.
+        confidence: level of the bootstrap intervals.
 
     Returns:
         a JSON-able dict with ``per_class``, ``mean_auroc``, ``variants`` and ``multiclass``.
@@ -144,14 +148,17 @@ def evaluate_zeroshot(
     for sc in SCORINGS:
         for ens in ENSEMBLES:
             s = zeroshot_scores(image, pos, neg, scoring=sc, ensemble=ens, logit_scale=logit_scale)
-            per = auroc_per_class(lab, s, names)
+            per = auroc_per_class(lab, s, names, uncertain=uncertain)
             vals = [v for v in per.values() if not np.isnan(v)]
             variants[f"{sc}/{ens}"] = float(np.mean(vals)) if vals else float("nan")
             if sc == scoring and ens == ensemble:
                 headline = s
     assert headline is not None
-    per_class = bootstrap_auroc(lab, headline, names, n_resamples=n_bootstrap, seed=seed)
+    per_class = bootstrap_auroc(lab, headline, names, n_resamples=n_bootstrap, seed=seed, uncertain=uncertain,
+                                confidence=confidence)
     valid = [v["auroc"] for v in per_class.values() if not np.isnan(v["auroc"])]
+    mean_ci = bootstrap_mean_auroc(lab, headline, n_resamples=n_bootstrap, seed=seed, uncertain=uncertain,
+                                   confidence=confidence)
 
     mc_names = list(multiclass) if multiclass else [f for f in CHEXPERT_5 if f in names]
     if len(mc_names) < 2:
@@ -178,6 +185,8 @@ def evaluate_zeroshot(
         "findings": names,
         "per_class": per_class,
         "mean_auroc": float(np.mean(valid)) if valid else float("nan"),
+        "mean_auroc_ci": [mean_ci["ci_low"], mean_ci["ci_high"]],
+        "uncertain": uncertain,
         "variants": variants,
         "multiclass": mc,
         "n_images": int(image.shape[0]),

@@ -148,3 +148,26 @@ def test_topk_is_sorted_and_stable() -> None:
     s = np.array([[0.2, 0.9, 0.9, 0.1, 0.5]])
     assert M.topk_indices(s, 3).tolist() == [[1, 2, 4]]
     assert M.topk_indices(s, 10).tolist() == [[1, 2, 4, 0, 3]]
+
+
+def test_bootstrap_mean_auroc_matches_loop() -> None:
+    rng = np.random.default_rng(8)
+    n = 60
+    labels = rng.choice([1.0, 0.0, np.nan], size=(n, 3), p=[0.4, 0.5, 0.1])
+    scores = rng.normal(size=(n, 3)) + np.nan_to_num(labels)
+    res = M.bootstrap_mean_auroc(labels, scores, n_resamples=40, seed=3)
+    idx = M.bootstrap_indices(n, 40, 3)
+    means = []
+    for b in range(40):
+        vals = []
+        for j in range(3):
+            lab, sc = labels[idx[b], j], scores[idx[b], j]
+            keep = ~np.isnan(lab)
+            if len(np.unique(lab[keep])) == 2:
+                vals.append(roc_auc_score(lab[keep], sc[keep]))
+        means.append(np.mean(vals))
+    point = np.mean([roc_auc_score(labels[~np.isnan(labels[:, j]), j], scores[~np.isnan(labels[:, j]), j])
+                     for j in range(3)])
+    assert res["mean_auroc"] == pytest.approx(point)
+    assert res["ci_low"] == pytest.approx(np.quantile(means, 0.025))
+    assert res["ci_high"] == pytest.approx(np.quantile(means, 0.975))

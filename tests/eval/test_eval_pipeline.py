@@ -25,6 +25,8 @@ def test_perfect_model_scores_high_and_writes_report(fake_corpus: Path, tmp_path
     zs = res["zeroshot"]
     assert zs["prompt_set"] == "cxr"
     assert zs["mean_auroc"] > 0.9
+    lo, hi = zs["mean_auroc_ci"]
+    assert lo <= zs["mean_auroc"] <= hi
     for name, r in zs["per_class"].items():
         if r["auroc"] is not None:
             assert r["ci_low"] <= r["auroc"] <= r["ci_high"], name
