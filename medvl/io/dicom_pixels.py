@@ -178,6 +178,9 @@ def decode_pixels(ds: Dataset, path: Path, index: int | None = None) -> np.ndarr
     """
     ts = transfer_syntax(ds)
     uid = pydicom.uid.UID(ts) if ts else None
+    if uid is not None and not uid.is_transfer_syntax:
+        raise ImageReadError(f"unknown transfer syntax {ts!r}", path=path, field="TransferSyntaxUID",
+                             expected="a DICOM transfer syntax UID")
     if uid is not None and uid.is_compressed:
         try:
             decoder = pydicom.pixels.get_decoder(uid)
@@ -205,7 +208,10 @@ def decode_pixels(ds: Dataset, path: Path, index: int | None = None) -> np.ndarr
         detail = lines[1] if len(lines) > 1 else (lines[0] if lines else type(exc).__name__)
         raise ImageReadError(f"pixel data cannot be decoded, corrupt or non-conformant ({detail})",
                              path=path, field="PixelData") from None
-    except Exception as exc:  # noqa: BLE001 - decoders raise ValueError, KeyError, struct.error...
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - decoders raise ValueError, KeyError, struct.error,
+        # and the Rust ones (pylibjpeg-rle) a pyo3 PanicException, which is not an Exception
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ImageReadError(f"pixel data cannot be decoded: truncated or corrupt ({first})",
                              path=path, field="PixelData") from None
@@ -328,8 +334,14 @@ def voi_luts_of(ds: Dataset) -> list[VoiLut]:
         if first >= 2**15 and ds.get("PixelRepresentation", 0) == 1:
             first -= 2**16
         probe = np.arange(first, first + n, dtype=np.int64)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            data = pydicom.pixels.apply_voi(probe, ds, index)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                data = pydicom.pixels.apply_voi(probe, ds, index)
+        except Exception as exc:  # noqa: BLE001
+            # a damaged display table must not hide the physical values: the caller
+            # gets the image without it (and windows, if any)
+            warnings.warn(f"VOI LUT {index} ignored: invalid table ({exc})", stacklevel=2)
+            continue
         out.append(VoiLut(first, int(desc[2]), np.asarray(data), str(item.get("LUTExplanation", ""))))
     return out

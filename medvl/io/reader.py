@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from medvl.errors import ImageReadError
+from medvl.errors import ImageReadError, MedvlError
 from medvl.io.image import MedicalImage
 
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -108,6 +108,30 @@ def read_image(
     p = Path(path)
     if not p.exists():
         raise ImageReadError("file or directory not found", path=p)
+    try:
+        return _dispatch(p, series_uid=series_uid, frame=frame, max_voxels=max_voxels,
+                         allow_nonuniform=allow_nonuniform, spacing_tolerance=spacing_tolerance,
+                         nonfinite=nonfinite, recursive=recursive, modality=modality)
+    except MedvlError:
+        raise
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except MemoryError:
+        raise ImageReadError("not enough memory to read this image", path=p,
+                             expected="a smaller image or a lower max_voxels") from None
+    except BaseException as exc:  # noqa: BLE001
+        # The readers check what they know about; a corrupt file can still trip a
+        # library deep inside (a malformed DS value converted lazily, an unknown VR,
+        # a panic in a Rust decoder). The contract is one clear error naming the file;
+        # the original stays chained for debugging.
+        text = str(exc).splitlines()[0] if str(exc) else ""
+        raise ImageReadError(f"corrupt or unsupported content ({type(exc).__name__}: {text})",
+                             path=p) from exc
+
+
+def _dispatch(p: Path, *, series_uid: str | None, frame: int | None, max_voxels: int | None,
+              allow_nonuniform: bool, spacing_tolerance: float, nonfinite: str,
+              recursive: bool, modality: str | None) -> MedicalImage:
     kind = image_format(p)
     if kind == "series":
         from medvl.io.series import read_dicom_series
@@ -118,7 +142,7 @@ def read_image(
     if kind == "nifti":
         from medvl.io.nifti import read_nifti
 
-        return read_nifti(p, frame=frame, max_voxels=max_voxels, nonfinite=nonfinite,
+        return read_nifti(p, frame=frame, max_voxels=max_voxels, nonfinite=nonfinite,  # type: ignore[arg-type]
                           modality=modality or "OT")
     if kind == "raster":
         from medvl.io.raster import read_raster
