@@ -119,7 +119,7 @@ def read_image(
     except MemoryError:
         raise ImageReadError("not enough memory to read this image", path=p,
                              expected="a smaller image or a lower max_voxels") from None
-    except BaseException as exc:  # noqa: BLE001
+    except BaseException as exc:
         # The readers check what they know about; a corrupt file can still trip a
         # library deep inside (a malformed DS value converted lazily, an unknown VR,
         # a panic in a Rust decoder). The contract is one clear error naming the file;
