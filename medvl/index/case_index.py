@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,11 +56,12 @@ def model_fingerprint(model: Any) -> str:
     h.update(json.dumps(cfg if isinstance(cfg, dict) else repr(cfg), sort_keys=True, default=str).encode())
     state = model.state_dict() if hasattr(model, "state_dict") else {}
     for name in sorted(state):
-        t = state[name].detach().cpu().contiguous().reshape(-1)
+        t = state[name].detach().reshape(-1)
         step = max(1, t.numel() // 512)
         h.update(name.encode())
         h.update(str(tuple(state[name].shape)).encode())
-        h.update(t[::step].float().numpy().tobytes())
+        # Sample on the tensor's device, copy only the sample (a GPU model stays cheap).
+        h.update(t[::step].float().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
 
 
@@ -88,6 +90,8 @@ class CaseIndex:
                 raise CaseIndexError(f"{v.shape[0]} {t} vectors for {n} cases", path=version,
                                      expected="one vector per case")
         self._approx: dict[str, Any] = {}
+        # Models already matched against the fingerprint (weak: a freed model's id may be reused).
+        self._checked: weakref.WeakSet[Any] = weakref.WeakSet()
 
     @classmethod
     def open(cls, path: str | Path, *, config: IndexConfig | dict[str, Any] | None = None) -> CaseIndex:
@@ -183,9 +187,18 @@ class CaseIndex:
     def check_model(self, model: Any) -> None:
         """Raise :class:`CaseIndexError` when ``model`` is not the model the index was built with."""
         want = (self.info.get("model") or {}).get("fingerprint")
+        try:
+            if model in self._checked:
+                return
+        except TypeError:  # not weak-referenceable: check every time
+            pass
         if want and model_fingerprint(model) != want:
             raise CaseIndexError("the model differs from the one this index was built with", path=self.root,
                                  field="model", expected=f"the model of fingerprint {want} (or rebuild the index)")
+        try:
+            self._checked.add(model)
+        except TypeError:
+            pass
 
     def search_text(self, model: Any, text: str, k: int = 10, *, against: str = "image") -> list[Hit]:
         """Cases ranked by similarity to a free-text query (by default, their images)."""
