@@ -35,6 +35,7 @@ _LAZY = {
     "Normalize": "medvl.io.transforms", "Normalized": "medvl.io.transforms",
     "MedvlImageReader": "medvl.io.transforms",
     "deidentify": "medvl.io.deid", "deidentify_dataset": "medvl.io.deid",
+    "list_series": "medvl.io.series", "SeriesInfo": "medvl.io.series",
 }
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "Normalize",
     "Normalized",
     "ReadOptions",
+    "SeriesInfo",
     "ToDisplay",
     "ToDisplayd",
     "VoiLut",
@@ -60,6 +62,7 @@ __all__ = [
     "get_preset",
     "image_format",
     "invert_monochrome1",
+    "list_series",
     "normalize",
     "read_image",
     "to_display",

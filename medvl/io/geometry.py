@@ -60,6 +60,19 @@ def slice_normal(orientation: Sequence[float]) -> np.ndarray:
     return n / norm
 
 
+def orientation_label(orientation: Sequence[float], tolerance: float = 0.9) -> str:
+    """``"axial"``, ``"coronal"``, ``"sagittal"`` or ``"oblique"`` from ImageOrientationPatient.
+
+    Named when the slice normal is within ~25 degrees (``|cos| >= tolerance``) of a
+    patient axis.
+    """
+    n = np.abs(slice_normal(orientation))
+    axis = int(n.argmax())
+    if n[axis] < tolerance:
+        return "oblique"
+    return ("sagittal", "coronal", "axial")[axis]
+
+
 def orientations_match(a: Sequence[float], b: Sequence[float], tol: float = 1e-4) -> bool:
     """True when two ImageOrientationPatient values agree within ``tol``."""
     return bool(np.allclose(np.asarray(a, float), np.asarray(b, float), atol=tol))

@@ -9,6 +9,7 @@ comes from the positions, not from SliceThickness.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from medvl.io.dicom import image_from_dataset, pixel_spacing_of, safe_tags
 from medvl.io.geometry import (
     canonical_plan,
     order_slices,
+    orientation_label,
     orientations_match,
     resample_uniform,
     stack_affine_lps,
@@ -64,10 +66,85 @@ def scan_series(directory: str | Path, *, recursive: bool = False) -> tuple[dict
     return dict(groups), skipped
 
 
-def _describe(uid: str, items: list[tuple[Path, Dataset]]) -> str:
+@dataclass(frozen=True)
+class SeriesInfo:
+    """Non-identifying summary of one series in a folder (see :func:`list_series`).
+
+    Attributes:
+        series_uid: SeriesInstanceUID, to pass as ``read_image(..., series_uid=)``.
+        series_number: SeriesNumber, or None.
+        modality: Modality.
+        n_files: number of image files.
+        rows: Rows of the first file.
+        columns: Columns of the first file.
+        orientation: ``axial`` / ``coronal`` / ``sagittal`` / ``oblique``, or
+            ``unknown`` without ImageOrientationPatient.
+        slice_thickness: SliceThickness (mm), or None.
+        convolution_kernel: CT reconstruction kernel, or None.
+        image_type: ImageType values.
+    """
+
+    series_uid: str
+    series_number: int | None
+    modality: str
+    n_files: int
+    rows: int
+    columns: int
+    orientation: str
+    slice_thickness: float | None
+    convolution_kernel: str | None
+    image_type: tuple[str, ...]
+
+
+def _joined(value: object) -> str | None:
+    if value in (None, ""):
+        return None
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return "\\".join(str(v) for v in value)  # type: ignore[union-attr]
+    return str(value)
+
+
+def _info(uid: str, items: list[tuple[Path, Dataset]]) -> SeriesInfo:
     ds = items[0][1]
-    return (f"{uid or '<no SeriesInstanceUID>'} (series {ds.get('SeriesNumber', '?')}, "
-            f"{ds.get('Modality', '?')}, {len(items)} file(s))")
+
+    def num(kw: str, cast):
+        try:
+            v = ds.get(kw)
+            return cast(v) if v not in (None, "") else None
+        except (TypeError, ValueError):
+            return None
+
+    iop = ds.get("ImageOrientationPatient")
+    try:
+        orientation = orientation_label([float(v) for v in iop]) if iop and len(iop) == 6 else "unknown"
+    except (TypeError, ValueError):
+        orientation = "unknown"
+    kernel = ds.get("ConvolutionKernel")  # multi-valued in some vendors' files
+    return SeriesInfo(
+        series_uid=uid, series_number=num("SeriesNumber", int), modality=str(ds.get("Modality") or "OT"),
+        n_files=len(items), rows=num("Rows", int) or 0, columns=num("Columns", int) or 0,
+        orientation=orientation, slice_thickness=num("SliceThickness", float),
+        convolution_kernel=_joined(kernel),
+        image_type=tuple(str(v) for v in (ds.get("ImageType") or ())),
+    )
+
+
+def list_series(directory: str | Path, *, recursive: bool = False) -> list[SeriesInfo]:
+    """Summaries of the DICOM image series in a folder, sorted by series number.
+
+    Use it to pick a series (thin axial lung kernel, say) before
+    ``read_image(folder, series_uid=...)``. Only non-identifying fields are returned.
+    """
+    groups, _ = scan_series(directory, recursive=recursive)
+    infos = [_info(uid, items) for uid, items in groups.items()]
+    return sorted(infos, key=lambda i: (i.series_number is None, i.series_number or 0, i.series_uid))
+
+
+def _describe(uid: str, items: list[tuple[Path, Dataset]]) -> str:
+    i = _info(uid, items)
+    extra = ", ".join(str(v) for v in (i.orientation, i.convolution_kernel) if v and v != "unknown")
+    return (f"{uid or '<no SeriesInstanceUID>'} (series {i.series_number if i.series_number is not None else '?'}, "
+            f"{i.modality}, {i.n_files} file(s){', ' + extra if extra else ''})")
 
 
 def read_dicom_series(

@@ -153,3 +153,19 @@ def test_damaged_slice_is_named(tmp_path):
     victim.write_bytes(data[:300])  # header cut short
     with pytest.raises(SeriesError, match=f"damaged DICOM file {victim.name}"):
         read_image(folder)
+
+
+def test_list_series_describes_without_identifiers(tmp_path):
+    from medvl.io import list_series
+
+    a = write_series(tmp_path / "mix", _volume(n=3), orientation=(1, 0, 0, 0, 1, 0), seed=1)
+    b = write_series(tmp_path / "mix", _volume(n=5, seed=2), orientation=(1, 0, 0, 0, 0, -1), seed=2)
+    c = write_series(tmp_path / "mix", _volume(n=2, seed=3), orientation=oblique_orientation(30, 30), seed=3)
+    infos = {i.series_uid: i for i in list_series(tmp_path / "mix")}
+    assert infos[a["series_uid"]].n_files == 3 and infos[a["series_uid"]].orientation == "axial"
+    assert infos[b["series_uid"]].orientation == "coronal" and infos[b["series_uid"]].n_files == 5
+    assert infos[c["series_uid"]].orientation == "oblique"
+    assert infos[a["series_uid"]].modality == "CT" and infos[a["series_uid"]].rows == 12
+    assert "Doe" not in repr(infos) and "PID" not in repr(infos)
+    with pytest.raises(SeriesError, match="coronal"):
+        read_image(tmp_path / "mix")
