@@ -4,8 +4,9 @@ Array transforms (:class:`LoadMedicalImage`, :class:`Window`, :class:`InvertMono
 :class:`ToDisplay`, :class:`Normalize`) and their dictionary wrappers (``...d``) work in
 a ``monai.transforms.Compose``. The loader returns a ``MetaTensor`` whose ``affine``
 is the RAS+ affine (so MONAI's ``Spacing`` / ``Orientation`` apply) and whose meta
-carries ``modality``, ``photometric_interpretation``, ``windows``, ``voi_function``,
-``spacing`` and the non-identifying ``tags``. :class:`MedvlImageReader` plugs
+carries ``modality``, ``photometric_interpretation``, the file's first window
+(``window_center``, ``window_width``), ``voi_function``, ``spacing`` and the
+non-identifying ``tags`` (JSON), with the same keys for every file so batches collate. :class:`MedvlImageReader` plugs
 medvl's reader into MONAI's own ``LoadImage``.
 
 This module imports MONAI and torch, so :mod:`medvl.io` loads it lazily.
@@ -13,6 +14,7 @@ This module imports MONAI and torch, so :mod:`medvl.io` loads it lazily.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,21 +39,28 @@ WindowSpec = str | tuple[float, float] | None
 
 
 def image_meta(image: MedicalImage) -> dict[str, Any]:
-    """MetaTensor meta of an image: affine, spacing, display facts, safe tags."""
+    """MetaTensor meta of an image: affine, spacing, display facts, safe tags.
+
+    Every image gets the same keys with fixed-shape values (the first window as two
+    floats, NaN when the file has none; the tags as a JSON string), so MONAI's
+    ``list_data_collate`` can batch images from different files.
+    """
     if image.affine is not None:
         affine = np.asarray(image.affine, dtype=np.float64)
     else:  # 2D: pixel sizes on the first two axes
         affine = np.diag([float(image.spacing[0]), float(image.spacing[1]), 1.0, 1.0])
+    center, width = image.windows[0] if image.windows else (float("nan"), float("nan"))
     return {
         "affine": torch.as_tensor(affine, dtype=torch.float64),
         "original_affine": affine.copy(),
         "spatial_shape": np.asarray(image.array.shape[: 3 if image.affine is not None else 2]),
-        "spacing": tuple(float(s) for s in image.spacing),
+        "spacing": np.asarray(image.spacing, dtype=np.float64),
         "modality": image.modality,
         "photometric_interpretation": image.photometric_interpretation,
-        "windows": [tuple(w) for w in image.windows],
+        "window_center": float(center),
+        "window_width": float(width),
         "voi_function": image.voi_function,
-        "tags": dict(image.tags),
+        "tags": json.dumps(image.tags, default=str, sort_keys=True),
         "filename_or_obj": str(image.path) if image.path else "",
     }
 
@@ -105,7 +114,7 @@ class Window(Transform):
     """VOI window to ``[0, 1]`` (PS3.3 C.11.2.1.2); run after loading, before inversion.
 
     Args:
-        window: ``"file"`` (first window in the MetaTensor meta, else data range),
+        window: ``"file"`` (the window in the MetaTensor meta, else the data range),
             ``"full"``, a preset name (``"lung"``...) or ``(center, width)``.
     """
 
@@ -119,10 +128,8 @@ class Window(Transform):
         meta = _meta_of(img)
         function = str(meta.get("voi_function", "LINEAR"))
         if self.window in (None, "file"):
-            windows = meta.get("windows") or []
-            if windows:
-                c, w = windows[0]
-            else:
+            c, w = float(meta.get("window_center", np.nan)), float(meta.get("window_width", np.nan))
+            if not (np.isfinite(c) and np.isfinite(w)):
                 (c, w), function = full_range_window(array), "LINEAR"
         elif self.window == "full":
             (c, w), function = full_range_window(array), "LINEAR"

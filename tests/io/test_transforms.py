@@ -68,3 +68,19 @@ def test_monai_loadimage_with_medvl_reader(testdata):
     path = testdata("CT_small.dcm")
     tensor = LoadImage(reader=MedvlImageReader(), image_only=True)(str(path))
     np.testing.assert_allclose(np.asarray(tensor), read_image(path).array)
+
+
+def test_batches_of_different_files_collate(testdata):
+    """Meta has the same keys and shapes for every file, so MONAI's DataLoader batches them."""
+    import json
+
+    from monai.data import DataLoader, Dataset
+    from monai.transforms import Resized
+
+    files = [{"image": str(testdata(n))} for n in ("CT_small.dcm", "MR_small.dcm", "RG1_UNCR.dcm")]
+    pipeline = Compose([LoadMedicalImaged("image"), ToDisplayd("image"), Resized("image", (16, 16))])
+    batch = next(iter(DataLoader(Dataset(files, pipeline), batch_size=3, num_workers=0)))
+    assert batch["image"].shape == (3, 1, 16, 16)
+    assert list(batch["image"].meta["modality"]) == ["CT", "MR", "CR"]
+    tags = [json.loads(t) for t in batch["image"].meta["tags"]]
+    assert tags[2]["ViewPosition"] == "PA"
