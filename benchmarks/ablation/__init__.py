@@ -1,0 +1,1 @@
+"""Granularity ablation: does each alignment term (instance, token, prototype) help?"""
