@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,21 +42,27 @@ def _build(args: argparse.Namespace) -> int:
     from medvl.eval.cli_common import find_experiment_config, load_model
     from medvl.index.build import build_index
 
+    from medvl.index import storage
+
     cfg, source = find_experiment_config(args.model, args.config, list(args.overrides))
     model = load_model(args.model)
     print(f"[index] model {args.model}; data section from {source}")
+    before = storage.current_dir(Path(args.out)) if Path(args.out).is_dir() and not args.rebuild else None
     index = build_index(model, args.manifest, args.out, split=args.split, data_cfg=cfg.get("data"),
                         config=cfg.get("index"), rebuild=args.rebuild, model_dir=args.model)
-    last = index.info["history"][-1]
-    print(f"[index] {args.out}: {len(index)} cases (dim {index.dim}, {index.version_dir.name}); "
-          f"last build added {last['added']}, skipped {len(last['skipped'])}; "
-          f"search: {'approximate (' + ', '.join(index.info['approximate']) + ') + exact' if index.info.get('approximate') else 'exact'}")
+    if before is not None and index.version_dir == before:
+        change = "nothing new to add"
+    else:
+        last = index.info["history"][-1]
+        change = f"added {last['added']}, skipped {len(last.get('skipped', []))} unreadable"
+    search = ("approximate (" + ", ".join(index.info["approximate"]) + ") + exact"
+              if index.info.get("approximate") else "exact")
+    print(f"[index] {args.out}: {len(index)} cases (dim {index.dim}, {index.version_dir.name}); {change}; "
+          f"search: {search}")
     return 0
 
 
 def _search(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from medvl.errors import CaseIndexError
     from medvl.eval.cli_common import load_model
     from medvl.index.case_index import CaseIndex

@@ -41,6 +41,10 @@ def test_build_and_search_from_the_command_line(tmp_path: Path, fake_models: dic
     assert main(["index", "build", "--model", str(model_dir), "--manifest", str(manifest), "--out", str(idx),
                  "index.progress=false"]) == 0
     assert "20 cases" in capsys.readouterr().out
+    # Building again from the same manifest is incremental: nothing to embed, no new version.
+    assert main(["index", "build", "--model", str(model_dir), "--manifest", str(manifest), "--out", str(idx),
+                 "index.progress=false"]) == 0
+    assert "nothing new to add" in capsys.readouterr().out
 
     # --model omitted: the index remembers its model folder.
     assert main(["index", "search", str(idx), "--text", "There is edema.", "-k", "3", "--json"]) == 0
