@@ -108,18 +108,16 @@ def _read(backend: ViewerBackend, path: Path, what: str):
     """Read an image through medvl.io, showing a clear message instead of a traceback."""
     try:
         return backend.read_image(path)
-    except MedvlError as exc:
-        st.error(f"Cannot read {what}: {exc}")
     except Exception as exc:  # noqa: BLE001 - an untrusted file must never crash the page
-        st.error(f"Cannot read {what}: unexpected {type(exc).__name__}: {exc}")
+        panels.show_failure(f"Cannot read {what}", exc)
     return None
 
 
 def _search(fn, *args) -> list[Case]:
     try:
         return fn(*args)
-    except MedvlError as exc:
-        st.error(f"Search failed: {exc}")
+    except Exception as exc:  # noqa: BLE001 - see panels.show_failure
+        panels.show_failure("Search failed", exc)
         return []
 
 
@@ -139,8 +137,8 @@ def _image_with_findings(
     """
     try:
         probs = backend.zero_shot(path, modality)
-    except MedvlError as exc:
-        st.error(f"Zero-shot scoring failed: {exc}")
+    except Exception as exc:  # noqa: BLE001 - see panels.show_failure
+        panels.show_failure("Zero-shot scoring failed", exc)
         probs = None
     if heat_phrase is None and probs:
         heat_phrase = panels.finding_display(max(probs, key=probs.get))

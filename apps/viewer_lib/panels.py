@@ -6,6 +6,7 @@ Each panel takes plain data (a backend, an image, cases) and draws; the decision
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,22 @@ from apps.viewer_lib import render
 from apps.viewer_lib.backend import Case, Query, ViewerBackend
 from apps.viewer_lib.safe_meta import display_facts
 from medvl.errors import MedvlError
+
+log = logging.getLogger("medvl.viewer")
+
+
+def show_failure(what: str, exc: BaseException) -> None:
+    """One clear message on the page; the traceback of an unexpected error goes to the server log.
+
+    The viewer reads untrusted files: whatever a library raises, the page must show a
+    message and keep working, never a traceback.
+    """
+    if isinstance(exc, MedvlError):
+        st.error(f"{what}: {exc}")
+    else:
+        log.error("%s", what, exc_info=exc)
+        st.error(f"{what}: unexpected {type(exc).__name__}: {exc}")
+
 
 RESEARCH_BANNER = (
     "**Research use only.** This viewer is not a medical device and must not be used "
@@ -110,8 +127,8 @@ def image_panel(
         if phrase.strip():
             try:
                 heat = backend.heatmap(image_path, phrase.strip())
-            except MedvlError as exc:
-                st.error(f"Heatmap unavailable: {exc}")
+            except Exception as exc:  # noqa: BLE001 - see show_failure
+                show_failure("Heatmap unavailable", exc)
                 heat = None
             if heat is not None:
                 heat2d = _heat_for_plane(np.asarray(heat), array, slice_index)
@@ -182,7 +199,8 @@ def zero_shot_panel(probs: dict[str, float] | None) -> None:
 def _thumbnail(_backend: ViewerBackend, path: str, backend_id: int) -> np.ndarray | None:
     try:
         image = _backend.read_image(Path(path))
-    except MedvlError:
+    except Exception as exc:  # noqa: BLE001 - a missing thumbnail must not break the list
+        log.warning("thumbnail of %s unavailable: %s", path, exc)
         return None
     array = np.asarray(image.array)
     if _is_color(image):
@@ -219,7 +237,8 @@ def results_panel(backend: ViewerBackend, hits: list[Case], query: Query) -> Non
             sentences, line_ends = render.split_report(hit.report)
             try:
                 scores = backend.sentence_scores(query, sentences)
-            except MedvlError:
+            except Exception as exc:  # noqa: BLE001 - the report shows, just unhighlighted
+                log.warning("sentence scores unavailable: %s", exc)
                 scores = None
             right.markdown(render.highlight_html(sentences, scores, line_ends=line_ends), unsafe_allow_html=True)
             caption = labels_caption(hit.labels)

@@ -274,3 +274,18 @@ def test_unreadable_dicom_gets_a_clear_message(fake):
     at = _upload(_app(), "cut.dcm", truncated)
     assert at.error[0].value.startswith("Cannot read the uploaded file:")
     assert "upload.dcm" in at.error[0].value
+
+
+def test_unexpected_library_errors_become_messages_not_tracebacks(fake, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("tensor size mismatch")
+
+    monkeypatch.setattr(fake, "search_image", broken)
+    monkeypatch.setattr(fake, "zero_shot", broken)
+    monkeypatch.setattr(fake, "heatmap", broken)
+    at = _app()
+    assert not at.exception
+    messages = [e.value for e in at.error]
+    assert "Zero-shot scoring failed: unexpected RuntimeError: tensor size mismatch" in messages
+    assert "Search failed: unexpected RuntimeError: tensor size mismatch" in messages
+    assert len(at.image) == 1  # the case image is still shown
