@@ -76,7 +76,7 @@ def latencies(fn: Any, queries: np.ndarray) -> np.ndarray:
 
 def summary(lat: np.ndarray) -> dict[str, float]:
     return {"p50_ms": float(np.percentile(lat, 50) * 1e3), "p99_ms": float(np.percentile(lat, 99) * 1e3),
-            "mean_ms": float(lat.mean() * 1e3), "queries": int(len(lat))}
+            "mean_ms": float(lat.mean() * 1e3), "queries": len(lat)}
 
 
 def recall_at_10(approx: np.ndarray, exact: np.ndarray) -> float:
@@ -132,7 +132,7 @@ def bench_size(n: int, d: int, n_queries: int, nprobes: list[int], hnsw_max: int
         res["ivf"]["settings"].append(entry)
         print(f"  ivf nprobe {ivf.nprobe:>3}: p50 {entry['p50_ms']:.3f} ms p99 {entry['p99_ms']:.3f} ms "
               f"recall@10 {entry['recall_at_10']:.3f}")
-    del ivf
+    ivf = None  # free the copy of the vectors before the next index
 
     if n <= hnsw_max:
         t0 = time.perf_counter()
@@ -147,7 +147,7 @@ def bench_size(n: int, d: int, n_queries: int, nprobes: list[int], hnsw_max: int
             res["hnsw"]["settings"].append(entry)
             print(f"  hnsw ef {ef:>3}: p50 {entry['p50_ms']:.3f} ms p99 {entry['p99_ms']:.3f} ms "
                   f"recall@10 {entry['recall_at_10']:.3f}")
-        del hnsw
+        hnsw = None
     else:
         res["hnsw"] = f"skipped above {hnsw_max:,} vectors (build too long for a shared 2-core machine)"
     res["peak_rss_mb"] = peak_rss_mb()

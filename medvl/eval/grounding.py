@@ -67,7 +67,7 @@ def local_similarity(
 
     from medvl.eval.embed import model_device
 
-    x, dims = as_batch(image, spatial_dims)
+    x, _ = as_batch(image, spatial_dims)
     with torch.inference_mode():
         out = model.encode_image(x.to(model_device(model)))
         txt = model.embed_texts([phrase])

@@ -84,7 +84,7 @@ def linear_probe(
         vals = [v for v in per.values() if not np.isnan(v)]
         out[f"{frac * 100:g}%"] = {
             "fraction": float(frac),
-            "n_train": int(len(rows)),
+            "n_train": len(rows),
             "per_class": per,
             "mean_auroc": float(np.mean(vals)) if vals else float("nan"),
             "skipped": skipped,

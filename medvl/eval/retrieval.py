@@ -197,7 +197,7 @@ def class_retrieval(
     t2i = precision_at_k(t_u @ image.T, c_u, c, list(ks))
     return {
         "classes": list(classes),
-        "n": int(len(c)),
+        "n": len(c),
         "n_unique_reports": len(unique),
         "image_to_report": {f"P@{k}": v for k, v in i2t.items()},
         "report_to_image": {f"P@{k}": v for k, v in t2i.items()},

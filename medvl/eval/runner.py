@@ -84,7 +84,7 @@ def _class_retrieval(emb: Embeddings, cfg: EvalConfig) -> dict[str, Any]:
     keep = balanced_sample(targets, cfg.multiclass_per_class, cfg.seed)
     rows, targets = rows[keep], targets[keep]
     if len(rows) < 2:
-        return {"classes": present, "n": int(len(rows)), "note": "too few single-label studies"}
+        return {"classes": present, "n": len(rows), "note": "too few single-label studies"}
     return class_retrieval(emb.image[rows], emb.text[rows], [emb.texts[i] for i in rows], targets, present,
                            cfg.retrieval_ks)
 

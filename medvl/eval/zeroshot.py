@@ -174,7 +174,7 @@ def evaluate_zeroshot(
                 image[rows], [positive[f] for f in mc_names], scoring="positive", ensemble=ensemble
             )
             mc.update(
-                n=int(len(rows)),
+                n=len(rows),
                 accuracy=accuracy(targets, cls_scores),
                 chance=1.0 / len(mc_names),
                 per_class_n={f: int((targets == i).sum()) for i, f in enumerate(mc_names)},

@@ -40,9 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _build(args: argparse.Namespace) -> int:
     from medvl.eval.cli_common import find_experiment_config, load_model
-    from medvl.index.build import build_index
-
     from medvl.index import storage
+    from medvl.index.build import build_index
 
     cfg, source = find_experiment_config(args.model, args.config, list(args.overrides))
     model = load_model(args.model)

@@ -10,8 +10,9 @@ import pytest
 # The fakes module sits next to this file; make it importable whatever pytest's import mode.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from medvl.data.manifest import write_manifest  # noqa: E402
-from medvl_fakes import fake_split_batches, make_rows  # noqa: E402
+from medvl_fakes import fake_split_batches, make_rows
+
+from medvl.data.manifest import write_manifest
 
 
 @pytest.fixture
@@ -21,7 +22,7 @@ def fake_corpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     manifest = tmp_path / "manifest.jsonl"
     write_manifest(manifest, rows)
 
-    import medvl.eval.embed as embed
+    from medvl.eval import embed
 
     monkeypatch.setattr(embed, "split_batches", fake_split_batches)
     return manifest

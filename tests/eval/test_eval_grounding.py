@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from medvl_fakes import FakeModel
 
 from medvl.errors import ModelError
 from medvl.eval.grounding import mask_iou, phrase_for, phrase_heatmap, pointing_game, upsample
-from medvl_fakes import FakeModel
 
 
 def _cell_image(cell: int, size: int = 30) -> torch.Tensor:
@@ -59,7 +59,7 @@ def test_slice_tokens_give_a_per_slice_profile() -> None:
 
 def test_encoder_without_local_tokens_is_a_model_error() -> None:
     class GlobalOnly(FakeModel):
-        def encode_image(self, image):  # noqa: ANN001, ANN202
+        def encode_image(self, image):
             out = super().encode_image(image)
             out.local_embeds, out.grid = None, None
             return out
@@ -76,7 +76,7 @@ def test_phrase_includes_laterality() -> None:
 class WordModel(FakeModel):
     """The fake model with word tokens: each word maps to its finding's direction or to noise."""
 
-    def embed_texts(self, texts):  # noqa: ANN001, ANN201
+    def embed_texts(self, texts):
         out = super().embed_texts(texts)
         words = [t.lower().strip(".").split() for t in texts]
         n = max(len(w) for w in words)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from medvl_fakes import FakeModel
 
 from medvl.errors import ConfigError
 from medvl.eval import evaluate
-from medvl_fakes import FakeModel
 
 FAST = {"n_bootstrap": 50, "progress": False}
 

@@ -34,7 +34,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
                            ct_size=(32, 32, 24), compressed_fraction=0.3, ct_dicom_fraction=0.0)
 
 
-def _model(image: dict | None = None):  # noqa: ANN202
+def _model(image: dict | None = None):
     from medvl.models import build_model
 
     cfg = copy.deepcopy(TINY)

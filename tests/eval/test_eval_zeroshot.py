@@ -6,13 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from medvl_fakes import FakeModel, label_image
 
 from medvl.errors import ConfigError
+from medvl.eval import classify_image
 from medvl.eval.prompts import load_prompt_set, prompt_set_for_modality
 from medvl.eval.zeroshot import balanced_sample, multiclass_subset, zeroshot_scores
-from medvl.eval import classify_image
 from medvl.findings import finding_names
-from medvl_fakes import FakeModel, label_image
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

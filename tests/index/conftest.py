@@ -10,12 +10,12 @@ import pytest
 # Share the fake model and batches with the eval tests (one definition, two rooms of tests).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "eval"))
 
-from medvl_fakes import fake_split_batches  # noqa: E402
+from medvl_fakes import fake_split_batches
 
 
 @pytest.fixture
 def fake_loader(monkeypatch: pytest.MonkeyPatch) -> None:
     """Route the index's embedding pass through the fake loader (reads the manifest rows)."""
-    import medvl.eval.embed as embed
+    from medvl.eval import embed
 
     monkeypatch.setattr(embed, "split_batches", fake_split_batches)

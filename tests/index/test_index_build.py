@@ -8,12 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from medvl_fakes import FakeModel, label_image, make_rows
 
 from medvl.data.manifest import write_manifest
 from medvl.errors import CaseIndexError
-from medvl.index import CaseIndex, build_index
-from medvl.index import storage
-from medvl_fakes import FakeModel, label_image, make_rows
+from medvl.index import CaseIndex, build_index, storage
 
 CFG = {"progress": False}
 
@@ -91,7 +90,7 @@ def test_interrupted_build_leaves_old_index_usable(tmp_path: Path, fake_loader: 
     class Boom(RuntimeError):
         pass
 
-    def crash(*a, **k):  # noqa: ANN002, ANN003
+    def crash(*a, **k):
         raise Boom("killed mid-build")
 
     # Crash after the vectors are written but before the new version is switched in.

@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+from medvl_fakes import FakeModel, make_rows
 
 from medvl.cli import main
 from medvl.data.manifest import write_manifest
-from medvl_fakes import FakeModel, make_rows
 
 
 @pytest.fixture
@@ -19,7 +19,7 @@ def fake_models(monkeypatch: pytest.MonkeyPatch, fake_loader: None) -> dict[str,
 
     made: dict[str, FakeModel] = {}
 
-    def load(model_dir):  # noqa: ANN001, ANN202
+    def load(model_dir):
         name = Path(model_dir).name
         if not Path(model_dir).is_dir():
             from medvl.errors import ModelError

@@ -27,7 +27,7 @@ def test_exact_search_in_blocks_equals_full_sort() -> None:
     ref = np.argsort(-full, axis=1, kind="stable")[:, :10]
     np.testing.assert_array_equal(i, ref)
     np.testing.assert_allclose(s, np.take_along_axis(full, ref, axis=1), rtol=1e-5)
-    s2, i2 = exact_search(x, q, 5000)
+    _, i2 = exact_search(x, q, 5000)
     assert i2.shape == (7, 1000)
 
 
