@@ -102,3 +102,15 @@ def test_word_tokens_are_used_when_the_text_tower_has_them() -> None:
     assert pointing_game(phrase_heatmap(WordModel(), img, "There is nodule.", query="global"), mask)
     with pytest.raises(ModelError, match="word"):
         phrase_heatmap(FakeModel(), img, "nodule", query="words")
+
+
+def test_native_3d_patch_grid_is_upsampled_trilinearly() -> None:
+    grid = np.zeros((2, 2, 2), dtype=np.float32)
+    grid[1] = 1.0  # the upper half of depth
+    vol = upsample(grid, (8, 6, 6))
+    assert vol.shape == (8, 6, 6)
+    np.testing.assert_allclose(vol, vol[:, :1, :1] * np.ones((1, 6, 6)))  # no change along H, W
+    prof = vol[:, 0, 0]
+    # align_corners=False: output depth i samples (i + .5) / 4 - .5, clamped to [0, 1]
+    expect = np.clip((np.arange(8) + 0.5) / 4 - 0.5, 0, 1)
+    np.testing.assert_allclose(prof, expect, atol=1e-6)
