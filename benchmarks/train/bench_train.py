@@ -6,14 +6,11 @@ else the stand-in below) on a synthetic corpus, it reports:
 * ``engine``: ``medvl.train.train`` for a fixed number of steps - samples/s from the
   step timings the engine logs, the fraction of step time spent waiting for data,
   peak RSS;
-* ``plain``: the same model, loss, data and optimizer driven by a bare reference loop
-  (forward, loss, backward, AdamW step; no logging, checkpoints or checks) - the
-  baseline of the ratio ``engine / plain``;
 * ``engine accum 2``: the same effective batch as two micro-batches through the
-  feature cache - the price of the extra forward pass and the memory it saves.
-
-The three timings alternate in one process (ratios within one process, medians over
-rounds); peak RSS of engine and accum 2 is measured each in a process of its own.
+  feature cache, with a warm preprocessing cache;
+* per-step cost on one fixed batch, interleaved: a bare reference loop (forward, loss,
+  backward, AdamW), the engine's step, and the engine's step with accumulation 2 -
+  ratios measured under the same machine load.
 
 Prints a table and writes ``results.json`` and ``results.md`` next to this file with
 the machine it ran on. Run::
@@ -124,38 +121,77 @@ def run_engine(cfg: dict[str, Any], steps: int, out: Path) -> dict[str, Any]:
             "wall_s": wall, "steps": steps, "peak_rss_mb": _peak_rss_mb()}
 
 
-def run_plain(cfg: dict[str, Any], steps: int) -> dict[str, Any]:
-    """The reference: the same pieces in the shortest loop that trains."""
+def step_costs(cfg: dict[str, Any], reps: int) -> dict[str, Any]:
+    """Seconds per step on one fixed batch, the three ways interleaved (so load hits all alike).
+
+    * ``plain``: the shortest loop that trains - tokenize, both towers, loss, backward,
+      ``torch.optim.AdamW.step``;
+    * ``engine``: the engine's step - :func:`contrastive_step`, finiteness check,
+      backward, unscale/clip, AdamW + schedule, logit-scale clamp;
+    * ``accum2``: the engine's step on the same batch as two micro-batches through the
+      feature cache.
+    """
+    import contextlib
+    import math
+
     import torch
 
     from medvl.data import build_dataloader
     from medvl.losses import build_loss
     from medvl.models import build_model
+    from medvl.train.config import TrainConfig
+    from medvl.train.gradcache import MicroBatch, contrastive_step
+    from medvl.train.optim import build_optimizer, build_scheduler, step_optimizer, unscale_and_clip
 
+    batch = next(iter(build_dataloader(cfg["data"], cfg["data"]["manifest"], "train", shuffle=False)))
     torch.manual_seed(0)
     model = build_model(cfg["model"])
     loss_fn = build_loss(cfg.get("loss"), embed_dim=model.config.get("embed_dim"))
-    loader = build_dataloader(cfg["data"], cfg["data"]["manifest"], "train", shuffle=True, seed=0)
-    opt = torch.optim.AdamW(list(model.parameters()) + list(loss_fn.parameters()), lr=1e-4)
     model.train()
-    times, done, n_seen = [], 0, []
-    while done < steps:
-        for batch in loader:
+    params = list(model.parameters()) + list(loss_fn.parameters())
+    plain_opt = torch.optim.AdamW(params, lr=1e-5)
+    tc = TrainConfig(lr=1e-5)
+    opt = build_optimizer(list(model.named_parameters()) + list(loss_fn.named_parameters()), tc)
+    sched = build_scheduler(opt, tc, 10 * reps)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    n = len(batch["text"])
+
+    def micro(lo: int, hi: int) -> MicroBatch:
+        return MicroBatch(batch["image"][lo:hi], model.tokenize(batch["text"][lo:hi]), batch["labels"][lo:hi],
+                          batch["study_id"][lo:hi])
+
+    def plain() -> None:
+        tok = model.tokenize(batch["text"])
+        terms = loss_fn(model.encode_image(batch["image"]), model.encode_text(**tok),
+                        logit_scale=model.logit_scale, labels=batch["labels"])
+        terms["loss"].backward()
+        plain_opt.step()
+        plain_opt.zero_grad(set_to_none=True)
+
+    def engine(parts: list[tuple[int, int]]) -> None:
+        step = contrastive_step(model, loss_fn, [micro(lo, hi) for lo, hi in parts],
+                                autocast=contextlib.nullcontext, scale=scaler.scale)
+        if not all(math.isfinite(float(v.detach())) for v in step.terms.values()):
+            raise RuntimeError("non-finite loss in the benchmark")
+        step.backward()
+        unscale_and_clip(params, opt, scaler, 1.0)
+        step_optimizer(opt, scaler, sched)
+        with torch.no_grad():
+            model.logit_scale.clamp_(0.0, math.log(100.0))
+
+    ways = {"plain": plain, "engine": lambda: engine([(0, n)]),
+            "accum2": lambda: engine([(0, n // 2), (n // 2, n)])}
+    times: dict[str, list[float]] = {k: [] for k in ways}
+    names = list(ways)
+    for i in range(reps + 2):
+        for name in names[i % 3:] + names[:i % 3]:  # rotate the order every round
             t0 = time.perf_counter()
-            tok = model.tokenize(batch["text"])
-            terms = loss_fn(model.encode_image(batch["image"]), model.encode_text(**tok),
-                            logit_scale=model.logit_scale, labels=batch["labels"])
-            terms["loss"].backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            times.append(time.perf_counter() - t0)
-            n_seen.append(len(batch["text"]))
-            done += 1
-            if done >= steps:
-                break
-    # compute-only throughput of steps 3.. (the engine's figure includes data waits)
-    t, n = sum(times[2:]) or sum(times), sum(n_seen[2:]) or sum(n_seen)
-    return {"samples_per_s_compute": n / t, "steps": steps, "peak_rss_mb": _peak_rss_mb()}
+            ways[name]()
+            if i >= 2:  # two warm-up rounds
+                times[name].append(time.perf_counter() - t0)
+    med = {k: _median(v) for k, v in times.items()}
+    return {"batch": n, "reps": reps, "seconds_per_step": med,
+            "engine_over_plain": med["plain"] / med["engine"], "accum2_over_engine": med["engine"] / med["accum2"]}
 
 
 def _accum2(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -178,16 +214,14 @@ def timing(cfg: dict[str, Any], steps: int, rounds: int, out: Path) -> dict[str,
     cached["data"]["cache_dir"] = str(out / "cache")
     for _ in build_dataloader(cached["data"], cached["data"]["manifest"], "train", shuffle=False):
         pass  # fill the preprocessing cache once
-    runs: dict[str, list[dict[str, Any]]] = {"plain": [], "engine": [], "cached": [], "accum2": []}
+    runs: dict[str, list[dict[str, Any]]] = {"engine": [], "cached": [], "accum2": []}
     for r in range(rounds):
-        runs["plain"].append(run_plain(cfg, steps))
         runs["engine"].append(run_engine(cfg, steps, out / f"engine{r}"))
         runs["cached"].append(run_engine(cached, steps, out / f"cached{r}"))
         runs["accum2"].append(run_engine(_accum2(cached), steps, out / f"accum{r}"))
-    med = {f"{k}_{m}": _median([x[m] for x in v]) for k, v in runs.items() if k != "plain"
+    med = {f"{k}_{m}": _median([x[m] for x in v]) for k, v in runs.items()
            for m in ("samples_per_s", "samples_per_s_compute", "data_wait_frac")}
-    return {"rounds": rounds, "plain_samples_per_s": _median([x["samples_per_s_compute"] for x in runs["plain"]]),
-            **med, "runs": runs}
+    return {"rounds": rounds, **med, "runs": runs, "steps": step_costs(cached, reps=max(6, steps))}
 
 
 def one(spec: dict[str, Any]) -> dict[str, Any]:
@@ -255,15 +289,13 @@ def main(argv: list[str] | None = None) -> int:
                                                      "out": str(tmp / f"m_{name}")})["peak_rss_mb"]
             row["accum2_peak_rss_mb"] = _subprocess({"kind": "accum2", "config": cfg, "steps": 3,
                                                      "out": str(tmp / f"ma_{name}")})["peak_rss_mb"]
-            row["engine_over_plain"] = t["engine_samples_per_s_compute"] / t["plain_samples_per_s"]
-            row["accum2_over_engine"] = t["accum2_samples_per_s"] / t["cached_samples_per_s"]
+            sc = t["steps"]
             results["configs"][name] = row
             print(f"[bench] {name}: engine {t['engine_samples_per_s']:.1f} samples/s, data wait "
                   f"{t['engine_data_wait_frac']:.1%} as configured; with a warm preprocessing cache "
                   f"{t['cached_samples_per_s']:.1f} samples/s, data wait {t['cached_data_wait_frac']:.1%}; "
-                  f"peak RSS {row['engine_peak_rss_mb']:.0f} MB; compute-only engine/plain loop "
-                  f"{row['engine_over_plain']:.2f}; accum 2 {t['accum2_samples_per_s']:.1f} samples/s "
-                  f"(accum2/engine {row['accum2_over_engine']:.2f}, peak RSS {row['accum2_peak_rss_mb']:.0f} MB)",
+                  f"peak RSS {row['engine_peak_rss_mb']:.0f} MB (accum 2: {row['accum2_peak_rss_mb']:.0f} MB); "
+                  f"step time plain/engine {sc['engine_over_plain']:.2f}, engine/accum2 {sc['accum2_over_engine']:.2f}",
                   flush=True)
     out = Path(args.out)
     (out / "results.json").write_text(json.dumps(results, indent=2))
@@ -283,31 +315,34 @@ def _markdown(r: dict[str, Any]) -> str:
         f"Corpus: synthetic chest radiographs {r.get('corpus')}, train split.", "",
         "No GPU was lent to this task, so the ViT-B/16 + BERT-base bf16 step was not measured.", "",
         "| config | batch | image | workers | samples/s | data wait | samples/s, warm cache | data wait, warm cache "
-        "| peak RSS | compute-only samples/s: engine / plain loop | accum 2 samples/s (warm cache) "
-        "| accum 2 / accum 1 | accum 2 peak RSS |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| peak RSS | accum 2 samples/s (warm cache) | accum 2 peak RSS | step s: plain / engine / accum 2 "
+        "| plain / engine | engine / accum 2 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, c in r["configs"].items():
         t = c["timing"]
+        sc = t["steps"]
+        sp = sc["seconds_per_step"]
         lines.append(
             f"| {name} ({c['source']}) | {c['batch_size']} | {c['image_size']} | {c['num_workers']} | "
             f"{t['engine_samples_per_s']:.1f} | {t['engine_data_wait_frac']:.1%} | {t['cached_samples_per_s']:.1f} | "
-            f"{t['cached_data_wait_frac']:.1%} | {c['engine_peak_rss_mb']:.0f} MB | "
-            f"{t['engine_samples_per_s_compute']:.1f} / {t['plain_samples_per_s']:.1f} = {c['engine_over_plain']:.2f} | "
-            f"{t['accum2_samples_per_s']:.1f} | {c['accum2_over_engine']:.2f} | {c['accum2_peak_rss_mb']:.0f} MB |")
+            f"{t['cached_data_wait_frac']:.1%} | {c['engine_peak_rss_mb']:.0f} MB | {t['accum2_samples_per_s']:.1f} | "
+            f"{c['accum2_peak_rss_mb']:.0f} MB | {sp['plain']:.3f} / {sp['engine']:.3f} / {sp['accum2']:.3f} | "
+            f"{sc['engine_over_plain']:.2f} | {sc['accum2_over_engine']:.2f} |")
     lines += [
         "", "Notes:",
         "- samples/s is the harmonic mean over steps 3.. of the per-step figure the engine logs to metrics.csv "
         "(step time includes waiting for data); data wait is the mean fraction of step time spent waiting for "
         "the data loader. 'As configured' uses the config's data settings; 'warm cache' adds "
         "`data.cache_dir` after one pass has filled it.",
-        "- compute-only: the engine's step time minus its data waits, against a bare loop over the same model, "
-        "loss, data and AdamW (forward, loss, backward, step; data loading not timed). The ratio is the cost of "
-        "the engine's bookkeeping (finiteness check, clipping, schedule, logit-scale clamp, logging).",
-        "- accum 2: half the batch, two micro-batches per step through the feature cache (same effective batch "
-        "and negatives): one extra forward pass per micro-batch, activations of half the batch.",
-        "- the timings alternate in one process for `rounds` rounds (medians shown); each peak RSS "
-        "is measured in a process of its own (3 steps).",
+        "- step s: seconds per step on one fixed batch, interleaved and rotated so machine load hits all three "
+        "alike (medians): `plain` is the shortest loop that trains (tokenize, towers, loss, backward, AdamW); "
+        "`engine` the engine's step (finiteness check, clipping, schedule, logit-scale clamp on top); `accum 2` "
+        "the same batch as two micro-batches through the feature cache (same negatives; one extra forward pass "
+        "per micro-batch, activations of half the batch). plain / engine is the engine's speed relative to the "
+        "bare loop (1.0 = no overhead).",
+        "- the loop runs (samples/s) alternate in one process for `rounds` rounds (medians shown); each peak "
+        "RSS is measured in a process of its own (3 steps).",
         "- peak RSS is the process's maximum resident set (`resource.getrusage`), including ~0.3-0.5 GB "
         "of imported libraries.",
         "", "Regenerate: `OMP_NUM_THREADS=1 .venv/bin/python benchmarks/train/bench_train.py`.", "",
