@@ -26,18 +26,18 @@ _ROOT = Path(__file__).resolve().parent.parent
 if str(_ROOT) not in sys.path:  # `streamlit run apps/viewer.py` puts only apps/ on the path
     sys.path.insert(0, str(_ROOT))
 
-import streamlit as st  # noqa: E402
+import streamlit as st
 
-from apps.viewer_lib import backend as backend_mod  # noqa: E402
-from apps.viewer_lib import panels, render, uploads  # noqa: E402
-from apps.viewer_lib.backend import (  # noqa: E402
+from apps.viewer_lib import backend as backend_mod
+from apps.viewer_lib import panels, render, uploads
+from apps.viewer_lib.backend import (
     UNKNOWN_MODALITIES,
     Case,
     Query,
     ViewerBackend,
     effective_modality,
 )
-from medvl.errors import MedvlError  # noqa: E402
+from medvl.errors import MedvlError
 
 MODES = ("Case from index", "Uploaded image", "Free text")
 #: Choices for an upload whose file records no modality (NIfTI).
@@ -61,7 +61,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--max-upload-mb",
         type=float,
-        default=float(os.environ.get("MEDVL_VIEWER_MAX_UPLOAD_MB", 200)),
+        default=float(os.environ.get("MEDVL_VIEWER_MAX_UPLOAD_MB", "200")),
         help="largest accepted upload",
     )
     args, _ = parser.parse_known_args(list(argv))

@@ -76,7 +76,11 @@ class ViewerBackend(Protocol):
         """
 
     def heatmap(self, image_path: Path, phrase: str) -> np.ndarray | None:
-        """Relevance of each image patch to ``phrase`` on the model's patch grid."""
+        """Relevance of the image's regions to ``phrase``, in [0, 1] over the whole image.
+
+        ``(h, w)`` for a 2D image, ``(d, h, w)`` over a volume's axial slices (radiological
+        layout, see ``render.display_plane``), covering the image only (no padding).
+        """
 
     def sentence_scores(self, query: Query, sentences: list[str]) -> list[float] | None:
         """Similarity of each sentence to the query (for highlighting), or None."""

@@ -133,7 +133,9 @@ def image_panel(
             if heat is not None:
                 heat2d = _heat_for_plane(np.asarray(heat), array, slice_index)
                 if heat2d is not None:
-                    shown = render.overlay_heatmap(grey, heat2d, opacity)
+                    # The backend's map is in [0, 1] over the whole image or volume: keep
+                    # that scale, so a slice the phrase does not concern stays untinted.
+                    shown = render.overlay_heatmap(grey, heat2d, opacity, rescale=False)
     st.image(shown, caption=caption or None, clamp=True, width="stretch")
     facts = display_facts(image)
     if modality and modality != own:
@@ -153,7 +155,7 @@ def _heat_for_plane(heat: np.ndarray, array: np.ndarray, slice_index: int) -> np
         return heat
     if heat.ndim == 3 and array.ndim == 3:
         # (d, h, w) grid over the volume's axial slices: pick the proportional depth.
-        d = int(round(slice_index * (heat.shape[0] - 1) / max(array.shape[2] - 1, 1)))
+        d = round(slice_index * (heat.shape[0] - 1) / max(array.shape[2] - 1, 1))
         return heat[d]
     return None  # slice-pooling maps (n_slices,) have no in-plane detail to show
 

@@ -113,18 +113,21 @@ def _jet(values: np.ndarray) -> np.ndarray:
     return np.concatenate([r, g, b], axis=-1)
 
 
-def overlay_heatmap(grey: np.ndarray, heat: np.ndarray, opacity: float) -> np.ndarray:
+def overlay_heatmap(grey: np.ndarray, heat: np.ndarray, opacity: float, *, rescale: bool = True) -> np.ndarray:
     """Blend a heatmap over a grey image.
 
-    The map is min-max scaled to [0, 1] (a constant map becomes 0: "no preference"),
-    resized to the image and coloured; each pixel becomes
+    With ``rescale`` the map is min-max scaled to [0, 1] (a constant map becomes 0: "no
+    preference"); without, it is taken as already in [0, 1] (clipped), which keeps one
+    scale across the slices of a volume. It is then resized to the image and coloured;
+    each pixel becomes
     ``(1 - opacity * h) * grey + opacity * h * colour(h)`` so that low-relevance regions
     keep the original grey and only relevant ones are tinted.
 
     Args:
         grey: ``uint8`` ``(rows, cols)``.
-        heat: ``(h, w)`` relevance map on the model's patch grid (any scale).
+        heat: ``(h, w)`` relevance map on the model's patch grid.
         opacity: 0 (image only) .. 1 (full colour where relevance is highest).
+        rescale: min-max scale ``heat`` first (else it must already be in [0, 1]).
 
     Returns:
         ``uint8`` RGB ``(rows, cols, 3)``.
@@ -132,8 +135,11 @@ def overlay_heatmap(grey: np.ndarray, heat: np.ndarray, opacity: float) -> np.nd
     if not 0.0 <= opacity <= 1.0:
         raise ValueError(f"opacity must be in [0, 1], got {opacity}")
     heat = np.nan_to_num(np.asarray(heat, dtype=np.float32))
-    span = float(heat.max() - heat.min())
-    scaled = (heat - heat.min()) / span if span > 0 else np.zeros_like(heat)
+    if rescale:
+        span = float(heat.max() - heat.min())
+        scaled = (heat - heat.min()) / span if span > 0 else np.zeros_like(heat)
+    else:
+        scaled = np.clip(heat, 0.0, 1.0)
     scaled = np.clip(resize_map(scaled, grey.shape[:2]), 0.0, 1.0)
     base = np.repeat(grey[..., None].astype(np.float32) / 255.0, 3, axis=-1)
     weight = (opacity * scaled)[..., None]

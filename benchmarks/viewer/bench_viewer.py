@@ -36,8 +36,8 @@ REPO = Path(__file__).resolve().parents[2]
 for p in (REPO, REPO / "tests" / "apps"):
     sys.path.insert(0, str(p))
 
-from apps.viewer_lib import render  # noqa: E402
-from apps.viewer_lib.uploads import stage_upload  # noqa: E402
+from apps.viewer_lib import render
+from apps.viewer_lib.uploads import stage_upload
 
 
 def best_of(fn, repeat: int = 5) -> float:

@@ -10,10 +10,9 @@ import nibabel as nib
 import pydicom
 import pytest
 from streamlit.testing.v1 import AppTest
+from viewer_fakes import CT_FILE, FakeBackend
 
 from apps.viewer_lib import backend as backend_mod
-
-from viewer_fakes import CT_FILE, FakeBackend
 
 VIEWER = Path(__file__).resolve().parents[2] / "apps" / "viewer.py"
 NIB_DATA = Path(nib.__file__).parent / "tests" / "data"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pydicom
@@ -108,6 +109,18 @@ def test_overlay_keeps_grey_where_relevance_is_low():
         render.overlay_heatmap(grey, heat, 1.5)
 
 
+def test_overlay_without_rescale_keeps_one_scale_across_slices():
+    grey = np.full((4, 4), 100, np.uint8)
+    weak = np.full((2, 2), 0.0)  # a slice the phrase does not concern, in a volume scaled to [0, 1]
+    strong = np.full((2, 2), 1.0)
+    np.testing.assert_array_equal(render.overlay_heatmap(grey, weak, 1.0, rescale=False), np.full((4, 4, 3), 100))
+    np.testing.assert_array_equal(render.overlay_heatmap(grey, strong, 1.0, rescale=False)[0, 0], [128, 0, 0])
+    # half relevance at full opacity: half grey, half jet(0.5) = (0.5, 1, 0.5)
+    half = render.overlay_heatmap(grey, np.full((2, 2), 0.5), 1.0, rescale=False)[0, 0]
+    expected = np.rint((0.5 * 100 / 255 + 0.5 * np.array([0.5, 1.0, 0.5])) * 255)
+    np.testing.assert_array_equal(half, expected)
+
+
 def test_thumbnail_bounds_longest_side():
     assert render.thumbnail(np.zeros((400, 200), np.uint8), 100).shape == (100, 50)
     assert render.thumbnail(np.zeros((50, 40, 3), np.uint8), 100).shape == (50, 40, 3)
@@ -143,14 +156,14 @@ def test_display_facts_never_include_identifiers():
     ds = pydicom.dcmread(get_testdata_file("CT_small.dcm", download=False))
     assert str(ds.PatientName)  # the real file does carry a name
 
-    class Img:
-        array = np.zeros((128, 128), np.float32)
-        modality = "CT"
-        spacing = (0.661468, 0.661468)
-        windows = [(40.0, 400.0)]
-        tags = {"PatientName": str(ds.PatientName), "PatientID": ds.PatientID, "StudyDate": ds.StudyDate}
-
-    facts = display_facts(Img())
+    img = SimpleNamespace(
+        array=np.zeros((128, 128), np.float32),
+        modality="CT",
+        spacing=(0.661468, 0.661468),
+        windows=[(40.0, 400.0)],
+        tags={"PatientName": str(ds.PatientName), "PatientID": ds.PatientID, "StudyDate": ds.StudyDate},
+    )
+    facts = display_facts(img)
     assert set(facts) <= set(ALLOWED_KEYS)
     assert facts == {
         "Modality": "CT",
@@ -159,7 +172,7 @@ def test_display_facts_never_include_identifiers():
         "Windows in file": "C 40 / W 400",
     }
     text = " ".join(facts.values())
-    for value in Img.tags.values():
+    for value in img.tags.values():
         assert value not in text
 
 

@@ -97,7 +97,7 @@ class FakeBackend:
             arr = apply_modality_lut(ds.pixel_array, ds).astype(np.float32)
             windows = [(40.0, 400.0)] if ds.Modality == "CT" else []
             return FakeImage(arr, tuple(float(s) for s in ds.PixelSpacing), str(ds.Modality), windows=windows)
-        except Exception as exc:  # the real reader raises ImageReadError too
+        except Exception as exc:  # noqa: BLE001 - the real reader raises ImageReadError too
             raise ImageReadError(f"cannot read ({type(exc).__name__})", path=path) from None
 
     def window_presets(self, modality: str | None) -> dict[str, tuple[float, float]]:

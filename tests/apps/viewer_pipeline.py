@@ -6,6 +6,7 @@ import copy
 from dataclasses import dataclass
 from pathlib import Path
 
+
 @dataclass(frozen=True)
 class ViewerData:
     """A tiny real setup: synthetic corpus, untrained tiny model, index built with it."""
