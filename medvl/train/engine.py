@@ -150,7 +150,7 @@ def _train(config, cfg: TrainConfig, seed: int, out: Path, parts: Components, en
         _say(env, f"precision {cfg.precision} needs a GPU; training in fp32 on {device.type}")
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        write_run_info(out, config, seed, " ".join(["medvl train"] + sys.argv[1:]))
+        write_run_info(out, config, seed, " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]))
 
     # -- model, loss, data ---------------------------------------------------------------
     seed_everything(seed)  # identical initial weights on every rank (then broadcast anyway)
