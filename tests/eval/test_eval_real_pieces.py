@@ -95,3 +95,14 @@ def test_volumes_use_ct_prompts_and_slice_heatmaps(corpus: Path, tmp_path: Path)
     heat = phrase_heatmap(model, ds.load_image(0), "right pleural effusion")
     assert heat.shape == (16, 32, 32)
     assert np.all(heat == heat[:, :1, :1])  # slice tokens: one value per slice
+
+
+def test_native_3d_encoder_gives_a_3d_heatmap() -> None:
+    from medvl.eval import phrase_heatmap
+
+    model = _model({"name": "resnet10-3d", "volume": "native", "image_size": 32})
+    x = torch.rand(1, 32, 64, 64)
+    out = model.encode_image(x[None])
+    assert len(out.grid) == 3
+    heat = phrase_heatmap(model, x, "left pleural effusion")
+    assert heat.shape == (32, 64, 64) and heat.min() == 0.0 and heat.max() == 1.0
