@@ -88,11 +88,14 @@ def verdicts(summary: dict[str, Any]) -> list[str]:
                 how = "one seed only, no spread to judge against"
             lines.append(f"- `{arm}` vs `instance`, {names[k]}: {d['mean']:+.3f} "
                          f"(per seed {', '.join(f'{x:+.3f}' for x in d['diffs'])}): {how}.")
-        t = per.get("train_seconds")
-        if t and t["mean"] is not None:
-            base = summary["per_arm"]["instance"]["train_seconds"]["mean"]
-            lines.append(f"- `{arm}` training wall time: {t['mean']:+.0f} s vs `instance` "
-                         f"({(base + t['mean']) / base:.2f}x) for the same steps.")
+        pa = summary["per_arm"]
+        t, b = pa.get(arm, {}).get("train_seconds", {}), pa.get("instance", {}).get("train_seconds", {})
+        ts, bs = pa.get(arm, {}).get("seconds_per_step", {}), pa.get("instance", {}).get("seconds_per_step", {})
+        if t.get("mean") and b.get("mean"):
+            step = (f", median step {ts['mean']:.2f} s vs {bs['mean']:.2f} s ({ts['mean'] / bs['mean']:.2f}x)"
+                    if ts.get("mean") and bs.get("mean") else "")
+            lines.append(f"- `{arm}` cost: training wall time {t['mean']:.0f} s vs {b['mean']:.0f} s for `instance` "
+                         f"({t['mean'] / b['mean']:.2f}x) for the same steps{step}.")
     return lines
 
 
