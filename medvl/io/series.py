@@ -36,11 +36,22 @@ def _list_files(directory: Path, recursive: bool) -> list[Path]:
     return sorted(p for p in pattern if p.is_file() and not p.name.startswith("."))
 
 
-def scan_series(directory: str | Path, *, recursive: bool = False) -> tuple[dict[str, list[tuple[Path, Dataset]]], int]:
+# Folders up to this size are read whole in one pass; bigger ones defer pixel data
+# (read again per slice at decode time) so memory holds one series, not the folder.
+READ_WHOLE_BYTES = 768 * 2**20
+
+
+def scan_series(
+    directory: str | Path, *, recursive: bool = False, load_pixels: bool | None = False,
+) -> tuple[dict[str, list[tuple[Path, Dataset]]], int]:
     """Read the headers of every DICOM image file in a directory, grouped by series.
 
-    Pixel data is deferred (read only when the slice is decoded), so a directory
-    is parsed once.
+    Args:
+        directory: the folder.
+        recursive: include sub-folders.
+        load_pixels: read pixel data now (one pass per file); ``False`` defers it
+            (read when a slice is decoded); ``None`` decides by the folder's size
+            (:data:`READ_WHOLE_BYTES`).
 
     Returns:
         ``({series_uid: [(path, dataset), ...]}, number of files skipped)``;
@@ -49,9 +60,13 @@ def scan_series(directory: str | Path, *, recursive: bool = False) -> tuple[dict
     d = Path(directory)
     groups: dict[str, list[tuple[Path, Dataset]]] = defaultdict(list)
     skipped = 0
-    for f in _list_files(d, recursive):
+    files = _list_files(d, recursive)
+    if load_pixels is None:
+        load_pixels = sum(f.stat().st_size for f in files) <= READ_WHOLE_BYTES
+    defer = None if load_pixels else 1024
+    for f in files:
         try:
-            ds = px.open_dicom(f, defer_size=1024)
+            ds = px.open_dicom(f, defer_size=defer)
         except ImageReadError as exc:
             if exc.message.startswith(("not a DICOM file", "file is empty")):
                 skipped += 1  # notes, thumbnails, checksums next to the slices
@@ -175,7 +190,7 @@ def read_dicom_series(
     d = Path(directory)
     if not d.is_dir():
         raise ImageReadError("directory not found", path=d)
-    groups, skipped = scan_series(d, recursive=recursive)
+    groups, skipped = scan_series(d, recursive=recursive, load_pixels=None)
     if not groups:
         raise SeriesError("no DICOM image files in directory", path=d,
                           expected="a folder holding one DICOM series")
@@ -273,6 +288,7 @@ def _assemble(
                 target *= np.float32(slope)
             if intercept != 0.0:
                 target += np.float32(intercept)
+        del ds.PixelData  # frees the encoded bytes and pydicom's cached array as we go
     tags = safe_tags(ds0)
     tags.update(n_slices=n, spacing_source=pixel_spacing_of(ds0)[1], geometry="series positions")
     volume = stack.transpose(2, 1, 0)  # (i=col, j=row, k) view

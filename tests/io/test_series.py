@@ -169,3 +169,16 @@ def test_list_series_describes_without_identifiers(tmp_path):
     assert "Doe" not in repr(infos) and "PID" not in repr(infos)
     with pytest.raises(SeriesError, match="coronal"):
         read_image(tmp_path / "mix")
+
+
+def test_large_folder_path_defers_pixels_and_agrees(tmp_path, monkeypatch):
+    """Folders above READ_WHOLE_BYTES are read with deferred pixel data: same volume."""
+    import medvl.io.series as series
+
+    vol = _volume(n=5)
+    info = write_series(tmp_path / "s", vol, orientation=oblique_orientation(10, 5))
+    whole = read_image(tmp_path / "s")
+    monkeypatch.setattr(series, "READ_WHOLE_BYTES", 0)
+    deferred = read_image(tmp_path / "s")
+    np.testing.assert_array_equal(deferred.array, whole.array)
+    np.testing.assert_allclose(deferred.affine, _reference(vol, info["affine_lps"])[1], atol=1e-4)
