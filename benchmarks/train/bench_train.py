@@ -92,7 +92,7 @@ def load_bench_config(name: str, manifest: str) -> tuple[dict[str, Any], str]:
     if path.is_file():
         cfg, source = load_config(path), f"configs/{name}.yaml"
     else:
-        cfg, source = copy.deepcopy(STAND_INS[name]), "stand-in (configs/{}.yaml absent)".format(name)
+        cfg, source = copy.deepcopy(STAND_INS[name]), f"stand-in (configs/{name}.yaml absent)"
     cfg = merge(cfg, {"seed": 0, "data": {"manifest": manifest}})
     cfg.pop("demo", None)
     return cfg, source
@@ -141,7 +141,12 @@ def step_costs(cfg: dict[str, Any], reps: int) -> dict[str, Any]:
     from medvl.models import build_model
     from medvl.train.config import TrainConfig
     from medvl.train.gradcache import MicroBatch, contrastive_step
-    from medvl.train.optim import build_optimizer, build_scheduler, step_optimizer, unscale_and_clip
+    from medvl.train.optim import (
+        build_optimizer,
+        build_scheduler,
+        step_optimizer,
+        unscale_and_clip,
+    )
 
     batch = next(iter(build_dataloader(cfg["data"], cfg["data"]["manifest"], "train", shuffle=False)))
     torch.manual_seed(0)
@@ -241,7 +246,7 @@ def one(spec: dict[str, Any]) -> dict[str, Any]:
 
 def _subprocess(spec: dict[str, Any]) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)], check=False, capture_output=True, text=True,
                           env=env, timeout=1800)
     if proc.returncode != 0:
         raise RuntimeError(f"measurement {spec['kind']} failed:\n{proc.stderr[-3000:]}")
@@ -308,15 +313,15 @@ def _markdown(r: dict[str, Any]) -> str:
     m = r["machine"]
     lines = [
         "# medvl.train engine benchmark (CPU)", "",
-        f"Machine: {m['platform']}, {m['processor']}, {m['cpu_count']} CPUs ({m['affinity']} usable), torch "
+        (f"Machine: {m['platform']}, {m['processor']}, {m['cpu_count']} CPUs ({m['affinity']} usable), torch "
         f"{m['torch']} with {m['torch_threads']} thread(s), OMP_NUM_THREADS={m['omp_num_threads']}, GPU: "
         f"{m['gpu'] or 'none'}. Run {r['started']}; 1-minute load average {m['load_average_1min']} at the start "
-        "(a shared machine: absolute figures are noisy, the ratios measured within one run are the figures to read).",
+        "(a shared machine: absolute figures are noisy, the ratios measured within one run are the figures to read)."),
         f"Corpus: synthetic chest radiographs {r.get('corpus')}, train split.", "",
         "No GPU was lent to this task, so the ViT-B/16 + BERT-base bf16 step was not measured.", "",
-        "| config | batch | image | workers | samples/s | data wait | samples/s, warm cache | data wait, warm cache "
+        ("| config | batch | image | workers | samples/s | data wait | samples/s, warm cache | data wait, warm cache "
         "| peak RSS | accum 2 samples/s (warm cache) | accum 2 peak RSS | step s: plain / engine / accum 2 "
-        "| plain / engine | engine / accum 2 |",
+        "| plain / engine | engine / accum 2 |"),
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, c in r["configs"].items():
@@ -331,20 +336,20 @@ def _markdown(r: dict[str, Any]) -> str:
             f"{sc['engine_over_plain']:.2f} | {sc['accum2_over_engine']:.2f} |")
     lines += [
         "", "Notes:",
-        "- samples/s is the harmonic mean over steps 3.. of the per-step figure the engine logs to metrics.csv "
+        ("- samples/s is the harmonic mean over steps 3.. of the per-step figure the engine logs to metrics.csv "
         "(step time includes waiting for data); data wait is the mean fraction of step time spent waiting for "
         "the data loader. 'As configured' uses the config's data settings; 'warm cache' adds "
-        "`data.cache_dir` after one pass has filled it.",
-        "- step s: seconds per step on one fixed batch, interleaved and rotated so machine load hits all three "
+        "`data.cache_dir` after one pass has filled it."),
+        ("- step s: seconds per step on one fixed batch, interleaved and rotated so machine load hits all three "
         "alike (medians): `plain` is the shortest loop that trains (tokenize, towers, loss, backward, AdamW); "
         "`engine` the engine's step (finiteness check, clipping, schedule, logit-scale clamp on top); `accum 2` "
         "the same batch as two micro-batches through the feature cache (same negatives; one extra forward pass "
         "per micro-batch, activations of half the batch). plain / engine is the engine's speed relative to the "
-        "bare loop (1.0 = no overhead).",
-        "- the loop runs (samples/s) alternate in one process for `rounds` rounds (medians shown); each peak "
-        "RSS is measured in a process of its own (3 steps).",
-        "- peak RSS is the process's maximum resident set (`resource.getrusage`), including ~0.3-0.5 GB "
-        "of imported libraries.",
+        "bare loop (1.0 = no overhead)."),
+        ("- the loop runs (samples/s) alternate in one process for `rounds` rounds (medians shown); each peak "
+        "RSS is measured in a process of its own (3 steps)."),
+        ("- peak RSS is the process's maximum resident set (`resource.getrusage`), including ~0.3-0.5 GB "
+        "of imported libraries."),
         "", "Regenerate: `OMP_NUM_THREADS=1 .venv/bin/python benchmarks/train/bench_train.py`.", "",
     ]
     return "\n".join(lines)

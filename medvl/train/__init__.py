@@ -17,7 +17,7 @@ _EXPORTS = {
     "TrainState": "medvl.train.state",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = ["Components", "TrainConfig", "TrainResult", "TrainState", "train"]
 
 
 def __getattr__(name: str) -> Any:

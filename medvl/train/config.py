@@ -110,5 +110,5 @@ class TrainConfig:
     def warmup_for(self, total_steps: int) -> int:
         """Warmup length in steps for a run of ``total_steps`` optimizer steps."""
         if self.warmup_ratio is not None:
-            return int(round(self.warmup_ratio * total_steps))
+            return round(self.warmup_ratio * total_steps)
         return min(self.warmup_steps, total_steps)

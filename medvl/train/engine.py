@@ -32,12 +32,28 @@ from medvl.config import from_dict
 from medvl.errors import ConfigError, TrainingError
 from medvl.runinfo import write_run_info
 from medvl.train import distributed as D
-from medvl.train.checkpoint import capture_rng, fingerprint, load_checkpoint, restore_rng, save_checkpoint
+from medvl.train.checkpoint import (
+    capture_rng,
+    fingerprint,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
 from medvl.train.config import TrainConfig
-from medvl.train.data import MicroBatchMaker, SkipTracker, build_train_loader, build_val_loader
+from medvl.train.data import (
+    MicroBatchMaker,
+    SkipTracker,
+    build_train_loader,
+    build_val_loader,
+)
 from medvl.train.gradcache import contrastive_step
 from medvl.train.logger import MetricsLogger
-from medvl.train.optim import build_optimizer, build_scheduler, step_optimizer, unscale_and_clip
+from medvl.train.optim import (
+    build_optimizer,
+    build_scheduler,
+    step_optimizer,
+    unscale_and_clip,
+)
 from medvl.train.state import TrainResult, TrainState
 from medvl.train.validation import metric_names, validate
 
@@ -224,7 +240,7 @@ def _train(config, cfg: TrainConfig, seed: int, out: Path, parts: Components, en
         state.history.append(row)
         if metrics:
             logger.log(state.step, state.epoch, "val", metrics)
-            _say(env, "epoch {} val: ".format(state.epoch) + ", ".join(
+            _say(env, f"epoch {state.epoch} val: " + ", ".join(
                 f"{k}={v:.3f}" for k, v in metrics.items() if k.startswith(("i2t_R", "mean"))))
         value = metrics.get(cfg.monitor)
         if value is not None and math.isfinite(value) and (state.best is None or value > state.best):

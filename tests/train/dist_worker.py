@@ -5,9 +5,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from train_fakes import components, tiny_config  # noqa: E402
+from train_fakes import components, tiny_config
 
-from medvl.train import train  # noqa: E402
+from medvl.train import train
 
 
 def dist_config() -> dict:

@@ -12,7 +12,13 @@ import torch
 from train_fakes import FakeLoss, FakeModel
 
 from medvl.errors import CheckpointError
-from medvl.train.checkpoint import capture_rng, fingerprint, load_checkpoint, restore_rng, save_checkpoint
+from medvl.train.checkpoint import (
+    capture_rng,
+    fingerprint,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
 from medvl.train.config import TrainConfig
 from medvl.train.optim import build_optimizer, build_scheduler
 

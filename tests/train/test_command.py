@@ -8,8 +8,8 @@ import pytest
 import yaml
 from train_fakes import components, tiny_config
 
-import medvl.train.engine as engine
 from medvl.cli import main
+from medvl.train import engine
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from medvl.train import train
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from dist_worker import dist_config  # noqa: E402
+from dist_worker import dist_config
 
 
 def _torchrun(*args: str) -> subprocess.CompletedProcess:
@@ -27,7 +27,7 @@ def _torchrun(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          str(HERE / "dist_worker.py"), *args],
-        env=env, capture_output=True, text=True, timeout=240,
+        check=False, env=env, capture_output=True, text=True, timeout=240,
     )
 
 

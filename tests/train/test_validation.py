@@ -7,7 +7,12 @@ import pytest
 import torch
 from sklearn.metrics import top_k_accuracy_score
 
-from medvl.train.validation import metric_names, recall_at, retrieval_metrics, retrieval_ranks
+from medvl.train.validation import (
+    metric_names,
+    recall_at,
+    retrieval_metrics,
+    retrieval_ranks,
+)
 
 
 def test_recall_matches_sklearn_top_k_accuracy_without_ties() -> None:
