@@ -173,7 +173,7 @@ def test_list_series_describes_without_identifiers(tmp_path):
 
 def test_large_folder_path_defers_pixels_and_agrees(tmp_path, monkeypatch):
     """Folders above READ_WHOLE_BYTES are read with deferred pixel data: same volume."""
-    import medvl.io.series as series
+    from medvl.io import series
 
     vol = _volume(n=5)
     info = write_series(tmp_path / "s", vol, orientation=oblique_orientation(10, 5))
