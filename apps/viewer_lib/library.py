@@ -74,6 +74,10 @@ class LibraryBackend:
         self.model.eval()
         self.index = CaseIndex.open(self.index_dir)
         self.index.check_model(self.model)  # fail at start, not at the first query
+        # One index (one SQLite connection) serves every browser session's thread:
+        # its calls are serialised. Model calls outside the index run concurrently.
+        self._index_lock = threading.RLock()
+        self._case_ids: list[str] | None = None
         self._images = _LRU(8)  # volumes can be large: keep few
         self._inputs = _LRU(16)
         self._results = _LRU(256)
@@ -81,20 +85,30 @@ class LibraryBackend:
 
     # -- index -------------------------------------------------------------------
     def case_ids(self) -> list[str]:
-        return self.index.study_ids()
+        # The opened version is immutable, so its id list is read once.
+        with self._index_lock:
+            if self._case_ids is None:
+                self._case_ids = self.index.study_ids()
+            return list(self._case_ids)
 
     def case(self, study_id: str) -> Case:
-        return to_case(self.index.get(study_id))
+        with self._index_lock:
+            return to_case(self.index.get(study_id))
 
     def search_text(self, text: str, k: int, against: str = "image") -> list[Case]:
-        key = ("text", text, k, against)
-        hits = self._results.get(key, lambda: self.index.search_text(self.model, text, k, against=against))
-        return [to_case(h) for h in hits]
+        def make() -> list[Any]:
+            with self._index_lock:
+                return self.index.search_text(self.model, text, k, against=against)
+
+        return [to_case(h) for h in self._results.get(("text", text, k, against), make)]
 
     def search_image(self, image_path: Path, k: int) -> list[Case]:
-        key = ("image", str(image_path), k)
-        hits = self._results.get(key, lambda: self.index.search_image(self.model, self._input(image_path), k))
-        return [to_case(h) for h in hits]
+        def make() -> list[Any]:
+            x = self._input(image_path)  # read + preprocess outside the lock
+            with self._index_lock:
+                return self.index.search_image(self.model, x, k)
+
+        return [to_case(h) for h in self._results.get(("image", str(image_path), k), make)]
 
     # -- images ------------------------------------------------------------------
     def read_image(self, image_path: Path) -> Any:
@@ -104,6 +118,7 @@ class LibraryBackend:
 
     def _input(self, image_path: Path) -> np.ndarray:
         """The model input of an image, preprocessed as the indexed studies were."""
+        # load_query_image reads only the index's stored data section, not SQLite.
         return self._inputs.get(str(image_path), lambda: self.index.load_query_image(image_path))
 
     def window_presets(self, modality: str | None) -> dict[str, tuple[float, float]]:

@@ -207,3 +207,24 @@ def test_text_query_against_reports_uses_the_report_vectors(app, index, tiny_vie
     model = MedVLModel.from_pretrained(tiny_viewer_data.model_dir).eval()
     sims = np.asarray(index.vectors["report"]) @ embed_texts(model, ["cardiomegaly"])[0]
     np.testing.assert_allclose([v for _, v in _ranked(app)], np.sort(sims)[::-1][:5], atol=1e-3)
+
+
+def test_concurrent_sessions_get_the_same_results_as_one(tiny_viewer_data, index):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from apps.viewer_lib.backend import open_backend
+
+    # Streamlit serves each browser session in its own thread, all sharing one backend
+    backend = open_backend(tiny_viewer_data.index_dir, tiny_viewer_data.model_dir)
+    paths = [index.get(s).image_path for s in index.study_ids()]
+    expected = {p: [h.study_id for h in open_backend(tiny_viewer_data.index_dir).search_image(p, 3)] for p in paths}
+
+    def session(p):
+        backend.case(index.study_ids()[0])
+        return p, [h.study_id for h in backend.search_image(p, 3)], backend.case_ids()
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(session, paths * 2))
+    for p, got, ids in results:
+        assert got == expected[p]
+        assert ids == index.study_ids()
