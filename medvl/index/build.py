@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
@@ -14,6 +15,8 @@ from medvl.index import metadata, storage
 from medvl.index.case_index import CaseIndex, model_fingerprint
 from medvl.index.config import IndexConfig
 from medvl.index.vectors import build_approx, faiss_available, read_approx, write_approx
+
+log = logging.getLogger(__name__)
 
 
 def _data_section(data_cfg: Any) -> dict[str, Any]:
@@ -122,9 +125,10 @@ def build_index(
             conn = metadata.connect(old_dir / "cases.sqlite", readonly=True)
             existing = set(metadata.study_ids(conn))
             conn.close()
-        dims = data.get("dims")
-        rows = [r for r in read_manifest(manifest_path, split=split)
-                if r.study_id not in existing and (dims is None or r.dims == dims)]
+        from medvl.data.dataset import as_data_config
+
+        dims = as_data_config(dict(data)).dims  # the loader keeps only these rows
+        rows = [r for r in read_manifest(manifest_path, split=split) if r.study_id not in existing and r.dims == dims]
         if not rows:
             if old_dir is None:
                 raise CaseIndexError("no study to index", path=manifest_path, field="split",
@@ -134,9 +138,13 @@ def build_index(
 
         with storage.staging_dir(root) as staged:
             emb, skipped = _embed_rows(model, rows, manifest_path, staged, data, cfg.progress)
-            if len(emb) == 0 and old_dir is None:
-                raise CaseIndexError(f"none of {len(rows)} studies could be embedded", path=manifest_path,
-                                     expected="readable images (see the skipped list)")
+            if len(emb) == 0:
+                if old_dir is None:
+                    raise CaseIndexError(f"none of {len(rows)} studies could be embedded", path=manifest_path,
+                                         expected="readable images (see the skipped list)")
+                log.warning("none of %d new studies could be embedded; index left unchanged: %s", len(rows),
+                            "; ".join(f"{r['study_id']}: {r['error']}" for r in skipped[:5]))
+                return CaseIndex.open(root, config=cfg)
             model_info = {"fingerprint": fingerprint, "config": getattr(model, "config", None),
                           "dir": str(Path(model_dir).resolve()) if model_dir else old_info.get("model", {}).get("dir")}
             history = {"manifest": str(manifest_path.resolve()), "split": split, "skipped": skipped}

@@ -52,6 +52,8 @@ class FakeModel(torch.nn.Module):
         self.noise = noise
         self.logit_scale = torch.nn.Parameter(torch.tensor(float(np.log(1 / 0.07))))
         self.dummy = torch.nn.Linear(1, 1)  # gives the model a parameter and a device
+        torch.nn.init.zeros_(self.dummy.weight)  # deterministic, so equal seeds give equal fingerprints
+        torch.nn.init.zeros_(self.dummy.bias)
         self.config = {"name": "fake", "dim": dim, "noise": noise, "scramble": scramble, "seed": seed}
         self.image_calls = 0
 

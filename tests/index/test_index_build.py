@@ -171,3 +171,22 @@ def test_bad_queries_and_missing_index_raise_case_index_error(tmp_path: Path, fa
     (tmp_path / "idx" / "CURRENT").write_text("v999999\n")
     with pytest.raises(CaseIndexError, match="CURRENT"):
         CaseIndex.open(tmp_path / "idx")
+
+
+def test_unreadable_new_studies_leave_the_index_unchanged(tmp_path: Path, fake_loader: None) -> None:
+    rows = make_rows(8, seed=13)
+    idx = tmp_path / "idx"
+    build_index(FakeModel(), _manifest(tmp_path, rows, "a.jsonl"), idx, config=CFG)
+    before = storage.current_dir(idx)
+    broken = make_rows(2, seed=14, prefix="x")
+    for r in broken:
+        r["image"] = "img/broken.png"
+    index = build_index(FakeModel(), _manifest(tmp_path, rows + broken, "b.jsonl"), idx, config=CFG)
+    assert storage.current_dir(idx) == before and len(index) == 8
+
+
+def test_rows_of_other_dims_are_not_indexed(tmp_path: Path, fake_loader: None) -> None:
+    rows = make_rows(6, seed=15)
+    rows[0]["dims"], rows[0]["modality"] = 3, "CT"
+    index = build_index(FakeModel(), _manifest(tmp_path, rows), tmp_path / "idx", config=CFG)
+    assert rows[0]["study_id"] not in index.study_ids() and len(index) == 5
