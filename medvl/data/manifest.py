@@ -75,7 +75,8 @@ class ManifestRow:
         return asdict(self)
 
 
-def _check_row(obj: Any, where: str) -> ManifestRow:
+def check_row(obj: Any, where: str) -> ManifestRow:
+    """Validate one parsed JSON object as a row; ``where`` (``file:line``) goes into errors."""
     if not isinstance(obj, dict):
         raise ManifestError("row is not a JSON object", path=where)
     for key in REQUIRED:
@@ -123,7 +124,7 @@ def iter_manifest(path: str | Path) -> Iterator[ManifestRow]:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise ManifestError(f"invalid JSON ({exc.msg})", path=where) from None
-            yield _check_row(obj, where)
+            yield check_row(obj, where)
 
 
 def read_manifest(path: str | Path, split: str | None = None) -> list[ManifestRow]:

@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medvl.data.manifest import SPLITS, ManifestRow, _check_row, resolve_path
+from medvl.data.manifest import SPLITS, ManifestRow, check_row, resolve_path
 from medvl.errors import ManifestError, MedvlError
 from medvl.findings import finding_names, load_findings
 
@@ -133,7 +133,7 @@ def _load_rows(path: Path, report: ValidationReport) -> list[tuple[int, Manifest
                 report.problems.append(Problem("error", "schema", where, None, f"invalid JSON ({exc.msg})"))
                 continue
             try:
-                row = _check_row(obj, where)
+                row = check_row(obj, where)
             except ManifestError as exc:
                 report.problems.append(Problem("error", "schema", where, exc.field,
                                                exc.message + (f" (expected {exc.expected})" if exc.expected else "")))
