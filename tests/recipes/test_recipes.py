@@ -177,3 +177,10 @@ def test_cli_prepare_and_bad_corpus(tmp_path, capsys) -> None:
     assert main(["prepare", "nosuch", "--root", str(root), "--out", str(tmp_path / "x.jsonl")]) == 2
     err = capsys.readouterr().err
     assert "unknown corpus recipe 'nosuch'" in err and "Traceback" not in err
+
+
+def test_image_only_corpus_passes_validate(tmp_path, capsys) -> None:
+    root = write_chexpert_tree(tmp_path / "cx", n_patients=10, real_images=True)
+    out = tmp_path / "m.jsonl"
+    assert main(["prepare", "chexpert", "--root", str(root), "--out", str(out)]) == 0
+    assert main(["validate", str(out), "--full"]) == 0, capsys.readouterr().out
