@@ -54,6 +54,7 @@ from medvl.train.optim import (
     step_optimizer,
     unscale_and_clip,
 )
+from medvl.train.signals import StopRequest
 from medvl.train.state import TrainResult, TrainState
 from medvl.train.validation import metric_names, validate
 
@@ -257,7 +258,9 @@ def _train(config, cfg: TrainConfig, seed: int, out: Path, parts: Components, en
                desc="train", unit="step", dynamic_ncols=True, file=sys.stderr)
     window = {"time": 0.0, "wait": 0.0, "samples": 0}
     done = (lambda: state.step >= cfg.max_steps) if cfg.max_steps else (lambda: state.epoch >= cfg.epochs)
+    stop = StopRequest()
     try:
+        stop.install()
         while not done():
             for group, plan, wait_s, t0 in train_data.epoch(state.epoch, state.batch_in_epoch, cfg.accum_steps):
                 state.batch_in_epoch += len(group)
@@ -309,6 +312,14 @@ def _train(config, cfg: TrainConfig, seed: int, out: Path, parts: Components, en
                     save(last_dir)
                 if on_step is not None:
                     on_step(state)
+                if D.any_rank(stop.received is not None, device):
+                    save(last_dir)
+                    skips.write(out, env)
+                    raise TrainingError(
+                        f"stopped by {stop.received or 'a signal on another rank'} after step {state.step}; "
+                        f"the state is saved in {last_dir}", path=out, field="signal",
+                        expected="continue with --resume",
+                    )
                 if cfg.max_steps and state.step >= cfg.max_steps:
                     break
             else:  # the epoch ran to its end
@@ -333,6 +344,7 @@ def _train(config, cfg: TrainConfig, seed: int, out: Path, parts: Components, en
             save_model()
         skipped = skips.write(out, env)
     finally:
+        stop.restore()
         bar.close()
         logger.close()
     return TrainResult(model_dir=out / "model", history=state.history, seconds=time.perf_counter() - t_start,

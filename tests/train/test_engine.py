@@ -224,3 +224,26 @@ def test_resume_with_another_batch_size_keeps_the_samples_seen(tmp_path: Path, c
     result = train(cfg, out, components=components(), resume=True)
     assert "batch 2 of 3" in capsys.readouterr().err
     assert result.steps == 5  # 4 steps of 4, then the last batch of 8
+
+
+def test_sigterm_stops_after_the_step_with_a_checkpoint_that_resumes_exactly(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    cfg = tiny_config(epochs=2)
+    cfg["model"]["dropout"] = 0.3
+    train(cfg, tmp_path / "full", components=components())
+
+    def preempt(state):
+        if state.step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # what a scheduler sends before killing a job
+
+    out = tmp_path / "run"
+    with pytest.raises(TrainingError, match="SIGTERM after step 3") as info:
+        train(cfg, out, components=components(), on_step=preempt)
+    assert "--resume" in str(info.value)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler restored
+    train(cfg, out, components=components(), resume=True)
+    a, b = _weights(tmp_path / "full/checkpoints/last"), _weights(out / "checkpoints/last")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
