@@ -25,7 +25,7 @@ class StopRequest:
         self.received: str | None = None
         self._previous: dict[signal.Signals, object] = {}
 
-    def _handle(self, signum: int, frame: FrameType | None) -> None:  # noqa: ARG002
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.received = signal.Signals(signum).name
 
     def install(self) -> None:
