@@ -169,3 +169,15 @@ def test_radiograph_spacing_sources(tmp_path):
     assert img.tags["spacing_source"].startswith("ImagerPixelSpacing/")
     ds.PixelSpacing = [0.15, 0.14]  # calibrated spacing wins
     assert read_image(save(ds, tmp_path / "c.dcm")).spacing == (0.15, 0.14)
+
+
+def test_float_pixel_data(tmp_path):
+    """Parametric maps store FloatPixelData: values are already physical, read as is."""
+    ds = make_dataset(np.zeros((4, 5), np.int16))
+    for kw in ("PixelData", "BitsStored", "HighBit", "PixelRepresentation", "RescaleSlope", "RescaleIntercept"):
+        delattr(ds, kw)
+    ds.BitsAllocated = 32
+    values = np.linspace(-1.5, 2.5, 20, dtype=np.float32).reshape(4, 5)
+    ds.FloatPixelData = values.tobytes()
+    img = read_image(save(ds, tmp_path / "float.dcm"))
+    np.testing.assert_array_equal(img.array, values)
