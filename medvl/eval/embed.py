@@ -86,10 +86,17 @@ def embed_texts(model: Any, texts: list[str], batch_size: int = 64) -> np.ndarra
     return np.concatenate(parts, axis=0)
 
 
+def _as_dict(cfg: Any) -> dict[str, Any]:
+    from medvl.config import to_dict
+
+    return dict(to_dict(cfg))
+
+
 def split_batches(
     data_cfg: dict[str, Any] | None, manifest_path: str | Path, split: str | None
 ) -> tuple[Iterable[dict[str, Any]], Any]:
-    """The data room's loader for one split (``None``: every split in turn), unshuffled.
+    """The data room's loader for one split (``None``: every split in turn), unshuffled,
+    without augmentation and with whole reports (``text_mode: truncate``).
 
     Returns:
         ``(batches, datasets)``: an iterable of batches and the list of datasets behind
@@ -97,9 +104,12 @@ def split_batches(
     """
     from medvl.data import build_dataloader
 
-    cfg = dict(data_cfg or {})
+    cfg = dict(data_cfg or {}) if not hasattr(data_cfg, "__dataclass_fields__") else _as_dict(data_cfg)
+    # Embeddings describe the studies as they are: no augmentation and the whole (truncated)
+    # report, even on the train split where training would augment and sample sentences.
+    cfg.update(augment=False, text_mode="truncate", drop_last=False)
     splits = [split] if split is not None else ["train", "val", "test"]
-    loaders = [build_dataloader(cfg, manifest_path, s, shuffle=False) for s in splits]
+    loaders = [build_dataloader(cfg, manifest_path, s, shuffle=False, augment=False) for s in splits]
 
     def _iter() -> Iterator[dict[str, Any]]:
         for loader in loaders:

@@ -106,3 +106,16 @@ def test_native_3d_encoder_gives_a_3d_heatmap() -> None:
     assert len(out.grid) == 3
     heat = phrase_heatmap(model, x, "left pleural effusion")
     assert heat.shape == (32, 64, 64) and heat.min() == 0.0 and heat.max() == 1.0
+
+
+def test_train_split_is_embedded_without_augmentation(corpus: Path) -> None:
+    from medvl.eval.embed import embed_split
+
+    model = _model()
+    plain = embed_split(model, corpus, "train", DATA2D)
+    noisy_cfg = {**DATA2D, "augment": True, "text_mode": "sample_sentences", "max_words": 8}
+    again = embed_split(model, corpus, "train", noisy_cfg)
+    np.testing.assert_allclose(again.image, plain.image, atol=1e-6)
+    # Truncated reports as with text_mode: truncate, not randomly sampled sentences.
+    truncated = embed_split(model, corpus, "train", {**DATA2D, "max_words": 8}, with_text=False)
+    assert again.texts == truncated.texts
