@@ -82,7 +82,7 @@ def bench_decode(name: str, repeats: int) -> dict:
 
 
 def bench_series(n_slices: int, size: int, repeats: int) -> dict:
-    from factory import write_series
+    from io_factory import write_series
 
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:

@@ -8,7 +8,7 @@ import subprocess
 import nibabel as nib
 import numpy as np
 import pytest
-from factory import oblique_orientation, write_series
+from io_factory import oblique_orientation, write_series
 
 from medvl.io import read_image
 

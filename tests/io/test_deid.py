@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pydicom
 import pytest
-from factory import write_series
+from io_factory import write_series
 
 from medvl.io import deid_command, read_image
 from medvl.io.deid import deidentify, residual_identifiers

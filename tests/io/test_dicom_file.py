@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pydicom
 import pytest
-from factory import make_dataset, oblique_orientation, save, write_series
+from io_factory import make_dataset, oblique_orientation, save, write_series
 
 from medvl.errors import ImageReadError, MissingDecoderError
 from medvl.io import apply_window, read_image, to_display

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pydicom
 import pytest
-from factory import make_dataset
+from io_factory import make_dataset
 
 from medvl.errors import ConfigError
 from medvl.io import (

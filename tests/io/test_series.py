@@ -7,7 +7,7 @@ import shutil
 import nibabel as nib
 import numpy as np
 import pytest
-from factory import make_dataset, oblique_orientation, save, write_series
+from io_factory import make_dataset, oblique_orientation, save, write_series
 
 from medvl.errors import ImageReadError, SeriesError
 from medvl.io import read_image

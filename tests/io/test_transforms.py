@@ -41,7 +41,7 @@ def test_loader_affine_works_with_monai_orientation(tmp_path):
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from factory import write_series
+    from io_factory import write_series
 
     vol = np.random.default_rng(0).integers(0, 100, size=(4, 6, 5)).astype(np.int16)
     write_series(tmp_path / "s", vol, orientation=(1, 0, 0, 0, 0, -1))
