@@ -33,8 +33,13 @@ import numpy as np
 
 
 def _pool(a: np.ndarray, size: int) -> np.ndarray:
+    """Block mean to ``size`` x ``size`` (area resize when the size does not divide)."""
+    if a.shape[0] % size or a.shape[1] % size:
+        from PIL import Image
+
+        return np.asarray(Image.fromarray(a.astype(np.float32)).resize((size, size), Image.BOX))
     k = a.shape[0] // size
-    return a[: k * size, : k * size].reshape(size, k, size, k).mean(axis=(1, 3))
+    return a.reshape(size, k, size, k).mean(axis=(1, 3))
 
 
 def load_careful(path: Path, size: int) -> np.ndarray:

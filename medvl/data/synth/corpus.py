@@ -231,10 +231,13 @@ def generate_corpus(
         bar = tqdm(total=len(jobs), desc="synth", unit="study")
     rows: list[dict[str, Any]] = []
     if cfg.workers > 1 and len(jobs) > 1:
-        # "spawn", not "fork": the caller may hold threads (torch, tokenizers) that a
-        # forked child would inherit in a broken state. Scripts that call this with
-        # workers > 1 need the usual ``if __name__ == "__main__":`` guard.
-        with mp.get_context("spawn").Pool(cfg.workers) as pool:
+        # "fork" where the platform has it: workers then need no re-import of the
+        # caller's main module, so a script without an ``if __name__ == "__main__":``
+        # guard works (with "spawn" it would hang re-spawning workers). Workers only
+        # run numpy/scipy/pydicom/Pillow code, which is fork-safe (as in PyTorch's
+        # DataLoader workers). Elsewhere "spawn" (and the guard) is needed.
+        method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+        with mp.get_context(method).Pool(cfg.workers) as pool:
             for row in pool.imap(_work, jobs, chunksize=max(1, min(16, len(jobs) // (4 * cfg.workers)))):
                 rows.append(row)
                 if bar:
