@@ -237,7 +237,8 @@ class CaseIndex:
         if not p.exists():
             raise CaseIndexError("query image not found", path=p, field="image")
         cfg = as_data_config(dict(self.info.get("data") or {}))
-        return ModelInputTransform(cfg)(read_image(p))
+        io_options = cfg.io.as_kwargs() if hasattr(getattr(cfg, "io", None), "as_kwargs") else {}
+        return ModelInputTransform(cfg)(read_image(p, **io_options))  # read as the dataset reads
 
     def _hit(self, case: dict[str, Any], rank: int, score: float) -> Hit:
         return Hit(rank=rank, study_id=case["study_id"], score=score, report_text=case["report"],
