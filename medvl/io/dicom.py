@@ -183,6 +183,10 @@ def image_from_dataset(
         stored = raw
         if pi == "RGB":
             arr = stored.astype(np.float32)
+            # palette LUT entries are often 16-bit although pixels store 8 bits: the
+            # display range is that of the RGB values, not of BitsStored
+            tags["color_bits"] = 8 * stored.dtype.itemsize if str(ds.get("PhotometricInterpretation", "")) \
+                .strip().upper() == "PALETTE COLOR" else int(ds.get("BitsStored") or 8)
         else:
             arr = px.modality_lut(stored, ds, _frame_rescale(ds, index))
             if dose is not None:

@@ -189,10 +189,11 @@ def to_display(
 ) -> np.ndarray:
     """Display values in ``[0, 1]`` where high is bright: window, then MONOCHROME1 inversion.
 
-    Colour images are scaled by their data type range instead (``/ 255`` for 8-bit).
+    Colour images are scaled by the range of their RGB values instead (``/ 255`` for
+    8-bit, ``/ 65535`` for 16-bit palette lookup tables).
     """
     if image.is_color:
-        bits = int(image.tags.get("BitsStored") or 8)
+        bits = int(image.tags.get("color_bits") or image.tags.get("BitsStored") or 8)
         return np.clip(image.array / float(2**bits - 1), 0.0, 1.0).astype(np.float32)
     out = window_image(image, window)
     if image.photometric_interpretation == "MONOCHROME1":

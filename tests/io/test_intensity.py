@@ -120,3 +120,13 @@ def test_normalize_hand_worked():
     assert out[0] == 0.0 and out[100] == 1.0  # clipped
     const = normalize(np.full(5, 7.0), "zscore")
     assert np.all(np.isfinite(const))
+
+
+def test_palette_colour_display_uses_lut_range(testdata):
+    """OBXXXX1A stores 8-bit indices into 16-bit palette LUTs: displayed / 65535, not / 255."""
+    img = read_image(testdata("OBXXXX1A.dcm"))
+    shown = to_display(img)
+    np.testing.assert_allclose(shown, img.array / 65535.0, rtol=1e-6)
+    assert (shown >= 1.0).mean() < 0.01  # not saturated
+    rgb = read_image(testdata("US1_UNCR.dcm"))
+    np.testing.assert_allclose(to_display(rgb), rgb.array / 255.0, rtol=1e-6)
