@@ -105,7 +105,7 @@ def read_image(
         ImageReadError: (or its subclasses ``SeriesError``, ``MissingDecoderError``)
             naming the file and what was wrong.
     """
-    p = Path(path)
+    p = Path(path).expanduser()
     if not p.exists():
         raise ImageReadError("file or directory not found", path=p)
     try:
