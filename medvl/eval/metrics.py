@@ -357,6 +357,10 @@ def _agreement(query_labels: np.ndarray, gallery_labels: np.ndarray, mode: str) 
         qp = np.nan_to_num(q.astype(np.float64), nan=0.0) == 1
         gp = np.nan_to_num(g.astype(np.float64), nan=0.0) == 1
         if mode == "exact":
+            if qp.shape[1] <= 62:
+                # The set of positive findings as a bit mask: a (Q, G) comparison, not (Q, G, K).
+                w = np.left_shift(np.int64(1), np.arange(qp.shape[1], dtype=np.int64))
+                return (qp @ w)[:, None] == (gp @ w)[None, :]
             return np.all(qp[:, None, :] == gp[None, :, :], axis=2)
         if mode == "overlap":
             return (qp.astype(np.int64) @ gp.T.astype(np.int64)) > 0

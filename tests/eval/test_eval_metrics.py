@@ -171,3 +171,15 @@ def test_bootstrap_mean_auroc_matches_loop() -> None:
     assert res["mean_auroc"] == pytest.approx(point)
     assert res["ci_low"] == pytest.approx(np.quantile(means, 0.025))
     assert res["ci_high"] == pytest.approx(np.quantile(means, 0.975))
+
+
+def test_exact_label_agreement_matches_elementwise_comparison() -> None:
+    rng = np.random.default_rng(9)
+    q = rng.choice([1.0, 0.0, -1.0, np.nan], size=(30, 9), p=[0.2, 0.5, 0.1, 0.2])
+    g = rng.choice([1.0, 0.0, np.nan], size=(40, 9), p=[0.2, 0.6, 0.2])
+    q[:5] = g[:5]  # some exact matches
+    scores = rng.normal(size=(30, 40))
+    top = M.topk_indices(scores, 5)
+    qp, gp = np.nan_to_num(q) == 1, np.nan_to_num(g) == 1
+    ref = np.mean([[np.array_equal(qp[i], gp[j]) for j in top[i]] for i in range(30)])
+    assert M.precision_at_k(scores, q, g, 5) == pytest.approx(ref)
