@@ -45,14 +45,16 @@ REMOVE_KEYWORDS: tuple[str, ...] = (
     "ReferringPhysicianAddress", "ReferringPhysicianTelephoneNumbers", "InstitutionAddress",
     "InstitutionalDepartmentName", "PerformedLocation", "ScheduledProcedureStepLocation",
     "OperatorsName", "PhysiciansOfRecord", "PerformingPhysicianName", "NameOfPhysiciansReadingStudy",
-    "RequestingPhysician", "ReferringPhysicianName", "ContentCreatorName", "PersonName",
+    "RequestingPhysician", "PersonName",
     "IssuerOfPatientID", "PatientTelephoneNumbers", "PatientAddress", "CountryOfResidence",
     "RegionOfResidence", "MilitaryRank", "BranchOfService", "Occupation",
 )
 # Emptied (Z) rather than left with dicognito's realistic dummy values. PatientID keeps
 # its pseudonym: corpora need it for patient-level splits.
+# Type 2 elements among them must stay present (empty) for the file to remain valid.
 EMPTY_KEYWORDS: tuple[str, ...] = ("PatientName", "PatientBirthDate", "PatientSex",
-                                   "AccessionNumber", "StudyID", "InstitutionName", "StationName")
+                                   "AccessionNumber", "StudyID", "InstitutionName", "StationName",
+                                   "ReferringPhysicianName", "ContentCreatorName")
 
 # Elements that must carry no identifying value after de-identification (used by checks).
 IDENTIFYING_KEYWORDS: tuple[str, ...] = (
@@ -241,7 +243,8 @@ def deidentify(
     return report
 
 
-def _check_keywords() -> None:  # pragma: no cover - guards typos in the tables above
+def _check_keywords() -> None:
+    """Raise when a keyword in the tables above is not a DICOM keyword (guards typos)."""
     unknown = [k for k in (*REMOVE_KEYWORDS, *EMPTY_KEYWORDS, *IDENTIFYING_KEYWORDS) if k not in keyword_dict]
     if unknown:
         raise AssertionError(f"unknown DICOM keywords: {unknown}")

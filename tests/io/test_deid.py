@@ -13,7 +13,7 @@ from io_factory import write_series
 from medvl.io import deid_command, read_image
 from medvl.io.deid import deidentify, residual_identifiers
 
-ORIGINALS = ["Doe", "Jane", "PID-12345", "19700101", "20200102", "General Hospital", "ACC999"]
+ORIGINALS = ["Doe", "Jane", "PID-12345", "19700101", "20200102", "General Hospital", "ACC999", "Smith"]
 
 
 def _identified_series(folder, n=4):
@@ -23,6 +23,7 @@ def _identified_series(folder, n=4):
         ds = pydicom.dcmread(f)
         ds.StudyDescription = "CT chest Jane Doe"
         ds.PatientAge = "052Y"
+        ds.ReferringPhysicianName = "Smith^John"
         ds.add_new(0x00291010, "LO", "Doe private note")
         ds.add_new(0x60003000, "OW", b"\x00\x01" * 8)  # overlay data
         ds.save_as(f)
@@ -52,6 +53,8 @@ def test_series_deidentified_and_still_readable(tmp_path):
         assert not any(e.tag.is_private for e in ds)
         assert (0x6000, 0x3000) not in ds
         assert ds.get("StudyDate", "") == "" and "StudyDescription" not in ds
+        for type2 in ("PatientName", "ReferringPhysicianName", "AccessionNumber", "StudyDate"):
+            assert type2 in ds and not ds[type2].value  # present and empty: the file stays valid
         assert ds.PatientID and ds.PatientID != "PID-12345"  # a pseudonym for patient-level splits
     # what models need is untouched: same volume, geometry and windows
     before, after = read_image(tmp_path / "Doe_Jane"), read_image(next(iter(series_dirs)))
@@ -117,3 +120,9 @@ def test_missing_input(tmp_path):
 
     with pytest.raises(MedvlError, match="not found"):
         deidentify(tmp_path / "nothing", tmp_path / "out")
+
+
+def test_profile_tables_use_real_dicom_keywords():
+    from medvl.io.deid import _check_keywords
+
+    _check_keywords()
