@@ -139,7 +139,7 @@ def evaluate_retrieval(
     if hubness not in HUBNESS:
         raise ValueError(f"hubness={hubness!r}; expected one of {HUBNESS}")
     unique, inverse = collapse_texts(texts)
-    first = np.array([int(np.flatnonzero(inverse == u)[0]) for u in range(len(unique))], dtype=np.int64)
+    first = np.unique(inverse, return_index=True)[1]  # first study carrying each unique text
     text_u = text[first]  # (U, D): duplicates have identical texts, hence embeddings
     lab = np.asarray(labels, dtype=np.float64)
     lab_u = lab[first]
@@ -190,7 +190,7 @@ def class_retrieval(
         class is the class of the first study carrying it.
     """
     unique, inverse = collapse_texts(texts)
-    first = np.array([int(np.flatnonzero(inverse == u)[0]) for u in range(len(unique))], dtype=np.int64)
+    first = np.unique(inverse, return_index=True)[1]  # first study carrying each unique text
     t_u, c_u = text[first], np.asarray(targets)[first]
     c = np.asarray(targets)
     i2t = precision_at_k(image @ t_u.T, c, c_u, list(ks))
