@@ -74,7 +74,9 @@ def main() -> None:
         "",
         f"Machine: {machine()}",
         "",
-        ("Single-channel input; forward = eval mode under no_grad; train step = forward +"
+        ("Times are CPU seconds of the one-thread worker process (wall times, inflated by"
+        " other jobs on the shared cores, are in the JSON). "
+        "Single-channel input; forward = eval mode under no_grad; train step = forward +"
         " backward in train mode. Peak = resident memory above the level before the step,"
         f" per sample. Batch {args.batch} at 224 px, 1 at 512 px; one timed run after a"
         " warm-up forward. `x r18` = train step time relative to ResNet-18 at the same size;"

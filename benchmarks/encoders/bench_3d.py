@@ -59,7 +59,8 @@ def main() -> None:
         "",
         f"Machine: {machine()}",
         "",
-        (f"Volume {vol[4]}x{vol[3]}x{vol[2]} (W x H x slices), one channel, batch 1. Forward = eval"
+        (f"Times are CPU seconds of the one-thread worker (wall times in the JSON). "
+        f"Volume {vol[4]}x{vol[3]}x{vol[2]} (W x H x slices), one channel, batch 1. Forward = eval"
         " under no_grad; train = forward + backward in train mode (slice chunks are"
         " checkpointed). MiB = peak resident memory above the level before the step;"
         " process = whole-process peak (ru_maxrss). `x slice` = train time relative to the"

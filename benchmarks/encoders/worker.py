@@ -40,7 +40,7 @@ def image(image_cfg: dict[str, Any], shape: list[int], repeats: int = 1, grad: b
     warm = x[:, :, : min(x.shape[2], 8)] if hasattr(enc, "encoder2d") else x
     with torch.no_grad():
         enc(warm)
-    fwd_s, fwd_mib = [], []
+    fwd_s, fwd_cpu, fwd_mib = [], [], []
     grid: tuple[int, ...] = ()
     for _ in range(repeats):
         def forward() -> None:
@@ -48,23 +48,27 @@ def image(image_cfg: dict[str, Any], shape: list[int], repeats: int = 1, grad: b
             grid = enc(x).grid
 
         with torch.no_grad():
-            s, m = timed(forward)
+            s, c, m = timed(forward)
         fwd_s.append(s)
+        fwd_cpu.append(c)
         fwd_mib.append(m)
     out: dict[str, Any] = {
         "params_m": sum(p.numel() for p in enc.parameters()) / 1e6,
-        "forward_s_per_sample": min(fwd_s) / batch,
+        "forward_wall_s_per_sample": min(fwd_s) / batch,
+        "forward_s_per_sample": min(fwd_cpu) / batch,
         "forward_peak_mib_per_sample": max(fwd_mib) / batch,
     }
     if grad:
         enc.train()
-        train_s, train_mib = [], []
+        train_s, train_cpu, train_mib = [], [], []
         for _ in range(repeats):
             enc.zero_grad(set_to_none=True)
-            s, m = timed(lambda: _step_loss(enc(x)).backward())
+            s, c, m = timed(lambda: _step_loss(enc(x)).backward())
             train_s.append(s)
+            train_cpu.append(c)
             train_mib.append(m)
-        out["train_step_s_per_sample"] = min(train_s) / batch
+        out["train_step_wall_s_per_sample"] = min(train_s) / batch
+        out["train_step_s_per_sample"] = min(train_cpu) / batch
         out["train_step_peak_mib_per_sample"] = max(train_mib) / batch
     out["grid"] = list(grid)
     import resource
