@@ -43,7 +43,8 @@ def plot_roc(labels: np.ndarray, scores: np.ndarray, names: Sequence[str], path:
         plt.close(fig)
         return None
     ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="chance")
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title, xlim=(0, 1), ylim=(0, 1))
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title, xlim=(-0.01, 1.01),
+           ylim=(-0.01, 1.01))
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
