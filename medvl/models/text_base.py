@@ -112,8 +112,6 @@ class TextEncoder(nn.Module):
     cfg: TextConfig
     tokenizer: Any
     out_dim: int
-    #: tokens the tower adds around the text ([CLS] ... [SEP]); bounds max_length
-    prefix_len: int = 0
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """Tokenise reports for :meth:`forward`.
