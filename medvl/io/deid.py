@@ -16,7 +16,6 @@ rescale, windows and VOI LUTs, modality, body part, view.
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,6 +171,15 @@ def residual_identifiers(ds: Dataset, originals: Iterable[str] = ()) -> list[str
     return found
 
 
+def _complete_file_meta(ds: Dataset) -> None:
+    """Fill the file meta a Part 10 file needs from the dataset (pre-Part 10 inputs lack it)."""
+    meta = ds.file_meta
+    for meta_kw, kw in (("MediaStorageSOPClassUID", "SOPClassUID"),
+                        ("MediaStorageSOPInstanceUID", "SOPInstanceUID")):
+        if meta_kw not in meta and kw in ds:
+            setattr(meta, meta_kw, ds[kw].value)
+
+
 def _iter_inputs(src: Path) -> list[Path]:
     if src.is_file():
         return [src]
@@ -206,6 +214,7 @@ def deidentify(
         MedvlError: ``src`` does not exist or holds no DICOM file.
     """
     from medvl.atomic import atomic_path
+    from medvl.io.dicom_pixels import open_dicom
 
     s, d = Path(src), Path(dst)
     if not s.exists():
@@ -214,11 +223,10 @@ def deidentify(
     report = DeidReport()
     for f in _iter_inputs(s):
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                ds = pydicom.dcmread(f)
-        except Exception as exc:  # noqa: BLE001 - non-DICOM files are skipped and recorded
-            report.skipped.append({"file": str(f), "reason": f"not DICOM: {type(exc).__name__}"})
+            ds = open_dicom(f)  # also files without the DICM preamble
+        except ImageReadError as exc:  # non-DICOM or damaged files are skipped and recorded
+            kind = "not DICOM" if exc.message.startswith(("not a DICOM", "file is empty")) else "unreadable"
+            report.skipped.append({"file": str(f), "reason": f"{kind}: {exc.message}"})
             continue
         if str(ds.get("BurnedInAnnotation", "")).upper() == "YES" and not allow_burned_in:
             report.skipped.append({"file": str(f), "reason": "burned-in annotation: pixels may show identifiers"})
@@ -230,8 +238,10 @@ def deidentify(
             deidentify_dataset(ds, anonymizer, dates=dates)
             rel = Path(str(ds.get("StudyInstanceUID", "nostudy"))) / str(ds.get("SeriesInstanceUID", "noseries")) \
                 / f"{ds.get('SOPInstanceUID', f'obj{len(report.written)}')}.dcm"
+            _complete_file_meta(ds)
             with atomic_path(d / rel) as tmp:
-                ds.save_as(tmp, enforce_file_format=False)
+                # a proper Part 10 file (preamble + meta) even when the input had none
+                ds.save_as(tmp, enforce_file_format=True)
         except Exception as exc:  # noqa: BLE001 - one bad file must not stop a corpus
             report.skipped.append({"file": str(f), "reason": f"cannot de-identify: {type(exc).__name__}: {exc}"})
             continue

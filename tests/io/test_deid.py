@@ -126,3 +126,17 @@ def test_profile_tables_use_real_dicom_keywords():
     from medvl.io.deid import _check_keywords
 
     _check_keywords()
+
+
+def test_preamble_less_file_is_deidentified(tmp_path, testdata):
+    """Old writers omit the DICM preamble; such files still carry dates and names."""
+    src = testdata("OT-PAL-8-face.dcm")
+    original = pydicom.dcmread(src, force=True)
+    assert original.StudyDate  # '1996.10.29' in the source
+    report = deidentify(src, tmp_path / "out")
+    assert len(report.written) == 1, report.skipped
+    (out,) = _dcm_files(tmp_path / "out")
+    ds = pydicom.dcmread(out)
+    assert residual_identifiers(ds, [str(original.StudyDate)]) == []
+    assert ds.PatientIdentityRemoved == "YES"
+    np.testing.assert_array_equal(read_image(out).array, read_image(src).array)
