@@ -45,6 +45,7 @@ def test_perfect_model_scores_high_and_writes_report(fake_corpus: Path, tmp_path
     assert probe["100%"]["mean_auroc"] > 0.9
 
     assert (out / "results.md").read_text().startswith("# Evaluation")
+    assert (out / "run.json").is_file() and (out / "config.yaml").is_file()
     assert (out / "roc_zeroshot.png").stat().st_size > 1000
     assert (out / "recall_at_k.png").stat().st_size > 1000
     assert (out / "probe.png").stat().st_size > 1000
