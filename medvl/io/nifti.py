@@ -70,7 +70,8 @@ def read_nifti(
         canon = nib.as_closest_canonical(img)
         if len(shape) >= 4:
             # slicing the array proxy applies scl_slope / scl_inter, as get_fdata does
-            data = np.asarray(canon.dataobj[..., frame or 0], dtype=np.float32)
+            index = (slice(None),) * 3 + (frame or 0,) + (0,) * (len(shape) - 4)  # 5D+: singleton tail
+            data = np.asarray(canon.dataobj[index], dtype=np.float32)
         else:
             data = canon.get_fdata(dtype=np.float32)
     except Exception as exc:  # noqa: BLE001 - truncated gzip / short data

@@ -128,3 +128,12 @@ def test_broken_picture(tmp_path):
 def test_missing_path(tmp_path):
     with pytest.raises(ImageReadError, match="not found"):
         read_image(tmp_path / "nothing.dcm")
+
+
+def test_five_dimensional_nifti_with_singleton_tail(tmp_path):
+    data = np.arange(2 * 3 * 4 * 2, dtype=np.float32).reshape(2, 3, 4, 2, 1)
+    path = tmp_path / "v5.nii.gz"
+    nib.save(nib.Nifti1Image(data, np.diag([2.0, 2.0, 3.0, 1.0])), path)
+    img = read_image(path, frame=1)
+    assert img.array.shape == (2, 3, 4)
+    np.testing.assert_array_equal(img.array, data[..., 1, 0])
