@@ -215,10 +215,9 @@ def evaluate(
     clean = _jsonable(results)
     write_text_atomic(out / "results.json", json.dumps(clean, indent=2, allow_nan=False))
     write_report(clean, out)
-    from medvl.config import to_dict as _to_dict
     from medvl.runinfo import write_run_info
 
-    data_section = data_cfg if isinstance(data_cfg, dict) or data_cfg is None else _to_dict(data_cfg)
+    data_section = data_cfg if isinstance(data_cfg, dict) or data_cfg is None else to_dict(data_cfg)
     write_run_info(out, {"data": data_section or {}, "eval": to_dict(cfg)}, cfg.seed,
                    f"medvl.eval.evaluate(split={split!r}, tasks={cfg.tasks})")
     return clean
