@@ -42,6 +42,10 @@ from medvl.errors import MedvlError
 MODES = ("Case from index", "Uploaded image", "Free text")
 #: Choices for an upload whose file records no modality (NIfTI).
 UPLOAD_MODALITIES = ("unknown", "CT", "CR", "DX", "MR")
+#: How messages name an upload: exported file names often carry the patient's name.
+UPLOAD_LABEL = "the uploaded file"
+#: Hides the file name Streamlit's uploader shows, for the same reason.
+HIDE_UPLOAD_NAME_CSS = "<style>[data-testid='stFileChipName']{visibility:hidden}</style>"
 #: What a text query is compared with: the cases' image or report embeddings.
 TEXT_TARGETS = {"images": "image", "reports": "report"}
 #: Above this many cases the case picker filters by a typed part of the study id.
@@ -95,7 +99,7 @@ def _stage(uploaded, limits: uploads.UploadLimits) -> uploads.StagedUpload:
         state["upload_id"] = file_id
         try:
             state["upload_staged"] = uploads.stage_upload(
-                uploaded.name, int(uploaded.size), uploaded.getvalue, tmp.name, limits
+                uploaded.name, int(uploaded.size), uploaded.getvalue, tmp.name, limits, label=UPLOAD_LABEL
             )
         except uploads.UploadError as exc:
             state["upload_error"] = str(exc)
@@ -185,6 +189,7 @@ def query_by_case(backend: ViewerBackend, k: int) -> None:
 
 
 def query_by_upload(backend: ViewerBackend, k: int, limits: uploads.UploadLimits) -> None:
+    st.html(HIDE_UPLOAD_NAME_CSS)
     uploaded = st.sidebar.file_uploader(
         "DICOM file, DICOM series (.zip) or NIfTI (.nii, .nii.gz)",
         key="upload",

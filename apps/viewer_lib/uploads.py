@@ -138,16 +138,20 @@ def stage_upload(
     read: Callable[[], bytes],
     workdir: str | Path,
     limits: UploadLimits = UploadLimits(),
+    *,
+    label: str | None = None,
 ) -> StagedUpload:
     """Check an uploaded file and write it, unpacked, into ``workdir``.
 
     Args:
-        name: the file name the browser sent (used for the extension and messages only;
-            never as a path).
+        name: the file name the browser sent (used for its extension, and in messages
+            unless ``label`` is given; never as a path).
         size: the declared size in bytes; checked before ``read`` is called.
         read: returns the file's bytes (e.g. ``UploadedFile.getvalue``).
         workdir: an empty private folder (a ``tempfile.TemporaryDirectory``) to stage into.
         limits: size and member limits.
+        label: how messages name the file instead of ``name`` (exported file names often
+            carry the patient's name; the viewer shows none).
 
     Returns:
         The staged upload, ready for ``medvl.io.read_image(staged.path)``.
@@ -157,13 +161,14 @@ def stage_upload(
             unsafe zip member; the message names the file and what was expected.
     """
     workdir = Path(workdir)
+    ext = _extension(name)
+    name = label or name  # from here on, only messages use it
     if size > limits.max_bytes:
         raise UploadError(
             f"file is too large ({size / MIB:.1f} MiB)",
             path=name,
             expected=f"at most {limits.max_bytes / MIB:.0f} MiB",
         )
-    ext = _extension(name)
     if ext not in _DICOM_EXTS | {".nii", ".nii.gz", ".gz", ".zip"}:
         raise UploadError(f"unsupported file type {ext!r}", path=name, expected=ACCEPTED)
     data = read()

@@ -5,6 +5,7 @@ Screenshots are written to ``test-artifacts/viewer/`` at the repo root (gitignor
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -87,6 +88,9 @@ def run_browser_session(url: str, upload: Path, text_query: str, shots: Path) ->
             _wait_done(page, 5)
             counts["upload"] = _rendered_images(page)
             page.screenshot(path=str(shots / "3-image-query.png"), full_page=True)
+            # exported file names often carry the patient's name: the page must not show it
+            name = page.get_by_text(upload.stem)
+            counts["upload_name_visible"] = sum(name.nth(i).is_visible() for i in range(name.count()))
             counts["errors"] = page.locator("[data-testid=stAlertContentError]").count()
         finally:
             browser.close()
@@ -97,11 +101,13 @@ def test_viewer_in_headless_chromium(viewer_target, tmp_path):
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is absent (install Debian's chromium to run the browser test)")
     pytest.importorskip("playwright", reason="the playwright Python package is not installed")
-    script, args, upload, text_query = viewer_target
+    script, args, source, text_query = viewer_target
+    upload = tmp_path / "Doe_Jane_chest.dcm"  # an identifying name, as exports often have
+    shutil.copyfile(source, upload)
     with streamlit_server(script, args, tmp_path / "streamlit.log") as url:
         counts = run_browser_session(url, upload, text_query, ARTIFACTS)
     assert counts["errors"] == 0
     # the query (or best-match) image + one thumbnail per hit, in each mode
-    assert counts == {"case": 6, "text": 6, "upload": 6, "errors": 0}
+    assert counts == {"case": 6, "text": 6, "upload": 6, "errors": 0, "upload_name_visible": 0}
     for name in ("1-case.png", "2-text-query.png", "3-image-query.png"):
         assert (ARTIFACTS / name).stat().st_size > 10_000

@@ -178,3 +178,14 @@ def test_corrupt_zip_refused(tmp_path):
     data = _zip({"IM0": CT.read_bytes()})
     with pytest.raises(UploadError, match="zip"):
         _stage("x.zip", data[:200], tmp_path)
+
+
+def test_label_replaces_the_file_name_in_messages(tmp_path):
+    with pytest.raises(UploadError) as info:
+        stage_upload("DOE_JANE_chest.png", 10, _never, tmp_path, label="the uploaded file")
+    assert str(info.value).startswith("the uploaded file: unsupported file type '.png'")
+    assert "DOE" not in str(info.value)
+    # the extension still comes from the real name
+    data = CT.read_bytes()
+    staged = stage_upload("DOE_JANE.dcm", len(data), lambda: data, tmp_path, label="the uploaded file")
+    assert staged.kind is UploadKind.DICOM and "DOE" not in str(staged.path)
