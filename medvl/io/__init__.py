@@ -17,6 +17,7 @@ from medvl.io.image import MedicalImage, VoiLut
 from medvl.io.intensity import (
     apply_voi_lut_table,
     apply_window,
+    file_window,
     get_preset,
     invert_monochrome1,
     normalize,
@@ -59,6 +60,7 @@ __all__ = [
     "apply_window",
     "deidentify",
     "deidentify_dataset",
+    "file_window",
     "get_preset",
     "image_format",
     "invert_monochrome1",

@@ -154,8 +154,10 @@ def window_image(
     Args:
         image: a grayscale image from :func:`read_image`.
         window: ``"file"`` (the file's VOI LUT if any, else its first window, else
-            the full data range), ``"full"`` (data range), a preset name
-            (``"lung"``...), or an explicit ``(center, width)``. ``None`` means ``"file"``.
+            the full data range), ``"file:<i>"`` / ``"file:<explanation>"`` (one of
+            the file's windows by index or by its WindowCenterWidthExplanation, e.g.
+            ``"file:LUNG"``), ``"full"`` (data range), a preset name (``"lung"``...),
+            or an explicit ``(center, width)``. ``None`` means ``"file"``.
 
     Raises:
         ImageReadError: the image is colour (windowing is for grayscale).
@@ -177,11 +179,34 @@ def window_image(
     if window == "full":
         c, w = full_range_window(image.array)
         return apply_window(image.array, c, w)
+    if isinstance(window, str) and window.startswith("file:"):
+        c, w = file_window(image, window[5:])
+        return apply_window(image.array, c, w, image.voi_function)  # type: ignore[arg-type]
     if isinstance(window, str):
         c, w = get_preset(window)
         return apply_window(image.array, c, w)
     c, w = window
     return apply_window(image.array, float(c), float(w))
+
+
+def file_window(image: MedicalImage, which: str | int) -> tuple[float, float]:
+    """One of the file's windows, by index or by WindowCenterWidthExplanation.
+
+    Raises:
+        ConfigError: no such window; the message lists what the file has.
+    """
+    explanations = image.tags.get("WindowCenterWidthExplanation") or []
+    if isinstance(explanations, str):
+        explanations = [explanations]
+    names = [str(e).strip().upper() for e in explanations]
+    key = str(which).strip()
+    if key.lstrip("-").isdigit() and -len(image.windows) <= int(key) < len(image.windows):
+        return image.windows[int(key)]
+    if key.upper() in names and names.index(key.upper()) < len(image.windows):
+        return image.windows[names.index(key.upper())]
+    listed = ", ".join(f"{i}{'=' + names[i] if i < len(names) else ''}" for i in range(len(image.windows)))
+    raise ConfigError(f"no window {which!r} in the file", path=image.path, field="window",
+                      expected=f"one of: {listed}" if listed else "a file with WindowCenter/WindowWidth")
 
 
 def to_display(

@@ -130,3 +130,17 @@ def test_palette_colour_display_uses_lut_range(testdata):
     assert (shown >= 1.0).mean() < 0.01  # not saturated
     rgb = read_image(testdata("US1_UNCR.dcm"))
     np.testing.assert_allclose(to_display(rgb), rgb.array / 255.0, rtol=1e-6)
+
+
+def test_file_windows_by_index_and_explanation(tmp_path):
+    ds = make_dataset(np.array([[-1000, 0], [40, 400]], np.int16), intercept=0.0, window=None)
+    ds.WindowCenter, ds.WindowWidth = [-600, 40], [1500, 400]
+    ds.WindowCenterWidthExplanation = ["LUNG", "MEDIASTINUM"]
+    path = tmp_path / "w.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    img = read_image(path)
+    assert img.windows == [(-600.0, 1500.0), (40.0, 400.0)]
+    np.testing.assert_allclose(window_image(img, "file:mediastinum"), apply_window(img.array, 40, 400))
+    np.testing.assert_allclose(window_image(img, "file:0"), apply_window(img.array, -600, 1500))
+    with pytest.raises(ConfigError, match="0=LUNG, 1=MEDIASTINUM"):
+        window_image(img, "file:bone")
