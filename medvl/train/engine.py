@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -215,6 +216,13 @@ def _train(config, cfg: TrainConfig, seed: int, out: Path, parts: Components, en
     else:
         if resume:
             _say(env, f"--resume: no checkpoint in {last_dir}; starting fresh")
+        elif last_dir.is_dir():
+            _say(env, f"{out} holds an earlier run; starting fresh over it (use --resume to continue it)")
+        if env.is_main:  # a fresh run must not inherit the checkpoints or events of an earlier one
+            for stale in ("checkpoints", "tensorboard"):
+                shutil.rmtree(out / stale, ignore_errors=True)
+            (out / "nonfinite.json").unlink(missing_ok=True)
+        D.barrier()
         seed_everything(seed + env.rank)  # dropout/augmentation differ between ranks
     logger = MetricsLogger(out, enabled=env.is_main, resume_step=resumed_at)
 
@@ -340,7 +348,7 @@ def _train(config, cfg: TrainConfig, seed: int, out: Path, parts: Components, en
         if state.batch_in_epoch > 0:  # stopped mid-epoch (max_steps): still validate and save
             end_of_epoch()
             save(last_dir)
-        if env.is_main and not (out / "model").is_dir():
+        if state.best is None:  # no validation ever picked a model: the model is the last one
             save_model()
         skipped = skips.write(out, env)
     finally:

@@ -247,3 +247,18 @@ def test_sigterm_stops_after_the_step_with_a_checkpoint_that_resumes_exactly(tmp
     a, b = _weights(tmp_path / "full/checkpoints/last"), _weights(out / "checkpoints/last")
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_a_fresh_run_over_an_earlier_one_inherits_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    cfg = tiny_config(epochs=1)
+    cfg["data"]["nan_studies"] = ["train005"]
+    with pytest.raises(TrainingError):
+        train(cfg, out, components=components())
+    assert (out / "nonfinite.json").is_file()
+    # a new run (no --resume) without validation: its model is its own last state
+    result = train(tiny_config(epochs=1, val_every_epoch=0), out, components=components())
+    assert not (out / "nonfinite.json").exists() and not (out / "checkpoints/best").exists()
+    assert len(list((out / "tensorboard").glob("events.*"))) == 1
+    saved = _weights(out / "checkpoints/last")
+    assert torch.equal(FakeModel.from_pretrained(result.model_dir).image_proj.weight, saved["image_proj.weight"])
