@@ -108,20 +108,25 @@ def _stage(uploaded, limits: uploads.UploadLimits) -> uploads.StagedUpload:
     return state["upload_staged"]
 
 
-def _read(backend: ViewerBackend, path: Path, what: str):
-    """Read an image through medvl.io, showing a clear message instead of a traceback."""
+def _read(backend: ViewerBackend, path: Path, what: str, *, indexed: bool = True):
+    """Read an image through medvl.io, showing a clear message instead of a traceback.
+
+    An indexed case's path is redacted from the message (corpus layouts carry patient
+    ids); a staged upload's path is a private temp file and stays.
+    """
     try:
         return backend.read_image(path)
     except Exception as exc:  # noqa: BLE001 - an untrusted file must never crash the page
-        panels.show_failure(f"Cannot read {what}", exc)
+        redact = (str(path), str(Path(path).resolve())) if indexed else ()
+        panels.show_failure(f"Cannot read {what}", exc, redact)
     return None
 
 
-def _search(fn, *args) -> list[Case]:
+def _search(fn, *args, redact: tuple[str, ...] = ()) -> list[Case]:
     try:
         return fn(*args)
     except Exception as exc:  # noqa: BLE001 - see panels.show_failure
-        panels.show_failure("Search failed", exc)
+        panels.show_failure("Search failed", exc, redact)
         return []
 
 
@@ -183,7 +188,8 @@ def query_by_case(backend: ViewerBackend, k: int) -> None:
         hits: list[Case] = []
         if case.image_path is not None:
             # One extra hit so the case itself can be dropped from its own results.
-            hits = _search(backend.search_image, case.image_path, k + 1)
+            hidden = (str(case.image_path), str(Path(case.image_path).resolve()))
+            hits = _search(backend.search_image, case.image_path, k + 1, redact=hidden)
             hits = [h for h in hits if h.study_id != case.study_id][:k]
         panels.results_panel(backend, hits, Query(image_path=case.image_path))
 
@@ -204,7 +210,7 @@ def query_by_upload(backend: ViewerBackend, k: int, limits: uploads.UploadLimits
     except uploads.UploadError as exc:
         st.error(f"Upload refused: {exc}")
         return
-    image = _read(backend, staged.path, "the uploaded file")
+    image = _read(backend, staged.path, "the uploaded file", indexed=False)
     if image is None:
         return
     left, right = st.columns([2, 3])

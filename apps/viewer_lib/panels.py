@@ -21,17 +21,27 @@ from medvl.errors import MedvlError
 log = logging.getLogger("medvl.viewer")
 
 
-def show_failure(what: str, exc: BaseException) -> None:
+def failure_message(what: str, exc: BaseException, redact: tuple[str, ...] = ()) -> str:
+    """``what: <error>``, with each string of ``redact`` replaced by ``<image>``.
+
+    Corpus folder layouts often carry patient ids (MIMIC-CXR's ``files/p10/p10000032/``),
+    so the viewer redacts an indexed case's image path from what it shows.
+    """
+    text = str(exc) if isinstance(exc, MedvlError) else f"unexpected {type(exc).__name__}: {exc}"
+    for secret in sorted((r for r in redact if r), key=len, reverse=True):
+        text = text.replace(secret, "<image>")
+    return f"{what}: {text}"
+
+
+def show_failure(what: str, exc: BaseException, redact: tuple[str, ...] = ()) -> None:
     """One clear message on the page; the traceback of an unexpected error goes to the server log.
 
     The viewer reads untrusted files: whatever a library raises, the page must show a
     message and keep working, never a traceback.
     """
-    if isinstance(exc, MedvlError):
-        st.error(f"{what}: {exc}")
-    else:
+    if not isinstance(exc, MedvlError):
         log.error("%s", what, exc_info=exc)
-        st.error(f"{what}: unexpected {type(exc).__name__}: {exc}")
+    st.error(failure_message(what, exc, redact))
 
 
 RESEARCH_BANNER = (

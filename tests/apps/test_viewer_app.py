@@ -288,3 +288,33 @@ def test_unexpected_library_errors_become_messages_not_tracebacks(fake, monkeypa
     assert "Zero-shot scoring failed: unexpected RuntimeError: tensor size mismatch" in messages
     assert "Search failed: unexpected RuntimeError: tensor size mismatch" in messages
     assert len(at.image) == 1  # the case image is still shown
+
+
+def test_an_indexed_image_that_cannot_be_read_hides_its_path(fake, tmp_path):
+    # MIMIC-CXR style layout: the folders carry the patient id
+    missing = tmp_path / "files" / "p10" / "p10000032" / "s50414267" / "view1.dcm"
+    fake.cases[0].image_path = missing
+
+    def search_image(image_path, k):  # the real index names the file it cannot read
+        from medvl.errors import CaseIndexError
+
+        raise CaseIndexError("query image not found", path=image_path)
+
+    fake.search_image = search_image
+    at = _app()
+    assert not at.exception
+    message = at.error[0].value
+    assert message.startswith("Cannot read case S000: <image>")
+    assert "Search failed: <image>: query image not found" in [e.value for e in at.error]
+    assert "p10000032" not in _texts(at)
+
+
+def test_failure_messages_redact_longest_first():
+    from apps.viewer_lib.panels import failure_message
+    from medvl.errors import ImageReadError
+
+    exc = ImageReadError("cannot read", path="/data/p10/p10000032/a.dcm")
+    assert failure_message("Cannot read case X", exc, ("/data/p10", "/data/p10/p10000032/a.dcm")) == (
+        "Cannot read case X: <image>: cannot read"
+    )
+    assert failure_message("Search failed", RuntimeError("boom")) == "Search failed: unexpected RuntimeError: boom"
