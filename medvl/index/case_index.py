@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -84,6 +85,8 @@ class CaseIndex:
             except (OSError, ValueError) as exc:
                 raise CaseIndexError(f"vector file unreadable ({exc})", path=version / f"{t}.npy") from None
         self.conn = metadata.connect(version / "cases.sqlite", readonly=True)
+        # One SQLite connection shared by the viewer's threads: serialise its use.
+        self._lock = threading.Lock()
         n = metadata.count(self.conn)
         for t, v in self.vectors.items():
             if v.shape[0] != n:
@@ -119,7 +122,8 @@ class CaseIndex:
 
     def study_ids(self) -> list[str]:
         """Every indexed study id, in vector order."""
-        return metadata.study_ids(self.conn)
+        with self._lock:
+            return metadata.study_ids(self.conn)
 
     def get(self, study_id: str) -> Hit:
         """The case of one study (score 1.0, rank 0).
@@ -127,14 +131,16 @@ class CaseIndex:
         Raises:
             CaseIndexError: the study is not in the index.
         """
-        case = metadata.fetch_study(self.conn, study_id)
+        with self._lock:
+            case = metadata.fetch_study(self.conn, study_id)
         if case is None:
             raise CaseIndexError("study not in the index", path=self.root, field=study_id)
         return self._hit(case, 0, 1.0)
 
     def vector(self, study_id: str, target: str = "image") -> np.ndarray:
         """The stored unit-norm embedding of a study."""
-        case = metadata.fetch_study(self.conn, study_id)
+        with self._lock:
+            case = metadata.fetch_study(self.conn, study_id)
         if case is None:
             raise CaseIndexError("study not in the index", path=self.root, field=study_id)
         return np.asarray(self.vectors[self._target(target)][case["position"]])
@@ -181,7 +187,8 @@ class CaseIndex:
             raise CaseIndexError("this index has no approximate search", path=self.root, field="exact")
         scores, idx = approx_search(approx, q, k) if approx is not None else exact_search(self.vectors[target], q, k)
         pairs = [(int(i), float(s)) for i, s in zip(idx[0], scores[0], strict=True) if i >= 0]
-        cases = metadata.fetch_positions(self.conn, [i for i, _ in pairs])
+        with self._lock:
+            cases = metadata.fetch_positions(self.conn, [i for i, _ in pairs])
         return [self._hit(cases[i], r, s) for r, (i, s) in enumerate(pairs, 1)]
 
     def check_model(self, model: Any) -> None:

@@ -190,3 +190,16 @@ def test_rows_of_other_dims_are_not_indexed(tmp_path: Path, fake_loader: None) -
     rows[0]["dims"], rows[0]["modality"] = 3, "CT"
     index = build_index(FakeModel(), _manifest(tmp_path, rows), tmp_path / "idx", config=CFG)
     assert rows[0]["study_id"] not in index.study_ids() and len(index) == 5
+
+
+def test_concurrent_searches_from_threads(tmp_path: Path, fake_loader: None) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    rows = make_rows(30, seed=16)
+    model = FakeModel()
+    index = build_index(model, _manifest(tmp_path, rows), tmp_path / "idx", config=CFG)
+    queries = [label_image(r["labels"]) for r in rows]
+    with ThreadPoolExecutor(4) as pool:
+        tops = list(pool.map(lambda q: index.search_image(model, q, k=1)[0].study_id, queries))
+    serial = [index.search_image(model, q, k=1)[0].study_id for q in queries]
+    assert tops == serial
