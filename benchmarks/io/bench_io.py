@@ -22,6 +22,7 @@ import platform
 import sys
 import tempfile
 import time
+import tracemalloc
 import warnings
 from pathlib import Path
 
@@ -81,6 +82,17 @@ def bench_decode(name: str, repeats: int) -> dict:
     }
 
 
+def _peak_mb(fn) -> float:
+    """Peak traced memory (numpy and Python allocations) while ``fn`` runs, in MiB."""
+    tracemalloc.start()
+    try:
+        result = fn()
+        del result
+        return round(tracemalloc.get_traced_memory()[1] / 2**20, 1)
+    finally:
+        tracemalloc.stop()
+
+
 def bench_series(n_slices: int, size: int, repeats: int) -> dict:
     from io_factory import write_series
 
@@ -97,10 +109,13 @@ def bench_series(n_slices: int, size: int, repeats: int) -> dict:
 
         t = _time_interleaved({"base": plain, "medvl": lambda: read_image(folder)}, repeats)
         base, medvl = t["base"], t["medvl"]
+        peak_plain, peak_medvl = _peak_mb(plain), _peak_mb(lambda: read_image(folder))
     return {
         "slices": n_slices, "size": [size, size],
         "pydicom_loop_stack_s": round(base, 3), "medvl_series_s": round(medvl, 3),
         "ratio": round(medvl / base, 3),
+        "peak_mb_pydicom_loop": peak_plain, "peak_mb_medvl": peak_medvl,
+        "float32_volume_mb": round(n_slices * size * size * 4 / 2**20, 1),
         "note": "the pydicom loop neither sorts, checks geometry, rescales nor reorients",
     }
 
@@ -143,7 +158,9 @@ def main() -> None:
               "and the non-identifying tags, a roughly fixed cost per file."),
               "", (f"Series of {series['slices']} slices {series['size'][0]}x{series['size'][1]}: "
               f"pydicom loop + stack {series['pydicom_loop_stack_s']} s, medvl {series['medvl_series_s']} s "
-              f"(ratio {series['ratio']}; {series['note']}).")]
+              f"(ratio {series['ratio']}; {series['note']}). Peak traced memory: medvl "
+              f"{series['peak_mb_medvl']} MiB, pydicom loop {series['peak_mb_pydicom_loop']} MiB "
+              f"(the float32 volume alone is {series['float32_volume_mb']} MiB).")]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
