@@ -63,6 +63,9 @@ IDENTIFYING_KEYWORDS: tuple[str, ...] = (
     "SeriesDescription", "PatientAge", "AccessionNumber", "StationName", "DeviceSerialNumber",
 )
 
+# Modalities whose pixels often show patient text (ultrasound, screen captures, photos).
+BURNED_IN_PRONE = ("US", "SC", "XC", "ES", "OT", "GM")
+
 BASIC_PROFILE_CODE = ("113100", "Basic Application Confidentiality Profile")
 MODIFIED_DATES_CODE = ("113107", "Retain Longitudinal Temporal Information Modified Dates Option")
 
@@ -74,10 +77,14 @@ class DeidReport:
     Attributes:
         written: output files, relative to the output folder.
         skipped: ``{"file": input path, "reason": ...}`` for files not written.
+        check_pixels: written files of modalities that often carry burned-in text
+            (US, SC, XC, ES, OT) whose BurnedInAnnotation is not ``NO``: their pixels
+            should be reviewed or cleaned (PS3.15 Clean Pixel Data option).
     """
 
     written: list[str] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
+    check_pixels: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, object]:
         """Counts and reasons only: safe to store next to the de-identified files."""
@@ -86,6 +93,7 @@ class DeidReport:
             key = item["reason"].split(":")[0]
             reasons[key] = reasons.get(key, 0) + 1
         return {"written": len(self.written), "skipped": len(self.skipped), "skip_reasons": reasons,
+                "check_pixels_for_burned_in_text": self.check_pixels,
                 "profile": "DICOM PS3.15 Basic Application Level Confidentiality Profile (dicognito + medvl)"}
 
 
@@ -246,6 +254,8 @@ def deidentify(
             report.skipped.append({"file": str(f), "reason": f"cannot de-identify: {type(exc).__name__}: {exc}"})
             continue
         report.written.append(str(rel))
+        if str(ds.get("Modality", "")) in BURNED_IN_PRONE and str(ds.get("BurnedInAnnotation", "")).upper() != "NO":
+            report.check_pixels.append(str(rel))
     if not report.written and not report.skipped:
         raise MedvlError("no files to de-identify", path=s, expected="a DICOM file or folder")
     d.mkdir(parents=True, exist_ok=True)

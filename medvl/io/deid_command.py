@@ -27,6 +27,10 @@ def run(args: argparse.Namespace) -> int:
     for item in report.skipped:
         print(f"skipped {item['file']}: {item['reason']}")
     print(f"de-identified {len(report.written)} file(s) into {args.output}; skipped {len(report.skipped)}")
+    if report.check_pixels:
+        print(f"warning: {len(report.check_pixels)} written file(s) of modalities that often show patient "
+              "text in the pixels (US, SC, ...) are not flagged BurnedInAnnotation=NO; review them "
+              "(listed in deid_report.json)")
     if not report.written:
         raise MedvlError("no file could be de-identified", path=args.input,
                          expected="DICOM files without burned-in annotation")

@@ -140,3 +140,12 @@ def test_preamble_less_file_is_deidentified(tmp_path, testdata):
     assert residual_identifiers(ds, [str(original.StudyDate)]) == []
     assert ds.PatientIdentityRemoved == "YES"
     np.testing.assert_array_equal(read_image(out).array, read_image(src).array)
+
+
+def test_ultrasound_without_burned_in_flag_is_listed_for_review(tmp_path, testdata):
+    src = testdata("US1_UNCR.dcm")
+    assert pydicom.dcmread(src, stop_before_pixels=True).get("BurnedInAnnotation") != "NO"
+    report = deidentify(src, tmp_path / "out")
+    assert report.check_pixels == report.written and len(report.written) == 1
+    summary = json.loads((tmp_path / "out" / "deid_report.json").read_text())
+    assert summary["check_pixels_for_burned_in_text"] == report.written
