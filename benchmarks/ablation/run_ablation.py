@@ -86,6 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     p.add_argument("--smoke", action="store_true", help="tiny size (120 studies, 6 steps, 1 seed) to check the wiring")
+    p.add_argument("--render-only", metavar="INTERPRETATION_MD", default=None,
+                   help="train nothing: store this hand-written interpretation in results.json and rewrite results.md")
     args = p.parse_args(argv)
     if args.smoke:
         args.n_cxr, args.synth_size, args.seeds, args.steps, args.batch_size = 120, 128, [0], 6, 16
@@ -220,8 +222,20 @@ def score(model: Any, manifest: Path, cfg: dict[str, Any], out_dir: Path, cases:
     }
 
 
+def render_only(results_dir: Path, interpretation: Path) -> int:
+    """Attach a person's reading of the figures to an existing results.json and rewrite results.md."""
+    path = results_dir / "results.json"
+    report = json.loads(path.read_text())
+    report["interpretation"] = interpretation.read_text().strip()
+    path.write_text(json.dumps(report, indent=2, default=float))
+    write_markdown(report, results_dir / "results.md")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render_only:
+        return render_only(Path(args.results_dir), Path(args.render_only))
     import torch
 
     from benchmarks.ablation.grounding_extra import chance_pointing, load_cases
