@@ -37,7 +37,7 @@ from apps.viewer_lib.backend import (
     ViewerBackend,
     effective_modality,
 )
-from medvl.errors import MedvlError
+from medvl.errors import ConfigError, MedvlError
 
 MODES = ("Case from index", "Uploaded image", "Free text")
 #: Choices for an upload whose file records no modality (NIfTI).
@@ -61,14 +61,23 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         default=os.environ.get("MEDVL_VIEWER_MODEL"),
         help="model folder (default: the one the index records it was built with)",
     )
-    parser.add_argument("--k", type=int, default=5, help="number of results shown by default")
+    parser.add_argument("--k", default="5", help="number of results shown by default")
     parser.add_argument(
         "--max-upload-mb",
-        type=float,
-        default=float(os.environ.get("MEDVL_VIEWER_MAX_UPLOAD_MB", "200")),
+        default=os.environ.get("MEDVL_VIEWER_MAX_UPLOAD_MB", "200"),
         help="largest accepted upload",
     )
     args, _ = parser.parse_known_args(list(argv))
+    # Checked here rather than by argparse, whose exit would end the server's script run
+    # with a traceback instead of a message on the page.
+    try:
+        args.k = int(args.k)
+        args.max_upload_mb = float(args.max_upload_mb)
+    except ValueError as exc:
+        raise ConfigError(f"invalid viewer argument ({exc})", field="--k / --max-upload-mb",
+                          expected="an integer k and a number of MB") from None
+    if args.k < 1 or not args.max_upload_mb > 0:
+        raise ConfigError("must be positive", field="--k / --max-upload-mb")
     return args
 
 
@@ -260,7 +269,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Draw the page for one Streamlit run."""
     st.set_page_config(page_title="medvl viewer (research use only)", layout="wide")
     st.warning(panels.RESEARCH_BANNER, icon="⚠️")
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parse_args(sys.argv[1:] if argv is None else argv)
+    except ConfigError as exc:
+        st.error(f"Cannot start the viewer: {exc}")
+        st.stop()
     if not args.index:
         st.error(
             "No index given. Start the viewer with "

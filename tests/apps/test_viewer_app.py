@@ -262,6 +262,14 @@ def test_wrong_uploads_get_a_clear_message(fake, name, data, message):
     assert not [c for c in fake.calls if c[0] in ("read_image", "search_image")]
 
 
+def test_bad_upload_limit_setting_is_a_message(fake, monkeypatch):
+    monkeypatch.setenv("MEDVL_VIEWER_MAX_UPLOAD_MB", "lots")
+    at = AppTest.from_file(str(VIEWER), default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert at.error[0].value.startswith("Cannot start the viewer: [--k / --max-upload-mb]: invalid viewer argument")
+    assert not fake.loads
+
+
 def test_too_large_upload_is_refused(fake, monkeypatch):
     monkeypatch.setenv("MEDVL_VIEWER_MAX_UPLOAD_MB", "0.01")
     at = _upload(_app(), "ct.dcm", CT_FILE.read_bytes())
