@@ -228,3 +228,23 @@ def test_concurrent_sessions_get_the_same_results_as_one(tiny_viewer_data, index
     for p, got, ids in results:
         assert got == expected[p]
         assert ids == index.study_ids()
+
+
+def test_a_real_chest_radiograph_upload_is_shown_and_searched(app):
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file("RG1_UNCR.dcm", download=False)  # pydicom-data: real PA chest CR
+    if path is None:
+        pytest.skip("pydicom-data is not installed")
+    app.sidebar.radio(key="mode").set_value("Uploaded image").run()
+    data = Path(path).read_bytes()
+    app.sidebar.file_uploader(key="upload").set_value(("chest.dcm", data, "application/dicom")).run()
+    assert not app.exception and not app.error, [e.value for e in app.error]
+    page = _page_text(app)
+    assert "Modality: CR" in page and "Size: 1955 x 1841" in page
+    assert len(_ranked(app)) == 5
+    ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    assert [n.value for n in app.number_input] == [float(ds.WindowCenter), float(ds.WindowWidth)]
+    for secret in (str(ds.PatientName), str(ds.PatientID)):
+        if secret:
+            assert secret not in page
