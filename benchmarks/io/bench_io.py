@@ -151,8 +151,8 @@ def main() -> None:
     lines = [f"# medvl.io benchmark ({results['date']})", "",
              (f"Machine: {machine['platform']}, {machine['cpu_count']} CPUs, "
              f"OMP_NUM_THREADS={machine['omp_num_threads']}, pydicom {machine['pydicom']}, "
-             f"load average at start {machine['load_average_at_start']} (shared machine: best of "
-             "interleaved rounds)"), "",
+             f"load average at start {machine['load_average_at_start']}; clock: {machine['clock']} "
+             "time, best of interleaved rounds"), "",
              "| file | syntax | pydicom img/s | medvl read img/s | read+display+normalize img/s | read ratio | preprocess ratio |",
              "|---|---|---|---|---|---|---|"]
     for d in decode:
