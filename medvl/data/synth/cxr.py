@@ -260,7 +260,7 @@ def _nodule(cv: _Canvas, f: FindingSpec, img: np.ndarray, rng: np.random.Generat
     c0, c1 = max(0, int((pu - r) * n) - 2), min(n, int((pu + r) * n) + 3)
     win = (slice(r0, r1), slice(c0, c1))
     rr = np.hypot(cv.u[win] - pu, cv.v[win] - pv) / r
-    img[win] += (0.5 + 0.4 * f.severity) * dome(rr)
+    img[win] += (0.6 + 0.3 * f.severity) * np.sqrt(dome(rr))  # flat-topped: solid, not a faint haze
     mask = np.zeros_like(img)
     mask[win] = soft_inside((1.0 - rr) * r, cv.px) * cv.lung[side][win]
     return mask
