@@ -182,3 +182,21 @@ def test_large_folder_path_defers_pixels_and_agrees(tmp_path, monkeypatch):
     deferred = read_image(tmp_path / "s")
     np.testing.assert_array_equal(deferred.array, whole.array)
     np.testing.assert_allclose(deferred.affine, _reference(vol, info["affine_lps"])[1], atol=1e-4)
+
+
+def test_gantry_tilt_keeps_a_sheared_affine(tmp_path):
+    """Tilted CT: slice origins move along the column direction too; the affine keeps the shear."""
+    vol = _volume(n=6)
+    iop = np.array([1.0, 0, 0, 0, 1, 0])
+    normal = np.cross(iop[:3], iop[3:])
+    step = 2.0 * normal + 0.35 * iop[3:]  # ~10 degree tilt
+    positions = np.array([-30.0, 20.0, 55.0]) + np.outer(np.arange(6), step)
+    info = write_series(tmp_path / "s", vol, orientation=iop, positions=positions)
+    img = read_image(tmp_path / "s")
+    affine_lps = info["affine_lps"].copy()
+    affine_lps[:3, 2] = step  # the true slice step, not the normal
+    ref_arr, ref_aff = _reference(vol, affine_lps)
+    np.testing.assert_allclose(img.array, ref_arr, atol=1e-3)
+    np.testing.assert_allclose(img.affine, ref_aff, atol=1e-4)
+    # physical slice spacing along the normal is still 2 mm; the voxel column is longer
+    assert img.spacing[2] == pytest.approx(np.linalg.norm(step))
