@@ -40,6 +40,10 @@ def read_raster(path: str | Path, *, max_voxels: int | None = None, modality: st
                 elif mode in ("P", "PA", "RGBA", "CMYK", "YCbCr", "HSV", "LAB", "RGBX"):
                     im, mode = im.convert("RGB"), "RGB"
                 arr = np.asarray(im)
+                if mode == "RGB" and im.mode == "RGB" and arr.ndim == 3 and \
+                        np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 1], arr[..., 2]):
+                    # grey pictures saved as palette or RGB (common for exported radiographs)
+                    arr, mode = np.ascontiguousarray(arr[..., 0]), "L"
     except ImageReadError:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

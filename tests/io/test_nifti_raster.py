@@ -137,3 +137,13 @@ def test_five_dimensional_nifti_with_singleton_tail(tmp_path):
     img = read_image(path, frame=1)
     assert img.array.shape == (2, 3, 4)
     np.testing.assert_array_equal(img.array, data[..., 1, 0])
+
+
+def test_grey_picture_saved_as_palette_or_rgb_is_grayscale(tmp_path):
+    grey = np.tile(np.arange(0, 250, 10, dtype=np.uint8), (8, 1))
+    Image.fromarray(grey).convert("P").save(tmp_path / "p.png")
+    Image.fromarray(np.stack([grey] * 3, axis=-1)).save(tmp_path / "rgb.png")
+    for name in ("p.png", "rgb.png"):
+        img = read_image(tmp_path / name)
+        assert img.array.shape == grey.shape and img.photometric_interpretation == "MONOCHROME2"
+        np.testing.assert_array_equal(img.array, grey)
