@@ -88,3 +88,25 @@ def test_volume_heatmap_spans_the_whole_volume(tiny_viewer_data_3d, cases):
     # data.spacing is unset: the volume is resized to the input grid, so no padding to crop
     assert heat.shape == (32, 32, 32)
     assert np.isfinite(heat).all() and 0.0 <= heat.min() and heat.max() <= 1.0
+
+
+def test_volume_heatmap_drops_the_padding_of_a_resampled_volume(tiny_viewer_data_3d, cases, tmp_path):
+    import nibabel as nib
+
+    from apps.viewer_lib.backend import open_backend
+    from medvl.index import build_index
+    from medvl.models import MedVLModel
+
+    # with data.spacing set, a volume is resampled to 20 mm voxels and padded to 32^3
+    model = MedVLModel.from_pretrained(tiny_viewer_data_3d.model_dir).eval()
+    data_cfg = {"dims": 3, "image_size": [32, 32, 32], "spacing": [20.0, 20.0, 20.0]}
+    build_index(model, tiny_viewer_data_3d.manifest, tmp_path / "index", data_cfg=data_cfg,
+                config={"progress": False}, model_dir=tiny_viewer_data_3d.model_dir)
+    backend = open_backend(tmp_path / "index")
+    path = next(p for p in cases.values() if p.name.endswith(".nii.gz"))
+    img = nib.as_closest_canonical(nib.load(path))
+    (nx, ny, nz), (sx, sy, sz) = img.shape[:3], img.header.get_zooms()[:3]
+    # by hand: model layout (z, -y, -x), each axis n * spacing / 20 mm, rounded
+    expected = tuple(int(np.floor(n * s / 20.0 + 0.5)) for n, s in ((nz, sz), (ny, sy), (nx, sx)))
+    assert all(e < 32 for e in expected)
+    assert backend.heatmap(path, "nodule").shape == expected
