@@ -88,7 +88,7 @@ def peak_rss_mb() -> float:
 
 
 def bench_size(n: int, d: int, n_queries: int, nprobes: list[int], hnsw_max: int, seed: int,
-               spread: float = SPREAD) -> dict[str, Any]:
+               spread: float = SPREAD, nlist: int = 0) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
     centres = normalize_rows(rng.standard_normal((max(100, n // POINTS_PER_CLUSTER), d), dtype=np.float32))
     t0 = time.perf_counter()
@@ -120,7 +120,7 @@ def bench_size(n: int, d: int, n_queries: int, nprobes: list[int], hnsw_max: int
         res["faiss"] = "not installed"
         return res
 
-    params = ApproxParams(kind="ivf")
+    params = ApproxParams(kind="ivf", nlist=nlist)
     t0 = time.perf_counter()
     ivf = build_approx(x, params, seed=seed)
     res["ivf"] = {"build_s": time.perf_counter() - t0, "nlist": int(ivf.nlist), "settings": []}
@@ -266,6 +266,7 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=256)
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--nprobe", default="8,16,32,64")
+    ap.add_argument("--nlist", type=int, default=0, help="IVF cells (0: medvl's default for N)")
     ap.add_argument("--stress-sizes", default="", help="sizes also run with the overlapping-cluster stress data")
     ap.add_argument("--stress-nprobe", default="32,64,128,256")
     ap.add_argument("--hnsw-max", type=int, default=100_000)
@@ -280,12 +281,12 @@ def main() -> None:
     }
     for n in (int(s) for s in args.sizes.split(",")):
         results["sizes"].append(bench_size(n, args.dim, args.queries, [int(p) for p in args.nprobe.split(",")],
-                                           args.hnsw_max, args.seed))
+                                           args.hnsw_max, args.seed, nlist=args.nlist))
     results["stress"] = []
     for n in (int(s) for s in args.stress_sizes.split(",") if s):
         results["stress"].append(bench_size(n, args.dim, min(args.queries, 100),
                                             [int(p) for p in args.stress_nprobe.split(",")], 0, args.seed,
-                                            spread=STRESS_SPREAD))
+                                            spread=STRESS_SPREAD, nlist=args.nlist))
     if args.end_to_end:
         print(f"\n== CaseIndex end to end at {args.end_to_end:,}")
         results["case_index"] = bench_case_index(args.end_to_end, args.dim, min(args.queries, 100), args.seed)
