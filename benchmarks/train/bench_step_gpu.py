@@ -51,8 +51,7 @@ SMOKE = {
     "text": {"name": "bert", "hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64,
              "max_length": 32},
 }
-WORDS = ("no acute cardiopulmonary process small left pleural effusion right lower lobe consolidation "
-         "mild pulmonary edema cardiomegaly stable postoperative changes").split()
+WORDS = ["no", "acute", "cardiopulmonary", "process", "small", "left", "pleural", "effusion", "right", "lower", "lobe", "consolidation", "mild", "pulmonary", "edema", "cardiomegaly", "stable", "postoperative", "changes"]
 
 
 def _reports(n: int, words: int, seed: int) -> list[str]:
@@ -76,7 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     from medvl.models import build_model
     from medvl.train.config import TrainConfig
     from medvl.train.gradcache import MicroBatch, contrastive_step
-    from medvl.train.optim import build_optimizer, build_scheduler, step_optimizer, unscale_and_clip
+    from medvl.train.optim import (
+        build_optimizer,
+        build_scheduler,
+        step_optimizer,
+        unscale_and_clip,
+    )
 
     device = torch.device("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
     batch = 8 if args.smoke else args.batch
@@ -159,15 +163,15 @@ def main(argv: list[str] | None = None) -> int:
         (out / "results_gpu.json").write_text(json.dumps(result, indent=2))
         lines = [
             "# Training step on a GPU: engine vs plain loop", "",
-            f"Device: {result['machine']['device']}; torch {result['machine']['torch']}; {result['model']}; "
-            f"batch {batch}; {result['precision']}; median of {args.reps} interleaved steps.", "",
+            (f"Device: {result['machine']['device']}; torch {result['machine']['torch']}; {result['model']}; "
+            f"batch {batch}; {result['precision']}; median of {args.reps} interleaved steps."), "",
             "| way | s/step | samples/s | peak memory |", "|---|---|---|---|",
         ]
         for k in ways:
             mem = f"{peak[k]:.1f} GiB" if peak[k] is not None else "-"
             lines.append(f"| {k} | {med[k]:.3f} | {batch / med[k]:.0f} | {mem} |")
-        lines += ["", f"engine / plain speed: {result['engine_over_plain']:.2f}; accum 2 / engine speed: "
-                  f"{result['accum2_over_engine']:.2f}.", ""]
+        lines += ["", (f"engine / plain speed: {result['engine_over_plain']:.2f}; accum 2 / engine speed: "
+                  f"{result['accum2_over_engine']:.2f}."), ""]
         (out / "results_gpu.md").write_text("\n".join(lines))
     return 0
 
