@@ -318,7 +318,7 @@ def _markdown(r: dict[str, Any]) -> str:
         f"{m['gpu'] or 'none'}. Run {r['started']}; 1-minute load average {m['load_average_1min']} at the start "
         "(a shared machine: absolute figures are noisy, the ratios measured within one run are the figures to read)."),
         f"Corpus: synthetic chest radiographs {r.get('corpus')}, train split.", "",
-        "No GPU was lent to this task, so the ViT-B/16 + BERT-base bf16 step was not measured.", "",
+        "No GPU was lent to this task, so the ViT-B/16 + BERT-base bf16 step at batch 128 was not measured; `benchmarks/train/bench_step_gpu.py` measures it (engine vs plain loop, peak memory) when run on a GPU.", "",
         ("| config | batch | image | workers | samples/s | data wait | samples/s, warm cache | data wait, warm cache "
         "| peak RSS | accum 2 samples/s (warm cache) | accum 2 peak RSS | step s: plain / engine / accum 2 "
         "| plain / engine | engine / accum 2 |"),
