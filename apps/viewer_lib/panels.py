@@ -119,6 +119,9 @@ def image_panel(
     modality = modality or own or None
     color = _is_color(image)
     array = np.asarray(image.array)
+    if array.ndim - (1 if color else 0) not in (2, 3):
+        st.error(f"Cannot display an image of shape {tuple(array.shape)} (expected a 2D image or a 3D volume).")
+        return
     slices = n_display_slices(array, color)
     slice_index = 0
     if slices > 1:
@@ -210,10 +213,14 @@ def zero_shot_panel(probs: dict[str, float] | None) -> None:
 @st.cache_data(show_spinner=False, max_entries=256)
 def _thumbnail(_backend: ViewerBackend, path: str, backend_id: int) -> np.ndarray | None:
     try:
-        image = _backend.read_image(Path(path))
+        return _make_thumbnail(_backend.read_image(Path(path)))
     except Exception as exc:  # noqa: BLE001 - a missing thumbnail must not break the list
         log.warning("thumbnail of %s unavailable: %s", path, exc)
         return None
+
+
+def _make_thumbnail(image: Any) -> np.ndarray:
+    """A small 8-bit view of an image: the file's first window (or auto), middle slice."""
     array = np.asarray(image.array)
     if _is_color(image):
         return render.thumbnail(render.to_uint8(array.astype(np.float64) / 255.0))

@@ -7,6 +7,7 @@ import zipfile
 from pathlib import Path
 
 import nibabel as nib
+import numpy as np
 import pydicom
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -326,3 +327,12 @@ def test_failure_messages_redact_longest_first():
         "Cannot read case X: <image>: cannot read"
     )
     assert failure_message("Search failed", RuntimeError("boom")) == "Search failed: unexpected RuntimeError: boom"
+
+
+def test_an_image_of_unexpected_shape_is_a_message(fake, monkeypatch):
+    from viewer_fakes import FakeImage
+
+    monkeypatch.setattr(fake, "read_image", lambda path: FakeImage(np.zeros((4, 4, 3, 2), np.float32), (1.0,) * 3, "MR"))
+    at = _app()
+    assert not at.exception
+    assert "Cannot display an image of shape (4, 4, 3, 2)" in at.error[0].value
