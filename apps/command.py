@@ -49,6 +49,7 @@ def build_command(args: argparse.Namespace) -> list[str]:
         "--server.port", str(args.port),
         "--server.maxUploadSize", str(server_mb),
         "--browser.gatherUsageStats", "false",
+        "--client.toolbarMode", "viewer",  # no deploy / clear-cache buttons for clinicians
         "--",
         "--index", str(args.index),
         "--k", str(args.k),

@@ -27,6 +27,7 @@ def test_command_line_serves_locally_with_the_viewer_arguments(tmp_path):
         "--server.port": "9000",
         "--server.maxUploadSize": "51",  # whole MB, never below the viewer's own limit
         "--browser.gatherUsageStats": "false",
+        "--client.toolbarMode": "viewer",
     }
     assert cmd[cmd.index("--") + 1 :] == ["--index", str(tmp_path), "--k", "5", "--max-upload-mb", "50.5"]
     with_model = command.build_command(_args("--index", str(tmp_path), "--model", "m"))
