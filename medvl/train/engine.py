@@ -15,6 +15,7 @@ Outline of one run:
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import math
 import shutil
@@ -233,10 +234,15 @@ def _train(config, cfg: TrainConfig, seed: int, out: Path, parts: Components, en
                             scaler=scaler, trainer_state=state.to_json(), rng=rngs, fingerprint=fp)
         D.barrier()
 
-    def save_model() -> None:
+    def save_model(metrics: dict[str, float] | None = None) -> None:
         if env.is_main:
+            card = _model_card(config, cfg, state, metrics, len(train_data.dataset),
+                               train_data.sampler.global_batch_size * cfg.accum_steps, device)
             with atomic_path(out / "model") as tmp:
-                model.save_pretrained(tmp)
+                if "card" in inspect.signature(model.save_pretrained).parameters:
+                    model.save_pretrained(tmp, card=card)
+                else:
+                    model.save_pretrained(tmp)
 
     def end_of_epoch() -> None:
         """Validation, best model, history."""
@@ -254,7 +260,7 @@ def _train(config, cfg: TrainConfig, seed: int, out: Path, parts: Components, en
         value = metrics.get(cfg.monitor)
         if value is not None and math.isfinite(value) and (state.best is None or value > state.best):
             state.best, state.best_step = value, state.step
-            save_model()
+            save_model(metrics)
             save(best_dir)
         elif val_batches is None:
             save_model()  # nothing to select on: the model is the last one
@@ -357,6 +363,24 @@ def _train(config, cfg: TrainConfig, seed: int, out: Path, parts: Components, en
         logger.close()
     return TrainResult(model_dir=out / "model", history=state.history, seconds=time.perf_counter() - t_start,
                        skipped=skipped, steps=state.step, out_dir=out)
+
+
+def _model_card(config: dict[str, Any], cfg: TrainConfig, state: TrainState, metrics: dict[str, float] | None,
+                n_train: int, effective_batch: int, device: torch.device) -> dict[str, str]:
+    """Model-card fields (``medvl.models`` fills its template with them)."""
+    manifest = (config.get("data") or {}).get("manifest")
+    card = {
+        "training_data": f"{manifest}: train split, {n_train} studies",
+        "training": (f"{state.step} optimizer steps (epoch {state.epoch}), effective batch {effective_batch} "
+                     f"(all negatives), AdamW lr {cfg.lr:g} with warmup and cosine, weight decay "
+                     f"{cfg.weight_decay:g}, precision {cfg.precision if device.type == 'cuda' else 'fp32'}, "
+                     f"seed {cfg.seed if cfg.seed is not None else config.get('seed')}"),
+    }
+    if metrics:
+        shown = ", ".join(f"{k} {metrics[k]:.3f}" for k in ("i2t_R@1", "i2t_R@5", "t2i_R@1", "t2i_R@5") if k in metrics)
+        card["metrics"] = (f"validation split ({int(metrics.get('n', 0))} studies), image<->report retrieval: "
+                           f"{shown} (epoch {state.epoch}, step {state.step}; selected on {cfg.monitor})")
+    return card
 
 
 def _stop_nonfinite(out: Path, env: D.DistEnv, state: TrainState, terms: dict[str, float], micro,

@@ -49,6 +49,9 @@ def test_real_pieces_train_and_the_saved_model_loads(manifest: Path, tmp_path: P
     assert float(rows[0]["loss"]) == pytest.approx(total, rel=1e-5)
     assert result.history and "i2t_R@1" in result.history[-1]
 
+    card = (result.model_dir / "README.md").read_text()
+    assert "i2t_R@1" in card and str(manifest) in card  # the card says what it was trained and selected on
+
     model = MedVLModel.from_pretrained(result.model_dir)
     saved = load_file(tmp_path / "run" / "checkpoints" / "best" / "model.safetensors")
     state = model.state_dict()
