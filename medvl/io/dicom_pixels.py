@@ -67,6 +67,10 @@ def open_dicom(path: str | Path, *, stop_before_pixels: bool = False,
             except InvalidDicomError:
                 # Files without the DICM preamble (older writers) are still DICOM;
                 # read them forced and accept only if they carry DICOM image tags.
+                # Only when the file starts like a data set (a group 0002-0008 tag),
+                # so a video or archive in a series folder is not parsed as one.
+                if not _starts_like_dataset(p):
+                    raise
                 ds = pydicom.dcmread(p, force=True, stop_before_pixels=stop_before_pixels,
                                      defer_size=defer_size)
                 if not any(k in ds for k in ("SOPClassUID", "Rows", "Modality", *PIXEL_KEYWORDS)):
@@ -92,6 +96,16 @@ def open_dicom(path: str | Path, *, stop_before_pixels: bool = False,
         raise ImageReadError(
             f"corrupt DICOM header ({type(exc).__name__}: {exc})", path=p
         ) from None
+
+
+def _starts_like_dataset(path: Path) -> bool:
+    """True when the first tag of a preamble-less file is in groups 0002-0010 (either byte order)."""
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if len(head) < 4:
+        return False
+    little, big = int.from_bytes(head[:2], "little"), int.from_bytes(head[:2], "big")
+    return 0x0002 <= little <= 0x0010 or 0x0002 <= big <= 0x0010
 
 
 def _check_complete(ds: Dataset, caught: list[warnings.WarningMessage], path: Path) -> None:

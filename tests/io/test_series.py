@@ -52,8 +52,9 @@ def test_series_ignores_other_files_and_keeps_tags_clean(tmp_path):
     vol = _volume(n=4)
     write_series(tmp_path / "s", vol, orientation=(1, 0, 0, 0, 1, 0))
     (tmp_path / "s" / "notes.txt").write_text("not dicom")
+    (tmp_path / "s" / "clip.mp4").write_bytes(np.random.default_rng(1).bytes(200_000))
     img = read_image(tmp_path / "s")
-    assert img.tags["skipped_files"] == 1
+    assert img.tags["skipped_files"] == 2
     text = repr(img.tags)
     for identifier in ("Doe", "PID-12345", "19700101", "20200102", "General Hospital", "ACC999"):
         assert identifier not in text
