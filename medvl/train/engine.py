@@ -351,7 +351,8 @@ def _train(config, cfg: TrainConfig, seed: int, out: Path, parts: Components, en
                 continue
             break  # max_steps reached inside the epoch
 
-        if state.batch_in_epoch > 0:  # stopped mid-epoch (max_steps): still validate and save
+        evaluated = bool(state.history) and state.history[-1]["step"] == state.step
+        if state.batch_in_epoch > 0 and not evaluated:  # stopped mid-epoch (max_steps): validate, save
             end_of_epoch()
             save(last_dir)
         if state.best is None:  # no validation ever picked a model: the model is the last one

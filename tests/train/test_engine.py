@@ -262,3 +262,12 @@ def test_a_fresh_run_over_an_earlier_one_inherits_nothing(tmp_path: Path) -> Non
     assert len(list((out / "tensorboard").glob("events.*"))) == 1
     saved = _weights(out / "checkpoints/last")
     assert torch.equal(FakeModel.from_pretrained(result.model_dir).image_proj.weight, saved["image_proj.weight"])
+
+
+def test_resuming_a_run_that_already_reached_max_steps_changes_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    first = train(tiny_config(max_steps=8), out, components=components())
+    rows = (out / "metrics.csv").read_text()
+    again = train(tiny_config(max_steps=8), out, components=components(), resume=True)
+    assert again.steps == 8 and again.history == first.history
+    assert (out / "metrics.csv").read_text() == rows
