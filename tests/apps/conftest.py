@@ -38,14 +38,13 @@ def tiny_viewer_data(tmp_path_factory):
 
 @pytest.fixture
 def viewer_target(tiny_viewer_data):
-    """(script, app args, file to upload, text query) for the browser test."""
+    """(index folder, model folder, an indexed image to upload, text query) for the browser test."""
     from medvl.index import CaseIndex
 
     index = CaseIndex.open(tiny_viewer_data.index_dir)
     upload = Path(index.get(index.study_ids()[-1]).image_path)
     index.close()
-    args = ["--index", str(tiny_viewer_data.index_dir), "--model", str(tiny_viewer_data.model_dir)]
-    return REPO / "apps" / "viewer.py", args, upload, "left pleural effusion"
+    return tiny_viewer_data.index_dir, tiny_viewer_data.model_dir, upload, "left pleural effusion"
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,7 @@
 """The viewer in a real headless Chromium: text query, image query, images render.
 
+The server is started with the ``medvl viewer`` command line (``apps.command``).
+
 Screenshots are written to ``test-artifacts/viewer/`` at the repo root (gitignored).
 """
 
@@ -64,6 +66,7 @@ def run_browser_session(url: str, upload: Path, text_query: str, shots: Path) ->
             page.set_default_timeout(WAIT_MS)
             page.goto(url, wait_until="domcontentloaded", timeout=WAIT_MS)
             page.get_by_text("Research use only").first.wait_for()
+            counts["deploy_button"] = page.get_by_text("Deploy", exact=True).count()
 
             # default mode: a case from the index with its similar cases
             page.get_by_text("similar cases").first.wait_for()
@@ -101,13 +104,14 @@ def test_viewer_in_headless_chromium(viewer_target, tmp_path):
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is absent (install Debian's chromium to run the browser test)")
     pytest.importorskip("playwright", reason="the playwright Python package is not installed")
-    script, args, source, text_query = viewer_target
+    index_dir, _model_dir, source, text_query = viewer_target
     upload = tmp_path / "Doe_Jane_chest.dcm"  # an identifying name, as exports often have
     shutil.copyfile(source, upload)
-    with streamlit_server(script, args, tmp_path / "streamlit.log") as url:
+    # served by the `medvl viewer` command line, without --model (the index records it)
+    with streamlit_server(index_dir, None, tmp_path / "streamlit.log") as url:
         counts = run_browser_session(url, upload, text_query, ARTIFACTS)
     assert counts["errors"] == 0
     # the query (or best-match) image + one thumbnail per hit, in each mode
-    assert counts == {"case": 6, "text": 6, "upload": 6, "errors": 0, "upload_name_visible": 0}
+    assert counts == {"case": 6, "text": 6, "upload": 6, "errors": 0, "upload_name_visible": 0, "deploy_button": 0}
     for name in ("1-case.png", "2-text-query.png", "3-image-query.png"):
         assert (ARTIFACTS / name).stat().st_size > 10_000

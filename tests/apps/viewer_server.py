@@ -7,10 +7,9 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -32,26 +31,32 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def viewer_command(index_dir: Path, model_dir: Path | None, port: int) -> list[str]:
+    """The ``medvl viewer`` command line (``apps.command``) on ``port``, without file watching."""
+    import argparse
+
+    from apps import command
+
+    args = argparse.Namespace(index=str(index_dir), model=str(model_dir) if model_dir else None, port=port,
+                              address="127.0.0.1", k=5, max_upload_mb=200.0)
+    cmd = command.build_command(args)
+    cut = cmd.index("--")
+    return [*cmd[:cut], "--server.fileWatcherType", "none", *cmd[cut:]]
+
+
 @contextlib.contextmanager
 def streamlit_server(
-    script: Path, app_args: Sequence[str], log_path: Path, *, env: dict[str, str] | None = None, start_timeout: float = 60
+    index_dir: Path, model_dir: Path | None, log_path: Path, *, env: dict[str, str] | None = None,
+    start_timeout: float = 60,
 ) -> Iterator[str]:
-    """Serve ``script`` on 127.0.0.1 and yield its URL; kill the server's process group on exit.
+    """Serve the viewer as ``medvl viewer`` would, yield its URL; kill its process group on exit.
 
     Raises:
         RuntimeError: if the server does not answer its health check in ``start_timeout`` s
             (the server log is included).
     """
     port = free_port()
-    cmd = [
-        sys.executable, "-m", "streamlit", "run", str(script),
-        "--server.headless", "true",
-        "--server.address", "127.0.0.1",
-        "--server.port", str(port),
-        "--browser.gatherUsageStats", "false",
-        "--server.fileWatcherType", "none",
-        "--", *app_args,
-    ]  # fmt: skip
+    cmd = viewer_command(index_dir, model_dir, port)
     full_env = {**os.environ, **(env or {})}
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env, start_new_session=True)
