@@ -16,6 +16,7 @@ the display steps for an image.
 from __future__ import annotations
 
 import functools
+import warnings
 from importlib import resources
 from typing import Literal
 
@@ -173,7 +174,12 @@ def window_image(
             return apply_voi_lut_table(image.array, image.voi_luts[0])
         if image.windows:
             c, w = image.windows[0]
-            return apply_window(image.array, c, w, image.voi_function)  # type: ignore[arg-type]
+            if w >= 1 or image.voi_function != "LINEAR":
+                return apply_window(image.array, c, w, image.voi_function)  # type: ignore[arg-type]
+            # PS3.3 C.11.2.1.2.1 requires width >= 1 for LINEAR; a file breaking that
+            # should not stop a training run over one display setting
+            warnings.warn(f"{image.path}: stored window width {w} < 1 is invalid for LINEAR; "
+                          "using the full data range", stacklevel=2)
         c, w = full_range_window(image.array)
         return apply_window(image.array, c, w)
     if window == "full":

@@ -144,3 +144,13 @@ def test_file_windows_by_index_and_explanation(tmp_path):
     np.testing.assert_allclose(window_image(img, "file:0"), apply_window(img.array, -600, 1500))
     with pytest.raises(ConfigError, match="0=LUNG, 1=MEDIASTINUM"):
         window_image(img, "file:bone")
+
+
+def test_invalid_stored_window_falls_back_with_a_warning(tmp_path):
+    ds = make_dataset(np.array([[0, 10], [20, 30]], np.int16), intercept=0.0, window=(5.0, 0.5))
+    path = tmp_path / "w.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    img = read_image(path)
+    with pytest.warns(UserWarning, match="width 0.5"):
+        shown = window_image(img)
+    np.testing.assert_allclose(shown, [[0, 1 / 3], [2 / 3, 1]], atol=1e-6)
