@@ -129,7 +129,8 @@ class Window(Transform):
         function = str(meta.get("voi_function", "LINEAR"))
         if self.window in (None, "file"):
             c, w = float(meta.get("window_center", np.nan)), float(meta.get("window_width", np.nan))
-            if not (np.isfinite(c) and np.isfinite(w)):
+            # no stored window, or one LINEAR cannot use (width < 1): the data range
+            if not (np.isfinite(c) and np.isfinite(w)) or (w < 1 and function == "LINEAR"):
                 (c, w), function = full_range_window(array), "LINEAR"
         elif self.window == "full":
             (c, w), function = full_range_window(array), "LINEAR"
