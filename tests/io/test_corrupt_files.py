@@ -68,3 +68,23 @@ def test_rust_panic_becomes_a_medvl_error(tmp_path, testdata, monkeypatch):
     with pytest.raises(ImageReadError, match="index out of bounds") as err:
         read_image(testdata("MR_small_RLE.dcm"))
     assert "MR_small_RLE.dcm" in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["anatomical.nii", "example_nifti2.nii.gz"])
+def test_damaged_nifti_fail_cleanly(tmp_path, name):
+    from pathlib import Path
+
+    import nibabel as nib
+
+    data = (Path(nib.__file__).parent / "tests" / "data" / name).read_bytes()
+    rng = np.random.default_rng(len(name))
+    refused = 0
+    for label, blob in _variants(data, rng, n_cut=6, n_flip=12):
+        path = tmp_path / f"{label}_{name}"
+        path.write_bytes(blob)
+        try:
+            read_image(path, frame=0)
+        except ImageReadError as exc:
+            assert path.name in str(exc)
+            refused += 1
+    assert refused >= 5
