@@ -103,11 +103,19 @@ def build_train_loader(parts: Any, config: dict[str, Any], env: D.DistEnv, seed:
 
 
 def build_val_loader(parts: Any, config: dict[str, Any], env: D.DistEnv) -> DataLoader | None:
-    """The val split on rank 0 (validation runs there only); None elsewhere or when empty."""
-    if not env.is_main:
-        return None
+    """This rank's share of the val split in dataset order (no study twice); None when the split is empty."""
     base = parts.build_dataloader(config.get("data") or {}, _manifest(config), "val", shuffle=False)
-    return base if len(base.dataset) > 0 else None
+    if len(base.dataset) == 0:
+        return None
+    if not env.distributed:
+        return base
+    sampler = EpochBatchSampler(len(base.dataset), int(base.batch_size or 1), rank=env.rank,
+                                world_size=env.world_size, shuffle=False, drop_last=False)
+    workers = int(base.num_workers)
+    return DataLoader(base.dataset, batch_sampler=sampler, collate_fn=base.collate_fn, num_workers=workers,
+                      pin_memory=env.device.type == "cuda", worker_init_fn=base.worker_init_fn,
+                      multiprocessing_context=base.multiprocessing_context,
+                      prefetch_factor=base.prefetch_factor if workers > 0 else None)
 
 
 class MicroBatchMaker:

@@ -249,8 +249,8 @@ def _train(config, cfg: TrainConfig, seed: int, out: Path, parts: Components, en
         row: dict[str, Any] = {"epoch": state.epoch, "step": state.step,
                                "train_loss": state.epoch_loss_sum / max(1, state.epoch_steps)}
         due = val_batches is not None and (state.epoch + 1) % cfg.val_every_epoch == 0
-        metrics = validate(model, val_batches, device, autocast) if (due and env.is_main) else {}
-        metrics = D.all_gather_objects(metrics)[0]  # rank 0's result, on every rank
+        metrics = validate(model, val_batches, device, autocast, gather=D.all_gather_objects) if due else {}
+        metrics = D.all_gather_objects(metrics)[0]  # rank 0's figures decide the best model on every rank
         row.update(metrics)
         state.history.append(row)
         if metrics:
@@ -305,8 +305,9 @@ def _train(config, cfg: TrainConfig, seed: int, out: Path, parts: Components, en
 
                 state.step += 1
                 n_step = sum(m.size for m in micro)
-                state.samples += int(D.all_reduce_mean({"n": float(n_step)}, device)["n"] * env.world_size)
-                state.epoch_loss_sum += terms["loss"]
+                mean = D.all_reduce_mean({"loss": terms["loss"], "n": float(n_step)}, device)  # over ranks
+                state.samples += round(mean["n"] * env.world_size)
+                state.epoch_loss_sum += mean["loss"]
                 state.epoch_steps += 1
                 window["time"] += time.perf_counter() - t0
                 window["wait"] += wait_s

@@ -1,5 +1,8 @@
 """Validation during training: image <-> report retrieval on the val split.
 
+Under torchrun every rank embeds its share of the split and the embeddings are
+gathered, so validation time falls with the number of processes.
+
 The engine does not import ``medvl.eval`` (a lower room never imports a peer that sits
 beside it), so the two small pure functions it needs live here; they follow the same
 conventions as ``medvl.eval.metrics`` (1-based ranks, ties counted against the query).
@@ -50,7 +53,8 @@ def recall_at(ranks: torch.Tensor, k: int) -> float:
 
 
 def retrieval_metrics(
-    image_embeds: torch.Tensor, text_embeds: torch.Tensor, texts: Sequence[str], ks: Iterable[int] = RECALL_KS
+    image_embeds: torch.Tensor, text_embeds: torch.Tensor, texts: Sequence[str], ks: Iterable[int] = RECALL_KS,
+    *, chunk: int = 1024,
 ) -> dict[str, float]:
     """Image->report (``i2t``) and report->image (``t2i``) recall@k and their mean.
 
@@ -61,15 +65,25 @@ def retrieval_metrics(
         image_embeds: ``(N, D)`` image embeddings of the N studies.
         text_embeds: ``(N, D)`` report embeddings, same order.
         texts: the N report texts that were embedded.
+        ks: the k of recall@k.
+        chunk: queries scored at once (bounds memory for large splits).
     """
     img = F.normalize(image_embeds.float(), dim=-1)
     txt = F.normalize(text_embeds.float(), dim=-1)
-    sim = img @ txt.T  # (N images, N reports)
     ids = {t: i for i, t in enumerate(dict.fromkeys(texts))}
     code = torch.tensor([ids[t] for t in texts])
-    same = code[:, None] == code[None, :]  # (N, N) report i is a right answer for study j
+
+    def ranks(queries: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
+        # A block of queries at a time keeps memory at chunk x N, not N x N.
+        out = []
+        for lo in range(0, queries.shape[0], chunk):
+            sim = queries[lo:lo + chunk] @ gallery.T  # (chunk, N)
+            same = code[lo:lo + chunk, None] == code[None, :]  # identical report = right answer
+            out.append(retrieval_ranks(sim, same))
+        return torch.cat(out)
+
     out: dict[str, float] = {}
-    i2t, t2i = retrieval_ranks(sim, same), retrieval_ranks(sim.T, same)
+    i2t, t2i = ranks(img, txt), ranks(txt, img)
     for k in ks:
         out[f"i2t_R@{k}"] = recall_at(i2t, k)
         out[f"t2i_R@{k}"] = recall_at(t2i, k)
@@ -108,14 +122,28 @@ def validate(
     batches: Iterable[dict[str, Any]],
     device: torch.device,
     autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
+    gather: Callable[[Any], list[Any]] = lambda local: [local],
 ) -> dict[str, float]:
-    """Retrieval metrics of ``model`` on a split; ``{}`` when the split is empty."""
+    """Retrieval metrics of ``model`` on a split; ``{}`` when the split is empty.
+
+    Args:
+        model: the dual encoder (put in eval mode for the pass, then restored).
+        batches: this process's share of the split.
+        device: where the model runs.
+        autocast: mixed-precision context factory.
+        gather: collects every rank's ``(image_embeds, text_embeds, texts)`` (identity in
+            one process); metrics are computed over the whole split on every rank.
+    """
     was_training = model.training
     model.eval()
     try:
-        img, txt, texts = embed_split(model, batches, device, autocast)
+        local = embed_split(model, batches, device, autocast)
     finally:
         model.train(was_training)
-    if not texts:
+    parts = [p for p in gather(local) if p[2]]
+    if not parts:
         return {}
+    img = torch.cat([p[0] for p in parts])
+    txt = torch.cat([p[1] for p in parts])
+    texts = [t for p in parts for t in p[2]]
     return retrieval_metrics(img, txt, texts)

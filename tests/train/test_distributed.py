@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -46,6 +47,15 @@ def test_two_process_run_with_resume_matches_one_process(tmp_path: Path) -> None
     second = _torchrun(str(out), "-", "--resume")
     assert second.returncode == 0, second.stdout + second.stderr
     assert "resumed" in second.stderr and second.stdout.count("rank done steps=4") == 2
+
+    # validation is sharded over the ranks and gathered: same figures as one process
+    hist = [json.loads((d / "checkpoints/last/trainer_state.json").read_text())["trainer"]["history"]
+            for d in (tmp_path / "single", out)]
+    assert len(hist[0]) == len(hist[1]) == 2
+    for one, two in zip(*hist):
+        assert one["n"] == two["n"] == 8
+        assert one["i2t_R@5"] == two["i2t_R@5"] and one["t2i_R@1"] == two["t2i_R@1"]
+        assert one["train_loss"] == pytest.approx(two["train_loss"], rel=1e-5)
 
     a = load_file(tmp_path / "single/checkpoints/last/model.safetensors")
     b = load_file(out / "checkpoints/last/model.safetensors")

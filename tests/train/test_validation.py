@@ -47,3 +47,10 @@ def test_perfect_embeddings_give_recall_one() -> None:
 def test_metric_names_are_what_retrieval_metrics_returns() -> None:
     e = torch.randn(12, 4)
     assert sorted(retrieval_metrics(e, e, [str(i) for i in range(12)])) == sorted(metric_names())
+
+
+def test_chunked_scoring_gives_the_same_metrics() -> None:
+    g = torch.Generator().manual_seed(0)
+    img, txt = torch.randn(50, 8, generator=g), torch.randn(50, 8, generator=g)
+    texts = [f"r{i % 20}" for i in range(50)]  # duplicates across chunks
+    assert retrieval_metrics(img, txt, texts, chunk=7) == retrieval_metrics(img, txt, texts)
