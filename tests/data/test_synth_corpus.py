@@ -157,3 +157,13 @@ def test_synth_config_section_is_validated_by_from_dict() -> None:
         from_dict(SynthConfig, {"compressions": ["zip"]}, where="demo.synth")
     with pytest.raises(ConfigError, match="uncertain_fraction"):
         from_dict(SynthConfig, {"uncertain_fraction": 2.0}, where="demo.synth")
+
+
+def test_out_pointing_at_a_file_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from medvl.cli import main
+
+    target = tmp_path / "file.txt"
+    target.write_text("x")
+    assert main(["synth", "--out", str(target), "--n-cxr", "1", "--n-ct", "0", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "file.txt" in err and "out" in err
