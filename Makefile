@@ -33,8 +33,7 @@ test: $(STAMP)
 
 viewer: $(STAMP)
 	@test -d $(DEMO_OUT)/index || { echo "no index at $(DEMO_OUT)/index: run 'make demo' first"; exit 2; }
-	$(BIN)/streamlit run apps/viewer.py --server.headless true --server.address 127.0.0.1 \
-		--browser.gatherUsageStats false -- --index $(DEMO_OUT)/index --model $(DEMO_OUT)/model
+	$(BIN)/medvl viewer --index $(DEMO_OUT)/index
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run_all

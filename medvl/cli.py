@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("medvl.eval.command", "zero-shot, retrieval, grounding and probe evaluation"),
     "index": ("medvl.index.command", "build or search a case index"),
     "demo": ("medvl.demo", "synth -> train -> eval -> index on the synthetic corpus"),
+    "viewer": ("apps.command", "serve the Streamlit case-retrieval viewer on a case index"),
 }
 
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path, PurePosixPath
 
-from medvl.errors import MedvlError
+from medvl.errors import MedvlError, UploadError
 
 MIB = 1024 * 1024
 
@@ -45,14 +45,6 @@ ACCEPTED = "a DICOM file (.dcm), a DICOM series as .zip, or NIfTI (.nii / .nii.g
 _DICOM_EXTS = {".dcm", ".dicom", ".ima", ""}
 _IGNORED_ZIP_PARTS = {"__MACOSX"}
 _CHUNK = 1 * MIB
-
-
-class UploadError(MedvlError):
-    """An uploaded file is refused: wrong type, too large, unreadable or unsafe.
-
-    Defined here until ``medvl.errors`` grows an equivalent; it is a
-    :class:`~medvl.errors.MedvlError`, so callers that catch those catch it too.
-    """
 
 
 class UploadKind(str, Enum):
