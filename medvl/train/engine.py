@@ -311,7 +311,7 @@ def _train(config, cfg: TrainConfig, seed: int, out: Path, parts: Components, en
                 state.epoch_steps += 1
                 window["time"] += time.perf_counter() - t0
                 window["wait"] += wait_s
-                window["samples"] += n_step * env.world_size
+                window["samples"] += mean["n"] * env.world_size
                 if state.step % cfg.log_every == 0 or state.step == total_steps:
                     values = D.all_reduce_mean(terms, device)
                     values.update(lr=lr, grad_norm=grad_norm,
