@@ -19,7 +19,7 @@ class IndexConfig:
             search only; ``always`` builds one at any size (needs faiss).
         approximate_min_vectors: corpus size from which ``auto`` builds FAISS.
         kind: FAISS index type, ``ivf`` or ``hnsw``.
-        nlist: IVF cells (0: ``sqrt(N)``).
+        nlist: IVF cells (0: ``4 * sqrt(N)``).
         nprobe: IVF cells visited per query.
         hnsw_m, ef_construction, ef_search: HNSW graph settings.
         batch_size: studies embedded per batch (``null``: the data section's).
