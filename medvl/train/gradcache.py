@@ -158,8 +158,8 @@ def _surrogate(out: EncoderOutput, cached: EncoderOutput, start: int) -> torch.T
     b = out.embeds.shape[0]
     for name in DIFF_FIELDS:
         t, leaf = getattr(out, name), getattr(cached, name)
-        if not isinstance(t, torch.Tensor) or leaf is None or leaf.grad is None:
-            continue
+        if not isinstance(t, torch.Tensor) or not t.requires_grad or leaf is None or leaf.grad is None:
+            continue  # e.g. a frozen tower: nothing to push back
         g = leaf.grad[start:start + b]
         if t.ndim >= 2 and name != "embeds":
             g = g[:, : t.shape[1]]  # drop the padding added by concat_outputs
@@ -223,7 +223,9 @@ def contrastive_step(
         for mb, state in zip(micro_batches, states):
             with state.replay(), autocast():
                 img, txt = encode_pair(model, mb)
-            (_surrogate(img, img_all, start) + _surrogate(txt, txt_all, start)).backward()
+            surrogate = _surrogate(img, img_all, start) + _surrogate(txt, txt_all, start)
+            if surrogate.requires_grad:
+                surrogate.backward()
             start += mb.size
 
     return StepLoss(terms, backward)

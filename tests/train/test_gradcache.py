@@ -90,3 +90,15 @@ def test_concat_pads_local_tokens_and_masks() -> None:
     assert c.local_mask.tolist() == [[True] * 4 + [False] * 2] * 2 + [[True] * 6]
     assert c.local_embeds[:2, 4:].abs().sum() == 0
     assert c.words == [["a"], ["b"], ["c"]]
+
+
+def test_a_frozen_tower_gets_no_gradient_and_the_other_still_trains() -> None:
+    torch.manual_seed(0)
+    model = FakeModel({"hidden": 16, "dim": 8})
+    loss_fn = FakeLoss({})
+    for module in (model.word_embed, model.text_proj, model.word_proj):
+        module.requires_grad_(False)
+    micro = [_micro(model, b) for b in _batches([3, 3])]
+    contrastive_step(model, loss_fn, micro, autocast=contextlib.nullcontext).backward()
+    assert model.text_proj.weight.grad is None
+    assert model.image_proj.weight.grad is not None and model.image_proj.weight.grad.abs().sum() > 0
