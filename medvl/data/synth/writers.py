@@ -83,6 +83,7 @@ def _base_dataset(sop_class: str, ts: str, rng: np.random.Generator, *, patient_
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     ds = Dataset()
     ds.file_meta = meta
+    ds.SpecificCharacterSet = "ISO_IR 100"
     ds.SOPClassUID = sop_class
     ds.SOPInstanceUID = sop_uid
     ds.StudyInstanceUID = study_uid
@@ -152,6 +153,11 @@ def write_radiograph(
                        study_uid=study_uid, series_uid=series_uid, modality=modality)
     ds.InstanceNumber = 1
     ds.ViewPosition = view or ""
+    ds.StudyDescription = f"CHEST {view or ''}".strip()
+    ds.ContentDate, ds.ContentTime = ds.StudyDate, ds.StudyTime
+    # Acquisition: bedside AP films are shot closer and softer than PA films in the department.
+    ds.KVP = 90 if view == "AP" else 120
+    ds.DistanceSourceToDetector = 1000 if view == "AP" else 1800
     ds.PatientOrientation = ["L", "F"]  # rows run to the patient's left, columns to the feet
     ds.ImageType = ["ORIGINAL", "PRIMARY"]
     ds.BurnedInAnnotation = "NO"
