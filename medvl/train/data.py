@@ -112,10 +112,23 @@ def build_val_loader(parts: Any, config: dict[str, Any], env: D.DistEnv) -> Data
     sampler = EpochBatchSampler(len(base.dataset), int(base.batch_size or 1), rank=env.rank,
                                 world_size=env.world_size, shuffle=False, drop_last=False)
     workers = int(base.num_workers)
-    return DataLoader(base.dataset, batch_sampler=sampler, collate_fn=base.collate_fn, num_workers=workers,
-                      pin_memory=env.device.type == "cuda", worker_init_fn=base.worker_init_fn,
-                      multiprocessing_context=base.multiprocessing_context,
-                      prefetch_factor=base.prefetch_factor if workers > 0 else None)
+    return _RecordingLoader(base.dataset, batch_sampler=sampler, collate_fn=base.collate_fn, num_workers=workers,
+                            pin_memory=env.device.type == "cuda", worker_init_fn=base.worker_init_fn,
+                            multiprocessing_context=base.multiprocessing_context,
+                            prefetch_factor=base.prefetch_factor if workers > 0 else None)
+
+
+class _RecordingLoader(DataLoader):
+    """A loader that keeps the skipped-study records batches carry (``batch["skipped"]``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.skipped: list[dict[str, Any]] = []
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        for batch in super().__iter__():
+            self.skipped.extend(dict(r) for r in batch.get("skipped") or [])
+            yield batch
 
 
 class MicroBatchMaker:
@@ -148,8 +161,9 @@ class SkipTracker:
     catches those too.
     """
 
-    def __init__(self, data: TrainData) -> None:
+    def __init__(self, data: TrainData, val: DataLoader | None = None) -> None:
         self.dataset = data.dataset
+        self.val = val
         self.missing: dict[int, dict[str, Any]] = {}
         self.carried: list[dict[str, Any]] = []
 
@@ -177,6 +191,9 @@ class SkipTracker:
 
     def collect(self) -> list[dict[str, Any]]:
         own = [dict(s) for s in getattr(self.dataset, "skipped", []) or []] + self.carried
+        if self.val is not None:  # studies of the val split that could not be read
+            own += [dict(s) for s in getattr(self.val.dataset, "skipped", []) or []]
+            own += [dict(s) for s in getattr(self.val, "skipped", [])]
         known = {s.get("study_id") for s in own}
         # A missing index whose study id cannot be resolved is only reported when the
         # dataset kept no record of its own (loading in worker processes); otherwise it

@@ -181,7 +181,7 @@ def _train(config, cfg: TrainConfig, seed: int, out: Path, parts: Components, en
     train_data = build_train_loader(parts, config, env, seed)
     val_batches = build_val_loader(parts, config, env) if cfg.val_every_epoch > 0 else None
     make_micro = MicroBatchMaker(model, device)
-    skips = SkipTracker(train_data)
+    skips = SkipTracker(train_data, val_batches)
 
     # -- optimizer and schedule ----------------------------------------------------------
     batches_per_epoch = train_data.sampler.num_batches()

@@ -151,7 +151,8 @@ def test_unreadable_studies_and_an_empty_batch_are_skipped_and_recorded(tmp_path
     s = EpochBatchSampler(32, 8, seed=3)
     first = s.epoch_batches()[0]
     bad = [f"train{i:03d}" for i in first] + ["train031" if 31 not in first else "train030"]
-    cfg["data"]["unreadable"] = bad
+    cfg["data"]["unreadable"] = [*bad, "val002"]
+    bad.append("val002")  # a val study that cannot be read is listed too
     out = tmp_path / "run"
     result = train(cfg, out, components=components())
     assert result.steps == 3  # 4 batches, the empty one skipped
