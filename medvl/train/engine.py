@@ -286,7 +286,7 @@ def _train(config, cfg: TrainConfig, seed: int, out: Path, parts: Components, en
 
                 step_loss = contrastive_step(model, loss_fn, micro, autocast=autocast, scale=scaler.scale,
                                              epoch=state.epoch)
-                terms = {k: float(v.detach()) for k, v in step_loss.terms.items()}
+                terms = _scalars(step_loss.terms)
                 if D.any_rank(not all(math.isfinite(v) for v in terms.values()), device):
                     state.batch_in_epoch -= len(group)  # resume retries this step
                     _stop_nonfinite(out, env, state, terms, micro, "loss", save, last_dir)
@@ -365,6 +365,20 @@ def _train(config, cfg: TrainConfig, seed: int, out: Path, parts: Components, en
         logger.close()
     return TrainResult(model_dir=out / "model", history=state.history, seconds=time.perf_counter() - t_start,
                        skipped=skipped, steps=state.step, out_dir=out)
+
+
+def _scalars(terms: dict[str, Any]) -> dict[str, float]:
+    """The loss terms as floats, checking the loss kept its side of the contract."""
+    if "loss" not in terms:
+        raise TrainingError("the loss returned no total under 'loss'", field="loss",
+                            expected="a dict of named scalar terms with the weighted total under 'loss'")
+    out = {}
+    for k, v in terms.items():
+        if isinstance(v, torch.Tensor) and v.numel() != 1:
+            raise TrainingError(f"loss term {k!r} has shape {tuple(v.shape)}", field=f"loss.{k}",
+                                expected="a scalar")
+        out[k] = float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
+    return out
 
 
 def _model_card(config: dict[str, Any], cfg: TrainConfig, state: TrainState, metrics: dict[str, float] | None,

@@ -272,3 +272,20 @@ def test_resuming_a_run_that_already_reached_max_steps_changes_nothing(tmp_path:
     again = train(tiny_config(max_steps=8), out, components=components(), resume=True)
     assert again.steps == 8 and again.history == first.history
     assert (out / "metrics.csv").read_text() == rows
+
+
+def test_a_loss_without_a_total_is_a_clear_error(tmp_path: Path) -> None:
+    from train_fakes import FakeLoss
+
+    from medvl.train import Components
+
+    class NoTotal(FakeLoss):
+        def forward(self, *args, **kwargs):
+            terms = super().forward(*args, **kwargs)
+            del terms["loss"]
+            return terms
+
+    parts = components()
+    parts = Components(parts.build_model, lambda cfg, model: NoTotal(cfg), parts.build_dataloader)
+    with pytest.raises(TrainingError, match="no total under 'loss'"):
+        train(tiny_config(), tmp_path / "run", components=parts)
