@@ -115,3 +115,15 @@ def test_config_attribute_round_trips_through_build(tiny_model):
     assert cfg["image"]["name"] == "resnet10" and cfg["text"]["hidden_size"] == 32
     again = build_model(cfg)
     assert again.config == cfg
+
+
+def test_mlp_heads_project_both_towers(tiny_cfg):
+    tiny_cfg["head"] = "mlp"
+    model = build_model(tiny_cfg).eval()
+    with torch.no_grad():
+        img = model.encode_image(torch.randn(1, 1, 64, 64))
+        txt = model.embed_texts([REPORT])
+    assert img.embeds.shape == txt.embeds.shape == (1, 16)
+    assert isinstance(model.text_head.net[1], torch.nn.GELU)
+    with pytest.raises(ConfigError, match="model.head"):
+        build_model({"head": "deep"})
