@@ -83,6 +83,8 @@ def test_padding_does_not_change_a_report_embedding(bpe_dir):
     assert torch.allclose(alone.embeds[0], padded.embeds[0], atol=1e-5)
 
 
+# peft asks transformers a deprecated question; not ours to fix
+@pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
 def test_lora_trains_only_adapters_and_round_trips(bpe_dir, tmp_path):
     torch.manual_seed(0)
     model = build_model(_cfg(bpe_dir, lora_rank=4))
