@@ -90,6 +90,12 @@ def test_volumes_use_ct_prompts_and_slice_heatmaps(corpus: Path, tmp_path: Path)
     res = evaluate(model, corpus, tasks=["zeroshot", "grounding"], out_dir=tmp_path, data_cfg=DATA3D,
                    split="train", config={"n_bootstrap": 10, "progress": False, "plots": False})
     assert res["zeroshot"]["prompt_set"] == "ct"
+    from medvl.data.manifest import read_manifest
+
+    ct_rows = [r for r in read_manifest(corpus, split="train") if r.dims == 3]
+    n_masks = sum(1 for r in ct_rows for a in r.annotations if a.get("mask"))
+    assert n_masks > 0  # NIfTI masks, put on the (D, H, W) model grid
+    assert res["grounding"]["n_cases"] == n_masks and res["grounding"]["errors"] == []
     assert set(res["zeroshot"]["findings"]) <= set(__import__("medvl.findings").findings.finding_names("CT"))
     ds = build_dataset(DATA3D, corpus, "train")
     heat = phrase_heatmap(model, ds.load_image(0), "right pleural effusion")
@@ -119,3 +125,31 @@ def test_train_split_is_embedded_without_augmentation(corpus: Path) -> None:
     # Truncated reports as with text_mode: truncate, not randomly sampled sentences.
     truncated = embed_split(model, corpus, "train", {**DATA2D, "max_words": 8}, with_text=False)
     assert again.texts == truncated.texts
+
+
+def test_nifti_mask_lands_where_the_volume_shows_it(tmp_path: Path) -> None:
+    """A volume whose bright voxels are its own mask: after the model's geometry both agree."""
+    import nibabel as nib
+
+    from medvl.data import build_dataset
+    from medvl.data.manifest import write_manifest
+    from medvl.eval.grounding import annotation_mask
+
+    vol = np.zeros((40, 30, 20), np.float32)  # (x, y, z) RAS
+    vol[5:15, 18:27, 3:9] = 1.0  # an off-centre block: any axis flip or swap would move it
+    affine = np.diag([0.8, 1.0, 2.5, 1.0])
+    nib.save(nib.Nifti1Image(vol, affine), tmp_path / "ct.nii.gz")
+    nib.save(nib.Nifti1Image(vol.astype(np.uint8), affine), tmp_path / "mask.nii.gz")
+    write_manifest(tmp_path / "m.jsonl", [{
+        "study_id": "v1", "patient_id": "p1", "split": "test", "modality": "CT", "dims": 3,
+        "image": "ct.nii.gz", "report": {"findings": "Nodule."}, "labels": {"nodule": 1},
+        "annotations": [{"finding": "nodule", "mask": "mask.nii.gz"}],
+    }])
+    cfg = {"dims": 3, "image_size": [16, 24, 20], "window": "none", "hu_range": [0.0, 1.0]}
+    ds = build_dataset(cfg, tmp_path / "m.jsonl", "test")
+    image = ds.load_image(0)[0]
+    mask = annotation_mask(ds.rows[0].annotations[0], tmp_path / "m.jsonl", ds.image_path(0), ds)
+    assert mask.shape == image.shape == (16, 24, 20)
+    bright = image >= 0.5
+    iou = (bright & mask).sum() / (bright | mask).sum()
+    assert iou > 0.9
