@@ -5,6 +5,7 @@ Examples::
     medvl index build --model runs/demo/model --manifest corpus/manifest.jsonl --out runs/demo/index
     medvl index search runs/demo/index --text "left pleural effusion" -k 5
     medvl index search runs/demo/index --image corpus/img/s0001.png
+    medvl index info runs/demo/index
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--against", default="image", choices=["image", "report"],
                    help="rank cases by their images (default) or by their reports")
     s.add_argument("--json", action="store_true", help="print hits as JSON lines")
+
+    i = sub.add_parser("info", help="describe an index: cases, dimension, model, versions, history")
+    i.add_argument("index", help="index folder")
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -90,7 +94,27 @@ def _search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _info(args: argparse.Namespace) -> int:
+    from medvl.index import storage
+    from medvl.index.case_index import CaseIndex
+
+    index = CaseIndex.open(args.index)
+    info = index.info
+    model = info.get("model") or {}
+    print(f"index {args.index}: {len(index)} cases, dimension {index.dim}, live version {index.version_dir.name} "
+          f"(on disk: {', '.join(p.name for p in storage.versions(Path(args.index)))})")
+    print(f"model: fingerprint {model.get('fingerprint')}, folder {model.get('dir') or '-'}")
+    approx = info.get("approximate") or {}
+    print("search: " + ("exact + " + ", ".join(f"{t} {e['kind']}" for t, e in approx.items()) if approx else "exact"))
+    for h in info.get("history", []):
+        print(f"  {h.get('at')}: added {h.get('added')}, skipped {len(h.get('skipped') or [])}"
+              f" from {h.get('manifest') or h.get('source')}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     if args.index_command == "build":
         return _build(args)
+    if args.index_command == "info":
+        return _info(args)
     return _search(args)

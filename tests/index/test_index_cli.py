@@ -45,6 +45,9 @@ def test_build_and_search_from_the_command_line(tmp_path: Path, fake_models: dic
     assert main(["index", "build", "--model", str(model_dir), "--manifest", str(manifest), "--out", str(idx),
                  "index.progress=false"]) == 0
     assert "nothing new to add" in capsys.readouterr().out
+    assert main(["index", "info", str(idx)]) == 0
+    info = capsys.readouterr().out
+    assert "20 cases" in info and "v000001" in info and "added 20" in info
 
     # --model omitted: the index remembers its model folder.
     assert main(["index", "search", str(idx), "--text", "There is edema.", "-k", "3", "--json"]) == 0
