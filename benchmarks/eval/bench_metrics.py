@@ -6,7 +6,10 @@ In one process, on the same random data:
   against a loop calling scikit-learn's ``roc_auc_score`` per resample (the usual code);
   both give the same intervals (``tests/eval`` checks it), so only time differs;
 * retrieval ranks and R@K for an N x N similarity matrix, medvl's ``ranks_from_scores``
-  against a per-query ``argsort``.
+  against a per-query ``argsort``;
+* the effect of hubness reduction on synthetic embeddings with hubs (a few gallery items
+  close to every query): R@1, R@10 and k-occurrence skewness, plain vs inverted softmax
+  vs QB-Norm, with a separate query bank.
 
 Prints the figures and writes ``results.json`` and ``results.md`` next to this file. Run::
 
@@ -27,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from medvl.eval.metrics import bootstrap_auroc, bootstrap_indices, ranks_from_scores, recall_at_k
+from medvl.eval.retrieval import inverted_softmax, k_occurrence_skewness, querybank_normalize
 
 HERE = Path(__file__).resolve().parent
 
@@ -61,6 +65,34 @@ def naive_ranks(scores: np.ndarray) -> np.ndarray:
     return out
 
 
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def hubness_effect(n: int, d: int = 64, hubs: int = 5, seed: int = 0) -> dict[str, Any]:
+    """Queries match gallery item i, but a shared direction pulls every query towards a few hubs."""
+    rng = np.random.default_rng(seed)
+    gallery = _unit(rng.normal(size=(n, d)))
+    hub_dir = _unit(rng.normal(size=d))
+    gallery[:hubs] = _unit(hub_dir + 0.3 * rng.normal(size=(hubs, d)) / np.sqrt(d))
+
+    def queries(idx: np.ndarray) -> np.ndarray:
+        return _unit(gallery[idx] + 1.2 * rng.normal(size=(len(idx), d)) / np.sqrt(d) + 0.8 * hub_dir)
+
+    q = queries(np.arange(n))
+    bank = queries(rng.integers(0, n, size=n))  # another set of queries, as a train split would give
+    scores, bank_scores = q @ gallery.T, bank @ gallery.T
+    gt = np.arange(n)
+    out = {}
+    for name, s in (("plain", scores), ("inverted_softmax", inverted_softmax(scores, bank_scores, 20.0)),
+                    ("qb_norm", querybank_normalize(scores, bank_scores, 20.0))):
+        r = ranks_from_scores(s, gt)
+        out[name] = {"R@1": recall_at_k(r, 1), "R@10": recall_at_k(r, 10),
+                     "k_occurrence_skewness": k_occurrence_skewness(s, 10),
+                     "top1_is_hub": float(np.mean(np.argmax(s, axis=1) < hubs))}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=2000, help="studies (bootstrap) and queries (retrieval)")
@@ -87,6 +119,11 @@ def main() -> None:
           f"{t_loop * 1e3:.1f} ms ({t_loop / t_rank:.1f}x), same ranks: {bool(np.array_equal(ranks, ref))}, "
           f"R@10 {recall_at_k(ranks, 10):.3f}")
 
+    hub = hubness_effect(args.n)
+    for name, r in hub.items():
+        print(f"hubness {name:>16}: R@1 {r['R@1']:.3f} R@10 {r['R@10']:.3f} skewness {r['k_occurrence_skewness']:.2f} "
+              f"top-1 is a hub {r['top1_is_hub']:.3f}")
+
     results = {
         "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "args": " ".join(sys.argv[1:]),
@@ -98,6 +135,7 @@ def main() -> None:
                       "same_intervals": agree},
         "ranks": {"n": args.n, "vectorised_ms": t_rank * 1e3, "argsort_loop_ms": t_loop * 1e3,
                   "speedup": t_loop / t_rank, "same_ranks": bool(np.array_equal(ranks, ref))},
+        "hubness": hub,
     }
     out = Path(args.out)
     (out / "results.json").write_text(json.dumps(results, indent=2))
@@ -114,6 +152,11 @@ def main() -> None:
         f"{b['same_intervals']} |\n"
         f"| retrieval ranks ({r['n']} x {r['n']}) | {r['vectorised_ms']:.1f} ms | {r['argsort_loop_ms']:.1f} ms "
         f"(argsort per query) | {r['speedup']:.1f}x | {r['same_ranks']} |\n\n"
+        f"Hubness reduction on synthetic embeddings with 5 hubs ({args.n} queries and gallery items, a separate "
+        "bank of as many queries, beta 20):\n\n| ranking | R@1 | R@10 | k-occurrence skewness | top-1 is a hub |\n"
+        "|---|---|---|---|---|\n"
+        + "".join(f"| {k} | {v['R@1']:.3f} | {v['R@10']:.3f} | {v['k_occurrence_skewness']:.2f} | "
+                  f"{v['top1_is_hub']:.3f} |\n" for k, v in results["hubness"].items()) + "\n"
         f"Regenerate: `OMP_NUM_THREADS=1 .venv/bin/python benchmarks/eval/bench_metrics.py {results['args']}`.\n"
     )
     print(f"wrote {out / 'results.json'} and {out / 'results.md'}")
