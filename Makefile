@@ -36,7 +36,8 @@ viewer: $(STAMP)
 	$(BIN)/medvl viewer --index $(DEMO_OUT)/index
 
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks.run_all
+	@for b in benchmarks/*/bench_*.py benchmarks/recipes/prepare_speed.py; do \
+		echo "== $$b"; OMP_NUM_THREADS=2 $(BIN)/python $$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

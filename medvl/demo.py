@@ -101,13 +101,15 @@ def run(args: argparse.Namespace) -> int:
     print(f"[demo] evaluating {', '.join(tasks)} on the test split")
     t0 = time.perf_counter()
     with torch.no_grad():
-        results = evaluate(model, manifest, tasks=tasks, out_dir=out / "eval", data_cfg=cfg.get("data"), split="test")
+        results = evaluate(model, manifest, tasks=tasks, out_dir=out / "eval", data_cfg=cfg.get("data"),
+                           split="test", config=cfg.get("eval"))
     timings["eval_s"] = time.perf_counter() - t0
 
     print("[demo] building the case index")
     t0 = time.perf_counter()
     with torch.no_grad():
-        build_index(model, manifest, out / "index", data_cfg=cfg.get("data"), model_dir=result.model_dir)
+        build_index(model, manifest, out / "index", data_cfg=cfg.get("data"), config=cfg.get("index"),
+                    model_dir=result.model_dir)
     timings["index_s"] = time.perf_counter() - t0
 
     summary = _summary(rows, used, n_split, results, timings, out, result)
