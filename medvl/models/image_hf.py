@@ -62,6 +62,27 @@ class HFVisionEncoder(ImageEncoder):
         else:
             self.out_dim = int(config.hidden_sizes[-1])
             self.min_size = 32
+        self._cls_attention: torch.Tensor | None = None
+        if kind == "vit":
+            last = [m for m in model.modules() if hasattr(m, "q_proj") and hasattr(m, "k_proj")][-1]
+            last.register_forward_pre_hook(self._capture_cls_attention, with_kwargs=True)
+
+    def _capture_cls_attention(self, module: Any, args: tuple, kwargs: dict) -> None:
+        """The last layer's [CLS] -> patch attention, from its own projections.
+
+        Asking transformers for ``output_attentions`` forces the eager kernel and keeps
+        every layer's full ``(heads, N, N)`` map (600 MB for ViT-B at 512 px); one
+        query row of the last layer is all that is needed.
+        """
+        hidden = args[0] if args else kwargs["hidden_states"]  # (B, 1 + N, C)
+        with torch.no_grad():
+            b, n, _ = hidden.shape
+            heads, dim = module.config.num_attention_heads, module.head_dim
+            q = module.q_proj(hidden[:, :1]).view(b, 1, heads, dim).transpose(1, 2)
+            k = module.k_proj(hidden).view(b, n, heads, dim).transpose(1, 2)
+            probs = (q @ k.transpose(-1, -2) * module.scaling).softmax(-1)  # (B, heads, 1, 1 + N)
+            attn = probs[:, :, 0, 1:].mean(1)  # (B, N)
+            self._cls_attention = attn / attn.sum(-1, keepdim=True)
 
     def hf_config(self) -> dict[str, Any]:
         """The architecture, stored in the model directory's ``config.json``."""
@@ -91,12 +112,11 @@ class HFVisionEncoder(ImageEncoder):
 
     def forward(self, x: torch.Tensor) -> ImageFeatures:
         if self.kind == "vit":
-            out = self.model(pixel_values=x, output_attentions=True)
-            hidden = out.last_hidden_state  # (B, 1 + N, C)
+            hidden = self.model(pixel_values=x).last_hidden_state  # (B, 1 + N, C)
             side = self.fixed_size[0] // self.model.config.patch_size
-            attn = out.attentions[-1][:, :, 0, 1:].mean(1)  # (B, N): [CLS] -> patches
+            attn, self._cls_attention = self._cls_attention, None
             return ImageFeatures(pooled=hidden[:, 0], tokens=hidden[:, 1:], grid=(side, side),
-                                 attention=attn / attn.sum(-1, keepdim=True))
+                                 attention=attn)
         if self.kind == "swin":
             out = self.model(pixel_values=x, output_hidden_states=True)
             fmap = out.reshaped_hidden_states[-1]  # (B, C, h, w), before the final norm
@@ -154,7 +174,7 @@ def _build(kind: str, cfg: ImageConfig, saved: dict[str, Any] | None) -> HFVisio
     else:
         config = _random_config(kind, cfg)
     if kind == "vit":
-        config._attn_implementation = "eager"  # only eager returns the [CLS] attention
+        config._attn_implementation = "sdpa"  # the [CLS] attention comes from a hook
     kwargs = {} if kind == "convnext" else {"add_pooling_layer": False}
     model = AutoModel.from_config(config, **kwargs)
     return HFVisionEncoder(model, kind, cfg.in_channels)

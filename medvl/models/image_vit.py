@@ -67,6 +67,8 @@ class MonaiViTEncoder(ImageEncoder):
         )
         # the [CLS] state is the global feature; medvl's heads replace the classifier
         del self.net.classification_head
+        for block in self.net.blocks[:-1]:
+            block.attn.save_attn = False  # only the last layer's map is used
         self.spatial_dims = spatial_dims
         self.in_channels = cfg.in_channels
         self.out_dim = cfg.width

@@ -93,6 +93,25 @@ def test_transformers_vision_encoders(name, tmp_path):
         assert torch.equal(MedVLModel.from_pretrained(tmp_path).encode_image(x).embeds, out.embeds)
 
 
+def test_hf_vit_cls_attention_matches_the_eager_attention_map():
+    from transformers import ViTModel
+
+    torch.manual_seed(0)
+    enc = build_image_encoder(ImageConfig(name="hf-vit", image_size=64, **HF_TINY["hf-vit"])).eval()
+    ref_cfg = enc.model.config.__class__.from_dict(enc.model.config.to_dict())
+    ref_cfg._attn_implementation = "eager"
+    ref = ViTModel(ref_cfg, add_pooling_layer=False).eval()
+    ref.load_state_dict(enc.model.state_dict())
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        ours = enc(x)
+        out = ref(pixel_values=x, output_attentions=True)
+    expected = out.attentions[-1][:, :, 0, 1:].mean(1)
+    expected = expected / expected.sum(-1, keepdim=True)
+    assert torch.allclose(ours.attention, expected, atol=1e-6)
+    assert torch.allclose(ours.tokens, out.last_hidden_state[:, 1:], atol=1e-5)
+
+
 def test_transformers_checkpoint_directory_as_pretrained(tmp_path):
     from transformers import ConvNextConfig, ConvNextModel
 
