@@ -272,6 +272,16 @@ class TextEncoder(nn.Module):
         """Longest token sequence the tower accepts."""
         return self.cfg.max_length
 
+    def check_max_length(self) -> None:
+        """Refuse a ``max_length`` the model has no positions for (at build time)."""
+        from medvl.errors import ConfigError
+
+        if self.cfg.max_length > self.max_positions():
+            raise ConfigError(
+                f"{self.cfg.max_length} exceeds the model's {self.max_positions()} positions",
+                field="model.text.max_length", expected=f"<= {self.max_positions()}",
+            )
+
     def vocab_size(self) -> int:
         """Size of the tower's embedding table."""
         raise NotImplementedError

@@ -55,6 +55,7 @@ class HFEncoderText(TextEncoder):
             from medvl.models.lora import add_lora
 
             self.model = add_lora(self.model, cfg, default_targets=["query", "value"])
+        self.check_max_length()
 
     def train(self, mode: bool = True) -> HFEncoderText:
         super().train(mode)

@@ -61,6 +61,7 @@ class DecoderText(TextEncoder):
 
             model = add_lora(model, cfg, default_targets=_LORA_TARGETS)
         self.model = model
+        self.check_max_length()
 
     def train(self, mode: bool = True) -> DecoderText:
         super().train(mode)

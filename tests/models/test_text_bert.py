@@ -67,6 +67,12 @@ def test_any_local_hf_encoder_directory(tmp_path):
     assert torch.allclose(feats.pooled, expected, atol=1e-5)  # its weights, CLS pooling
 
 
+def test_max_length_beyond_the_model_positions_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"model.text.max_length.*<= 512"):
+        build_model({"image": {"name": "resnet10", "width": 8},
+                     "text": {"name": "minilm", "max_length": 1024}})
+
+
 def test_hf_tower_errors(tmp_path):
     with pytest.raises(ConfigError, match="model.text.path"):
         build_model({"text": {"name": "hf"}})
