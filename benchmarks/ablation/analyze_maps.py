@@ -141,9 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     keys = ["top_position_share", "distinct_peak_positions", "cell_hit", "cell_chance", "phrase_correlation",
             "peak_changes_with_phrase"]
     lines = ["# Heatmap diagnostics of the granularity ablation", "",
-             f"{len(cases)} annotated test findings, {grid[0]}x{grid[1]} token grid; models of the run of "
+             (f"{len(cases)} annotated test findings, {grid[0]}x{grid[1]} token grid; models of the run of "
              f"{report['date_utc']} UTC (`results.md`). Mean over seeds {s['seeds']}. See `analyze_maps.py` for "
-             "the definitions.", "",
+             "the definitions."), "",
              "| arm | space | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
     for arm in ["untrained", *report["arms"]]:
         for space in ("local", "global"):

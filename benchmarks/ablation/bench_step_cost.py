@@ -92,10 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     (HERE / "step_cost.json").write_text(json.dumps(res, indent=2))
     m = res["machine"]
     lines = ["# Step cost per ablation arm (alternating in one process)", "",
-             f"Run {res['date_utc']} UTC on {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']} with "
+             (f"Run {res['date_utc']} UTC on {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']} with "
              f"{m['torch_threads']} thread(s); load average {load0} -> {res['load_average_1min_end']} (shared machine). "
              f"Batch {res['batch_size']} at {args.image_size} px, the ablation's model; forward + loss + backward + "
-             f"AdamW step, {args.rounds} rounds, arms alternating; prototype term unfrozen.", "",
+             f"AdamW step, {args.rounds} rounds, arms alternating; prototype term unfrozen."), "",
              "| arm | median s / step | ratio to instance |", "|---|---|---|"]
     lines += [f"| {a} | {med[a]:.3f} | {res['ratio_to_instance'][a]:.2f} |" for a in ARMS]
     lines += ["", "Regenerate: `OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.ablation.bench_step_cost`."]

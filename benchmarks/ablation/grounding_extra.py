@@ -52,7 +52,7 @@ def load_cases(manifest: str | Path, data_cfg: dict[str, Any], split: str = "tes
             continue
         try:
             image = np.asarray(ds.load_image(i), dtype=np.float32)
-        except Exception:  # noqa: BLE001 - medvl.eval skips unreadable studies the same way
+        except Exception:  # noqa: BLE001, S112 - medvl.eval skips unreadable studies the same way (and records them)
             continue
         for a in anns:
             try:

@@ -109,22 +109,23 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
     lines = [
         "# Granularity ablation: instance vs + token vs + token + prototype",
         "",
-        f"Run {report['date_utc']} UTC, {report.get('total_seconds', 0) / 60:.1f} min in all. "
+        (f"Run {report['date_utc']} UTC, {report.get('total_seconds', 0) / 60:.1f} min in all. "
         f"Machine: {m['platform']}, {m['cpu_count']} CPUs ({m['usable_cpus']} usable), torch {m['torch']} with "
         f"{m['torch_threads']} thread(s), OMP_NUM_THREADS={m['omp_num_threads']}, GPU: {m['gpu'] or 'none'}. "
         f"1-minute load average {report.get('load_average_1min_start')} at the start, "
-        f"{report.get('load_average_1min_end')} at the end (a shared machine: wall times are noisy).",
+        f"{report.get('load_average_1min_end')} at the end (a shared machine: wall times are noisy)."),
         "",
-        f"Corpus: {s['n_cxr']} synthetic chest radiographs rendered at {s['synth_size']} px (corpus seed "
+        (f"Corpus: {s['n_cxr']} synthetic chest radiographs rendered at {s['synth_size']} px (corpus seed "
         f"{s['corpus_seed']}), splits {report.get('split_sizes')}. Model: the demo's dual encoder "
         f"(ResNet-18 width 16 at {s['image_size']} px, 2-layer BERT 128, embed 128). Every arm: batch "
         f"{s['batch_size']}, {s['steps']} AdamW steps (lr {s['lr']}, 5% warmup, cosine; "
         f"{report.get('steps_per_epoch')} steps per epoch = {report.get('epochs')} epochs), last model kept "
         f"(no validation selection), training seeds {s['seeds']}. Loss weights (MGCA's): instance 1, token 0.7, "
-        "prototype 0.5 (500 prototypes, frozen in epoch 0). Evaluation on the test split.",
+        "prototype 0.5 (500 prototypes, frozen in epoch 0). Evaluation on the test split."),
         "",
-        "Equal compute means equal optimizer steps on equal batches; the token and prototype terms cost "
-        "more per step, shown as wall time.",
+        ("Equal compute means equal optimizer steps on equal batches. The token and prototype terms cost more "
+         "per step: the controlled figure is `step_cost.md` (arms alternating in one process); the wall times "
+         "below ran at whatever load the shared machine had at the time (see the per-run load)."),
         "",
         "| arm | " + " | ".join(t for _, t in METRICS) + " |",
         "|---|" + "---|" * len(METRICS),
@@ -137,16 +138,16 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
     r5_chance = next((r["i2t_chance_R@5"] for r in runs if "i2t_chance_R@5" in r), None)
     lines += [
         "",
-        f"Values are mean ± sample sd over seeds (one value when one seed ran). Chance: AUROC 0.5; "
+        (f"Values are mean ± sample sd over seeds (one value when one seed ran). Chance: AUROC 0.5; "
         f"image->report R@5 {r5_chance if r5_chance is None else f'{r5_chance:.3f}'} "
         f"(5 / {next((r['i2t_gallery_size'] for r in runs), '?')} unique test reports); pointing game "
         f"{chance.get('pointing_game', float('nan')):.3f} (mean mask area on the model grid, "
-        f"{chance.get('n_cases', 0)} annotated findings).",
+        f"{chance.get('n_cases', 0)} annotated findings)."),
         "",
-        "*pointing game (local heads)* is `medvl.eval`'s: the phrase's word tokens against the image tokens, both "
+        ("*pointing game (local heads)* is `medvl.eval`'s: the phrase's word tokens against the image tokens, both "
         "through the local projection heads that only the token term trains. *pointing game (global head)* "
         "projects every image token with the global image head and compares it with the phrase's global "
-        "embedding, the map an instance-only model can give (`grounding_extra.py`).",
+        "embedding, the map an instance-only model can give (`grounding_extra.py`)."),
         "",
         "## Per run",
         "",

@@ -49,7 +49,7 @@ REPO = HERE.parents[1]
 if str(REPO) not in sys.path:  # run as a script as well as with -m
     sys.path.insert(0, str(REPO))
 
-from benchmarks.ablation.report import aggregate, write_markdown  # noqa: E402
+from benchmarks.ablation.report import aggregate, write_markdown
 
 # MGCA's weights for its three terms (docs/losses.md: 1, 0.7, 0.5).
 ARMS: dict[str, dict[str, Any]] = {
