@@ -12,8 +12,7 @@ Public API (imported lazily so ``import medvl.data.manifest`` and the CLI stay f
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from medvl.lazy import lazy_exports
 
 _EXPORTS = {
     "DataConfig": "medvl.data.config",
@@ -35,10 +34,4 @@ _EXPORTS = {
 __all__ = list(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'medvl.data' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -13,8 +13,7 @@ Public API (imported lazily so ``import medvl.eval`` stays cheap):
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from medvl.lazy import lazy_exports
 
 _EXPORTS = {
     "evaluate": "medvl.eval.runner",
@@ -32,10 +31,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'medvl.eval' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -16,8 +16,7 @@ live in SQLite. No patient identifier is stored.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from medvl.lazy import lazy_exports
 
 _EXPORTS = {
     "build_index": "medvl.index.build",
@@ -30,10 +29,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'medvl.index' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS)

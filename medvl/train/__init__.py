@@ -6,8 +6,7 @@ Names are imported lazily so that ``medvl --help`` does not pay for importing to
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from medvl.lazy import lazy_exports
 
 _EXPORTS = {
     "TrainConfig": "medvl.train.config",
@@ -20,10 +19,4 @@ _EXPORTS = {
 __all__ = ["Components", "TrainConfig", "TrainResult", "TrainState", "train"]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'medvl.train' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS)
