@@ -28,7 +28,7 @@ _EXPORTS = {
     "linear_probe": "medvl.eval.probe",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = list(_EXPORTS)
 
 
 __getattr__ = lazy_exports(__name__, _EXPORTS)

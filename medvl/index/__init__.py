@@ -26,7 +26,7 @@ _EXPORTS = {
     "IndexConfig": "medvl.index.config",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = list(_EXPORTS)
 
 
 __getattr__ = lazy_exports(__name__, _EXPORTS)

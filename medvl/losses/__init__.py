@@ -6,7 +6,13 @@ returns every term by name plus the weighted total under ``"loss"``. Terms, form
 and the choices made where papers and their code differ: ``docs/losses.md``.
 """
 
-from medvl.losses.combine import LOSS_TERMS, AlignmentLoss, LossConfig, TermSpec, build_loss
+from medvl.losses.combine import (
+    LOSS_TERMS,
+    AlignmentLoss,
+    LossConfig,
+    TermSpec,
+    build_loss,
+)
 from medvl.losses.common import LossInputError
 from medvl.losses.instance import InstanceConfig, InstanceLoss
 
