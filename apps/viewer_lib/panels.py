@@ -205,8 +205,14 @@ def zero_shot_panel(probs: dict[str, float] | None) -> None:
         return
     rows = sorted(probs.items(), key=lambda kv: -kv[1])
     st.dataframe(
-        {"finding": [finding_display(k) for k, _ in rows], "probability": [round(float(v), 3) for _, v in rows]},
+        {"finding": [finding_display(k) for k, _ in rows], "score": [round(float(v), 3) for _, v in rows]},
         hide_index=True,
+    )
+    # Each score is a softmax between the finding's positive and negative prompts: it
+    # ranks cases (that is what AUROC measures) but is not calibrated to prevalence.
+    st.caption(
+        "Scores are uncalibrated zero-shot model outputs (positive vs. negative prompt), "
+        "useful for comparing cases, not probabilities of disease."
     )
 
 

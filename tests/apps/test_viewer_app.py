@@ -94,7 +94,7 @@ def test_case_query_shows_image_and_top5_other_cases(fake):
     # zero-shot probabilities, highest first
     table = at.dataframe[0].value
     assert list(table["finding"]) == ["Pleural effusion", "Pneumothorax", "Cardiomegaly"]
-    assert list(table["probability"]) == [0.81, 0.4, 0.12]
+    assert list(table["score"]) == [0.81, 0.4, 0.12]
     # the heatmap shows the top-scoring finding until the user types another phrase
     assert at.text_input(key="phrase-case-S002").value == "Pleural effusion"
     assert ("heatmap", "Pleural effusion") in fake.calls

@@ -84,7 +84,7 @@ def test_zero_shot_probabilities_cover_the_cxr_findings(app):
 
     expected = {finding_display(f) for f in prompt_set_for_modality("DX").findings}
     assert set(table["finding"]) == expected
-    probs = list(table["probability"])
+    probs = list(table["score"])
     assert all(0.0 <= p <= 1.0 for p in probs) and probs == sorted(probs, reverse=True)
 
 
