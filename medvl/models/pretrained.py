@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from medvl.errors import CheckpointError
+from medvl.models.saving import state_mismatch
 
 if TYPE_CHECKING:
     from medvl.models.config import ImageConfig
@@ -70,16 +71,10 @@ def _check_and_load(
     own = module.state_dict()
     if stem_key and stem_key in state and stem_key in own:
         state[stem_key] = adapt_stem(state[stem_key], own[stem_key].shape[1])
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or wrong:
-        parts = []
-        for name, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
-            if keys:
-                parts.append(f"{len(keys)} {name} (e.g. {keys[0]})")
+    mismatch = state_mismatch(own, state)
+    if mismatch:
         raise CheckpointError(
-            "weights do not fit the encoder: " + ", ".join(parts), path=path,
+            "weights do not fit the encoder: " + mismatch, path=path,
             field="model.image.pretrained",
             expected="weights of the same architecture and width",
         )

@@ -24,6 +24,8 @@ from medvl.errors import CheckpointError, ConfigError
 from medvl.models.config import ModelConfig
 
 if TYPE_CHECKING:
+    import torch
+
     from medvl.models.model import MedVLModel
 
 FORMAT = "medvl-dual-encoder"
@@ -184,17 +186,10 @@ def load_model(
         state = load_file(str(weights), device=str(map_location))
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"unreadable weights: {exc}", path=weights) from None
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or wrong:
-        parts = []
-        for name, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
-            if keys:
-                parts.append(f"{len(keys)} {name} (e.g. {keys[0]})")
+    mismatch = state_mismatch(model.state_dict(), state)
+    if mismatch:
         raise CheckpointError(
-            "weights do not match config.json: " + ", ".join(parts), path=weights,
+            "weights do not match config.json: " + mismatch, path=weights,
             expected="weights saved together with this config",
         )
     model.load_state_dict(state, strict=True)
@@ -204,3 +199,16 @@ def load_model(
 
 
 __all__ = ["load_model", "read_config", "render_card", "save_model"]
+
+
+def state_mismatch(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> str:
+    """Describe how ``state`` fails to fit a module's ``own`` state dict ("" when it fits)."""
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    parts = [
+        f"{len(keys)} {name} (e.g. {keys[0]})"
+        for name, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+        if keys
+    ]
+    return ", ".join(parts)
