@@ -151,9 +151,9 @@ def _check_files(path: Path, rows: list[tuple[int, ManifestRow]], report: Valida
                  read_rows: set[int], reader: Callable[[Path], Any], progress: bool) -> None:
     bar = None
     if progress and len(read_rows) >= 50:  # opening many images takes minutes; show it
-        from tqdm import tqdm
+        from medvl.progress import progress
 
-        bar = tqdm(total=len(read_rows), desc="reading images", unit="image", leave=False)
+        bar = progress(total=len(read_rows), desc="reading images", unit="image", leave=False)
     for lineno, row in rows:
         where = f"{path}:{lineno}"
         image = resolve_path(path, row.image)

@@ -135,9 +135,9 @@ def embed_batches(
     images, texts_emb, texts, labels, ids = [], [], [], [], []
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from medvl.progress import progress
 
-        bar = tqdm(desc=desc, total=total, unit="study")
+        bar = progress(desc=desc, total=total, unit="study")
     for batch in batches:
         sid = list(batch.get("study_id") or [])
         if not sid:

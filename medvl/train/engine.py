@@ -266,9 +266,9 @@ def _train(config, cfg: TrainConfig, seed: int, out: Path, parts: Components, en
             save_model()  # nothing to select on: the model is the last one
 
     # -- the loop ------------------------------------------------------------------------
-    from tqdm import tqdm
+    from medvl.progress import progress
 
-    bar = tqdm(total=total_steps, initial=state.step, disable=not (env.is_main and cfg.progress),
+    bar = progress(total=total_steps, initial=state.step, disable=not (env.is_main and cfg.progress),
                desc="train", unit="step", dynamic_ncols=True, file=sys.stderr)
     window = {"time": 0.0, "wait": 0.0, "samples": 0}
     done = (lambda: state.step >= cfg.max_steps) if cfg.max_steps else (lambda: state.epoch >= cfg.epochs)

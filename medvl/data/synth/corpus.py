@@ -226,9 +226,9 @@ def generate_corpus(
 
         progress = sys.stderr.isatty()
     if progress:
-        from tqdm import tqdm
+        from medvl.progress import progress
 
-        bar = tqdm(total=len(jobs), desc="synth", unit="study")
+        bar = progress(total=len(jobs), desc="synth", unit="study")
     rows: list[dict[str, Any]] = []
     if cfg.workers > 1 and len(jobs) > 1:
         # "fork" where the platform has it: workers then need no re-import of the
