@@ -321,8 +321,8 @@ def _train(config, cfg: TrainConfig, seed: int, out: Path, parts: Components, en
                         values["logit_scale"] = float(model.logit_scale.detach().exp())
                     logger.log(state.step, state.epoch, "train", values)
                     window = {"time": 0.0, "wait": 0.0, "samples": 0}
+                bar.set_postfix(loss=f"{terms['loss']:.4f}", epoch=state.epoch, refresh=False)
                 bar.update(1)
-                bar.set_postfix(loss=f"{terms['loss']:.4f}", epoch=state.epoch)
                 if cfg.checkpoint_every_steps and state.step % cfg.checkpoint_every_steps == 0:
                     save(last_dir)
                 if on_step is not None:
