@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-EXTRAS := decoders,faiss,assets,dev
+EXTRAS := decoders,faiss,assets,viewer,dev
 DEMO_OUT ?= runs/demo
 
 export HF_HUB_OFFLINE := 1

@@ -29,28 +29,42 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("medvl.eval.command", "zero-shot, retrieval, grounding and probe evaluation"),
     "index": ("medvl.index.command", "build or search a case index"),
     "demo": ("medvl.demo", "synth -> train -> eval -> index on the synthetic corpus"),
-    "viewer": ("apps.command", "serve the Streamlit case-retrieval viewer on a case index"),
+    "viewer": ("medvl_viewer.command", "serve the Streamlit case-retrieval viewer on a case index"),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _chosen_command(argv: Sequence[str]) -> str | None:
+    """The subcommand named in ``argv``: its first word that is not an option, if any."""
+    first = next((a for a in argv if not a.startswith("-")), None)
+    return first if first in COMMANDS else None
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``medvl`` parser; only ``command``'s module is imported, for its arguments.
+
+    Importing a subcommand module can be costly or need an extra (``medvl viewer`` is the
+    ``medvl_viewer`` package of the ``viewer`` extra), so ``medvl --help`` and every other
+    subcommand import none but their own.
+    """
     parser = argparse.ArgumentParser(
         prog="medvl", description="Medical vision-language platform (research use only)."
     )
     parser.add_argument("--version", action="version", version=f"medvl {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
-        module = importlib.import_module(module_name)
         p = sub.add_parser(name, help=help_text, description=help_text)
-        module.add_arguments(p)
-        p.set_defaults(_run=module.run)
+        if name == command:
+            module = importlib.import_module(module_name)
+            module.add_arguments(p)
+            p.set_defaults(_run=module.run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``medvl`` console script."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_chosen_command(argv))
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()

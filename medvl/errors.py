@@ -87,10 +87,6 @@ class TrainingError(MedvlError):
     """Training cannot continue (for example a non-finite loss)."""
 
 
-class UploadError(MedvlError):
-    """An uploaded file is refused: wrong type, too large, unreadable or unsafe."""
-
-
 class CaseIndexError(MedvlError):
     """A case index is missing, corrupt or incompatible with the model."""
 

@@ -36,8 +36,8 @@ REPO = Path(__file__).resolve().parents[2]
 for p in (REPO, REPO / "tests" / "apps"):
     sys.path.insert(0, str(p))
 
-from apps.viewer_lib import render
-from apps.viewer_lib.uploads import stage_upload
+from medvl_viewer import render
+from medvl_viewer.uploads import stage_upload
 
 
 def best_of(fn, repeat: int = 5) -> float:
@@ -127,7 +127,7 @@ def bench_page() -> dict[str, float]:
     from streamlit.testing.v1 import AppTest
     from viewer_fakes import FakeBackend
 
-    from apps.viewer_lib import backend
+    from medvl_viewer import backend
 
     real_open = backend.open_backend
     backend.open_backend = lambda index_dir, model_dir: FakeBackend()
@@ -166,8 +166,8 @@ def bench_real(n_cxr: int = 40) -> dict[str, float]:
     from streamlit.testing.v1 import AppTest
     from viewer_pipeline import build_viewer_data
 
-    from apps.viewer_lib import backend as backend_mod
-    from apps.viewer_lib.backend import Query
+    from medvl_viewer import backend as backend_mod
+    from medvl_viewer.backend import Query
 
     scratch = Path(__file__).with_name("scratch")
     shutil.rmtree(scratch, ignore_errors=True)
@@ -192,7 +192,7 @@ def bench_real(n_cxr: int = 40) -> dict[str, float]:
     t_zs = min(timed(lambda p=p: b.zero_shot(p)) for p in paths[1:6])
     t_heat = min(timed(lambda p=p: b.heatmap(p, "cardiomegaly")) for p in paths[1:6])
     reports = [b.case(s).report for s in ids[:5]]
-    from apps.viewer_lib.render import split_sentences
+    from medvl_viewer.render import split_sentences
 
     t_sent = min(timed(lambda r=r: b.sentence_scores(Query(text="effusion"), split_sentences(r))) for r in reports)
 

@@ -1,4 +1,4 @@
-"""Fixtures of the viewer tests: make ``apps`` importable and keep Streamlit caches apart."""
+"""Fixtures of the viewer tests: test helpers importable, Streamlit caches kept apart."""
 
 from __future__ import annotations
 
@@ -8,12 +8,10 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
-# The suite runs with --import-mode=importlib: put the repo root (for ``apps``) and this
-# folder (for ``viewer_fakes``) on the path ourselves.
-for _p in (REPO, HERE):
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
+# The suite runs with --import-mode=importlib: put this folder (for ``viewer_fakes``) on
+# the path ourselves. The viewer itself is the installed package ``medvl_viewer``.
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
 
 
 @pytest.fixture

@@ -13,9 +13,9 @@ import pytest
 from streamlit.testing.v1 import AppTest
 from viewer_fakes import CT_FILE, FakeBackend
 
-from apps.viewer_lib import backend as backend_mod
+from medvl_viewer import backend as backend_mod
 
-VIEWER = Path(__file__).resolve().parents[2] / "apps" / "viewer.py"
+VIEWER = Path(__file__).resolve().parents[2] / "apps" / "medvl_viewer" / "app.py"
 NIB_DATA = Path(nib.__file__).parent / "tests" / "data"
 TIMEOUT = 30
 
@@ -63,7 +63,7 @@ def test_banner_and_missing_arguments(monkeypatch, clear_streamlit_caches):
     monkeypatch.delenv("MEDVL_VIEWER_MODEL", raising=False)
     at = AppTest.from_file(str(VIEWER), default_timeout=TIMEOUT).run()
     assert "Research use only" in at.warning[0].value
-    assert "No index given" in at.error[0].value and "--index IDX --model DIR" in at.error[0].value
+    assert "No index given" in at.error[0].value and "medvl viewer --index IDX" in at.error[0].value
 
 
 def test_missing_index_folder_is_a_clear_error(monkeypatch, tmp_path, clear_streamlit_caches):
@@ -319,7 +319,7 @@ def test_an_indexed_image_that_cannot_be_read_hides_its_path(fake, tmp_path):
 
 
 def test_failure_messages_redact_longest_first():
-    from apps.viewer_lib.panels import failure_message
+    from medvl_viewer.panels import failure_message
     from medvl.errors import ImageReadError
 
     exc = ImageReadError("cannot read", path="/data/p10/p10000032/a.dcm")

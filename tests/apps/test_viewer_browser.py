@@ -1,6 +1,6 @@
 """The viewer in a real headless Chromium: text query, image query, images render.
 
-The server is started with the ``medvl viewer`` command line (``apps.command``).
+The server is started with the ``medvl viewer`` command line (``medvl_viewer.command``).
 
 Screenshots are written to ``test-artifacts/viewer/`` at the repo root (gitignored).
 """

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from apps import command
 from medvl.errors import CaseIndexError, ConfigError
+from medvl_viewer import command
 
 
 def _args(*argv: str) -> argparse.Namespace:
@@ -46,3 +48,46 @@ def test_run_calls_streamlit(tmp_path, monkeypatch):
     monkeypatch.setattr(command.subprocess, "call", lambda cmd: seen.append(cmd) or 0)
     assert command.run(_args("--index", str(tmp_path))) == 0
     assert seen and seen[0][3:5] == ["run", str(command.VIEWER)]
+
+
+def test_without_streamlit_run_says_which_extra_to_install(tmp_path, monkeypatch):
+    real_find_spec = command.importlib.util.find_spec
+    monkeypatch.setattr(
+        command.importlib.util, "find_spec", lambda name, *a: None if name == "streamlit" else real_find_spec(name, *a)
+    )
+    monkeypatch.setattr(command.subprocess, "call", lambda cmd: pytest.fail("streamlit must not be started"))
+    with pytest.raises(ConfigError, match=r"pip install 'medvl\[viewer\]'"):
+        command.run(_args("--index", str(tmp_path)))
+
+
+def _python(code: str, cwd: Path) -> str:
+    """Run ``code`` in a fresh interpreter outside the checkout (so the repo folder is not on the path)."""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def test_the_cli_imports_the_viewer_only_when_medvl_viewer_runs(tmp_path):
+    code = (
+        "import contextlib, io, sys\n"
+        "from medvl.cli import main\n"
+        "for argv in (['--help'], ['synth', '--help'], ['viewer', '--help']):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "        main(argv)\n"
+        "    print(argv[0], 'medvl_viewer.command' in sys.modules, 'streamlit' in sys.modules)\n"
+    )
+    assert _python(code, tmp_path).splitlines() == [
+        "--help False False",
+        "synth False False",
+        "viewer True False",  # its arguments, and still no Streamlit until it serves
+    ]
+
+
+def test_no_top_level_apps_package_is_installed(tmp_path):
+    # Another project's `apps` package must not be shadowed by (or shadow) the viewer.
+    code = (
+        "import importlib.util, medvl_viewer, medvl_viewer.uploads as u, medvl.errors as e\n"
+        "print(importlib.util.find_spec('apps'))\n"
+        "print(medvl_viewer.__name__, issubclass(u.UploadError, e.MedvlError), hasattr(e, 'UploadError'))\n"
+    )
+    assert _python(code, tmp_path).splitlines() == ["None", "medvl_viewer True False"]

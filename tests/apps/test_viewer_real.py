@@ -19,7 +19,7 @@ from streamlit.testing.v1 import AppTest
 
 from medvl.index import CaseIndex
 
-VIEWER = Path(__file__).resolve().parents[2] / "apps" / "viewer.py"
+VIEWER = Path(__file__).resolve().parents[2] / "apps" / "medvl_viewer" / "app.py"
 NIB_DATA = Path(nib.__file__).parent / "tests" / "data"
 TIMEOUT = 120  # the first run loads torch, MONAI and the model
 
@@ -80,7 +80,7 @@ def test_zero_shot_probabilities_cover_the_cxr_findings(app):
     from medvl.eval.prompts import prompt_set_for_modality
 
     table = app.dataframe[0].value
-    from apps.viewer_lib.panels import finding_display
+    from medvl_viewer.panels import finding_display
 
     expected = {finding_display(f) for f in prompt_set_for_modality("DX").findings}
     assert set(table["finding"]) == expected
@@ -135,7 +135,7 @@ def test_volume_uploaded_to_a_radiograph_index_gets_a_clear_message(app):
 
 
 def test_heatmap_is_cropped_to_the_image_not_the_padding(tiny_viewer_data, index, tmp_path):
-    from apps.viewer_lib.backend import open_backend
+    from medvl_viewer.backend import open_backend
 
     # a non-square radiograph: the model input pads it to a square; the heatmap shown
     # over the image must cover the image only
@@ -183,7 +183,7 @@ def test_without_a_model_argument_the_index_s_model_is_used(tiny_viewer_data, mo
 
 
 def test_an_index_without_a_recorded_model_needs_the_model_argument(tiny_viewer_data, tmp_path):
-    from apps.viewer_lib.backend import open_backend
+    from medvl_viewer.backend import open_backend
     from medvl.errors import ModelError
     from medvl.index import build_index
     from medvl.models import MedVLModel
@@ -212,7 +212,7 @@ def test_text_query_against_reports_uses_the_report_vectors(app, index, tiny_vie
 def test_concurrent_sessions_get_the_same_results_as_one(tiny_viewer_data, index):
     from concurrent.futures import ThreadPoolExecutor
 
-    from apps.viewer_lib.backend import open_backend
+    from medvl_viewer.backend import open_backend
 
     # Streamlit serves each browser session in its own thread, all sharing one backend
     backend = open_backend(tiny_viewer_data.index_dir, tiny_viewer_data.model_dir)

@@ -12,7 +12,7 @@ from streamlit.testing.v1 import AppTest
 
 from medvl.index import CaseIndex
 
-VIEWER = Path(__file__).resolve().parents[2] / "apps" / "viewer.py"
+VIEWER = Path(__file__).resolve().parents[2] / "apps" / "medvl_viewer" / "app.py"
 TIMEOUT = 120
 
 
@@ -51,7 +51,7 @@ def test_nifti_ct_case_has_slices_ct_windows_and_ct_findings(app, cases):
     # NIfTI records no modality: the index's CT applies (windows, prompt set)
     assert "Modality: CT (not recorded in the file)" in _texts(app)
     assert "lung" in app.selectbox(key=f"preset-case-{study}").options
-    from apps.viewer_lib.panels import finding_display
+    from medvl_viewer.panels import finding_display
     from medvl.eval.prompts import prompt_set_for_modality
 
     table = app.dataframe[0].value
@@ -80,7 +80,7 @@ def test_dicom_series_zip_upload_finds_its_own_study(app, cases):
 
 
 def test_volume_heatmap_spans_the_whole_volume(tiny_viewer_data_3d, cases):
-    from apps.viewer_lib.backend import open_backend
+    from medvl_viewer.backend import open_backend
 
     backend = open_backend(tiny_viewer_data_3d.index_dir)
     path = next(p for p in cases.values() if p.name.endswith(".nii.gz"))
@@ -93,7 +93,7 @@ def test_volume_heatmap_spans_the_whole_volume(tiny_viewer_data_3d, cases):
 def test_volume_heatmap_drops_the_padding_of_a_resampled_volume(tiny_viewer_data_3d, cases, tmp_path):
     import nibabel as nib
 
-    from apps.viewer_lib.backend import open_backend
+    from medvl_viewer.backend import open_backend
     from medvl.index import build_index
     from medvl.models import MedVLModel
 

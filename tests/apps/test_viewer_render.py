@@ -12,8 +12,8 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, apply_windowing
 
-from apps.viewer_lib import render
-from apps.viewer_lib.safe_meta import ALLOWED_KEYS, display_facts
+from medvl_viewer import render
+from medvl_viewer.safe_meta import ALLOWED_KEYS, display_facts
 
 
 def _pydicom_window(values: np.ndarray, center: float, width: float) -> np.ndarray:

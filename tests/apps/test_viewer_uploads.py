@@ -14,7 +14,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from apps.viewer_lib.uploads import (
+from medvl_viewer.uploads import (
     MIB,
     UploadError,
     UploadKind,

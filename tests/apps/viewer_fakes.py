@@ -18,7 +18,7 @@ import pydicom
 from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_modality_lut
 
-from apps.viewer_lib.backend import Case, Query
+from medvl_viewer.backend import Case, Query
 from medvl.errors import ImageReadError
 
 CT_FILE = Path(get_testdata_file("CT_small.dcm", download=False))

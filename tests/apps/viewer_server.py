@@ -32,10 +32,10 @@ def free_port() -> int:
 
 
 def viewer_command(index_dir: Path, model_dir: Path | None, port: int) -> list[str]:
-    """The ``medvl viewer`` command line (``apps.command``) on ``port``, without file watching."""
+    """The ``medvl viewer`` command line (``medvl_viewer.command``) on ``port``, without file watching."""
     import argparse
 
-    from apps import command
+    from medvl_viewer import command
 
     args = argparse.Namespace(index=str(index_dir), model=str(model_dir) if model_dir else None, port=port,
                               address="127.0.0.1", k=5, max_upload_mb=200.0)

@@ -1,7 +1,7 @@
 """Streamlit panels of the viewer: the image panel, the result list, zero-shot scores.
 
 Each panel takes plain data (a backend, an image, cases) and draws; the decisions
-(windows, slices, overlays, highlights) are in :mod:`apps.viewer_lib.render`.
+(windows, slices, overlays, highlights) are in :mod:`medvl_viewer.render`.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
-from apps.viewer_lib import render
-from apps.viewer_lib.backend import Case, Query, ViewerBackend
-from apps.viewer_lib.safe_meta import display_facts
+from medvl_viewer import render
+from medvl_viewer.backend import Case, Query, ViewerBackend
+from medvl_viewer.safe_meta import display_facts
 from medvl.errors import MedvlError
 
 log = logging.getLogger("medvl.viewer")

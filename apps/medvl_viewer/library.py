@@ -1,4 +1,4 @@
-"""The real :class:`~apps.viewer_lib.backend.ViewerBackend`: calls into medvl.
+"""The real :class:`~medvl_viewer.backend.ViewerBackend`: calls into medvl.
 
 Nothing here computes a similarity, a probability or a heatmap itself: searches are
 ``medvl.index.CaseIndex`` calls, query images are preprocessed by the index with the data
@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from apps.viewer_lib.backend import Case, Query, to_case
+from medvl_viewer.backend import Case, Query, to_case
 from medvl.errors import ConfigError, ImageReadError
 
 T = TypeVar("T")

@@ -149,7 +149,7 @@ def open_backend(index_dir: str | Path, model_dir: str | Path | None = None) -> 
         CaseIndexError: if ``index_dir`` is missing or not a medvl index.
         ModelError: if ``model_dir`` is missing, or not given and not recorded in the index.
     """
-    from apps.viewer_lib.library import LibraryBackend
+    from medvl_viewer.library import LibraryBackend
 
     index_dir = Path(index_dir)
     if not index_dir.is_dir():

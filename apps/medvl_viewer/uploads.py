@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path, PurePosixPath
 
-from medvl.errors import MedvlError, UploadError
+from medvl.errors import MedvlError
 
 MIB = 1024 * 1024
 
@@ -53,6 +53,15 @@ class UploadKind(str, Enum):
     DICOM = "dicom"
     DICOM_SERIES = "dicom_series"
     NIFTI = "nifti"
+
+
+class UploadError(MedvlError):
+    """An uploaded file is refused: wrong type, too large, unreadable or unsafe.
+
+    It lives with the viewer, the only place that takes uploads; as a
+    :class:`~medvl.errors.MedvlError` it names the file (the viewer passes a neutral
+    label, never the browser's file name), the field and what was expected.
+    """
 
 
 @dataclass(frozen=True)

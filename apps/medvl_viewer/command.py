@@ -1,21 +1,26 @@
 """``medvl viewer``: serve the Streamlit viewer on a case index.
 
 A CLI subcommand module (``add_arguments(parser)``, ``run(args) -> int``) for
-``medvl.cli.COMMANDS``. It runs ``streamlit run apps/viewer.py`` in a child process with
-the headless, local-only settings of ``make viewer`` and the viewer's own arguments
-after ``--``.
+``medvl.cli.COMMANDS``. It runs ``streamlit run <this package>/app.py`` in a child
+process with the headless, local-only settings of ``make viewer`` and the viewer's own
+arguments after ``--``.
+
+It imports nothing of the app (no Streamlit, no torch): ``medvl viewer --help`` stays
+fast, and without the ``viewer`` extra ``run`` says what to install instead of failing
+on an import.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 from medvl.errors import CaseIndexError, ConfigError
 
-VIEWER = Path(__file__).resolve().parent / "viewer.py"
+VIEWER = Path(__file__).resolve().parent / "app.py"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,8 +66,18 @@ def build_command(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Serve the viewer until interrupted; returns Streamlit's exit code."""
+    """Serve the viewer until interrupted; returns Streamlit's exit code.
+
+    Raises:
+        ConfigError: Streamlit is not installed (the ``viewer`` extra is missing).
+    """
     cmd = build_command(args)
+    if importlib.util.find_spec("streamlit") is None:
+        raise ConfigError(
+            "the viewer needs Streamlit, which is not installed",
+            field="medvl viewer",
+            expected="pip install 'medvl[viewer]'",
+        )
     print(f"medvl viewer: serving on http://{args.address}:{args.port} (research use only; Ctrl+C stops)")
     try:
         return subprocess.call(cmd)

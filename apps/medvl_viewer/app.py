@@ -2,15 +2,15 @@
 
 Run::
 
-    streamlit run apps/viewer.py -- --index runs/demo/index --model runs/demo/model
+    streamlit run apps/medvl_viewer/app.py -- --index runs/demo/index --model runs/demo/model
 
-or ``make viewer``. Without arguments, ``MEDVL_VIEWER_INDEX`` and ``MEDVL_VIEWER_MODEL``
+or ``medvl viewer --index runs/demo/index``, or ``make viewer``. Without arguments, ``MEDVL_VIEWER_INDEX`` and ``MEDVL_VIEWER_MODEL``
 are read from the environment; without a model, the one the index records is used.
 
 Query by a case from the index, an uploaded DICOM file / DICOM series (zip) / NIfTI
 volume, or free text; see the most similar cases with their reports, the best matching
 sentences highlighted, a phrase heatmap over the image and zero-shot finding scores.
-The app holds no model code: everything goes through :mod:`apps.viewer_lib.backend`.
+The app holds no model code: everything goes through :mod:`medvl_viewer.backend`.
 """
 
 from __future__ import annotations
@@ -22,15 +22,19 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-_ROOT = Path(__file__).resolve().parent.parent
-if str(_ROOT) not in sys.path:  # `streamlit run apps/viewer.py` puts only apps/ on the path
-    sys.path.insert(0, str(_ROOT))
+if __package__ in (None, ""):
+    # `streamlit run apps/medvl_viewer/app.py` runs this file as a script with only its own
+    # folder on the path; from a checkout without `pip install .[viewer]` the package is
+    # then found in its parent, apps/.
+    _APPS = str(Path(__file__).resolve().parent.parent)
+    if _APPS not in sys.path:
+        sys.path.insert(0, _APPS)
 
 import streamlit as st
 
-from apps.viewer_lib import backend as backend_mod
-from apps.viewer_lib import panels, render, uploads
-from apps.viewer_lib.backend import (
+from medvl_viewer import backend as backend_mod
+from medvl_viewer import panels, render, uploads
+from medvl_viewer.backend import (
     UNKNOWN_MODALITIES,
     Case,
     Query,
@@ -277,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not args.index:
         st.error(
             "No index given. Start the viewer with "
-            "`streamlit run apps/viewer.py -- --index IDX --model DIR` "
+            "`medvl viewer --index IDX [--model DIR]` "
             "(without --model, the model the index was built with is used)."
         )
         st.stop()
@@ -299,4 +303,5 @@ def main(argv: Sequence[str] | None = None) -> None:
         query_by_text(backend, k)
 
 
-main()
+if __name__ == "__main__":  # Streamlit runs the page script as __main__
+    main()

@@ -1,1 +1,0 @@
-"""Applications built on the medvl library (the Streamlit clinician viewer)."""
