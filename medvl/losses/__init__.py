@@ -6,6 +6,7 @@ returns every term by name plus the weighted total under ``"loss"``. Terms, form
 and the choices made where papers and their code differ: ``docs/losses.md``.
 """
 
+from medvl.losses.base import AlignmentTerm
 from medvl.losses.combine import (
     LOSS_TERMS,
     AlignmentLoss,
@@ -19,6 +20,7 @@ from medvl.losses.instance import InstanceConfig, InstanceLoss
 __all__ = [
     "LOSS_TERMS",
     "AlignmentLoss",
+    "AlignmentTerm",
     "InstanceConfig",
     "InstanceLoss",
     "LossConfig",

@@ -27,6 +27,7 @@ from torch import nn
 
 from medvl.config import from_dict, to_dict
 from medvl.errors import ConfigError
+from medvl.losses.base import AlignmentTerm
 from medvl.losses.instance import InstanceConfig, InstanceLoss
 from medvl.losses.prototype import PrototypeConfig, PrototypeLoss
 from medvl.losses.token_gloria import GloriaConfig, GloriaLocalLoss
@@ -40,7 +41,7 @@ class TermSpec:
     """How to build one term: its config dataclass and the module built from it."""
 
     config_cls: type
-    build: Callable[[Any], nn.Module]
+    build: Callable[[Any], AlignmentTerm]
 
 
 #: Registered alignment terms by config name.
@@ -81,20 +82,23 @@ class AlignmentLoss(nn.Module):
         config: the resolved config, kept for logging and checkpoints.
     """
 
-    def __init__(self, terms: Mapping[str, tuple[float, nn.Module]], config: LossConfig | None = None) -> None:
+    def __init__(self, terms: Mapping[str, tuple[float, AlignmentTerm]], config: LossConfig | None = None) -> None:
         super().__init__()
+        for name, (_, m) in terms.items():
+            if not isinstance(m, AlignmentTerm):
+                raise TypeError(f"loss term {name!r} is a {type(m).__name__}, not a medvl.losses.AlignmentTerm")
         self.weights = {name: float(w) for name, (w, _) in terms.items()}
         self.terms = nn.ModuleDict({name: m for name, (_, m) in terms.items()})
         self.config = config
 
     @property
     def uses_logit_scale(self) -> bool:
-        """True when some term trains the model's ``logit_scale``.
+        """True when some term trains the model's ``logit_scale`` (as each term declares).
 
         When False (fixed temperature), ``logit_scale`` gets no gradient; under DDP
         the engine should then freeze it or set ``find_unused_parameters``.
         """
-        return any(getattr(getattr(m, "cfg", None), "temperature", 0.0) is None for m in self.terms.values())
+        return any(term.uses_logit_scale for term in self.terms.values())
 
     def forward(
         self,
@@ -123,7 +127,7 @@ class AlignmentLoss(nn.Module):
         for name, term in self.terms.items():
             values = term(image, text, logit_scale=logit_scale, labels=labels, epoch=epoch)
             out.update(values)
-            part = self.weights[name] * values[f"{name}_loss"]
+            part = self.weights[name] * values[term.loss_key]
             total = part if total is None else total + part
         if total is None:  # every weight was zero: a defined, gradient-free zero
             total = image.embeds.sum() * 0.0
@@ -146,7 +150,7 @@ def build_loss(loss_cfg: Mapping[str, Any] | None = None, *, embed_dim: int | No
     cfg = from_dict(LossConfig, loss_cfg, where="loss")
     if not isinstance(cfg.terms, Mapping):
         raise ConfigError("terms must be a mapping of term name to settings", field="loss.terms")
-    built: dict[str, tuple[float, nn.Module]] = {}
+    built: dict[str, tuple[float, AlignmentTerm]] = {}
     resolved: dict[str, Any] = {}
     for name, section in cfg.terms.items():
         where = f"loss.terms.{name}"

@@ -8,6 +8,8 @@ was expected, instead of a broadcasting error deep inside ``torch.bmm``.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 
@@ -102,6 +104,7 @@ def token_weights(
     mask: torch.Tensor,
     clip_quantiles: tuple[float, float] | None = None,
     dtype: torch.dtype = torch.float32,
+    clip_over: Literal["valid", "nonzero"] = "valid",
 ) -> torch.Tensor:
     """Per-token loss weights that sum to one over the valid tokens of each sample.
 
@@ -113,6 +116,11 @@ def token_weights(
             to these quantiles of themselves before normalising (MGCA's code uses
             ``(0.1, 0.9)``, so a few dominant tokens cannot take all the weight).
         dtype: dtype of the result (that of the embeddings the weights multiply).
+        clip_over: which tokens the quantiles are taken over and clipped:
+            ``"valid"`` = every real token (a real token with zero attention is raised
+            to the low quantile); ``"nonzero"`` = real tokens with non-zero attention
+            only, the others keep weight 0 (MGCA's code, which selects
+            ``attention.nonzero()``).
 
     Returns:
         ``(B, N)`` float weights, zero on padding, detached (weights are not trained).
@@ -125,11 +133,13 @@ def token_weights(
     else:
         w = attention.detach().to(dtype).clamp_min(0.0) * mask
         if clip_quantiles is not None and w.shape[0] > 0:  # an empty rank has nothing to clip
-            # NaN marks padding so nanquantile sees only the valid tokens of each row.
-            masked = w.masked_fill(~mask, float("nan"))
+            clip = mask & (w > 0) if clip_over == "nonzero" else mask
+            # NaN marks the tokens left out so nanquantile sees only the clipped ones of each row.
+            masked = w.masked_fill(~clip, float("nan"))
             q = torch.tensor(clip_quantiles, dtype=w.dtype, device=w.device)
-            bounds = torch.nanquantile(masked, q, dim=1)  # (2, B)
-            w = torch.maximum(torch.minimum(w, bounds[1, :, None]), bounds[0, :, None]) * mask
+            bounds = torch.nanquantile(masked, q, dim=1)  # (2, B); NaN for a row with nothing to clip
+            clipped = torch.maximum(torch.minimum(w, bounds[1, :, None]), bounds[0, :, None])
+            w = torch.where(clip, clipped, w) * mask
         # A row of all-zero attention (possible after clamping) falls back to uniform.
         dead = w.sum(dim=1, keepdim=True) <= 0
         w = torch.where(dead, mask.to(dtype), w)

@@ -14,8 +14,14 @@ tensors are padded to the largest rank for the collective and unpadded afterward
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 import torch.distributed as dist
+
+# Elements per all-reduce bucket of average_gradients (25M float32 = 100 MB; DDP's
+# default bucket is 25 MB; larger buckets mean fewer calls, the memory cost is one bucket).
+_BUCKET_NUMEL = 25_000_000
 
 
 def is_distributed() -> bool:
@@ -145,28 +151,60 @@ def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def average_gradients(parameters) -> None:
-    """Average the ``.grad`` of parameters over ranks, after ``backward``.
+def average_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
+    """Average ``.grad`` over ranks after ``backward``, as one process with the whole batch would have it.
 
-    For parameters that live in the loss (MGCA's prototypes, learned attention maps)
-    when the loss module is not wrapped in DDP together with the model: without this,
-    each rank would update its own copy and the copies would drift apart. A parameter
-    that got a gradient on some ranks only (a rank with an empty batch) counts zeros
-    on the others; one that got none anywhere (prototypes frozen in the first epoch)
-    keeps ``grad = None``, so the optimiser leaves it alone.
+    The one gradient all-reduce of medvl: the training engine calls it on every trained
+    parameter (model and loss) after the last micro-batch, and code that drives the
+    losses in its own loop calls it on ``loss.parameters()`` when the loss is not
+    wrapped in DDP with the model (without it each rank would update its own copy of
+    the prototypes and the copies would drift apart).
+
+    * A parameter that got a gradient on at least one rank is averaged over all ranks;
+      a rank that produced none for it (an empty batch) counts zeros, as DDP does.
+    * A parameter that got no gradient on *any* rank (prototypes frozen in the first
+      epochs, a ``logit_scale`` that no term uses) keeps ``grad = None`` everywhere, so
+      the optimiser skips it exactly as in one process. A zero-filled gradient would
+      not be the same: AdamW would still apply weight decay to it and advance its step
+      count.
+
+    Gradients travel in flat buckets per dtype and device (one all-reduce per bucket
+    of up to ``_BUCKET_NUMEL`` elements). Every rank must call this with the same
+    parameters in the same order.
     """
     if not is_distributed():
         return
-    params = [p for p in parameters if p.requires_grad]
+    params: list[torch.nn.Parameter] = []
+    seen: set[int] = set()
+    for p in parameters:
+        if p.requires_grad and id(p) not in seen:  # a tied parameter is reduced once
+            seen.add(id(p))
+            params.append(p)
     if not params:
         return
     has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=params[0].device)
-    dist.all_reduce(has, op=dist.ReduceOp.MAX)
-    n = dist.get_world_size()
+    dist.all_reduce(has, op=dist.ReduceOp.MAX)  # did any rank produce a gradient?
+    world = dist.get_world_size()
+    groups: dict[tuple[torch.dtype, torch.device], list[torch.nn.Parameter]] = {}
     for p, any_rank in zip(params, has.tolist()):
         if not any_rank:
             continue
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-        p.grad /= n
+        groups.setdefault((p.grad.dtype, p.grad.device), []).append(p)
+    for group in groups.values():
+        bucket: list[torch.nn.Parameter] = []
+        numel = 0
+        for i, p in enumerate(group):
+            bucket.append(p)
+            numel += p.numel()
+            if numel >= _BUCKET_NUMEL or i == len(group) - 1:
+                flat = torch.cat([q.grad.reshape(-1) for q in bucket])  # type: ignore[union-attr]
+                dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+                flat /= world
+                offset = 0
+                for q in bucket:
+                    n = q.numel()
+                    q.grad.copy_(flat[offset : offset + n].view_as(q.grad))  # type: ignore[union-attr]
+                    offset += n
+                bucket, numel = [], 0

@@ -21,10 +21,10 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from medvl.errors import ConfigError
 from medvl.losses import distributed as D
+from medvl.losses.base import AlignmentTerm
 from medvl.losses.common import LossInputError, check_global, check_labels, l2n
 from medvl.models.outputs import EncoderOutput
 
@@ -146,18 +146,23 @@ def soft_targets(
         return torch.where(lr[:, None], soft, hard)
 
 
-class InstanceLoss(nn.Module):
+class InstanceLoss(AlignmentTerm):
     """Symmetric InfoNCE over global embeddings, optionally across ranks.
 
     Args:
         cfg: the term's :class:`InstanceConfig`.
     """
 
-    name = "instance"
+    name: ClassVar[str] = "instance"
 
     def __init__(self, cfg: InstanceConfig) -> None:
         super().__init__()
         self.cfg = cfg
+
+    @property
+    def uses_logit_scale(self) -> bool:
+        """True unless a fixed ``temperature`` is configured."""
+        return self.cfg.temperature is None
 
     def scale(self, logit_scale: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
         """Inverse temperature: ``1 / temperature`` or clamped ``exp(logit_scale)``."""

@@ -28,6 +28,7 @@ from torch import nn
 
 from medvl.errors import ConfigError
 from medvl.losses import distributed as D
+from medvl.losses.base import AlignmentTerm
 from medvl.losses.common import LossInputError, check_global, l2n
 from medvl.models.outputs import EncoderOutput
 
@@ -112,14 +113,14 @@ def sinkhorn_knopp(scores: torch.Tensor, epsilon: float, iterations: int, *, dis
     return (q / q.sum(dim=0, keepdim=True)).T
 
 
-class PrototypeLoss(nn.Module):
+class PrototypeLoss(AlignmentTerm):
     """MGCA's cross-modal prototype alignment with learnable, normalised prototypes.
 
     Args:
         cfg: the term's :class:`PrototypeConfig`.
     """
 
-    name = "prototype"
+    name: ClassVar[str] = "prototype"
 
     def __init__(self, cfg: PrototypeConfig) -> None:
         super().__init__()

@@ -23,10 +23,10 @@ from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from medvl.errors import ConfigError
 from medvl.losses import distributed as D
+from medvl.losses.base import AlignmentTerm
 from medvl.losses.common import check_global, l2n, local_tokens, masked_fill_min
 from medvl.models.outputs import EncoderOutput
 
@@ -125,14 +125,14 @@ def gloria_pair_scores(
     return z, attn
 
 
-class GloriaLocalLoss(nn.Module):
+class GloriaLocalLoss(AlignmentTerm):
     """GLoRIA's attention-weighted local image-report contrastive loss.
 
     Args:
         cfg: the term's :class:`GloriaConfig`.
     """
 
-    name = "gloria"
+    name: ClassVar[str] = "gloria"
 
     def __init__(self, cfg: GloriaConfig) -> None:
         super().__init__()

@@ -30,7 +30,14 @@ from torch import nn
 
 from medvl.errors import ConfigError
 from medvl.losses import distributed as D
-from medvl.losses.common import check_global, l2n, local_tokens, masked_fill_min, token_weights
+from medvl.losses.base import AlignmentTerm
+from medvl.losses.common import (
+    check_global,
+    l2n,
+    local_tokens,
+    masked_fill_min,
+    token_weights,
+)
 from medvl.models.outputs import EncoderOutput
 
 
@@ -63,6 +70,17 @@ class TokenConfig:
             ``"uniform"`` over valid words.
         patch_weights: the same for image tokens (MGCA's code: the ViT's [CLS]
             attention, uniform for CNN towers).
+        weight_clip_over: which tokens the quantile clip looks at: ``"valid"`` =
+            every real token (a zero-attention word is raised to the low quantile);
+            ``"nonzero"`` = only tokens with non-zero attention, the others keep
+            weight 0 (MGCA's code). The two differ only when a real token's
+            attention is exactly 0.
+        mask_padded_negatives: in the word-to-patch half, drop padded word positions
+            from the softmax over the report's words (``true``, medvl's default: a
+            loss that does not depend on how far a batch is padded). ``false`` keeps
+            them as negatives, as MGCA's code does (its padded words still get a
+            visual context and sit in both softmaxes; their own weight is 0). The
+            patch-to-word half never attends to padding in either setting.
     """
 
     SECTION: ClassVar[str] = "loss.terms.token"
@@ -78,6 +96,8 @@ class TokenConfig:
     weight_clip_quantiles: tuple[float, float] | None = (0.1, 0.9)
     word_weights: Literal["attention", "uniform"] = "attention"
     patch_weights: Literal["attention", "uniform"] = "attention"
+    weight_clip_over: Literal["valid", "nonzero"] = "valid"
+    mask_padded_negatives: bool = True
 
     def validate(self) -> None:
         """Reject values outside their meaningful range."""
@@ -107,15 +127,20 @@ def paired_token_nce(
     valid: torch.Tensor,
     weights: torch.Tensor,
     temperature: float,
+    *,
+    mask_negatives: bool = True,
 ) -> torch.Tensor:
     """Weighted two-way InfoNCE between tokens and their contexts, within each sample.
 
     Args:
         tokens: ``(B, R, D)`` normalised tokens.
         context: ``(B, R, D)`` the context each token gathered from the other modality.
-        valid: ``(B, R)`` bool; padding tokens are neither queries nor negatives.
+        valid: ``(B, R)`` bool; padding tokens are never queries (their weight is 0)
+            and, with ``mask_negatives``, not negatives either.
         weights: ``(B, R)`` token weights summing to 1 per sample (0 on padding).
         temperature: softmax temperature.
+        mask_negatives: leave padding out of both softmaxes; ``False`` keeps padded
+            positions as negatives (MGCA's code, word half).
 
     Returns:
         ``(B,)``: ``sum_r weights_r * (ce_token_to_context_r + ce_context_to_token_r) / 2``.
@@ -123,7 +148,7 @@ def paired_token_nce(
     sim = torch.einsum("brd,bkd->brk", tokens, context) / temperature  # (B, R, R)
     eye = torch.eye(sim.shape[1], dtype=torch.bool, device=sim.device)
     # A padding row keeps its own column so its (zero-weighted) CE stays finite.
-    keep = valid[:, None, :] | eye
+    keep = valid[:, None, :] | eye if mask_negatives else torch.ones_like(sim, dtype=torch.bool)
     to_context = -torch.diagonal(F.log_softmax(masked_fill_min(sim, keep), dim=2), dim1=1, dim2=2)
     to_token = -torch.diagonal(
         F.log_softmax(masked_fill_min(sim.transpose(1, 2), keep), dim=2), dim1=1, dim2=2
@@ -131,14 +156,14 @@ def paired_token_nce(
     return ((to_context + to_token) / 2 * weights).sum(dim=1)
 
 
-class TokenAlignmentLoss(nn.Module):
+class TokenAlignmentLoss(AlignmentTerm):
     """MGCA's bidirectional cross-attention token alignment.
 
     Args:
         cfg: the term's :class:`TokenConfig`.
     """
 
-    name = "token"
+    name: ClassVar[str] = "token"
 
     def __init__(self, cfg: TokenConfig) -> None:
         super().__init__()
@@ -193,8 +218,10 @@ class TokenAlignmentLoss(nn.Module):
         q = None if q is None else (float(q[0]), float(q[1]))
 
         word_ctx = l2n(self.attend(words, patches, patch_valid, "word"))  # (B, T, D)
-        word_w = token_weights(word_att, word_valid, q, words.dtype)
-        per_sample = paired_token_nce(words, word_ctx, word_valid, word_w, self.cfg.temperature)
+        over = self.cfg.weight_clip_over
+        word_w = token_weights(word_att, word_valid, q, words.dtype, clip_over=over)
+        per_sample = paired_token_nce(words, word_ctx, word_valid, word_w, self.cfg.temperature,
+                                      mask_negatives=self.cfg.mask_padded_negatives)
         word_loss = D.batch_mean(per_sample)
         out = {"token_word_loss": word_loss.detach()}
         loss = word_loss
@@ -202,7 +229,7 @@ class TokenAlignmentLoss(nn.Module):
             patch_ctx = self.attend(patches, words, word_valid, "patch")  # (B, N, D)
             if self.cfg.normalize_patch_context:
                 patch_ctx = l2n(patch_ctx)
-            patch_w = token_weights(patch_att, patch_valid, q, patches.dtype)
+            patch_w = token_weights(patch_att, patch_valid, q, patches.dtype, clip_over=over)
             per_sample = paired_token_nce(patches, patch_ctx, patch_valid, patch_w, self.cfg.temperature)
             patch_loss = D.batch_mean(per_sample)
             out["token_patch_loss"] = patch_loss.detach()

@@ -10,8 +10,10 @@ Why gradients are averaged by hand instead of wrapping the model in
 loss owns learnable parameters (``logit_scale`` lives on the model but is used only by
 the loss; prototype terms have their own), and gradient caching (see
 :mod:`medvl.train.gradcache`) back-propagates each micro-batch through a separate
-re-forward. An all-reduce of every gradient after the last micro-batch is what DDP
-computes, without its hooks having to see every path. It is one bucketed all-reduce
+re-forward. An all-reduce of every gradient after the last micro-batch
+(:func:`medvl.losses.distributed.average_gradients`, the one implementation, shared
+with code that drives the losses directly) is what DDP computes, without its hooks
+having to see every path. It is one bucketed all-reduce
 per optimizer step (DDP overlaps it with backward; on the model sizes trained here the
 difference is small, see ``benchmarks/train``).
 """
@@ -25,10 +27,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-
-# Elements per all-reduce bucket (25M float32 = 100 MB, DDP's default bucket size is 25 MB;
-# larger buckets mean fewer calls, the memory cost is one bucket).
-_BUCKET_NUMEL = 25_000_000
 
 
 @dataclass
@@ -141,36 +139,3 @@ def broadcast_parameters(modules: Iterable[torch.nn.Module]) -> None:
                 dist.broadcast(t.data, src=0)
 
 
-def average_gradients(params: Iterable[torch.nn.Parameter]) -> None:
-    """All-reduce and average ``.grad`` of ``params`` over ranks, in flat buckets.
-
-    A parameter with no gradient on this rank contributes zeros, so every rank takes
-    part in the same collectives even when a term is unused on some rank.
-    """
-    if not _active():
-        return
-    world = dist.get_world_size()
-    params = [p for p in params if p.requires_grad]
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    by_dtype: dict[tuple[torch.dtype, torch.device], list[torch.nn.Parameter]] = {}
-    for p in params:
-        by_dtype.setdefault((p.grad.dtype, p.grad.device), []).append(p)
-    for group in by_dtype.values():
-        bucket: list[torch.nn.Parameter] = []
-        numel = 0
-        for p in group + [None]:  # None flushes the last bucket
-            if p is not None:
-                bucket.append(p)
-                numel += p.numel()
-            if bucket and (p is None or numel >= _BUCKET_NUMEL):
-                flat = torch.cat([q.grad.reshape(-1) for q in bucket])
-                dist.all_reduce(flat)
-                flat /= world
-                offset = 0
-                for q in bucket:
-                    n = q.numel()
-                    q.grad.copy_(flat[offset:offset + n].view_as(q.grad))
-                    offset += n
-                bucket, numel = [], 0

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 from medvl.atomic import atomic_path, write_text_atomic
 from medvl.config import from_dict
 from medvl.errors import ConfigError, TrainingError
+from medvl.losses.distributed import average_gradients
 from medvl.runinfo import write_run_info
 from medvl.train import distributed as D
 from medvl.train.checkpoint import (
@@ -291,7 +292,7 @@ def _train(config, cfg: TrainConfig, seed: int, out: Path, parts: Components, en
                     state.batch_in_epoch -= len(group)  # resume retries this step
                     _stop_nonfinite(out, env, state, terms, micro, "loss", save, last_dir)
                 step_loss.backward()
-                D.average_gradients(params)
+                average_gradients(params)  # grad stays None where no rank produced one
                 grad_norm = unscale_and_clip(params, optimizer, scaler, cfg.grad_clip)
                 if not math.isfinite(grad_norm) and not scaler.is_enabled():
                     optimizer.zero_grad(set_to_none=True)

@@ -12,6 +12,12 @@ Both results are saved to ``<out>/rank<r>.pt`` for the test to compare. Ranks ho
 unequal slices on purpose (3 and 5 samples), as a smaller last batch would; one case
 leaves rank 0 with an empty batch (every study of its slice skipped), which must
 still take part in the collectives and leave rank 1 with the one-process result.
+
+The ``engine`` cases drive the model without DDP, as ``medvl.train`` does: every
+parameter (model and loss) goes through ``average_gradients``, then one AdamW step
+with weight decay. With prototypes frozen (epoch 0) and a fixed temperature, no rank
+produces a gradient for the prototypes or ``logit_scale``: they must keep
+``grad = None`` and the step must leave them where one process leaves them.
 """
 
 from __future__ import annotations
@@ -49,6 +55,21 @@ EXTRA_CASES: dict[str, dict] = {
     "all_terms": {"terms": ALL_TERMS},
     "all_terms_empty_rank": {"terms": ALL_TERMS, "splits": (0, 8)},
     "gloria": {"terms": {"gloria": {"similarity_scale": 2.0, "aggregation": "mean"}}},
+    "engine_frozen_prototypes": {
+        "terms": {"instance": {"temperature": 0.1},
+                  "token": {"weight": 0.5},
+                  "prototype": {"weight": 0.5, "num_prototypes": 7, "freeze_epochs": 1}},
+        "engine": True, "epoch": 0,
+    },
+    "engine_frozen_prototypes_empty_rank": {
+        "terms": {"instance": {"temperature": 0.1},
+                  "prototype": {"weight": 0.5, "num_prototypes": 7, "freeze_epochs": 1}},
+        "engine": True, "epoch": 0, "splits": (0, 8),
+    },
+    "engine_prototypes_training": {
+        "terms": {"instance": {}, "prototype": {"weight": 0.5, "num_prototypes": 7, "freeze_epochs": 1}},
+        "engine": True, "epoch": 1,
+    },
 }
 
 
@@ -88,7 +109,9 @@ def make_batch() -> dict[str, torch.Tensor]:
     }
 
 
-def run(model: nn.Module, loss: nn.Module, batch: dict, rows: slice, *, ddp: bool) -> dict:
+def run(model: nn.Module, loss: nn.Module, batch: dict, rows: slice, *, ddp: bool, case: dict) -> dict:
+    if case.get("engine"):
+        return run_engine_style(model, loss, batch, rows, ddp=ddp, epoch=case["epoch"])
     part = {k: v[rows] for k, v in batch.items()}
     # Like a collate function, pad the words only to the longest report of this slice.
     longest = int(part["mt"].sum(dim=1).max()) if part["mt"].shape[0] else 1
@@ -108,6 +131,32 @@ def run(model: nn.Module, loss: nn.Module, batch: dict, rows: slice, *, ddp: boo
     return {"values": {k: v.detach().clone() for k, v in out.items()}, "grads": grads}
 
 
+def run_engine_style(model: nn.Module, loss: nn.Module, batch: dict, rows: slice, *, ddp: bool,
+                     epoch: int) -> dict:
+    """One training step as medvl.train takes it: no DDP wrapper, average_gradients, AdamW."""
+    part = {k: v[rows] for k, v in batch.items()}
+    longest = int(part["mt"].sum(dim=1).max()) if part["mt"].shape[0] else 1
+    part.update(lt=part["lt"][:, :longest], mt=part["mt"][:, :longest], at=part["at"][:, :longest])
+    params = list(model.parameters()) + list(loss.parameters())
+    # Matrices decayed, as medvl.train.optim does; a large decay makes a wrong step visible.
+    decay = [p for p in params if p.ndim >= 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.5},
+                                   {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}],
+                                  lr=0.05)
+    image, text = model(part["xi"], part["xt"], part["li"], part["lt"], part["mi"], part["mt"],
+                        part["ai"], part["at"])
+    out = loss(image, text, logit_scale=model.logit_scale, labels=part["labels"], epoch=epoch)
+    out["loss"].backward()
+    if ddp:
+        average_gradients(params)
+    grads = {f"model.{n}": p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    grads.update({f"loss.{n}": p.grad.clone() for n, p in loss.named_parameters() if p.grad is not None})
+    optimizer.step()
+    after = {f"model.{n}": p.detach().clone() for n, p in model.named_parameters()}
+    after.update({f"loss.{n}": p.detach().clone() for n, p in loss.named_parameters()})
+    return {"values": {k: v.detach().clone() for k, v in out.items()}, "grads": grads, "params": after}
+
+
 def main(out_dir: str, cases: dict[str, dict]) -> None:
     torch.manual_seed(0)
     batch = make_batch()
@@ -118,7 +167,7 @@ def main(out_dir: str, cases: dict[str, dict]) -> None:
         loss = build_loss({"terms": case["terms"]}, embed_dim=D).double()
         models[name], losses[name] = model, loss
         ref_model, ref_loss = copy.deepcopy(model), copy.deepcopy(loss)
-        results[name] = {"ref": run(ref_model, ref_loss, batch, slice(0, B), ddp=False)}
+        results[name] = {"ref": run(ref_model, ref_loss, batch, slice(0, B), ddp=False, case=case)}
 
     dist.init_process_group("gloo")
     rank = dist.get_rank()
@@ -126,7 +175,7 @@ def main(out_dir: str, cases: dict[str, dict]) -> None:
         splits = case.get("splits", SPLITS)
         start = sum(splits[:rank])
         rows = slice(start, start + splits[rank])
-        results[name]["dist"] = run(models[name], losses[name], batch, rows, ddp=True)
+        results[name]["dist"] = run(models[name], losses[name], batch, rows, ddp=True, case=case)
     torch.save({"rank": rank, "world": dist.get_world_size(), "results": results},
                os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()

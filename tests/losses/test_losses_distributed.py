@@ -80,6 +80,27 @@ def test_gradients_equal_single_process(results: list[dict]) -> None:
                 torch.testing.assert_close(got[name], g, rtol=1e-9, atol=1e-12, msg=f"{case} {name}")
 
 
+def test_engine_step_with_frozen_prototypes_equals_single_process(results: list[dict]) -> None:
+    """After average_gradients and an AdamW step (weight decay 0.5), every parameter of
+    both ranks equals the one-process step, also when no rank produced a gradient for the
+    prototypes (frozen) or logit_scale (fixed temperature): those keep grad None and are
+    not decayed. Zero-filling them (the engine's earlier behaviour) decays them on 2 ranks."""
+    engine_cases = [c for c in cases(results) if c.startswith("engine_")]
+    assert len(engine_cases) == 3
+    for case in engine_cases:
+        ref = results[0]["results"][case]["ref"]
+        if "frozen" in case:
+            assert "loss.terms.prototype.prototypes" not in ref["grads"]
+            assert "model.logit_scale" not in ref["grads"]
+        else:
+            assert "loss.terms.prototype.prototypes" in ref["grads"]
+        for r in results:
+            got = r["results"][case]["dist"]
+            assert set(got["grads"]) == set(ref["grads"]), case
+            for name, p in ref["params"].items():
+                torch.testing.assert_close(got["params"][name], p, rtol=1e-9, atol=1e-12, msg=f"{case} {name}")
+
+
 def test_all_terms_case_ran_when_terms_exist(results: list[dict]) -> None:
     if all(name in LOSS_TERMS for name in ("token", "prototype", "gloria")):
         assert {"all_terms", "all_terms_empty_rank", "gloria"} <= set(cases(results))
