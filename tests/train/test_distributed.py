@@ -17,7 +17,7 @@ from medvl.train import train
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from dist_worker import dist_config
+from dist_worker import dist_config, frozen_prototype_config, real_loss_components
 
 
 def _torchrun(*args: str) -> subprocess.CompletedProcess:
@@ -61,3 +61,23 @@ def test_two_process_run_with_resume_matches_one_process(tmp_path: Path) -> None
     b = load_file(out / "checkpoints/last/model.safetensors")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+@pytest.mark.slow
+def test_two_processes_with_frozen_prototypes_match_one_process(tmp_path: Path) -> None:
+    """In epoch 0 no rank has a gradient for the frozen prototypes (nor for logit_scale at a
+    fixed temperature). One process leaves them out of AdamW's step; two processes must too:
+    zero-filled gradients would advance Adam's step count (and decay them), so the updates
+    after unfreezing, and from there the whole model, would differ."""
+    single = frozen_prototype_config()
+    single["data"]["batch_size"] = 8
+    train(single, tmp_path / "single", components=real_loss_components())
+    out = tmp_path / "ddp"
+    run = _torchrun(str(out), "-", "--frozen-prototypes")
+    assert run.returncode == 0, run.stdout + run.stderr
+    for name in ("model.safetensors", "loss.safetensors"):
+        a = load_file(tmp_path / "single/checkpoints/last" / name)
+        b = load_file(out / "checkpoints/last" / name)
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=f"{name} {k}")
