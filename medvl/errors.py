@@ -93,3 +93,7 @@ class CaseIndexError(MedvlError):
 
 class DatasetRecipeError(MedvlError):
     """A corpus root does not have the layout a recipe expects."""
+
+
+class PacsError(MedvlError):
+    """A DICOMweb server cannot be reached, refuses the request or answers something unusable."""
