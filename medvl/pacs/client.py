@@ -88,6 +88,7 @@ class StudyInfo:
         accession: the AccessionNumber (to join a reports CSV; never shown or written).
         needles: identifying strings the server sent for this study, used to scrub
             free text of the same study (never shown or written).
+        patient_needles: those naming the patient (checked for in de-identified files).
     """
 
     ref: str
@@ -99,6 +100,7 @@ class StudyInfo:
     uid: str = field(repr=False)
     accession: str = field(default="", repr=False)
     needles: tuple[str, ...] = field(default=(), repr=False)
+    patient_needles: tuple[str, ...] = field(default=(), repr=False)
 
     def display(self) -> dict[str, Any]:
         """The fields a page or a listing may show."""
@@ -287,6 +289,7 @@ class DicomWebSource:
             description=scrub_text(str(_first(item, "00081030") or ""), needles),
             n_series=_int(_first(item, "00201206")), n_instances=_int(_first(item, "00201208")),
             uid=str(uid), accession=str(_first(item, "00080050") or ""), needles=needles,
+            patient_needles=tuple(identifiers(attrs, patient_only=True)),
         )
 
     def study(self, study_uid: str) -> StudyInfo:

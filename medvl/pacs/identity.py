@@ -27,9 +27,13 @@ SECRET_ENV = "MEDVL_PACS_SECRET"
 SECRET_FILE = "secret"
 #: What replaces an identifier found in free text (MIMIC-CXR's convention).
 REDACTED = "___"
-#: Identifier fragments shorter than this are not searched for in text: a patient id
-#: "12" would blank every "12 mm"; such short values are not identifying on their own.
+#: Identifier values shorter than this are not searched for in text: a patient id "12"
+#: would blank every "12 mm"; such short values are not identifying on their own.
 MIN_NEEDLE = 4
+#: Parts of person names are searched from two letters on ("Ng", "Li"), as whole words.
+MIN_NAME_PART = 2
+PERSON_KEYWORDS = ("PatientName", "OtherPatientNames", "PatientBirthName", "PatientMotherBirthName",
+                   "ReferringPhysicianName")
 
 
 def load_secret(state_dir: str | Path | None, env: Mapping[str, str] | None = None) -> bytes:
@@ -89,28 +93,44 @@ IDENTIFIER_KEYWORDS = ("PatientName", "PatientID", "OtherPatientIDs", "OtherPati
                        "IssuerOfPatientID", "InstitutionName", "StudyID")
 
 
-def identifiers(attrs: Mapping[str, Any]) -> list[str]:
+PATIENT_KEYWORDS = ("PatientName", "PatientID", "OtherPatientIDs", "OtherPatientNames", "AccessionNumber",
+                    "PatientBirthDate", "PatientBirthName", "PatientMotherBirthName")
+
+
+def identifiers(attrs: Mapping[str, Any], *, patient_only: bool = False) -> list[str]:
     """The identifying strings among ``attrs`` (keyword -> value), split into the pieces
-    text may quote: a person name ``DOE^JOHN`` gives ``DOE`` and ``JOHN``."""
+    text may quote: a person name ``DOE^JOHN`` gives ``DOE`` and ``JOHN``; a birth date
+    ``19580214`` also its usual written forms. Longest first.
+
+    ``patient_only`` leaves out the institution and the referring physician: a check of
+    whole DICOM elements would otherwise flag a manufacturer "TOSHIBA_MEC" for an
+    institution "TOSHIBA" (those elements are emptied by the profile anyway).
+    """
     out: set[str] = set()
-    for kw in IDENTIFIER_KEYWORDS:
+    for kw in PATIENT_KEYWORDS if patient_only else IDENTIFIER_KEYWORDS:
         for value in _values(attrs, kw):
             value = value.strip()
-            if not value:
-                continue
-            out.add(value)
-            out.update(p for p in re.split(r"[\^=\s,]+", value) if p)
+            if len(value) >= MIN_NEEDLE:
+                out.add(value)
+            if kw in PERSON_KEYWORDS:
+                out.update(p for p in re.split(r"[\^=\s,.]+", value) if len(p) >= MIN_NAME_PART)
             if kw == "PatientBirthDate" and re.fullmatch(r"\d{8}", value):
                 y, m, d = value[:4], value[4:6], value[6:]
                 out.update({f"{y}-{m}-{d}", f"{d}/{m}/{y}", f"{m}/{d}/{y}", f"{d}.{m}.{y}"})
-    return sorted((v for v in out if len(v) >= MIN_NEEDLE), key=len, reverse=True)
+    return sorted(out, key=len, reverse=True)
+
+
+def long_needles(needles: Iterable[str]) -> list[str]:
+    """The needles safe to search for as plain substrings (in DICOM elements): no short name parts."""
+    return [n for n in needles if len(n) >= MIN_NEEDLE]
 
 
 def scrub_text(text: str, needles: Iterable[str]) -> str:
-    """Replace every occurrence of each identifier in ``needles`` (case-insensitive) by ``___``."""
+    """Replace each identifier in ``needles`` (case-insensitive, as a whole word) by ``___``."""
     for needle in needles:
         if needle:
-            text = re.sub(re.escape(needle), REDACTED, text, flags=re.IGNORECASE)
+            text = re.sub(r"(?<![A-Za-z0-9])" + re.escape(needle) + r"(?![A-Za-z0-9])", REDACTED, text,
+                          flags=re.IGNORECASE)
     return text
 
 

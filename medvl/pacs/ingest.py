@@ -27,7 +27,7 @@ from typing import Any, Literal
 from medvl.errors import PacsError
 from medvl.pacs.cache import IngestCache
 from medvl.pacs.client import DicomWebSource, SeriesInfo, StudyInfo
-from medvl.pacs.identity import dataset_attrs, deid_seed, identifiers, keyed
+from medvl.pacs.identity import dataset_attrs, deid_seed, identifiers, keyed, long_needles
 from medvl.pacs.reports import ReportTable, report_from_sr
 
 # Modalities whose images are one 2D picture each (one file per manifest row).
@@ -168,9 +168,9 @@ class Ingester:
         if str(ds.get("BurnedInAnnotation", "")).upper() == "YES" and not self.options.allow_burned_in:
             raise StudyRefused("an instance is flagged BurnedInAnnotation YES (its pixels may show the "
                                "patient's name); pass --allow-burned-in after checking")
-        needles = sorted(set(needles) | set(identifiers(dataset_attrs(ds))), key=len, reverse=True)
+        own = identifiers(dataset_attrs(ds), patient_only=True)
         deidentify_dataset(ds, self._anonymizer(), dates=self.options.dates)
-        left = residual_identifiers(ds, needles)
+        left = residual_identifiers(ds, long_needles([*own, *needles]))
         if left:
             raise StudyRefused(f"an identifier is left after de-identification in {sorted(set(left))}")
         return ds
@@ -198,7 +198,7 @@ class Ingester:
         if problem:
             raise StudyRefused(f"instance {position} is corrupt: {problem}")
         size = len(ds.get("PixelData", b"") or b"")
-        self.deidentify(ds, study.needles)
+        self.deidentify(ds, study.patient_needles)
         rel = Path("images") / str(ds.StudyInstanceUID) / str(ds.SeriesInstanceUID) / f"{ds.SOPInstanceUID}.dcm"
         path = self.out_dir / rel
         with atomic_path(path) as tmp:
