@@ -31,8 +31,15 @@ def run_dir(tmp_path_factory) -> Path:
 def test_training_outputs_and_run_record(run_dir) -> None:
     run = run_dir / "run"
     model = run / "model"
-    for name in ("config.json", "model.safetensors", "README.md"):
+    for name in ("config.json", "model.safetensors", "README.md", "preprocessing.json"):
         assert (model / name).is_file(), name
+    # the model directory carries the preprocessing of the config it was trained with
+    pre = json.loads((model / "preprocessing.json").read_text())
+    assert pre["image"]["image_size"] == 64 and pre["text"]["max_words"] == 48
+    # and what trained it: an instance-only loss never trains the local heads
+    training = json.loads((model / "config.json").read_text())["training"]
+    assert training["local_heads_trained"] is False
+    assert training["loss"]["terms"] == {"instance": {"weight": 1.0}}
     info = json.loads((run / "run.json").read_text())
     assert info["seed"] == 0 and "torch" in info["versions"] and "git_revision" in info
     assert "train:" in (run / "config.yaml").read_text()

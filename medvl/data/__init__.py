@@ -2,7 +2,8 @@
 
 Public API (imported lazily so ``import medvl.data.manifest`` and the CLI stay fast):
 
-* :func:`build_dataset` / :class:`StudyDataset` / :func:`load_model_input` (``medvl.data.dataset``)
+* :func:`build_dataset` / :class:`StudyDataset` (``medvl.data.dataset``); one file as
+  training preprocesses it: ``medvl.load(model_dir).prepare(path)`` (``medvl.inference``)
 * :func:`build_dataloader` / :class:`StudyLoader` / :class:`ResumableSampler`
   (``medvl.data.loader``)
 * :class:`DataConfig` (``medvl.data.config``)
@@ -19,7 +20,6 @@ _EXPORTS = {
     "StudyDataset": "medvl.data.dataset",
     "build_dataset": "medvl.data.dataset",
     "label_vector": "medvl.data.dataset",
-    "load_model_input": "medvl.data.dataset",
     "StudyLoader": "medvl.data.loader",
     "ResumableSampler": "medvl.data.loader",
     "build_dataloader": "medvl.data.loader",

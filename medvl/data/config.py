@@ -38,6 +38,15 @@ class DataConfig:
         hu_range: (low, high) physical range mapped to [0, 1] by ``window: none``.
         spacing: target voxel spacing in mm (3D only) applied before the fixed grid;
             ``None`` resizes the whole volume to ``image_size`` directly.
+        fit: how a 2D image meets the ``image_size`` grid. ``"pad"`` (medvl's) fits the
+            longer side and zero-pads the shorter, so nothing is cut off; ``"crop"``
+            (CLIP's) resizes the shorter side to the grid and centre-crops the longer.
+        resample: interpolation of the 2D resize. ``"bilinear"`` (medvl's): linear
+            when growing, area averaging when shrinking (no aliasing); ``"bicubic"``:
+            antialiased bicubic as PIL and CLIP's image processors do it, clipped to [0, 1].
+        mean: per output channel, subtracted after the [0, 1] window (``null`` = none);
+            with ``std`` this is the ``Normalize`` step of CLIP-family encoders.
+        std: per output channel divisor applied with ``mean`` (``null`` = none).
         batch_size: studies per batch (before skipped studies are dropped).
         num_workers: DataLoader worker processes (0 = load in the main process).
         sections: report sections used for the text, in order.
@@ -46,6 +55,8 @@ class DataConfig:
             ``"sample_sentences"`` samples whole sentences (new draw every epoch) up to
             ``max_words`` on the train split; val and test always truncate.
         expand_abbreviations: expand radiology abbreviations (table in ``medvl.data.reports``).
+        lowercase: lower-case the prepared text (for tokenizers trained on cased text
+            whose model was fitted to lower-cased reports).
         cache_dir: directory of the preprocessing cache; ``None`` disables it.
         cache_dtype: dtype stored in the cache (``float16`` halves disk and page cache).
         cache_key: identify images by ``stat`` (path + size + mtime, free) or
@@ -63,12 +74,17 @@ class DataConfig:
     in_channels: int = 1
     hu_range: list[float] = field(default_factory=lambda: [-1000.0, 1000.0])
     spacing: list[float] | None = None
+    fit: Literal["pad", "crop"] = "pad"
+    resample: Literal["bilinear", "bicubic"] = "bilinear"
+    mean: list[float] | None = None
+    std: list[float] | None = None
     batch_size: int = 16
     num_workers: int = 0
     sections: list[str] = field(default_factory=lambda: ["findings", "impression"])
     max_words: int = 128
     text_mode: Literal["truncate", "sample_sentences"] = "truncate"
     expand_abbreviations: bool = True
+    lowercase: bool = False
     cache_dir: str | None = None
     cache_dtype: Literal["float16", "float32"] = "float32"
     cache_key: Literal["stat", "content"] = "stat"
@@ -100,6 +116,20 @@ class DataConfig:
                                          or any(s <= 0 for s in self.spacing)):
             raise ConfigError(f"spacing {self.spacing}", field="data.spacing",
                               expected="null, or three positive mm values with dims: 3")
+        if self.dims == 3 and (self.fit != "pad" or self.resample != "bilinear"):
+            key = "fit" if self.fit != "pad" else "resample"
+            raise ConfigError(f"{key} is {getattr(self, key)!r} with dims: 3", field=f"data.{key}",
+                              expected="the default (crop and bicubic apply to 2D images only)")
+        if (self.mean is None) != (self.std is None):
+            raise ConfigError("mean and std must be given together", field="data.mean" if self.mean is None
+                              else "data.std", expected="both null, or one value per channel each")
+        for key in ("mean", "std"):
+            values = getattr(self, key)
+            if values is not None and len(values) != self.in_channels:
+                raise ConfigError(f"{key} has {len(values)} values for {self.in_channels} channel(s)",
+                                  field=f"data.{key}", expected=f"{self.in_channels} (one per channel)")
+        if self.std is not None and any(not v > 0 for v in self.std):
+            raise ConfigError(f"std {self.std}", field="data.std", expected="positive values")
         for key in ("batch_size", "max_words"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} is {getattr(self, key)}", field=f"data.{key}",

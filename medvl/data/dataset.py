@@ -133,11 +133,16 @@ class StudyDataset(Dataset):
         """Absolute path of the image of item ``index``."""
         return resolve_path(self.manifest_path, self.rows[index].image)
 
-    def load_image(self, index: int) -> np.ndarray:
+    def load_image(self, index: int, *, normalized: bool = True) -> np.ndarray:
         """Deterministic model input of item ``index``, float32 ``(C, *image_size)``.
 
         The cache (when enabled) holds the distinct channels; repetition to
-        ``in_channels`` happens after it.
+        ``in_channels`` and the ``mean``/``std`` normalisation happen after it.
+
+        Args:
+            index: the item.
+            normalized: apply ``mean``/``std``; ``False`` gives the [0, 1] input that
+                augmentation works on (it normalises afterwards).
 
         Raises:
             MedvlError / OSError / ...: whatever reading or preprocessing raised.
@@ -149,9 +154,8 @@ class StudyDataset(Dataset):
         def compute() -> np.ndarray:
             return self.transform.core(self.reader(path))
 
-        if self.cache is None:
-            return self.transform.expand(compute())
-        return self.transform.expand(self.cache.get_or_compute(path, compute))
+        x = self.transform.expand(compute() if self.cache is None else self.cache.get_or_compute(path, compute))
+        return self.transform.normalize(x) if normalized else x
 
     def record_skip(self, record: dict[str, str]) -> None:
         """Add a skipped-study record once (by study id)."""
@@ -169,7 +173,7 @@ class StudyDataset(Dataset):
             # Not retried: a broken 500 MB series would be decoded again every epoch.
             return {"skipped": dict(known), "index": index}
         try:
-            image = self.load_image(index)
+            image = self.load_image(index, normalized=self.augment is None)
             text = prepare_text(row.report, self.cfg, np.random.default_rng(self._rng_seed(index)),
                                 sample=self.split == "train")
         except Exception as exc:  # noqa: BLE001 - a bad study must never stop training
@@ -181,7 +185,7 @@ class StudyDataset(Dataset):
         if self.augment is not None:
             seed = int(np.random.SeedSequence(self._rng_seed(index)).generate_state(1)[0])
             self.augment.set_random_state(seed)
-            image = self.augment(image)
+            image = self.transform.normalize(self.augment(image))
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
             "text": text,
@@ -225,19 +229,3 @@ def as_data_config(data_cfg: DataConfig | dict[str, Any] | None) -> DataConfig:
     from medvl.config import from_dict
 
     return from_dict(DataConfig, data_cfg, where="data")
-
-
-def load_model_input(path: str | Path, data_cfg: DataConfig | dict[str, Any] | None) -> torch.Tensor:
-    """One image file -> the model input tensor ``(C, *image_size)``, as a dataset item's.
-
-    For callers outside a manifest (the case index's query by image, the viewer's
-    uploads): same reader options, windows, orientation and grid as training; no
-    augmentation, no cache.
-
-    Raises:
-        ImageReadError: the file cannot be read or has the wrong dimensionality.
-        ConfigError: invalid data section.
-    """
-    cfg = as_data_config(data_cfg)
-    image = _default_reader(cfg)(Path(path))
-    return torch.from_numpy(np.ascontiguousarray(ModelInputTransform(cfg)(image), dtype=np.float32))

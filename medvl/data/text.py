@@ -2,7 +2,7 @@
 
 Report parsing (sections, sentence splitting, the abbreviation table) belongs to
 :mod:`medvl.data.reports`; this adapter only applies the data section's choices
-(``sections``, ``max_words``, ``text_mode``, ``expand_abbreviations``).
+(``sections``, ``max_words``, ``text_mode``, ``expand_abbreviations``, ``lowercase``).
 """
 
 from __future__ import annotations
@@ -28,8 +28,21 @@ def prepare_text(report: dict[str, str], cfg: DataConfig, rng: np.random.Generat
     Raises:
         ReportError: none of the chosen sections has text (the dataset skips the study).
     """
-    return prepare_report(
+    text = prepare_report(
         report, sections_to_use=list(cfg.sections), max_words=cfg.max_words,
         mode=cfg.text_mode if sample else "truncate",
         rng=rng, expand=cfg.expand_abbreviations,
     )
+    return text.lower() if cfg.lowercase else text
+
+
+def prepare_query(text: str, cfg: DataConfig) -> str:
+    """A free-text query or prompt prepared as report text is: the same abbreviation
+    expansion, word budget (``truncate``) and case as training used.
+
+    Raises:
+        ReportError: the text is empty.
+    """
+    out = prepare_report({"query": text}, sections_to_use=["query"], max_words=cfg.max_words,
+                         mode="truncate", expand=cfg.expand_abbreviations)
+    return out.lower() if cfg.lowercase else out

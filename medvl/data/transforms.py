@@ -10,14 +10,19 @@ random part (augmentation), which runs after the cache on every draw:
 2. **orientation** (3D): the RAS+ ``(x, y, z)`` array becomes ``(D, H, W)`` =
    ``(z, -y, -x)``: axial slices in radiological display (anterior up, patient right
    on the image left), slices from inferior to superior;
-3. **grid**: 2D keeps the aspect ratio (longest side fitted, then zero padding to
-   ``image_size``); 3D is optionally resampled to ``spacing`` mm and then
-   resized (no spacing) or centre-cropped / padded (with spacing) to ``image_size``;
+3. **grid**: 2D keeps the aspect ratio: ``fit: pad`` fits the longest side, then
+   zero-pads to ``image_size``; ``fit: crop`` (CLIP's) resizes the shortest side to the
+   grid, then centre-crops; ``resample`` picks bilinear/area or antialiased bicubic.
+   3D is optionally resampled to ``spacing`` mm and then resized (no spacing) or
+   centre-cropped / padded (with spacing) to ``image_size``;
 4. **augmentation** (train split, ``augment: true``): MONAI ``RandAffine`` plus a mild
-   random contrast change.
+   random contrast change;
+5. **normalisation** (``mean``/``std``, per output channel): last, after augmentation,
+   because augmentation works on [0, 1] intensities.
 
-Step 1 is ``medvl.io.intensity``'s explicit display functions (the same ones the
-viewer uses); steps 3-4 are MONAI transforms.
+Steps 1-3 are what the preprocessing cache stores (one channel per window). Step 1 is
+``medvl.io.intensity``'s explicit display functions (the same ones the viewer uses);
+steps 3-4 are MONAI transforms.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ from medvl.io.intensity import (
 )
 
 # Bumped whenever the deterministic pipeline changes, so stale cache entries are not reused.
-PIPELINE_VERSION = 2
+PIPELINE_VERSION = 3  # 3: fit (pad | crop) and resample (bilinear | bicubic)
 
 
 def check_window_names(cfg: DataConfig) -> None:
@@ -102,12 +107,21 @@ def to_display_axes_3d(volume: np.ndarray, spacing: Sequence[float]) -> tuple[np
     return np.ascontiguousarray(out), (sz, sy, sx)
 
 
-def _resize(array: np.ndarray, size: Sequence[int]) -> np.ndarray:
+def _resize(array: np.ndarray, size: Sequence[int], resample: str = "bilinear") -> np.ndarray:
     from monai.transforms import Resize
 
     size = tuple(int(s) for s in size)
     if tuple(array.shape[1:]) == size:
         return array
+    if resample == "bicubic":
+        import torch
+        import torch.nn.functional as F
+
+        # torch's antialiased bicubic is PIL's filter (a = -0.5, support scaled when
+        # shrinking), the resize CLIP-family processors use; clipped as PIL's uint8 output is.
+        out = F.interpolate(torch.from_numpy(np.ascontiguousarray(array, np.float32))[None], size=size,
+                            mode="bicubic", antialias=True, align_corners=False)[0]
+        return np.clip(out.numpy(), 0.0, 1.0).astype(np.float32, copy=False)
     # area averaging when shrinking avoids aliasing of fine lines; linear when growing.
     shrinking = all(t <= s for t, s in zip(size, array.shape[1:], strict=True))
     mode = "area" if shrinking else ("bilinear" if len(size) == 2 else "trilinear")
@@ -124,11 +138,14 @@ def _pad_or_crop(array: np.ndarray, size: Sequence[int]) -> np.ndarray:
 
 
 class ModelInputTransform:
-    """Deterministic preprocessing: a read image -> float32 ``(C, *image_size)`` in [0, 1].
+    """Deterministic preprocessing: a read image -> float32 ``(C, *image_size)``.
+
+    Values are in [0, 1], or normalised with ``mean``/``std`` when the data section sets
+    them (:meth:`normalize`, the last step).
 
     Args:
         cfg: the data section; ``dims``, ``image_size``, ``window``, ``in_channels``,
-            ``hu_range`` and ``spacing`` are used.
+            ``hu_range``, ``spacing``, ``fit``, ``resample``, ``mean`` and ``std`` are used.
     """
 
     def __init__(self, cfg: DataConfig) -> None:
@@ -138,7 +155,16 @@ class ModelInputTransform:
 
     def __call__(self, image: MedicalImage) -> np.ndarray:
         """Preprocess one image; raise :class:`ImageReadError` if its shape does not fit ``dims``."""
-        return self.expand(self.core(image))
+        return self.normalize(self.expand(self.core(image)))
+
+    def normalize(self, x: np.ndarray) -> np.ndarray:
+        """``(x - mean[c]) / std[c]`` per channel of a ``(C, ...)`` input; no-op without ``mean``/``std``."""
+        if self.cfg.mean is None or self.cfg.std is None:
+            return x
+        shape = (-1,) + (1,) * (np.ndim(x) - 1)
+        mean = np.asarray(self.cfg.mean, np.float32).reshape(shape)
+        std = np.asarray(self.cfg.std, np.float32).reshape(shape)
+        return ((np.asarray(x, np.float32) - mean) / std).astype(np.float32, copy=False)
 
     def core(self, image: MedicalImage) -> np.ndarray:
         """The distinct channels on the model grid: one per window, before repetition.
@@ -189,11 +215,18 @@ class ModelInputTransform:
         return self._grid_2d(x) if self.cfg.dims == 2 else self._grid_3d(x, spacing)
 
     def _grid_2d(self, x: np.ndarray) -> np.ndarray:
-        # Keep the aspect ratio: fit the longer side, pad the shorter with zeros.
         h, w = self.size
-        scale = min(h / x.shape[1], w / x.shape[2])
-        fitted = (max(1, min(h, round(x.shape[1] * scale))), max(1, min(w, round(x.shape[2] * scale))))
-        return _pad_or_crop(_resize(x, fitted), self.size)
+        rows, cols = x.shape[1], x.shape[2]
+        if self.cfg.fit == "crop":
+            # CLIP: the shorter side meets the grid, the longer is cut to it around the centre
+            # (long side floored as transformers' CLIPImageProcessor does).
+            scale = max(h / rows, w / cols)
+            fitted = (max(h, int(rows * scale)), max(w, int(cols * scale)))
+        else:
+            # medvl: the longer side meets the grid, the shorter is padded with zeros.
+            scale = min(h / rows, w / cols)
+            fitted = (max(1, min(h, round(rows * scale))), max(1, min(w, round(cols * scale))))
+        return _pad_or_crop(_resize(x, fitted, self.cfg.resample), self.size)
 
     def _grid_3d(self, x: np.ndarray, spacing: Sequence[float] | None) -> np.ndarray:
         sp_xyz = list(spacing or (1.0, 1.0, 1.0))[:3]
@@ -293,7 +326,9 @@ def build_augmentation(cfg: DataConfig, seed: int | None = None) -> Augmentation
 
 def preprocess_signature(cfg: DataConfig) -> str:
     """A short hash of every config field that changes the deterministic output."""
-    keys = ("dims", "image_size", "window", "in_channels", "hu_range", "spacing", "cache_dtype", "io")
+    # mean/std are applied after the cache, so they do not change what it stores.
+    keys = ("dims", "image_size", "window", "in_channels", "hu_range", "spacing", "fit", "resample",
+            "cache_dtype", "io")
     data = {k: to_dict(getattr(cfg, k)) for k in keys}
     data["size"] = list(cfg.spatial_size)
     data["version"] = PIPELINE_VERSION

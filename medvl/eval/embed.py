@@ -14,7 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from medvl.errors import ModelError
+from medvl.inference.embedding import embed_images, embed_texts, model_device
+
+__all__ = ["Embeddings", "embed_batches", "embed_images", "embed_split", "embed_texts", "model_device",
+           "split_batches"]
 
 
 @dataclass
@@ -39,51 +42,6 @@ class Embeddings:
 
     def __len__(self) -> int:
         return len(self.study_ids)
-
-
-def model_device(model: Any) -> Any:
-    """The device of the model's first parameter (CPU for a parameter-less fake)."""
-    import torch
-
-    try:
-        return next(model.parameters()).device
-    except (StopIteration, AttributeError):
-        return torch.device("cpu")
-
-
-def _unit(x: Any) -> np.ndarray:
-    import torch
-
-    t = x.detach().float()
-    t = torch.nn.functional.normalize(t, dim=-1)
-    return t.cpu().numpy().astype(np.float32)
-
-
-def embed_images(model: Any, image: Any) -> np.ndarray:
-    """Unit-norm global embeddings ``(B, D)`` of an image batch tensor."""
-    import torch
-
-    with torch.inference_mode():
-        out = model.encode_image(image.to(model_device(model)))
-    if out.embeds.ndim != 2:
-        raise ModelError(
-            f"encode_image returned embeds of shape {tuple(out.embeds.shape)}", field="embeds", expected="(B, D)"
-        )
-    return _unit(out.embeds)
-
-
-def embed_texts(model: Any, texts: list[str], batch_size: int = 64) -> np.ndarray:
-    """Unit-norm global embeddings ``(N, D)`` of texts, in batches."""
-    import torch
-
-    if not texts:
-        return np.zeros((0, 0), dtype=np.float32)
-    parts = []
-    with torch.inference_mode():
-        for lo in range(0, len(texts), batch_size):
-            out = model.embed_texts(list(texts[lo : lo + batch_size]))
-            parts.append(_unit(out.embeds))
-    return np.concatenate(parts, axis=0)
 
 
 def _as_dict(cfg: Any) -> dict[str, Any]:

@@ -5,6 +5,7 @@ Examples::
     medvl model encoders
     medvl model info runs/demo/model
     medvl model init configs/tiny.yaml --out runs/init -o model.text.name=minilm
+    medvl model preprocessing runs/old/model --config runs/old/config.yaml
 """
 
 from __future__ import annotations
@@ -24,6 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     init.add_argument("--out", required=True, help="target model directory")
     init.add_argument("-o", "--override", action="append", default=[],
                       help="dotted override, e.g. model.embed_dim=256 (repeatable)")
+    prep = sub.add_parser("preprocessing",
+                          help="write preprocessing.json into a model directory saved without one")
+    prep.add_argument("directory", help="the model directory")
+    prep.add_argument("--config", default=None,
+                      help="the experiment config it was trained with (default: config.yaml next to the directory)")
+    prep.add_argument("--force", action="store_true", help="replace an existing preprocessing.json")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,12 +56,37 @@ def run(args: argparse.Namespace) -> int:
         }
         print(json.dumps(summary, indent=2))
         return 0
+    if args.action == "preprocessing":
+        return _write_preprocessing(args)
     from medvl.config import load_config
+    from medvl.inference.preprocessing import Preprocessing
     from medvl.models import build_model
 
     cfg = load_config(args.config, args.override)
+    preprocessing = Preprocessing.from_data_config(cfg.get("data"))
     model = build_model(cfg.get("model"))
-    model.save_pretrained(args.out, card={"training_data": "none (untrained initialisation)"})
+    model.save_pretrained(args.out, card={"training_data": "none (untrained initialisation)"},
+                          preprocessing=preprocessing, training={"loss": None, "local_heads_trained": False})
     n = sum(p.numel() for p in model.parameters())
     print(f"wrote {args.out} ({n / 1e6:.1f}M parameters)")
+    return 0
+
+
+def _write_preprocessing(args: argparse.Namespace) -> int:
+    """``medvl model preprocessing DIR``: the run's data section -> ``preprocessing.json``."""
+    from pathlib import Path
+
+    from medvl.errors import ConfigError
+    from medvl.inference.preprocessing import write_from_config
+
+    config = args.config
+    if config is None:
+        found = [c for c in (Path(args.directory) / "config.yaml", Path(args.directory).parent / "config.yaml")
+                 if c.is_file()]
+        if not found:
+            raise ConfigError("no config.yaml next to the model directory", path=args.directory,
+                              field="--config", expected="--config RUN/config.yaml (the config it was trained with)")
+        config = found[0]
+    path = write_from_config(args.directory, config, force=args.force)
+    print(f"wrote {path} from the data section of {config}")
     return 0

@@ -161,16 +161,20 @@ class MedVLModel(nn.Module):
         return self.encode_image(image), self.encode_text(**tokens)
 
     # -- persistence ----------------------------------------------------------------
-    def save_pretrained(self, directory: str | PathLike[str], *, card: dict[str, Any] | None = None) -> None:
+    def save_pretrained(self, directory: str | PathLike[str], *, card: dict[str, Any] | None = None,
+                        preprocessing: Any = None, training: dict[str, Any] | None = None) -> None:
         """Write ``config.json``, ``model.safetensors``, tokenizer files and ``README.md``.
 
         Args:
             directory: target folder (created; files are replaced atomically).
             card: extra model-card fields (``training_data``, ``metrics``, ...).
+            preprocessing: a ``medvl.inference.Preprocessing``, written as
+                ``preprocessing.json`` (``medvl.load`` needs it).
+            training: how it was trained (``config.json``'s ``"training"``).
         """
         from medvl.models.saving import save_model
 
-        save_model(self, directory, card=card)
+        save_model(self, directory, card=card, preprocessing=preprocessing, training=training)
 
     @classmethod
     def from_pretrained(

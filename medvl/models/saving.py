@@ -43,7 +43,8 @@ def _version() -> str:
 
 
 def save_model(
-    model: MedVLModel, directory: str | PathLike[str], *, card: dict[str, Any] | None = None
+    model: MedVLModel, directory: str | PathLike[str], *, card: dict[str, Any] | None = None,
+    preprocessing: Any = None, training: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``model`` to ``directory`` (each file atomically; other files are kept).
 
@@ -52,6 +53,11 @@ def save_model(
         directory: target folder, created if needed.
         card: extra fields for the model card template (``training_data``,
             ``metrics``, ``intended_use``, ...); unknown fields are listed at the end.
+        preprocessing: a ``medvl.inference.Preprocessing`` (anything with
+            ``save(directory)``) written as ``preprocessing.json``; without it the
+            directory cannot be loaded by ``medvl.load`` until one is added.
+        training: how the model was trained, stored as ``config.json``'s top-level
+            ``"training"`` (``loss_terms``, ``local_heads_trained``: heatmaps read it).
 
     Returns:
         The directory.
@@ -68,6 +74,8 @@ def save_model(
         "text_hf_config": model.text_encoder.hf_config(),
         "image_hf_config": _image_arch(model),
     }
+    if training is not None:
+        config["training"] = training
     write_text_atomic(out / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True) + "\n")
     # clone: safetensors refuses tensors that share storage (tied or viewed weights)
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
@@ -81,6 +89,8 @@ def save_model(
             with atomic_path(out / f.name) as tmp:
                 shutil.copyfile(f, tmp)
     write_text_atomic(out / CARD_NAME, render_card(model, card or {}))
+    if preprocessing is not None:
+        preprocessing.save(out)
     return out
 
 

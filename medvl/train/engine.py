@@ -51,6 +51,7 @@ from medvl.train.data import (
 )
 from medvl.train.gradcache import contrastive_step
 from medvl.train.logger import MetricsLogger
+from medvl.train.record import LocalHeadMonitor
 from medvl.train.optim import (
     build_optimizer,
     build_scheduler,
@@ -182,6 +183,8 @@ def _train(config, cfg: TrainConfig, seed: int, out: Path, parts: Components, en
     train_data = build_train_loader(parts, config, env, seed)
     val_batches = build_val_loader(parts, config, env) if cfg.val_every_epoch > 0 else None
     make_micro = MicroBatchMaker(model, device)
+    local_heads = LocalHeadMonitor(model)
+    preprocessing = _preprocessing(config.get("data"), env)
     skips = SkipTracker(train_data, val_batches)
 
     # -- optimizer and schedule ----------------------------------------------------------
@@ -239,11 +242,16 @@ def _train(config, cfg: TrainConfig, seed: int, out: Path, parts: Components, en
         if env.is_main:
             card = _model_card(config, cfg, state, metrics, len(train_data.dataset),
                                train_data.sampler.global_batch_size * cfg.accum_steps, device)
+            params = inspect.signature(model.save_pretrained).parameters
+            kwargs: dict[str, Any] = {}
+            if "card" in params:
+                kwargs["card"] = card
+            if "training" in params:
+                kwargs["training"] = local_heads.record(config.get("loss"))
             with atomic_path(out / "model") as tmp:
-                if "card" in inspect.signature(model.save_pretrained).parameters:
-                    model.save_pretrained(tmp, card=card)
-                else:
-                    model.save_pretrained(tmp)
+                model.save_pretrained(tmp, **kwargs)
+                if preprocessing is not None:
+                    preprocessing.save(tmp)  # what inference needs to prepare a file as training did
 
     def end_of_epoch() -> None:
         """Validation, best model, history."""
@@ -293,6 +301,7 @@ def _train(config, cfg: TrainConfig, seed: int, out: Path, parts: Components, en
                     _stop_nonfinite(out, env, state, terms, micro, "loss", save, last_dir)
                 step_loss.backward()
                 average_gradients(params)  # grad stays None where no rank produced one
+                local_heads.observe()
                 grad_norm = unscale_and_clip(params, optimizer, scaler, cfg.grad_clip)
                 if not math.isfinite(grad_norm) and not scaler.is_enabled():
                     optimizer.zero_grad(set_to_none=True)
@@ -366,6 +375,22 @@ def _train(config, cfg: TrainConfig, seed: int, out: Path, parts: Components, en
         logger.close()
     return TrainResult(model_dir=out / "model", history=state.history, seconds=time.perf_counter() - t_start,
                        skipped=skipped, steps=state.step, out_dir=out)
+
+
+def _preprocessing(data_section: Any, env: D.DistEnv) -> Any:
+    """The ``preprocessing.json`` of the model directory, from the ``data`` section.
+
+    None (with a warning) when the section is not a medvl ``data`` section, as with the
+    engine's test fakes: the model directory then cannot be loaded by ``medvl.load``.
+    """
+    from medvl.inference.preprocessing import Preprocessing
+
+    try:
+        return Preprocessing.from_data_config(data_section)
+    except ConfigError as exc:
+        _say(env, f"the data section is not a medvl data section ({exc}); the model directory gets no "
+                  "preprocessing.json")
+        return None
 
 
 def _scalars(terms: dict[str, Any]) -> dict[str, float]:

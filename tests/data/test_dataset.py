@@ -180,13 +180,18 @@ def test_study_without_text_in_chosen_sections_is_skipped(tmp_path) -> None:
     assert "skipped" in ds[1] and "report" in ds.skipped[0]["error"].lower()
 
 
-def test_load_model_input_equals_the_dataset_item(tmp_path) -> None:
-    from medvl.data import load_model_input
-
+def test_mean_std_normalise_the_item_after_augmentation(tmp_path) -> None:
+    """Augmentation works on [0, 1] intensities; mean/std is the last step, per channel."""
     manifest = make_corpus_2d(tmp_path, n=1)
-    cfg = _cfg(window="bone", in_channels=3)
-    item = build_dataset(cfg, manifest, "train")[0]["image"]
-    torch.testing.assert_close(load_model_input(tmp_path / "img" / "s0.dcm", cfg), item, rtol=0, atol=0)
+    plain = build_dataset(_cfg(window="bone", in_channels=2), manifest, "train")[0]["image"]
+    norm = build_dataset(_cfg(window="bone", in_channels=2, mean=[0.5, 0.25], std=[0.5, 2.0]), manifest,
+                         "train")[0]["image"]
+    torch.testing.assert_close(norm[0], (plain[0] - 0.5) / 0.5)
+    torch.testing.assert_close(norm[1], (plain[1] - 0.25) / 2.0)
+    aug = build_dataset(_cfg(mean=[0.5], std=[0.25], augment=True), manifest, "train")
+    aug_plain = build_dataset(_cfg(augment=True), manifest, "train")
+    torch.testing.assert_close(aug[0]["image"], (aug_plain[0]["image"] - 0.5) / 0.25)
+    assert float(aug[0]["image"].min()) < 0.0  # normalised values leave [0, 1]
 
 
 def test_sentence_sampling_varies_by_epoch_on_train_only(tmp_path) -> None:

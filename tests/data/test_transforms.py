@@ -180,3 +180,72 @@ def test_dictionary_wrapper_composes_with_monai(tmp_path) -> None:
     np.testing.assert_allclose(np.asarray(out["image"]), expected, atol=1e-6)
     with pytest.raises(KeyError, match="image"):
         ModelInputTransformd("image", cfg)({"other": 1})
+
+
+# -- fit, resample, mean/std (the CLIP family's preprocessing) ---------------------------
+
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
+def test_fit_crop_keeps_the_centre_and_pad_keeps_everything() -> None:
+    wide = np.tile(np.arange(16, dtype=np.float32), (8, 1))  # (8, 16): column index as value
+    image = _image2d(wide)
+    crop = ModelInputTransform(_cfg(dims=2, image_size=8, window="none", hu_range=[0, 15], fit="crop"))(image)
+    np.testing.assert_allclose(crop[0], wide[:, 4:12] / 15.0, atol=1e-6)  # centre columns, no resize
+    pad = ModelInputTransform(_cfg(dims=2, image_size=8, window="none", hu_range=[0, 15]))(image)
+    assert pad[0, :2].max() == 0.0 and pad[0, 6:].max() == 0.0  # (4, 8) image padded top and bottom
+    assert pad[0, 2:6].min() >= 0.0 and pad[0, 2:6, -1].max() > 0.9  # every column kept
+
+
+def test_crop_bicubic_mean_std_equal_transformers_clip_processor() -> None:
+    """An 8-bit grey image through CLIP's own processor (PIL path) and through medvl."""
+    from PIL import Image
+    from transformers import CLIPImageProcessorPil
+
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 256, size=(150, 210)).astype(np.uint8)
+    grey[40:110, 60:160] = 230  # structure that survives the resize
+    ref = CLIPImageProcessorPil(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64})(
+        images=Image.fromarray(grey).convert("RGB"), return_tensors="np")["pixel_values"][0]
+    cfg = _cfg(dims=2, image_size=64, window="none", hu_range=[0, 255], in_channels=3, fit="crop",
+               resample="bicubic", mean=CLIP_MEAN, std=CLIP_STD)
+    got = ModelInputTransform(cfg)(_image2d(grey.astype(np.float32)))
+    assert got.shape == ref.shape == (3, 64, 64)
+    # PIL resizes 8-bit values (rounding to integers); medvl resizes floats: <= 1/255 apart before /std
+    np.testing.assert_allclose(got, ref, atol=1.01 / 255 / min(CLIP_STD))
+
+
+def test_bicubic_resize_is_pils_antialiased_bicubic() -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    a = rng.random((90, 90)).astype(np.float32)
+    got = ModelInputTransform(_cfg(dims=2, image_size=32, window="none", hu_range=[0, 1], resample="bicubic"))(
+        _image2d(a))[0]
+    ref = np.asarray(Image.fromarray(a, mode="F").resize((32, 32), Image.BICUBIC))
+    # hu_range [0, 1] maps 0..1 to 0..1 (DICOM linear window); PIL may overshoot, medvl clips to [0, 1]
+    np.testing.assert_allclose(got, np.clip(ref, 0, 1), atol=2e-5)
+
+
+@pytest.mark.parametrize("bad, field", [
+    ({"mean": [0.5]}, "data.std"),
+    ({"mean": [0.5, 0.5], "std": [0.2, 0.2]}, "data.mean"),
+    ({"mean": [0.5], "std": [0.0]}, "data.std"),
+    ({"dims": 3, "image_size": 8, "fit": "crop"}, "data.fit"),
+    ({"fit": "stretch"}, "data.fit"),
+    ({"resample": "nearest"}, "data.resample"),
+])
+def test_bad_normalisation_and_fit_settings_name_the_field(bad, field) -> None:
+    from medvl.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        _cfg(**{"dims": 2, "image_size": 8, **bad})
+    assert err.value.field == field
+
+
+def test_cache_signature_changes_with_fit_and_resample_not_with_mean() -> None:
+    base = preprocess_signature(_cfg(dims=2, image_size=8))
+    assert preprocess_signature(_cfg(dims=2, image_size=8, fit="crop")) != base
+    assert preprocess_signature(_cfg(dims=2, image_size=8, resample="bicubic")) != base
+    assert preprocess_signature(_cfg(dims=2, image_size=8, mean=[0.5], std=[0.5])) == base  # applied after it
