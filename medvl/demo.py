@@ -93,23 +93,21 @@ def run(args: argparse.Namespace) -> int:
 
     from medvl.eval import evaluate
     from medvl.index import build_index
-    from medvl.models import MedVLModel
+    from medvl.inference import load
 
-    model = MedVLModel.from_pretrained(result.model_dir)
-    model.eval()
+    # The model directory as a complete inference unit: its preprocessing, calibration, OOD profile.
+    pipe = load(result.model_dir, data=cfg.get("data"))
     tasks = list(cfg.get("eval", {}).get("tasks", ["zeroshot", "retrieval"]))
     print(f"[demo] evaluating {', '.join(tasks)} on the test split")
     t0 = time.perf_counter()
     with torch.no_grad():
-        results = evaluate(model, manifest, tasks=tasks, out_dir=out / "eval", data_cfg=cfg.get("data"),
-                           split="test", config=cfg.get("eval"))
+        results = evaluate(pipe, manifest, tasks=tasks, out_dir=out / "eval", split="test", config=cfg.get("eval"))
     timings["eval_s"] = time.perf_counter() - t0
 
     print("[demo] building the case index")
     t0 = time.perf_counter()
     with torch.no_grad():
-        build_index(model, manifest, out / "index", data_cfg=cfg.get("data"), config=cfg.get("index"),
-                    model_dir=result.model_dir)
+        build_index(pipe, manifest, out / "index", config=cfg.get("index"), model_dir=result.model_dir)
     timings["index_s"] = time.perf_counter() - t0
 
     summary = _summary(rows, used, n_split, results, timings, out, result)
@@ -132,6 +130,7 @@ def _summary(rows, used, n_split, results, timings, out: Path, result) -> dict[s
         },
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "zeroshot_mean_auroc": zs.get("mean_auroc"),
+        "zeroshot_calibration": (zs.get("calibration") or {}).get("mean"),
         "zeroshot_chance_auroc": 0.5,
         "image_to_report_r5": i2t.get("R@5"),
         "image_to_report_r5_chance": round(min(1.0, 5 / n_test), 4),
@@ -150,6 +149,13 @@ def _fmt(v: Any) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
+def _calibration_line(mean: dict[str, Any] | None) -> str:
+    if not mean:
+        return "none (scores are uncalibrated)"
+    return (f"ECE {_fmt(mean['ece_before'])} -> {_fmt(mean['ece_after'])}, Brier {_fmt(mean['brier_before'])} -> "
+            f"{_fmt(mean['brier_after'])} (test split, fitted on val)")
+
+
 def _print_table(s: dict[str, Any]) -> None:
     c = s["corpus"]
     lines = [
@@ -158,6 +164,7 @@ def _print_table(s: dict[str, Any]) -> None:
         ("synth time", f"{s['timings_s']['synth_s']} s"),
         ("training time", f"{s['timings_s']['train_s']} s"),
         ("zero-shot mean AUROC", f"{_fmt(s['zeroshot_mean_auroc'])} (chance 0.500)"),
+        ("zero-shot calibration", _calibration_line(s.get("zeroshot_calibration"))),
         ("image->report R@5", f"{_fmt(s['image_to_report_r5'])} (chance {s['image_to_report_r5_chance']:.3f})"),
         ("skipped studies", str(s["skipped_studies"])),
     ] + [(f"output: {k}", v) for k, v in s["outputs"].items()]

@@ -1,23 +1,12 @@
-"""Helpers shared by the ``medvl eval`` and ``medvl index`` commands: model and config lookup."""
+"""Helper shared by the ``medvl eval``, ``medvl index`` and ``medvl embed`` commands: config lookup.
+
+Models are loaded with :func:`medvl.load` (``medvl.inference``), which reads their own preprocessing.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
-
-from medvl.errors import ModelError
-
-
-def load_model(model_dir: str | Path) -> Any:
-    """Load a model directory with ``MedVLModel.from_pretrained`` (no network), in eval mode."""
-    p = Path(model_dir)
-    if not p.is_dir():
-        raise ModelError("model folder does not exist", path=p, expected="a folder written by `medvl train`")
-    from medvl.models import MedVLModel
-
-    model = MedVLModel.from_pretrained(p)
-    model.eval()
-    return model
 
 
 def find_experiment_config(model_dir: str | Path, config: str | None, overrides: list[str]) -> tuple[dict[str, Any], str]:

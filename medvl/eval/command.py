@@ -21,6 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="test", choices=["train", "val", "test"], help="split evaluated (default test)")
     parser.add_argument("--config", default=None,
                         help="experiment config for the data/eval sections (default: config.yaml next to the model)")
+    parser.add_argument("--override-preprocessing", action="store_true",
+                        help="use data settings that contradict the model's preprocessing.json (logged)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. eval.n_bootstrap=200 data.batch_size=8")
 
 
@@ -31,16 +33,16 @@ def _fmt(v: Any) -> str:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from medvl.eval.cli_common import find_experiment_config, load_model
+    from medvl.eval.cli_common import find_experiment_config
     from medvl.eval.runner import evaluate
+    from medvl.inference import load
     from medvl.runinfo import write_run_info
 
     cfg, source = find_experiment_config(args.model, args.config, list(args.overrides))
-    model = load_model(args.model)
+    pipe = load(args.model, data=cfg.get("data"), override_preprocessing=args.override_preprocessing)
     out = Path(args.out)
-    print(f"[eval] model {args.model}; data section from {source}; split {args.split}")
-    res = evaluate(model, args.manifest, tasks=args.tasks, out_dir=out, data_cfg=cfg.get("data"),
-                   split=args.split, config=cfg.get("eval"))
+    print(f"[eval] model {args.model} (its preprocessing.json); batching from {source}; split {args.split}")
+    res = evaluate(pipe, args.manifest, tasks=args.tasks, out_dir=out, split=args.split, config=cfg.get("eval"))
     write_run_info(out, cfg, (cfg.get("eval") or {}).get("seed", 0),
                    f"medvl eval --model {args.model} --manifest {args.manifest} --tasks {args.tasks} --split {args.split}")
     print(f"[eval] {res['n_studies']} studies, {len(res['skipped'])} skipped")
@@ -48,6 +50,14 @@ def run(args: argparse.Namespace) -> int:
         zs = res["zeroshot"]
         print(f"  zero-shot mean AUROC {_fmt(zs['mean_auroc'])} ({zs['prompt_set']}, {zs['scoring']}/{zs['ensemble']})"
               f"; multi-class accuracy {_fmt(zs['multiclass'].get('accuracy'))}")
+        cal = zs.get("calibration") or {}
+        if cal.get("available"):
+            m = cal["mean"]
+            print(f"  calibration ({len(cal['findings'])} findings): ECE {_fmt(m['ece_before'])} -> {_fmt(m['ece_after'])}, "
+                  f"Brier {_fmt(m['brier_before'])} -> {_fmt(m['brier_after'])}, "
+                  f"AUROC {_fmt(m['auroc_before'])} -> {_fmt(m['auroc_after'])}")
+        else:
+            print(f"  calibration: none ({cal.get('reason', 'not measured')}); scores are uncalibrated")
     if "retrieval" in res:
         for d in ("image_to_report", "report_to_image"):
             r = res["retrieval"][d]

@@ -1,11 +1,8 @@
-"""Phrase grounding: a heatmap for any phrase, scored against annotated masks and boxes.
+"""Phrase grounding metrics: heatmaps scored against annotated masks and boxes.
 
-The heatmap of a phrase is the cosine similarity between the phrase's word tokens (the
-text tower's local embeddings, averaged over words; or its global embedding when the
-tower has no word tokens) and the image's local (patch) embeddings, laid out on the
-encoder's ``grid`` and upsampled to the model input. Word tokens are the default because
-the local heads of both towers are what token-level losses (MGCA, GLoRIA) align. For volumes, native 3D patch tokens give a 3D map and
-slice tokens (``grid == (n_slices,)``) give a per-slice profile spread over each slice.
+The heatmaps themselves (``local`` patch-word similarity, ``cam`` global-head map) are
+made by :mod:`medvl.inference.heatmap`, the same code ``medvl.load(...).heatmap`` and
+the viewer use.
 
 Scoring happens on the model's input grid: an annotation's mask (PNG or NIfTI, or a box)
 goes through the same geometric steps as the image (the data room's
@@ -24,130 +21,19 @@ from typing import Any
 
 import numpy as np
 
-from medvl.errors import ManifestError, ModelError
+from medvl.errors import ManifestError
+from medvl.inference.heatmap import (
+    QUERY_MODES,
+    as_batch,
+    heatmap_on_input,
+    local_similarity,
+    minmax,
+    phrase_heatmap,
+    upsample,
+)
 
-
-def as_batch(image: Any, spatial_dims: int | None = None) -> tuple[Any, int]:
-    """Image tensor/array -> ``(1, C, *spatial)`` float tensor and its spatial dims."""
-    import torch
-
-    x = torch.as_tensor(np.asarray(image) if not isinstance(image, torch.Tensor) else image).float()
-    if x.ndim == 2:
-        return x[None, None], 2
-    if x.ndim == 3:
-        return x[None], 2  # (C, H, W)
-    if x.ndim == 4:
-        if spatial_dims == 2:
-            return x, 2  # (1, C, H, W)
-        return x[None], 3  # (C, D, H, W)
-    if x.ndim == 5:
-        return x, 3
-    raise ModelError(f"image has shape {tuple(x.shape)}", field="image",
-                     expected="(C, H, W), (C, D, H, W) or one of them with a batch of 1")
-
-
-QUERY_MODES = ("auto", "words", "global")
-
-
-def local_similarity(
-    model: Any, image: Any, phrase: str, *, spatial_dims: int | None = None, query: str = "auto"
-) -> tuple[np.ndarray, tuple[int, ...], tuple[int, ...]]:
-    """Cosine similarity of each local image token to the phrase, on the encoder's grid.
-
-    Args:
-        query: ``words`` compares each image token with each of the phrase's word tokens
-            (the text tower's local embeddings, the space token-level losses align with
-            image tokens) and averages over words; ``global`` uses the phrase's global
-            embedding; ``auto`` takes words when the text tower returns them.
-
-    Returns:
-        ``(similarity over grid, grid, spatial shape of the input)``.
-    """
-    import torch
-
-    from medvl.eval.embed import model_device
-
-    x, _ = as_batch(image, spatial_dims)
-    with torch.inference_mode():
-        out = model.encode_image(x.to(model_device(model)))
-        txt = model.embed_texts([phrase])
-    if out.local_embeds is None or out.grid is None:
-        raise ModelError("the image encoder returns no local embeddings, so no heatmap", field="local_embeds")
-    grid = tuple(int(g) for g in out.grid)
-    loc = out.local_embeds[0].float()  # (N, D)
-    n = int(np.prod(grid))
-    if loc.shape[0] < n:
-        raise ModelError(f"{loc.shape[0]} local tokens for grid {grid}", field="grid", expected=f"{n} tokens")
-    # Tokens beyond the grid (e.g. padding slots) are not spatial; they come last by contract.
-    loc = torch.nn.functional.normalize(loc[:n], dim=-1)
-    words = txt.local_embeds
-    if query not in QUERY_MODES:
-        raise ValueError(f"query={query!r}; expected one of {QUERY_MODES}")
-    if query == "words" and words is None:
-        raise ModelError("the text encoder returns no word embeddings", field="local_embeds")
-    if query != "global" and words is not None:
-        w = words[0].float().to(loc.device)
-        if txt.local_mask is not None:
-            w = w[txt.local_mask[0].to(loc.device).bool()]
-        w = torch.nn.functional.normalize(w, dim=-1)  # (W, D)
-        sim_t = (loc @ w.T).mean(dim=1) if w.shape[0] else torch.zeros(loc.shape[0])
-    else:
-        q = torch.nn.functional.normalize(txt.embeds[0].float().to(loc.device), dim=-1)
-        sim_t = loc @ q
-    sim = sim_t.cpu().numpy().reshape(grid)
-    return sim, grid, tuple(int(s) for s in x.shape[2:])
-
-
-def upsample(grid_map: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Resize a token map to the input's spatial shape (bilinear / trilinear / per-slice)."""
-    import torch
-    import torch.nn.functional as F
-
-    g = torch.from_numpy(np.ascontiguousarray(grid_map, dtype=np.float32))
-    if g.ndim == 1 and len(shape) == 3:
-        # Slice tokens: a profile over depth, constant over each slice.
-        prof = F.interpolate(g[None, None], size=shape[0], mode="linear", align_corners=False)[0, 0]
-        return np.broadcast_to(prof.numpy()[:, None, None], shape).copy()
-    if g.ndim != len(shape):
-        raise ModelError(f"grid {tuple(g.shape)} does not fit an input of shape {shape}", field="grid")
-    mode = "bilinear" if g.ndim == 2 else "trilinear"
-    return F.interpolate(g[None, None], size=shape, mode=mode, align_corners=False)[0, 0].numpy()
-
-
-def phrase_heatmap(
-    model: Any,
-    image_tensor: Any,
-    phrase: str,
-    *,
-    normalize: bool = True,
-    spatial_dims: int | None = None,
-    query: str = "auto",
-) -> np.ndarray:
-    """Heatmap of ``phrase`` over an image, at the image's spatial shape.
-
-    Args:
-        model: a ``MedVLModel`` (``encode_image`` with local embeddings and ``grid``,
-            ``embed_texts``).
-        image_tensor: the model input, ``(C, H, W)`` or ``(C, D, H, W)`` (a leading batch of
-            1 is accepted; pass ``spatial_dims=2`` for a ``(1, C, H, W)`` radiograph).
-        phrase: any text, e.g. ``"left pleural effusion"``.
-        normalize: min-max scale to [0, 1] (a constant map becomes zeros); otherwise the
-            raw cosine similarities.
-        spatial_dims: 2 or 3 when the input's layout is ambiguous.
-        query: ``auto`` / ``words`` / ``global``, see :func:`local_similarity`.
-
-    Returns:
-        float32 ``(H, W)`` or ``(D, H, W)``.
-    """
-    sim, _, shape = local_similarity(model, image_tensor, phrase, spatial_dims=spatial_dims, query=query)
-    heat = upsample(sim, shape).astype(np.float32)
-    return minmax(heat) if normalize else heat
-
-
-def minmax(x: np.ndarray) -> np.ndarray:
-    """Scale to [0, 1]; a constant array becomes zeros."""
-    lo, hi = float(np.min(x)), float(np.max(x))
-    return ((x - lo) / (hi - lo)).astype(np.float32) if hi > lo else np.zeros_like(x, dtype=np.float32)
+__all__ = ["QUERY_MODES", "annotation_mask", "as_batch", "evaluate_grounding", "local_similarity", "mask_iou",
+           "minmax", "phrase_for", "phrase_heatmap", "pointing_game", "upsample"]
 
 
 def pointing_game(heatmap: np.ndarray, mask: np.ndarray) -> bool:
@@ -234,8 +120,13 @@ def evaluate_grounding(
     threshold: float = 0.5,
     out_dir: Path | None = None,
     max_figures: int = 4,
+    method: str = "local",
 ) -> dict[str, Any]:
     """Pointing game and mask IoU over every annotation with a mask or box in the split.
+
+    ``method`` is the heatmap method (``local`` or ``cam``, see
+    :mod:`medvl.inference.heatmap`); ``medvl.eval.evaluate`` passes the one the model
+    directory supports, and the results record it.
 
     Returns:
         ``{"n_cases", "pointing_game", "mask_iou", "per_class": {finding: {...}}, "errors"}``.
@@ -266,7 +157,7 @@ def evaluate_grounding(
                 errors.append({"study_id": row.study_id, "error": "mask is empty on the model grid"})
                 continue
             phrase = phrase_for(a)
-            heat = phrase_heatmap(model, image, phrase, spatial_dims=ds.cfg.dims)
+            heat = heatmap_on_input(model, image, phrase, method=method, spatial_dims=ds.cfg.dims)
             rec = per.setdefault(a["finding"], {"hit": [], "iou": []})
             rec["hit"].append(float(pointing_game(heat, mask)))
             rec["iou"].append(mask_iou(heat, mask, threshold))
@@ -277,6 +168,7 @@ def evaluate_grounding(
     ious = [v for r in per.values() for v in r["iou"] if not np.isnan(v)]
     return {
         "n_cases": len(hits),
+        "method": method,
         "threshold": threshold,
         "pointing_game": float(np.mean(hits)) if hits else float("nan"),
         "mask_iou": float(np.mean(ious)) if ious else float("nan"),

@@ -17,14 +17,9 @@ from medvl.errors import ConfigError, ManifestError
 from medvl.eval.config import EvalConfig
 from medvl.eval.embed import Embeddings, embed_split, embed_texts
 from medvl.findings import finding_names
+from medvl.inference.zeroshot import model_logit_scale
 
-
-def model_logit_scale(model: Any) -> float:
-    """``exp(model.logit_scale)`` clamped at 100 (the contract), 100 when the model has none."""
-    ls = getattr(model, "logit_scale", None)
-    if ls is None:
-        return 100.0
-    return float(min(math.exp(float(ls.detach().cpu().reshape(-1)[0])), 100.0))
+__all__ = ["evaluate", "model_logit_scale"]
 
 
 def _jsonable(obj: Any) -> Any:
@@ -53,13 +48,24 @@ def _modality(manifest_path: str | Path, study_ids: list[str]) -> str:
     return counts.most_common(1)[0][0]
 
 
-def _zeroshot(model: Any, emb: Embeddings, manifest_path: str | Path, cfg: EvalConfig) -> dict[str, Any]:
-    from medvl.eval.prompts import load_prompt_set, prompt_set_for_modality
+def _zeroshot(model: Any, emb: Embeddings, manifest_path: str | Path, cfg: EvalConfig,
+              pipe: Any = None) -> dict[str, Any]:
     from medvl.eval.zeroshot import evaluate_zeroshot
+    from medvl.inference.prompts import load_prompt_set, prompt_set_for_modality
 
-    ps = prompt_set_for_modality(_modality(manifest_path, emb.study_ids)) if cfg.prompts == "auto" else load_prompt_set(cfg.prompts)
-    pos = {f: embed_texts(model, p) for f, p in ps.positive.items()}
-    neg = {f: embed_texts(model, p) for f, p in ps.negative.items()}
+    modality = _modality(manifest_path, emb.study_ids)
+    if cfg.prompts != "auto":
+        ps = load_prompt_set(cfg.prompts)
+    elif pipe is not None:
+        ps = pipe.prompt_set(modality=modality)  # the model directory's choice, as classify makes it
+    else:
+        ps = prompt_set_for_modality(modality)
+    if pipe is not None:
+        names, pos_list, neg_list = pipe.prompt_embeddings(ps)  # prepared as training texts, cached
+        pos, neg = dict(zip(names, pos_list, strict=True)), dict(zip(names, neg_list, strict=True))
+    else:
+        pos = {f: embed_texts(model, p) for f, p in ps.positive.items()}
+        neg = {f: embed_texts(model, p) for f, p in ps.negative.items()}
     res = evaluate_zeroshot(
         emb.image, emb.labels, finding_names(), pos, neg,
         logit_scale=model_logit_scale(model), scoring=cfg.scoring, ensemble=cfg.ensemble,
@@ -67,6 +73,10 @@ def _zeroshot(model: Any, emb: Embeddings, manifest_path: str | Path, cfg: EvalC
         multiclass_per_class=cfg.multiclass_per_class, uncertain=cfg.uncertain, confidence=cfg.confidence,
     )
     res["prompt_set"] = ps.name
+    if pipe is not None:
+        from medvl.eval.calibration import calibration_report
+
+        res["calibration"] = calibration_report(pipe, emb, ps, cfg.scoring, cfg.ensemble)
     return res
 
 
@@ -102,12 +112,17 @@ def evaluate(
     """Evaluate a model on one split of a manifest and write the report.
 
     Args:
-        model: a ``MedVLModel`` (or anything with ``encode_image`` / ``embed_texts``).
+        model: a :class:`medvl.inference.Pipeline` (``medvl.load(dir)``: the model directory's
+            own preprocessing, prompt embeddings, calibration and heatmap method), or a bare
+            ``MedVLModel`` (anything with ``encode_image`` / ``embed_texts``) evaluated with
+            ``data_cfg`` as given.
         manifest_path: the manifest (JSONL).
         tasks: some of ``zeroshot``, ``retrieval``, ``grounding``, ``probe`` (list or
             comma-separated string).
         out_dir: where ``results.json``, ``results.md`` and the plots go.
-        data_cfg: the ``data`` section used to build the loader (as in training).
+        data_cfg: the ``data`` section used to build the loader (as in training). With a
+            pipeline, ``None`` uses its own; explicit settings must agree with its
+            preprocessing (:class:`ConfigError` naming the field otherwise).
         split: the split evaluated; the probe trains on ``train`` and the hubness
             query bank comes from ``train`` when it has studies.
         config: the ``eval`` section (dataclass or mapping); ``tasks`` overrides its tasks.
@@ -128,6 +143,12 @@ def evaluate(
         raise ConfigError("no task given", field="eval.tasks", expected="some of zeroshot,retrieval,grounding,probe")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    from medvl.inference.pipeline import Pipeline
+
+    pipe = model if isinstance(model, Pipeline) else None
+    if pipe is not None:
+        data_cfg = pipe.data_config if data_cfg is None else pipe.preprocessing.apply_to(data_cfg)
+        model = pipe.model
     if hasattr(model, "eval"):
         model.eval()
 
@@ -144,6 +165,8 @@ def evaluate(
         "skipped": emb.skipped,
         "config": to_dict(cfg),
     }
+    if pipe is not None:
+        results["model_id"] = pipe.model_id
     train_emb: Embeddings | None = None
     probe = "probe" in cfg.tasks and split != "train"
     bank_only = not probe
@@ -157,7 +180,7 @@ def evaluate(
     plots: dict[str, str] = {}
     zs_scores = None
     if "zeroshot" in cfg.tasks:
-        zs = _zeroshot(model, emb, manifest_path, cfg)
+        zs = _zeroshot(model, emb, manifest_path, cfg, pipe)
         zs_scores = zs.pop("scores")
         results["zeroshot"] = zs
     if "retrieval" in cfg.tasks:
@@ -188,10 +211,15 @@ def evaluate(
             }
     if "grounding" in cfg.tasks:
         from medvl.eval.grounding import evaluate_grounding
+        from medvl.inference.heatmap import choose_method
 
+        # A pipeline knows whether its local heads were trained; a bare model is taken at its word.
+        method, why = choose_method(pipe.training, "auto") if pipe is not None else ("local", "bare model")
         results["grounding"] = evaluate_grounding(
-            model, manifest_path, split, data_cfg, threshold=cfg.grounding_threshold, out_dir=out if cfg.plots else None
+            model, manifest_path, split, data_cfg, threshold=cfg.grounding_threshold,
+            out_dir=out if cfg.plots else None, method=method or "cam",
         )
+        results["grounding"]["method_reason"] = why
 
     if cfg.plots:
         from medvl.eval.plots import plot_probe, plot_recall_curves, plot_roc
@@ -218,6 +246,7 @@ def evaluate(
     from medvl.runinfo import write_run_info
 
     data_section = data_cfg if isinstance(data_cfg, dict) or data_cfg is None else to_dict(data_cfg)
+
     write_run_info(out, {"data": data_section or {}, "eval": to_dict(cfg)}, cfg.seed,
                    f"medvl.eval.evaluate(split={split!r}, tasks={cfg.tasks})")
     return clean

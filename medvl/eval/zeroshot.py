@@ -1,14 +1,8 @@
-"""Zero-shot classification from prompt sets.
+"""Zero-shot classification evaluated on a split.
 
-Scoring is a pure function of unit-norm embeddings:
-
-* ``softmax`` (CheXzero): for each finding, a two-way softmax between the image's
-  similarity to the positive prompts and to the negative prompts, with the model's
-  temperature; the probability of "positive" is the score.
-* ``positive``: the similarity to the positive prompts alone (no negatives).
-
-A finding's several prompts are combined by ``mean`` (average the prompt embeddings,
-renormalise, as CLIP's prompt ensembles) or ``max`` (the best-matching prompt).
+The scoring rules themselves (``softmax``, ``positive``, prompt ensembles) are pure
+functions in :mod:`medvl.inference.zeroshot`, shared with ``medvl.load(...).classify``;
+this module scores a whole split with them and measures the result.
 
 Multi-label: per-finding AUROC with bootstrap intervals. Multi-class (CheXpert 5x200
 style): images with exactly one positive among a set of classes, accuracy of the
@@ -22,57 +16,21 @@ from typing import Any
 
 import numpy as np
 
-from medvl.eval.metrics import accuracy, auroc_per_class, bootstrap_auroc, bootstrap_mean_auroc
+from medvl.eval.metrics import (
+    accuracy,
+    auroc_per_class,
+    bootstrap_auroc,
+    bootstrap_mean_auroc,
+)
+from medvl.inference.zeroshot import ENSEMBLES, prompt_similarity, zeroshot_scores
 
+# Every variant reported next to the headline (the rules that need no model-specific parameter).
 SCORINGS = ("softmax", "positive")
-ENSEMBLES = ("mean", "max")
 # The five CheXpert competition findings used by the CheXpert 5x200 protocol.
 CHEXPERT_5 = ("atelectasis", "cardiomegaly", "consolidation", "edema", "pleural_effusion")
 
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    n = np.linalg.norm(x, axis=-1, keepdims=True)
-    return x / np.maximum(n, 1e-12)
-
-
-def prompt_similarity(image: np.ndarray, prompts: np.ndarray, ensemble: str = "mean") -> np.ndarray:
-    """Similarity ``(N,)`` of unit-norm images ``(N, D)`` to one finding's prompts ``(P, D)``."""
-    if ensemble == "mean":
-        return image @ _unit(prompts.mean(axis=0))
-    if ensemble == "max":
-        return (image @ prompts.T).max(axis=1)
-    raise ValueError(f"ensemble={ensemble!r}; expected one of {ENSEMBLES}")
-
-
-def zeroshot_scores(
-    image: np.ndarray,
-    positive: Sequence[np.ndarray],
-    negative: Sequence[np.ndarray] | None = None,
-    *,
-    scoring: str = "softmax",
-    ensemble: str = "mean",
-    logit_scale: float = 100.0,
-) -> np.ndarray:
-    """Scores ``(N, K)`` of K findings for N images.
-
-    Args:
-        image: ``(N, D)`` unit-norm image embeddings.
-        positive: per finding, ``(P_k, D)`` unit-norm positive prompt embeddings.
-        negative: per finding, ``(M_k, D)`` negative prompt embeddings (``softmax`` only).
-        scoring: ``"softmax"`` or ``"positive"``.
-        ensemble: ``"mean"`` or ``"max"`` over a finding's prompts.
-        logit_scale: inverse temperature of the softmax (``exp(model.logit_scale)``, clamped).
-    """
-    if scoring not in SCORINGS:
-        raise ValueError(f"scoring={scoring!r}; expected one of {SCORINGS}")
-    pos = np.stack([prompt_similarity(image, p, ensemble) for p in positive], axis=1)  # (N, K)
-    if scoring == "positive":
-        return pos
-    if negative is None or len(negative) != len(positive):
-        raise ValueError("softmax scoring needs negative prompts for every finding")
-    neg = np.stack([prompt_similarity(image, n, ensemble) for n in negative], axis=1)
-    # softmax over [pos, neg] == sigmoid of the scaled difference; written this way it cannot overflow.
-    return 1.0 / (1.0 + np.exp(-logit_scale * (pos - neg)))
+__all__ = ["CHEXPERT_5", "ENSEMBLES", "SCORINGS", "balanced_sample", "evaluate_zeroshot",
+           "multiclass_subset", "prompt_similarity", "zeroshot_scores"]
 
 
 def multiclass_subset(labels: np.ndarray, columns: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -192,45 +150,3 @@ def evaluate_zeroshot(
         "n_images": int(image.shape[0]),
         "scores": headline,  # removed before JSON; kept for plots
     }
-
-
-def classify_image(
-    model: Any,
-    image: Any,
-    *,
-    prompts: str = "auto",
-    modality: str | None = None,
-    scoring: str = "softmax",
-    ensemble: str = "mean",
-    spatial_dims: int | None = None,
-) -> dict[str, float]:
-    """Zero-shot finding scores for one image (what the viewer shows next to a study).
-
-    Args:
-        model: a ``MedVLModel``.
-        image: the model input, ``(C, H, W)`` or ``(C, D, H, W)``; a leading batch of 1 is
-            accepted (pass ``spatial_dims=2`` for a ``(1, C, H, W)`` radiograph).
-        prompts: ``auto`` (the built-in set for ``modality``, else cxr for 2D and ct for
-            3D inputs), a built-in name or a YAML path.
-        modality: the study's modality code, used by ``auto``.
-        scoring, ensemble: as :func:`zeroshot_scores`.
-
-    Returns:
-        ``{finding: score}`` in the prompt set's order; with ``softmax`` scoring each is the
-        probability that the finding is present rather than absent.
-    """
-    from medvl.eval.embed import embed_images, embed_texts
-    from medvl.eval.grounding import as_batch
-    from medvl.eval.prompts import load_prompt_set, prompt_set_for_modality
-    from medvl.eval.runner import model_logit_scale
-
-    x, dims = as_batch(image, spatial_dims)
-    if prompts == "auto":
-        ps = prompt_set_for_modality(modality) if modality else load_prompt_set("cxr" if dims == 2 else "ct")
-    else:
-        ps = load_prompt_set(prompts)
-    img = embed_images(model, x)
-    pos = [embed_texts(model, ps.positive[f]) for f in ps.findings]
-    neg = [embed_texts(model, ps.negative[f]) for f in ps.findings]
-    s = zeroshot_scores(img, pos, neg, scoring=scoring, ensemble=ensemble, logit_scale=model_logit_scale(model))
-    return {f: float(s[0, j]) for j, f in enumerate(ps.findings)}

@@ -48,7 +48,7 @@ def _embed_rows(model: Any, rows: list[Any], manifest_path: Path, staged: Path, 
     loader sees exactly the studies to add and nothing else.
     """
     from medvl.data.manifest import resolve_path, write_manifest
-    from medvl.eval.embed import embed_split
+    from medvl.inference.embedding import embed_split
 
     tmp_manifest = staged / "to_add.jsonl"
     payload = []
@@ -84,12 +84,15 @@ def build_index(
     previous version stays live.
 
     Args:
-        model: a ``MedVLModel`` (``encode_image``, ``embed_texts``).
+        model: a :class:`medvl.inference.Pipeline` (``medvl.load(dir)``: its own
+            preprocessing and model directory are used and recorded), or a bare
+            ``MedVLModel`` indexed with ``data_cfg`` as given.
         manifest_path: the manifest.
         out_dir: the index folder (created when missing).
         split: index one split only; ``None`` indexes every split.
         data_cfg: the ``data`` section (as in training); it is stored in the index so
-            query images are preprocessed the same way.
+            query images are preprocessed the same way. With a pipeline, ``None`` uses
+            its own, and explicit settings must agree with its preprocessing.
         config: the ``index`` section.
         rebuild: ignore an existing index and build from scratch.
         model_dir: the model's folder, recorded so ``medvl index search`` can load it.
@@ -103,14 +106,24 @@ def build_index(
     """
     from medvl.config import from_dict
     from medvl.data.manifest import read_manifest
+    from medvl.inference.pipeline import Pipeline
 
     cfg = config if isinstance(config, IndexConfig) else from_dict(IndexConfig, dict(config or {}), where="index")
     root = Path(out_dir)
     manifest_path = Path(manifest_path)
+    preprocessing = None
+    if isinstance(model, Pipeline):
+        pipe = model
+        data_cfg = pipe.data_config if data_cfg is None else pipe.preprocessing.apply_to(data_cfg)
+        preprocessing = pipe.preprocessing.to_json()
+        model_dir = model_dir or pipe.model_dir
+        fingerprint = pipe.model_id
+        model = pipe.model
+    else:
+        fingerprint = model_fingerprint(model)
     data = _data_section(data_cfg)
     if cfg.batch_size:
         data["batch_size"] = cfg.batch_size
-    fingerprint = model_fingerprint(model)
     if hasattr(model, "eval"):
         model.eval()
 
@@ -150,7 +163,8 @@ def build_index(
             history = {"manifest": str(manifest_path.resolve()), "split": split, "skipped": skipped}
             _write_version(root, staged, old_dir, old_info, emb.image, emb.text,
                            [_case(by_id[s], manifest_path) for s in emb.study_ids], cfg,
-                           model_info=model_info, data=data, history=history)
+                           model_info=model_info, data=data, history=history,
+                           preprocessing=preprocessing or old_info.get("preprocessing"))
     return CaseIndex.open(root, config=cfg)
 
 
@@ -192,7 +206,7 @@ def _approx_files(cfg: IndexConfig, staged: Path, old_dir: Path | None, old_info
 def _write_version(
     root: Path, staged: Path, old_dir: Path | None, old_info: dict[str, Any], image: np.ndarray,
     report: np.ndarray, cases: list[dict[str, Any]], cfg: IndexConfig, *, model_info: dict[str, Any],
-    data: dict[str, Any], history: dict[str, Any],
+    data: dict[str, Any], history: dict[str, Any], preprocessing: dict[str, Any] | None = None,
 ) -> Path:
     """Stage old + new vectors, metadata and approximate indexes, then commit the version.
 
@@ -223,6 +237,7 @@ def _write_version(
         "dim": dim,
         "model": model_info,
         "data": data,
+        "preprocessing": preprocessing,
         "approximate": approx,
         "history": list(old_info.get("history", [])) + [entry],
     })
@@ -292,5 +307,5 @@ def add_embeddings(
             _write_version(root, staged, old_dir, old_info, image, report, list(cases), cfg,
                            model_info=model_info,
                            data=_data_section(data_cfg) if data_cfg is not None else old_info.get("data", {}),
-                           history={"source": "add_embeddings"})
+                           history={"source": "add_embeddings"}, preprocessing=old_info.get("preprocessing"))
     return CaseIndex.open(root, config=cfg)

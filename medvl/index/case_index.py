@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import threading
 import weakref
 from dataclasses import asdict, dataclass, field
@@ -16,6 +14,11 @@ from medvl.errors import CaseIndexError
 from medvl.index import metadata, storage
 from medvl.index.config import IndexConfig
 from medvl.index.vectors import ApproxParams, approx_search, exact_search, read_approx
+from medvl.inference.embedding import (
+    model_fingerprint,  # the model id, shared with `medvl embed`
+)
+
+__all__ = ["CaseIndex", "Hit", "SearchResult", "model_fingerprint"]
 
 
 @dataclass
@@ -46,24 +49,20 @@ class Hit:
         return asdict(self)
 
 
-def model_fingerprint(model: Any) -> str:
-    """A short hash of a model's config and weights, to tell if an index fits a model.
+@dataclass
+class SearchResult:
+    """Ranked cases for one query, and whether the query is outside the model's training data.
 
-    Hashes the config and a strided sample of every tensor's bytes (cheap for big models,
-    yet any retraining changes it).
+    Attributes:
+        hits: the ranked cases.
+        ood: the query (image or text) is out of distribution for the model; the hits are
+            then nearest neighbours of something the model never learned, not similar cases.
+        ood_reason: a plain sentence ("" when in distribution).
     """
-    h = hashlib.sha256()
-    cfg = getattr(model, "config", None)
-    h.update(json.dumps(cfg if isinstance(cfg, dict) else repr(cfg), sort_keys=True, default=str).encode())
-    state = model.state_dict() if hasattr(model, "state_dict") else {}
-    for name in sorted(state):
-        t = state[name].detach().reshape(-1)
-        step = max(1, t.numel() // 512)
-        h.update(name.encode())
-        h.update(str(tuple(state[name].shape)).encode())
-        # Sample on the tensor's device, copy only the sample (a GPU model stays cheap).
-        h.update(t[::step].float().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
+
+    hits: list[Hit]
+    ood: bool = False
+    ood_reason: str = ""
 
 
 class CaseIndex:
@@ -208,44 +207,87 @@ class CaseIndex:
             pass
 
     def search_text(self, model: Any, text: str, k: int = 10, *, against: str = "image") -> list[Hit]:
-        """Cases ranked by similarity to a free-text query (by default, their images)."""
+        """Cases ranked by similarity to a free-text query (by default, their images).
+
+        ``model`` is a :class:`medvl.inference.Pipeline` (the query is prepared as the
+        training reports were) or a bare model (the text is embedded as given).
+        """
         if not isinstance(text, str) or not text.strip():
             raise CaseIndexError("empty text query", field="text", expected="a phrase or sentence")
-        from medvl.eval.embed import embed_texts
+        from medvl.inference.embedding import embed_texts
+        from medvl.inference.pipeline import Pipeline
 
+        if isinstance(model, Pipeline):
+            self.check_model(model.model)
+            return self.search_vector(model.embed_texts([text])[0], k, against=against)
         self.check_model(model)
         return self.search_vector(embed_texts(model, [text])[0], k, against=against)
 
     def search_image(self, model: Any, image: Any, k: int = 10, *, against: str = "image") -> list[Hit]:
         """Cases ranked by similarity to an image (a file path or a model-input tensor).
 
-        A path is read with ``medvl.io`` and preprocessed with the data section the index
-        was built with, so a query image is treated exactly as the indexed ones.
+        With a :class:`medvl.inference.Pipeline`, a path (or ``MedicalImage``) is prepared
+        with the model directory's preprocessing (``Pipeline.prepare``); with a bare
+        model, with the preprocessing the index recorded. Either way a query image is
+        treated exactly as the indexed ones.
         """
-        from medvl.eval.embed import embed_images
-
-        self.check_model(model)
-        x = self.load_query_image(image) if isinstance(image, (str, Path)) else image
         import torch
 
+        from medvl.inference.embedding import embed_images
+        from medvl.inference.pipeline import Pipeline
+
+        net = model.model if isinstance(model, Pipeline) else model
+        self.check_model(net)
+        if isinstance(model, Pipeline) and not isinstance(image, (np.ndarray, torch.Tensor)):
+            x: Any = model.prepare(image)
+        else:
+            x = self.load_query_image(image) if isinstance(image, (str, Path)) else image
         t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).float()
         dims = int((self.info.get("data") or {}).get("dims", t.ndim - 1))
         if t.ndim == dims + 1:
             t = t[None]
-        return self.search_vector(embed_images(model, t)[0], k, against=against)
+        return self.search_vector(embed_images(net, t)[0], k, against=against)
+
+    def search(self, pipeline: Any, *, text: str | None = None, image: Any = None, k: int = 10,
+               against: str = "image") -> SearchResult:
+        """Search by text or image and say whether the query is outside the model's training data.
+
+        Args:
+            pipeline: the index's model as a :class:`medvl.inference.Pipeline` (``medvl.load``).
+            text: a free-text query (checked against the training reports' vocabulary), or
+            image: a path or ``MedicalImage`` (checked against the training profile).
+            k: hits returned.
+            against: rank cases by their ``image`` (default) or ``report`` vectors.
+
+        Raises:
+            CaseIndexError: neither or both of ``text`` and ``image``, or another model.
+        """
+        if (text is None) == (image is None):
+            raise CaseIndexError("give a text or an image query", field="query", expected="exactly one of them")
+        if text is not None:
+            check = pipeline.check_text(text)
+            hits = self.search_text(pipeline, text, k, against=against)
+        else:
+            img = pipeline.read(image)
+            check = pipeline.check_image(img)
+            hits = [] if not check.details.get("dims", {}).get("ok", True) else \
+                self.search_image(pipeline, img, k, against=against)
+        return SearchResult(hits, check.ood, check.reason)
 
     def load_query_image(self, path: str | Path) -> np.ndarray:
-        """Read and preprocess a query image as the indexed studies were."""
-        from medvl.data.dataset import as_data_config
-        from medvl.data.transforms import ModelInputTransform
+        """Read and preprocess a query image as the indexed studies were (the recorded preprocessing)."""
+        from medvl.inference.preprocessing import Preprocessing
         from medvl.io import read_image
 
         p = Path(path)
         if not p.exists():
             raise CaseIndexError("query image not found", path=p, field="image")
-        cfg = as_data_config(dict(self.info.get("data") or {}))
-        io_options = cfg.io.as_kwargs() if hasattr(getattr(cfg, "io", None), "as_kwargs") else {}
-        return ModelInputTransform(cfg)(read_image(p, **io_options))  # read as the dataset reads
+        recorded = self.info.get("preprocessing")
+        if recorded:
+            tf = Preprocessing.from_json(recorded, path=self.version_dir / "info.json").transform()
+        else:  # an index built before the model directories carried their preprocessing
+            tf = Preprocessing.from_data_config(self.info.get("data") or {}).transform()
+        return tf(read_image(p, **tf.cfg.io.as_kwargs()))
 
     def _hit(self, case: dict[str, Any], rank: int, score: float) -> Hit:
         return Hit(rank=rank, study_id=case["study_id"], score=score, report_text=case["report"],

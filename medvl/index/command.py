@@ -25,6 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--config", default=None,
                    help="experiment config for the data/index sections (default: config.yaml next to the model)")
     b.add_argument("--rebuild", action="store_true", help="start from scratch instead of adding new studies")
+    b.add_argument("--override-preprocessing", action="store_true",
+                   help="use data settings that contradict the model's preprocessing.json (logged)")
     b.add_argument("overrides", nargs="*", help="dotted overrides, e.g. index.approximate=never")
 
     s = sub.add_parser("search", help="print the cases closest to a text or an image")
@@ -43,16 +45,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from medvl.eval.cli_common import find_experiment_config, load_model
+    from medvl.eval.cli_common import find_experiment_config
     from medvl.index import storage
     from medvl.index.build import build_index
+    from medvl.inference import load
 
     cfg, source = find_experiment_config(args.model, args.config, list(args.overrides))
-    model = load_model(args.model)
-    print(f"[index] model {args.model}; data section from {source}")
+    pipe = load(args.model, data=cfg.get("data"), override_preprocessing=args.override_preprocessing)
+    print(f"[index] model {args.model} (its preprocessing.json); batching from {source}")
     before = storage.current_dir(Path(args.out)) if Path(args.out).is_dir() and not args.rebuild else None
-    index = build_index(model, args.manifest, args.out, split=args.split, data_cfg=cfg.get("data"),
-                        config=cfg.get("index"), rebuild=args.rebuild, model_dir=args.model)
+    index = build_index(pipe, args.manifest, args.out, split=args.split, config=cfg.get("index"),
+                        rebuild=args.rebuild, model_dir=args.model)
     if before is not None and index.version_dir == before:
         change = "nothing new to add"
     else:
@@ -66,9 +69,11 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
+    import sys
+
     from medvl.errors import CaseIndexError
-    from medvl.eval.cli_common import load_model
     from medvl.index.case_index import CaseIndex
+    from medvl.inference import load
 
     index = CaseIndex.open(args.index)
     model_dir = args.model or (index.info.get("model") or {}).get("dir")
@@ -77,11 +82,12 @@ def _search(args: argparse.Namespace) -> int:
                              expected="--model DIR")
     if args.k < 1:
         raise CaseIndexError(f"k is {args.k}", field="-k", expected=">= 1")
-    model = load_model(model_dir)
-    if args.text is not None:
-        hits = index.search_text(model, args.text, args.k, against=args.against)
-    else:
-        hits = index.search_image(model, Path(args.image), args.k, against=args.against)
+    result = index.search(load(model_dir), text=args.text, image=None if args.image is None else Path(args.image),
+                          k=args.k, against=args.against)
+    if result.ood:
+        print(f"[index] warning: the query is out of distribution for this model: {result.ood_reason}; "
+              "the hits are not similar cases", file=sys.stderr)
+    hits = result.hits
     for h in hits:
         if args.json:
             print(json.dumps(h.to_dict()))

@@ -9,8 +9,12 @@ file as training did" and one copy of zero-shot scoring.
 
 from __future__ import annotations
 
+import difflib
+import json
 import logging
+import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
@@ -18,7 +22,12 @@ from typing import TYPE_CHECKING, Any, Union
 import numpy as np
 
 from medvl.errors import ConfigError, ModelError
+from medvl.inference.calibration import Calibration
+from medvl.inference.heatmap import Heatmap
+from medvl.inference.ood import OODResult, TrainingProfile
 from medvl.inference.preprocessing import Preprocessing
+from medvl.inference.prompts import PromptSet
+from medvl.inference.zeroshot import ZeroShotRule
 
 if TYPE_CHECKING:
     import torch
@@ -31,6 +40,45 @@ log = logging.getLogger(__name__)
 
 #: what the pipeline accepts as an image: a path (DICOM file, series folder, NIfTI, PNG) or a read image
 ImageInput = Union[str, "PathLike[str]", "MedicalImage"]
+
+
+@dataclass
+class ClassifyResult:
+    """Zero-shot finding scores of one image.
+
+    Attributes:
+        scores: finding -> score, in the prompt set's order. Calibrated probabilities
+            where ``calibrated_findings`` says so; otherwise uncalibrated scores, which
+            are **not** probabilities.
+        calibrated: True only when every returned score is a calibrated probability.
+        ood: the image is outside what the model was trained on (``ood_reason`` says why).
+        ood_reason: a plain sentence, "" when in distribution.
+        calibrated_findings: the findings whose score is a calibrated probability.
+        raw_scores: the rule's uncalibrated scores (equal to ``scores`` when uncalibrated).
+        scoring, ensemble, prompt_set: how the scores were made.
+        ood_details: every OOD check's outcome.
+    """
+
+    scores: dict[str, float]
+    calibrated: bool
+    ood: bool
+    ood_reason: str
+    calibrated_findings: list[str] = field(default_factory=list)
+    raw_scores: dict[str, float] = field(default_factory=dict)
+    scoring: str = "softmax"
+    ensemble: str = "mean"
+    prompt_set: str = ""
+    ood_details: dict[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        kind = "calibrated probability" if self.calibrated else "uncalibrated score (not a probability)"
+        lines = [f"zero-shot findings, {kind}; research use only, not a diagnosis:"]
+        width = max((len(k) for k in self.scores), default=0)
+        lines += [f"  {k:<{width}}  {v:.3f}" for k, v in self.scores.items()]
+        if self.calibrated_findings and not self.calibrated:
+            lines.append("  calibrated: " + ", ".join(self.calibrated_findings) + "; the others are raw scores")
+        lines.append(f"out of distribution: {self.ood_reason}" if self.ood else "in distribution: no check failed")
+        return "\n".join(lines)
 
 
 class Pipeline:
@@ -48,10 +96,22 @@ class Pipeline:
     """
 
     def __init__(self, model: MedVLModel, preprocessing: Preprocessing, *, model_dir: str | Path | None = None,
-                 data: DataConfig | Mapping[str, Any] | None = None, override_preprocessing: bool = False) -> None:
+                 data: DataConfig | Mapping[str, Any] | None = None, override_preprocessing: bool = False,
+                 model_config: Mapping[str, Any] | None = None, calibration: Calibration | None = None,
+                 profile: TrainingProfile | None = None, reference: np.ndarray | None = None,
+                 provenance: dict[str, Any] | None = None) -> None:
         self.model = model
         self.preprocessing = preprocessing
         self.model_dir = Path(model_dir) if model_dir is not None else None
+        self.model_config: dict[str, Any] = dict(model_config or {})
+        self.calibration = calibration
+        self.profile = profile
+        self.reference = reference
+        self.provenance = provenance
+        self.rule = ZeroShotRule.from_config(self.model_config.get("zeroshot"))
+        self._prompts: dict[tuple[str, str], tuple[list[str], list[np.ndarray], list[np.ndarray]]] = {}
+        self._lock = threading.Lock()  # the viewer calls from several threads
+        self._model_id: str | None = None
         source = str(self.model_dir / "preprocessing.json") if self.model_dir else "preprocessing.json"
         self.data_config = preprocessing.apply_to(data, override=override_preprocessing, source=source)
         from medvl.data.transforms import ModelInputTransform
@@ -140,6 +200,225 @@ class Pipeline:
 
         return prepare_query(text, self.data_config)
 
+
+    # -- zero-shot -------------------------------------------------------------------
+    def prompt_set(self, image: Any = None, prompts: str | None = None, *, modality: str | None = None) -> PromptSet:
+        """The prompt set ``classify`` uses.
+
+        Order: ``prompts`` when given; the model directory's own (``config.json``'s
+        ``zeroshot.prompts``); the built-in set written for the modalities the model was
+        trained on; the one for the image's modality (or ``modality``, e.g. a split's);
+        ``cxr`` for 2D, ``ct`` for 3D models.
+        """
+        from medvl.inference.prompts import BUILTIN, load_prompt_set
+
+        name = prompts or self.rule.prompts
+        if name:
+            return load_prompt_set(name)
+        candidates: list[str] = []
+        if self.profile is not None:
+            candidates += [m for m in self.profile.modalities if m not in ("", "OT")]
+        if image is not None and getattr(image, "modality", ""):
+            candidates.append(str(image.modality))
+        if modality:
+            candidates.append(modality)
+        for mod in candidates:
+            for ps_name in BUILTIN:
+                ps = load_prompt_set(ps_name)
+                if mod.upper() in ps.modalities:
+                    return ps
+        return load_prompt_set("cxr" if self.dims == 2 else "ct")
+
+    def prompt_embeddings(self, ps: PromptSet) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
+        """``(findings, positive, negative)`` prompt embeddings of a prompt set, computed once."""
+        key = (ps.name, json.dumps([ps.positive, ps.negative], sort_keys=True))
+        with self._lock:
+            cached = self._prompts.get(key)
+        if cached is None:
+            names = ps.findings
+            pos = [self.embed_texts(ps.positive[f]) for f in names]
+            neg = [self.embed_texts(ps.negative[f]) for f in names]
+            cached = (names, pos, neg)
+            with self._lock:
+                self._prompts[key] = cached
+        return cached
+
+    def zeroshot(self, image_embeddings: np.ndarray, ps: PromptSet, *, scoring: str | None = None,
+                 ensemble: str | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """``(findings, logits (N, K), scores (N, K))`` of unit-norm image embeddings: the one
+        zero-shot implementation (eval, index, viewer and ``classify`` call it)."""
+        from medvl.inference.zeroshot import model_logit_bias, model_logit_scale, scoring_rule, zeroshot_logits
+
+        scoring = scoring or self.rule.scoring
+        ensemble = ensemble or self.rule.ensemble
+        names, pos, neg = self.prompt_embeddings(ps)
+        logits = zeroshot_logits(np.asarray(image_embeddings, np.float32), pos, neg, scoring=scoring,
+                                 ensemble=ensemble, logit_scale=model_logit_scale(self.model),
+                                 logit_bias=model_logit_bias(self.model))
+        return names, logits, np.asarray(scoring_rule(scoring).to_score(logits), dtype=np.float64)
+
+    def classify(self, image: ImageInput, findings: Sequence[str] | None = None, *, prompts: str | None = None,
+                 scoring: str | None = None, ensemble: str | None = None) -> ClassifyResult:
+        """Zero-shot finding scores of one image, calibrated when the model directory can.
+
+        Args:
+            image: a path (DICOM file, series folder, NIfTI, PNG) or a ``MedicalImage``.
+            findings: finding names of the prompt set to score (default: all of them).
+            prompts: a prompt set name or YAML path (default: see :meth:`prompt_set`).
+            scoring, ensemble: override the model directory's rule (the calibration then
+                no longer applies and the scores come back marked uncalibrated).
+
+        Raises:
+            ImageReadError: unreadable file, or a 3D volume given to a 2D model (or the reverse).
+            ConfigError: an unknown finding name (with a suggestion).
+        """
+        img = self.read(image)
+        x = self.prepare(img)
+        emb = self._embed_prepared(x[None])
+        ps = self.prompt_set(img, prompts)
+        names, logits, scores = self.zeroshot(emb, ps, scoring=scoring, ensemble=ensemble)
+        wanted = list(names) if findings is None else self._check_findings(findings, names)
+        used_scoring, used_ensemble = scoring or self.rule.scoring, ensemble or self.rule.ensemble
+        cal = self.calibration
+        usable = cal is not None and cal.matches(used_scoring, used_ensemble, ps.name)
+        out: dict[str, float] = {}
+        raw: dict[str, float] = {}
+        calibrated: list[str] = []
+        for f in wanted:
+            j = names.index(f)
+            raw[f] = float(scores[0, j])
+            if usable and cal is not None and f in cal.findings:
+                out[f] = float(cal.findings[f].apply(logits[0, j : j + 1])[0])
+                calibrated.append(f)
+            else:
+                out[f] = raw[f]
+        ood = self._check_read(img, emb[0])
+        return ClassifyResult(scores=out, calibrated=bool(out) and len(calibrated) == len(out), ood=ood.ood,
+                              ood_reason=ood.reason, calibrated_findings=calibrated, raw_scores=raw,
+                              scoring=used_scoring, ensemble=used_ensemble, prompt_set=ps.name,
+                              ood_details=ood.details)
+
+    @staticmethod
+    def _check_findings(findings: Sequence[str], names: list[str]) -> list[str]:
+        if isinstance(findings, str):
+            findings = [findings]
+        for f in findings:
+            if f not in names:
+                close = difflib.get_close_matches(f, names, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ConfigError(f"unknown finding {f!r}{hint}", field="findings",
+                                  expected="one of " + ", ".join(names))
+        return list(findings)
+
+    # -- heatmaps --------------------------------------------------------------------
+    @property
+    def training(self) -> dict[str, Any] | None:
+        """``config.json``'s ``"training"`` record (loss, whether the local heads were trained)."""
+        rec = self.model_config.get("training")
+        return dict(rec) if isinstance(rec, Mapping) else None
+
+    def heatmap(self, image: ImageInput, phrase: str, *, method: str = "auto") -> Heatmap:
+        """Where ``phrase`` finds its evidence in ``image``, over the image region (no padding).
+
+        Args:
+            image: a path or a ``MedicalImage``.
+            phrase: any text, e.g. ``"left pleural effusion"``.
+            method: ``auto`` (``local`` when the model directory records trained local
+                heads, else the CAM-style global-head map), ``local`` or ``cam``.
+
+        Returns:
+            a :class:`Heatmap`; ``array`` is None (with ``reason``) when the request cannot be met honestly.
+        """
+        from medvl.inference.heatmap import choose_method, heatmap_on_input, minmax
+
+        chosen, reason = choose_method(self.training, method)
+        if chosen is None:
+            return Heatmap(None, None, reason)
+        img = self.read(image)
+        x = self.prepare(img)
+        try:
+            heat = heatmap_on_input(self.model, x, self.prepare_text(phrase), method=chosen, spatial_dims=self.dims,
+                                    normalize=False)
+        except ModelError as exc:
+            return Heatmap(None, None, f"no heatmap: {exc.message}")
+        region, box = self._image_region(img, tuple(heat.shape))
+        return Heatmap(minmax(heat[region]), chosen, reason, box)
+
+    def _image_region(self, image: Any, shape: tuple[int, ...]) -> tuple[tuple[slice, ...], tuple[int, ...] | None]:
+        """Where the image lies on the model-input grid, and (2D) which part of the source it covers."""
+        array = np.asarray(image.array)
+        spatial = array.shape[: self.dims] if not image.is_color else array.shape[:2]
+        ones = np.ones((1, *spatial), dtype=np.float32)
+        valid = self._transform.grid(ones, image.spacing if self.dims == 3 else None)[0] >= 0.5
+        if valid.shape != shape or not valid.any():
+            return tuple(slice(None) for _ in shape), None
+        idx = np.nonzero(valid)
+        region = tuple(slice(int(i.min()), int(i.max()) + 1) for i in idx)
+        box = None
+        if self.dims == 2:
+            rows, cols = spatial
+            box = (0, rows, 0, cols)
+            if self.data_config.fit == "crop":
+                h, w = self.data_config.spatial_size
+                scale = max(h / rows, w / cols)
+                fh, fw = max(h, int(rows * scale)), max(w, int(cols * scale))
+                top, left = fh // 2 - h // 2, fw // 2 - w // 2  # MONAI's centre crop
+                box = (round(top / scale), round((top + h) / scale), round(left / scale), round((left + w) / scale))
+        return region, box
+
+    # -- out-of-distribution guard ---------------------------------------------------
+    def check_image(self, image: ImageInput) -> OODResult:
+        """Whether an image is outside what the model was trained on, and why.
+
+        Unreadable files raise; a file the model cannot take (a volume given to a 2D
+        model) is reported as out of distribution without running the model.
+        """
+        from medvl.inference.ood import spatial_dims
+
+        img = self.read(image)
+        if spatial_dims(img) != self.dims:
+            return self._check_read(img, None)
+        return self._check_read(img, self._embed_prepared(self.prepare(img)[None])[0])
+
+    def _check_read(self, img: Any, embedding: np.ndarray | None) -> OODResult:
+        from medvl.inference.ood import K_NEIGHBOURS, check_image, neighbour_similarity
+
+        sim = None
+        if embedding is not None and self.reference is not None and len(self.reference):
+            k = int((self.profile.embedding or {}).get("k", K_NEIGHBOURS)) if self.profile else K_NEIGHBOURS
+            sim = float(neighbour_similarity(embedding[None], self.reference, k)[0])
+        return check_image(img, model_dims=self.dims, profile=self.profile, similarity=sim)
+
+    def check_text(self, text: str) -> OODResult:
+        """Whether a free-text query shares any content word with the training reports."""
+        from medvl.inference.ood import check_text
+
+        return check_text(text, self.profile)
+
+    def image_similarity_to_training(self, embeddings: np.ndarray) -> np.ndarray | None:
+        """Mean similarity ``(N,)`` of image embeddings to their nearest training images (None without a reference)."""
+        from medvl.inference.ood import K_NEIGHBOURS, neighbour_similarity
+
+        if self.reference is None or not len(self.reference):
+            return None
+        k = int((self.profile.embedding or {}).get("k", K_NEIGHBOURS)) if self.profile else K_NEIGHBOURS
+        return neighbour_similarity(np.asarray(embeddings, np.float32), self.reference, k)
+
+    # -- identity --------------------------------------------------------------------
+    @property
+    def model_id(self) -> str:
+        """A short hash of the model's config and weights (the id indexes and ``medvl embed`` record)."""
+        if self._model_id is None:
+            from medvl.inference.embedding import model_fingerprint
+
+            self._model_id = model_fingerprint(self.model)
+        return self._model_id
+
+    def _embed_prepared(self, batch: Any) -> np.ndarray:
+        from medvl.inference.embedding import embed_images
+
+        return embed_images(self.model, batch)
+
     @property
     def embed_dim(self) -> int:
         """Size of the shared embedding space."""
@@ -167,9 +446,26 @@ def load(path: str | PathLike[str], *, device: str = "cpu", data: DataConfig | M
         raise ModelError("model folder does not exist", path=p, expected="a folder written by `medvl train`")
     from medvl.models.saving import read_config
 
-    read_config(p)  # a clear error for a folder that is not a model, before the preprocessing check
+    config = read_config(p)  # a clear error for a folder that is not a model, before the preprocessing check
     preprocessing = Preprocessing.load(p)
+    calibration = Calibration.load(p)
+    profile, reference = TrainingProfile.load(p)
+    provenance = _read_json(p / "provenance.json")
     from medvl.models import MedVLModel
 
     model = MedVLModel.from_pretrained(p, map_location=device)
-    return Pipeline(model, preprocessing, model_dir=p, data=data, override_preprocessing=override_preprocessing)
+    return Pipeline(model, preprocessing, model_dir=p, data=data, override_preprocessing=override_preprocessing,
+                    model_config=config, calibration=calibration, profile=profile, reference=reference,
+                    provenance=provenance)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    from medvl.errors import CheckpointError
+
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"unreadable file: {exc}", path=path) from None
+    return data if isinstance(data, dict) else None

@@ -55,6 +55,10 @@ class TrainConfig:
         progress: show a tqdm progress bar on rank 0.
         clamp_logit_scale: clamp the learnable ``logit_scale`` to ``ln(100)`` after
             each step (CLIP's guard against a collapsing temperature).
+        fit_inference: at the end, write the model directory's calibration (fitted on
+            the val split) and training profile with its out-of-distribution reference
+            (``medvl.inference.fit``); costs one pass over the val split and up to 2,048
+            train studies.
     """
 
     epochs: int = 1
@@ -77,6 +81,7 @@ class TrainConfig:
     device: str = "auto"
     progress: bool = True
     clamp_logit_scale: bool = True
+    fit_inference: bool = True
 
     def validate(self) -> None:
         """Check value ranges and cross-field constraints."""

@@ -51,13 +51,13 @@ from medvl.train.data import (
 )
 from medvl.train.gradcache import contrastive_step
 from medvl.train.logger import MetricsLogger
-from medvl.train.record import LocalHeadMonitor
 from medvl.train.optim import (
     build_optimizer,
     build_scheduler,
     step_optimizer,
     unscale_and_clip,
 )
+from medvl.train.record import LocalHeadMonitor
 from medvl.train.signals import StopRequest
 from medvl.train.state import TrainResult, TrainState
 from medvl.train.validation import metric_names, validate
@@ -368,6 +368,8 @@ def _train(config, cfg: TrainConfig, seed: int, out: Path, parts: Components, en
             save(last_dir)
         if state.best is None:  # no validation ever picked a model: the model is the last one
             save_model()
+        if cfg.fit_inference and preprocessing is not None:
+            _fit_inference(out, config, seed, env, cfg.progress)
         skipped = skips.write(out, env)
     finally:
         stop.restore()
@@ -375,6 +377,31 @@ def _train(config, cfg: TrainConfig, seed: int, out: Path, parts: Components, en
         logger.close()
     return TrainResult(model_dir=out / "model", history=state.history, seconds=time.perf_counter() - t_start,
                        skipped=skipped, steps=state.step, out_dir=out)
+
+
+def _fit_inference(out: Path, config: dict[str, Any], seed: int, env: D.DistEnv, progress: bool) -> None:
+    """Calibration and the OOD profile of the saved model (rank 0; the others wait).
+
+    A failure here is reported, not raised: the trained model is already saved, and
+    without these files it is still usable (scores marked uncalibrated, no OOD profile).
+    """
+    if env.is_main:
+        from medvl.errors import MedvlError
+        from medvl.inference.fit import fit_model_dir
+        from medvl.inference.preprocessing import _as_data_config
+
+        t0 = time.perf_counter()
+        try:
+            data = _as_data_config(config.get("data"))
+            summary = fit_model_dir(out / "model", data, str(data.manifest), seed=seed, progress=progress)
+        except (MedvlError, OSError, ValueError) as exc:
+            _say(env, f"calibration / OOD profile not written ({type(exc).__name__}: {exc}); the model's scores "
+                      "stay marked uncalibrated")
+        else:
+            _say(env, f"calibrated {len(summary['calibrated'])} finding(s) on {summary['n_validation']} val studies; "
+                      f"OOD reference of {summary['n_reference']} train studies "
+                      f"({time.perf_counter() - t0:.1f} s)")
+    D.barrier()
 
 
 def _preprocessing(data_section: Any, env: D.DistEnv) -> Any:

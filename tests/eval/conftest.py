@@ -22,7 +22,7 @@ def fake_corpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     manifest = tmp_path / "manifest.jsonl"
     write_manifest(manifest, rows)
 
-    from medvl.eval import embed
+    from medvl.inference import embedding as embed
 
     monkeypatch.setattr(embed, "split_batches", fake_split_batches)
     return manifest

@@ -148,7 +148,7 @@ class FakeDataset:
 
 
 def fake_split_batches(data_cfg: Any, manifest_path: Any, split: str | None, batch_size: int = 8) -> tuple[Any, list[Any]]:
-    """Drop-in for ``medvl.eval.embed.split_batches`` that reads the manifest's rows.
+    """Drop-in for ``medvl.inference.embedding.split_batches`` that reads the manifest's rows.
 
     A row whose image path contains ``broken`` is skipped and recorded, as the data
     room does with an unreadable study.

@@ -6,13 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from medvl_fakes import FakeModel, label_image
 
 from medvl.errors import ConfigError
-from medvl.eval import classify_image
-from medvl.eval.prompts import load_prompt_set, prompt_set_for_modality
-from medvl.eval.zeroshot import balanced_sample, multiclass_subset, zeroshot_scores
+from medvl.eval.zeroshot import balanced_sample, multiclass_subset
 from medvl.findings import finding_names
+from medvl.inference.prompts import load_prompt_set, prompt_set_for_modality
+from medvl.inference.zeroshot import zeroshot_scores
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -91,11 +90,3 @@ def test_bad_prompt_files_raise_config_error(tmp_path: Path) -> None:
         prompt_set_for_modality("MR")
 
 
-def test_classify_image_ranks_present_findings_first() -> None:
-    scores = classify_image(FakeModel(), label_image({"edema": 1, "nodule": 1}))
-    assert list(scores) == load_prompt_set("cxr").findings
-    top2 = sorted(scores, key=scores.get, reverse=True)[:2]
-    assert set(top2) == {"edema", "nodule"}
-    assert all(0.0 <= v <= 1.0 for v in scores.values())
-    ct = classify_image(FakeModel(), label_image({"edema": 1}), modality="CT")
-    assert set(ct) == set(finding_names("CT"))

@@ -16,6 +16,6 @@ from medvl_fakes import fake_split_batches
 @pytest.fixture
 def fake_loader(monkeypatch: pytest.MonkeyPatch) -> None:
     """Route the index's embedding pass through the fake loader (reads the manifest rows)."""
-    from medvl.eval import embed
+    from medvl.inference import embedding as embed
 
     monkeypatch.setattr(embed, "split_batches", fake_split_batches)

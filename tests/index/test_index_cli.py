@@ -15,19 +15,23 @@ from medvl.data.manifest import write_manifest
 @pytest.fixture
 def fake_models(monkeypatch: pytest.MonkeyPatch, fake_loader: None) -> dict[str, FakeModel]:
     """``--model DIR`` loads a FakeModel (one per folder name) instead of a trained model."""
-    import medvl.eval.cli_common as common
+    import medvl.inference
+    from medvl.inference.pipeline import Pipeline
+    from medvl.inference.preprocessing import Preprocessing
 
     made: dict[str, FakeModel] = {}
 
-    def load(model_dir):
+    def load(model_dir, *, data=None, override_preprocessing=False):
         name = Path(model_dir).name
         if not Path(model_dir).is_dir():
             from medvl.errors import ModelError
 
             raise ModelError("model folder does not exist", path=model_dir)
-        return made.setdefault(name, FakeModel(seed=hash(name) % 5))
+        model = made.setdefault(name, FakeModel(seed=hash(name) % 5))
+        return Pipeline(model, Preprocessing(), model_dir=model_dir, data=data,
+                        override_preprocessing=override_preprocessing)
 
-    monkeypatch.setattr(common, "load_model", load)
+    monkeypatch.setattr(medvl.inference, "load", load)
     return made
 
 

@@ -11,14 +11,14 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))  # --import-mode=importlib
-from test_dataset_helpers import make_corpus_2d  # noqa: E402
+from test_dataset_helpers import make_corpus_2d
 
-from medvl.config import from_dict  # noqa: E402
-from medvl.data import build_dataset  # noqa: E402
-from medvl.data.config import DataConfig  # noqa: E402
-from medvl.errors import CheckpointError, ConfigError  # noqa: E402
-from medvl.inference.pipeline import Pipeline  # noqa: E402
-from medvl.inference.preprocessing import FILE_NAME, Preprocessing  # noqa: E402
+from medvl.config import from_dict
+from medvl.data import build_dataset
+from medvl.data.config import DataConfig
+from medvl.errors import CheckpointError, ConfigError
+from medvl.inference.pipeline import Pipeline
+from medvl.inference.preprocessing import FILE_NAME, Preprocessing
 
 TRAINED = {"dims": 2, "image_size": 128, "window": "bone", "in_channels": 3, "fit": "crop",
            "resample": "bicubic", "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.3, 0.4], "max_words": 40,

@@ -1,0 +1,103 @@
+"""The out-of-distribution checks, one by one, on hand-made images and a hand-made profile."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medvl.errors import CheckpointError
+from medvl.inference.ood import (
+    PROFILE_NAME,
+    TrainingProfile,
+    check_image,
+    check_text,
+    neighbour_similarity,
+    report_vocabulary,
+)
+from medvl.io.image import MedicalImage
+
+PROFILE = TrainingProfile(n_studies=1200, dims=2, modalities={"CR": 700, "DX": 500}, body_parts={"CHEST": 120},
+                          photometric={"greyscale": 128}, spacing_mm=[0.14, 0.2], n_sampled=128,
+                          vocabulary=["cardiomegaly", "effusion", "left", "pleural", "right"],
+                          embedding={"k": 5, "threshold": 0.8, "quantile": 0.01})
+
+
+def _img(modality="CR", *, part="CHEST", photometric="MONOCHROME1", spacing=0.16, dicom=True,
+         shape=(32, 32)) -> MedicalImage:
+    tags = {"Modality": modality, "BodyPartExamined": part, "spacing_source": "PixelSpacing"} if dicom \
+        else {"spacing_source": "assumed"}
+    arr = np.zeros(shape + ((3,) if photometric == "RGB" else ()), np.float32)
+    return MedicalImage(arr, (spacing, spacing), None, modality if dicom else "OT", photometric, tags=tags)
+
+
+def test_a_chest_radiograph_like_the_training_data_passes_every_check() -> None:
+    r = check_image(_img(), model_dims=2, profile=PROFILE, similarity=0.9)
+    assert not r.ood and r.reason == ""
+    assert all(d["ok"] for d in r.details.values()) and set(r.details) == {
+        "dims", "modality", "body_part", "photometric", "spacing", "embedding"}
+    assert not check_image(_img(part="THORAX"), model_dims=2, profile=PROFILE).ood  # a synonym of CHEST
+
+
+@pytest.mark.parametrize("image, words", [
+    (_img("CT", part="HEAD"), "CT image given to a model trained on CR/DX chest radiographs (1,200 studies)"),
+    (_img("MR", part=""), "MR image given to a model trained on CR/DX chest radiographs"),
+    (_img("CR", part="CSPINE"), "body part CSPINE given to a model trained on CR/DX chest"),
+    (_img("OT", part="", photometric="RGB"), "OT image given"),
+    (_img("CR", photometric="RGB"), "colour image given to a model trained on greyscale images"),
+    (_img("CR", spacing=0.7), "pixel spacing 0.7 mm, far from the training images' 0.14-0.2 mm"),
+])
+def test_each_header_check_flags_with_its_reason(image, words) -> None:
+    r = check_image(image, model_dims=2, profile=PROFILE, similarity=0.9)
+    assert r.ood and words in r.reason
+
+
+def test_files_without_headers_are_judged_by_embedding_not_by_modality() -> None:
+    png = _img(dicom=False, photometric="MONOCHROME2")
+    near = check_image(png, model_dims=2, profile=PROFILE, similarity=0.85)
+    assert not near.ood and "modality" not in near.details and "spacing" not in near.details
+    far = check_image(png, model_dims=2, profile=PROFILE, similarity=0.42)
+    assert far.ood and far.reason.startswith("far from every training image (similarity 0.420")
+
+
+def test_dims_check_needs_no_profile() -> None:
+    vol = MedicalImage(np.zeros((8, 8, 8), np.float32), (1, 1, 1), np.eye(4), "CT", "MONOCHROME2")
+    r = check_image(vol, model_dims=2, profile=None)
+    assert r.ood and r.reason == "a 3D volume given to a model trained on 2D radiographs"
+    assert not check_image(_img(), model_dims=2, profile=None).ood
+
+
+def test_neighbour_similarity_equals_brute_force() -> None:
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(50, 6)).astype(np.float32)
+    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+    q = ref[:7] + 0.1 * rng.normal(size=(7, 6)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    want = np.array([np.sort(ref @ v)[::-1][:5].mean() for v in q])
+    np.testing.assert_allclose(neighbour_similarity(q, ref, 5), want, rtol=1e-5)
+    loo = neighbour_similarity(ref, ref, 3, exclude_self=True)
+    np.testing.assert_allclose(loo, [np.sort(ref @ v)[::-1][1:4].mean() for v in ref], rtol=1e-5)
+
+
+def test_text_queries_are_checked_against_the_training_vocabulary() -> None:
+    assert not check_text("Right pleural effusion", PROFILE).ood
+    r = check_text("glioblastoma of the temporal lobe", PROFILE)
+    assert r.ood and r.reason == "the query shares no words with the training reports"
+    assert r.details["vocabulary"]["unknown"] == ["glioblastoma", "temporal", "lobe"]
+    assert check_text("the of and", PROFILE).reason == "the query has no content words"
+    assert not check_text("anything", None).ood  # no profile: nothing to compare with
+
+
+def test_vocabulary_keeps_words_of_at_least_two_reports() -> None:
+    texts = ["Small left effusion. Dr Smithers agrees.", "Left effusion unchanged.", "No effusion."]
+    assert report_vocabulary(texts) == ["effusion", "left"]  # the one-off name stays out
+
+
+def test_profile_round_trip_with_reference(tmp_path) -> None:
+    ref = np.eye(3, dtype=np.float32)
+    PROFILE.save(tmp_path, reference=ref)
+    back, back_ref = TrainingProfile.load(tmp_path)
+    assert back == PROFILE and np.array_equal(back_ref, ref)
+    assert TrainingProfile.load(tmp_path / "none") == (None, None)
+    (tmp_path / PROFILE_NAME).write_text('{"format": "something else"}')
+    with pytest.raises(CheckpointError, match="format"):
+        TrainingProfile.load(tmp_path)
