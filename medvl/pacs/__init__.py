@@ -42,6 +42,9 @@ if TYPE_CHECKING:
     from medvl.pacs.reports import ReportTable, report_from_sr
     from medvl.pacs.sr import SimilarCase, findings_sr
 
-__all__ = list(_EXPORTS)
+__all__ = [
+    "DicomWebSource", "IngestCache", "IngestOptions", "Ingester", "PacsConfig", "ReportTable", "SimilarCase",
+    "StudyInfo", "findings_sr", "load_pacs_config", "report_from_sr",
+]
 
 __getattr__ = lazy_exports(__name__, _EXPORTS)

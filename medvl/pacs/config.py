@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from typing_extensions import Self
+
 from medvl.errors import ConfigError
 
 AuthKind = Literal["none", "basic", "bearer"]
@@ -44,7 +46,7 @@ class Secret(str):
     The value is reached with :meth:`reveal`, only where a request is signed.
     """
 
-    def __new__(cls, value: str) -> Secret:  # noqa: D102 - str subclass plumbing
+    def __new__(cls, value: str) -> Self:
         obj = super().__new__(cls, "***")
         obj._value = value  # type: ignore[attr-defined]
         return obj

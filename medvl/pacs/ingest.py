@@ -27,7 +27,13 @@ from typing import Any, Literal
 from medvl.errors import PacsError
 from medvl.pacs.cache import IngestCache
 from medvl.pacs.client import DicomWebSource, SeriesInfo, StudyInfo
-from medvl.pacs.identity import dataset_attrs, deid_seed, identifiers, keyed, long_needles
+from medvl.pacs.identity import (
+    dataset_attrs,
+    deid_seed,
+    identifiers,
+    keyed,
+    long_needles,
+)
 from medvl.pacs.reports import ReportTable, report_from_sr
 
 # Modalities whose images are one 2D picture each (one file per manifest row).
@@ -309,7 +315,7 @@ class Ingester:
         except (StudyRefused, PacsError) as exc:
             msg = str(exc.message if isinstance(exc, PacsError) else exc)
             prefix = f"study {study.ref}: "
-            outcome.reason = msg[len(prefix):] if msg.startswith(prefix) else msg
+            outcome.reason = msg.removeprefix(prefix)
         except Exception as exc:  # noqa: BLE001 - one bad study never stops the run
             outcome.reason = f"unexpected {type(exc).__name__} while ingesting"
         return outcome

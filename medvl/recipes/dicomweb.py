@@ -73,7 +73,7 @@ class DicomWebPrepare:
         from medvl.pacs.cache import IngestCache
         from medvl.pacs.client import DicomWebSource
         from medvl.pacs.identity import keyed, load_secret
-        from medvl.pacs.ingest import IngestOptions, Ingester
+        from medvl.pacs.ingest import Ingester, IngestOptions
         from medvl.pacs.reports import ReportTable
 
         out = Path(self.out_dir)

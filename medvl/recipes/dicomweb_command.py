@@ -48,7 +48,7 @@ def run_dicomweb(args: argparse.Namespace) -> int:
     )
     t0 = time.perf_counter()
 
-    def report(outcome) -> None:  # noqa: ANN001 - StudyOutcome
+    def report(outcome) -> None:
         if outcome.status == "skipped":
             print(outcome.line(), flush=True)
 

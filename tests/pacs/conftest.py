@@ -13,9 +13,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # pacs_helpers (tests import it)
 
-from pacs_helpers import MISSING  # noqa: E402
+from pacs_helpers import MISSING
 
-from medvl.pacs.testing import OrthancServer, load_synthetic  # noqa: E402
+from medvl.pacs.testing import OrthancServer, load_synthetic
 
 
 @pytest.fixture(autouse=True)

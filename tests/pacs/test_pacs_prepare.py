@@ -26,7 +26,7 @@ def prepared(corpus_server, tmp_path_factory):
 
 
 def test_manifest_rows_match_the_server(prepared) -> None:
-    server, studies, out = prepared
+    _server, studies, out = prepared
     rows = read_manifest(out / "manifest.jsonl")
     assert len(rows) == len(studies) == 7
     assert check_patient_splits(rows) == {}
@@ -57,7 +57,7 @@ def test_manifest_rows_match_the_server(prepared) -> None:
 
 
 def test_no_identifying_value_in_manifest_cache_or_files(prepared) -> None:
-    server, studies, out = prepared
+    _server, studies, out = prepared
     blob = all_bytes(out).lower()
     for s in studies:
         for needle in [*s.identifiers, s.study_uid]:
@@ -83,7 +83,7 @@ def test_rerun_fetches_nothing(prepared, capsys) -> None:
 
 
 def test_filters_by_modality_and_date(corpus_server, tmp_path) -> None:
-    server, studies = corpus_server
+    server, _studies = corpus_server
     out = tmp_path / "ct"
     assert main(["prepare", "dicomweb", "--url", server.url, "--out", str(out), "--modality", "CT"]) == 0
     rows = read_manifest(out / "manifest.jsonl")
@@ -116,7 +116,7 @@ def test_reports_from_csv_for_real_files(tmp_path) -> None:
     try:
         if get_testdata_file("RG1_UNCR.dcm", download=False):  # pydicom-data: a real chest radiograph
             names.append("RG1_UNCR.dcm")
-    except Exception:  # noqa: BLE001 - pydicom-data (assets extra) not installed
+    except Exception:  # noqa: BLE001, S110 - pydicom-data (assets extra) not installed
         pass
     files = [Path(get_testdata_file(n, download=False)) for n in names]
     heads = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
@@ -150,12 +150,19 @@ def test_reports_from_csv_for_real_files(tmp_path) -> None:
                 assert value.encode() not in blob, kw
 
 
-def test_index_and_search_on_the_ingested_studies(prepared, tmp_path) -> None:
+@pytest.fixture(scope="module")
+def indexed(prepared, tmp_path_factory):
     server, studies, out = prepared
-    model, index = tmp_path / "model", tmp_path / "index"
+    root = tmp_path_factory.mktemp("indexed")
+    model, index = root / "model", root / "index"
     assert main(["model", "init", str(REPO / "configs" / "tiny.yaml"), "--out", str(model)]) == 0
     assert main(["index", "build", "--model", str(model), "--manifest", str(out / "manifest.jsonl"),
                  "--out", str(index), "index.progress=false"]) == 0
+    return server, studies, out, model, index
+
+
+def test_index_and_search_on_the_ingested_studies(indexed) -> None:
+    _server, studies, out, _model, index = indexed
     from medvl.index import CaseIndex
 
     idx = CaseIndex.open(index)
@@ -167,3 +174,80 @@ def test_index_and_search_on_the_ingested_studies(prepared, tmp_path) -> None:
     for s in studies:
         for needle in [*s.identifiers, s.study_uid]:
             assert needle.lower().encode() not in blob, needle
+
+
+class _ZeroShot:
+    """What ``medvl.load(dir)`` returns, until the inference room lands: the model, its
+    one-file preprocessing and the zero-shot scorer the viewer uses today (uncalibrated)."""
+
+    def __init__(self, model_dir: Path, data_cfg: dict) -> None:
+        from medvl.models.model import MedVLModel
+
+        self.model_dir, self.model, self.data_cfg = model_dir, MedVLModel.from_pretrained(model_dir), data_cfg
+
+    def classify(self, image):
+        from types import SimpleNamespace
+
+        from medvl.data import load_model_input
+        from medvl.eval.zeroshot import classify_image
+
+        x = load_model_input(image, self.data_cfg)
+        return SimpleNamespace(scores=classify_image(self.model, x, modality="CR"), calibrated=False,
+                               ood=False, ood_reason="")
+
+
+def _pipeline(model: Path):
+    import medvl
+
+    if hasattr(medvl, "load"):
+        return medvl.load(model)
+    import yaml
+
+    return _ZeroShot(model, yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())["data"])
+
+
+def test_sr_export_holds_findings_and_deidentified_similar_cases_and_is_stored_only_when_asked(
+        indexed, tmp_path) -> None:
+    from medvl.index import CaseIndex
+    from medvl.pacs.client import DicomWebSource
+    from medvl.pacs.config import PacsConfig
+    from medvl.pacs.export import export_findings_sr
+    from medvl.pacs.sr import findings_text
+
+    server, studies, out, model, index = indexed
+    rows = [r for r in read_manifest(out / "manifest.jsonl") if r.dims == 2]
+    image = resolve_path(out / "manifest.jsonl", rows[0].image)
+    pipe = _pipeline(model)
+    before = len(server.rest("GET", "/instances"))
+    export_findings_sr(pipe, image, tmp_path / "a.sr.dcm", index=CaseIndex.open(index), k=3)
+    assert len(server.rest("GET", "/instances")) == before  # written to a file only
+    back = pydicom.dcmread(tmp_path / "a.sr.dcm")
+    assert back.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34" and "RESEARCH USE ONLY" in back.SeriesDescription
+    assert (back.PreliminaryFlag, back.VerificationFlag, back.CompletionFlag) == ("PRELIMINARY", "UNVERIFIED", "PARTIAL")
+    items = findings_text(back)
+    expected = pipe.classify(image)
+    scores = {f: v for f, name, v in items if "zero-shot" in name or "probability" in name.lower()}
+    names = {name for f, name, v in items if f != "Similar case retrieved from the case index"}
+    assert names == ({"Calibrated probability"} if expected.calibrated
+                     else {"Uncalibrated zero-shot score (not a probability)"})
+    assert sorted(scores.values()) == pytest.approx(sorted(expected.scores.values()), abs=1e-6)
+    assert b"Research use only, not for diagnostic use" in (tmp_path / "a.sr.dcm").read_bytes()
+    # similar cases: referenced by their de-identified UIDs, as stored in the index
+    hits = CaseIndex.open(index).search_image(pipe.model, image, 3)
+    sims = [v for f, name, v in items if f == "Similar case retrieved from the case index"]
+    assert sims == pytest.approx([h.score for h in hits], abs=1e-5)
+    other = {str(ref.ReferencedSOPInstanceUID) for e in back.get("PertinentOtherEvidenceSequence", [])
+             for s in e.ReferencedSeriesSequence for ref in s.ReferencedSOPSequence}
+    same = {str(ref.ReferencedSOPInstanceUID) for e in back.CurrentRequestedProcedureEvidenceSequence
+            for s in e.ReferencedSeriesSequence for ref in s.ReferencedSOPSequence}
+    stored_uids = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID
+                   for p in (out / "images").rglob("*.dcm")}
+    assert (other | same) <= stored_uids
+    blob = (tmp_path / "a.sr.dcm").read_bytes()
+    for s in studies:
+        for f in s.files:
+            assert str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID).encode() not in blob
+    # stored back with STOW-RS only when asked
+    export_findings_sr(pipe, image, tmp_path / "b.sr.dcm", index=None,
+                       store_to=DicomWebSource(PacsConfig(url=server.url)))
+    assert len(server.rest("GET", "/instances")) == before + 1
