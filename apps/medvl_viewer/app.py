@@ -33,7 +33,7 @@ if __package__ in (None, ""):
 import streamlit as st
 
 from medvl_viewer import backend as backend_mod
-from medvl_viewer import panels, render, uploads
+from medvl_viewer import pacs_mode, panels, render, uploads
 from medvl_viewer.backend import (
     UNKNOWN_MODALITIES,
     Case,
@@ -43,7 +43,7 @@ from medvl_viewer.backend import (
 )
 from medvl.errors import ConfigError, MedvlError
 
-MODES = ("Case from index", "Uploaded image", "Free text")
+MODES = ("Case from index", "Uploaded image", "Free text", pacs_mode.MODE)
 #: Choices for an upload whose file records no modality (NIfTI).
 UPLOAD_MODALITIES = ("unknown", "CT", "CR", "DX", "MR")
 #: How messages name an upload: exported file names often carry the patient's name.
@@ -299,6 +299,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         query_by_case(backend, k)
     elif mode == MODES[1]:
         query_by_upload(backend, k, limits)
+    elif mode == pacs_mode.MODE:
+        pacs_mode.query_by_pacs(backend, k, _image_with_findings, _search)
     else:
         query_by_text(backend, k)
 

@@ -177,21 +177,18 @@ def test_index_and_search_on_the_ingested_studies(indexed) -> None:
 
 
 class _ZeroShot:
-    """What ``medvl.load(dir)`` returns, until the inference room lands: the model, its
-    one-file preprocessing and the zero-shot scorer the viewer uses today (uncalibrated)."""
+    """``medvl.load(dir)`` plus ``classify`` while the inference room's classify is not on main
+    yet: its one preprocessing path and the zero-shot scorer the viewer uses today (uncalibrated)."""
 
-    def __init__(self, model_dir: Path, data_cfg: dict) -> None:
-        from medvl.models.model import MedVLModel
-
-        self.model_dir, self.model, self.data_cfg = model_dir, MedVLModel.from_pretrained(model_dir), data_cfg
+    def __init__(self, pipeline) -> None:
+        self.pipeline, self.model, self.model_dir = pipeline, pipeline.model, pipeline.model_dir
 
     def classify(self, image):
         from types import SimpleNamespace
 
-        from medvl.data import load_model_input
         from medvl.eval.zeroshot import classify_image
 
-        x = load_model_input(image, self.data_cfg)
+        x = self.pipeline.prepare(image)
         return SimpleNamespace(scores=classify_image(self.model, x, modality="CR"), calibrated=False,
                                ood=False, ood_reason="")
 
@@ -199,11 +196,8 @@ class _ZeroShot:
 def _pipeline(model: Path):
     import medvl
 
-    if hasattr(medvl, "load"):
-        return medvl.load(model)
-    import yaml
-
-    return _ZeroShot(model, yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())["data"])
+    pipe = medvl.load(model)
+    return pipe if hasattr(pipe, "classify") else _ZeroShot(pipe)
 
 
 def test_sr_export_holds_findings_and_deidentified_similar_cases_and_is_stored_only_when_asked(
