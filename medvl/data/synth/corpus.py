@@ -75,13 +75,14 @@ def _render_cxr(plan: StudyPlan, cfg: SynthConfig, out: Path) -> dict[str, Any]:
     stored = write_radiograph(out / image_rel, r.attenuation, rng, patient_id=plan.patient_id,
                               study_number=plan.study_number, modality=plan.modality, view=plan.view,
                               spacing=spacing, compression=plan.compression)
-    report = _report(plan)
+    report, statements = _report(plan)
     meta = {
         "generator": "medvl.synth", "generator_version": GENERATOR_VERSION,
         "ground_truth": _ground_truth(plan), "study_number": plan.study_number,
         "transfer_syntax": stored.transfer_syntax, "photometric": stored.photometric,
         "bits_stored": stored.bits_stored, "rescale_slope": stored.slope,
         "rescale_intercept": stored.intercept, "pixel_spacing_mm": round(spacing, 6),
+        "statements": statements,
     }
     return _row(plan, image_rel, report, annotations, meta)
 
@@ -128,17 +129,19 @@ def _render_ct(plan: StudyPlan, cfg: SynthConfig, out: Path) -> dict[str, Any]:
         image_rel = f"ct/{plan.study_id}.nii.gz"
         write_nifti(out / image_rel, *reorient_for_storage(np.rint(r.hu).astype(np.int16), affine, orientation))
         meta["nifti_orientation"] = orientation
-    report = _report(plan)
+    report, meta["statements"] = _report(plan)
     return _row(plan, image_rel, report, annotations, meta)
 
 
-def _report(plan: StudyPlan) -> dict[str, str]:
-    from medvl.data.synth.text import write_other_sections, write_report
+def _report(plan: StudyPlan) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    """The report's sections and what each FINDINGS / IMPRESSION sentence states (``meta.statements``)."""
+    from medvl.data.synth.text import write_other_sections, write_report_statements
 
     # Separate random streams: the other sections never change FINDINGS/IMPRESSION wording.
-    main = write_report(plan, np.random.default_rng(np.random.SeedSequence([plan.render_seed, 4])))
+    main, statements = write_report_statements(
+        plan, np.random.default_rng(np.random.SeedSequence([plan.render_seed, 4])))
     other = write_other_sections(plan, np.random.default_rng(np.random.SeedSequence([plan.render_seed, 6])))
-    return {**main, **other}
+    return {**main, **other}, statements
 
 
 def _row(plan: StudyPlan, image: str, report: dict[str, str], annotations: list[dict[str, Any]],

@@ -80,8 +80,8 @@ def _device_sentences(f: FindingSpec, bank: dict[str, Any], rng: np.random.Gener
     return out
 
 
-def _negatives(names: list[str], bank: dict[str, Any], rng: np.random.Generator) -> list[str]:
-    """Negation sentences; two negatives are sometimes joined into one."""
+def _negatives(names: list[str], bank: dict[str, Any], rng: np.random.Generator) -> list[tuple[str, list[str]]]:
+    """Negation sentences with the findings each denies; two negatives are sometimes joined into one."""
     nouns = templates()["negation_nouns"]
     names = list(names)
     out = []
@@ -89,52 +89,76 @@ def _negatives(names: list[str], bank: dict[str, Any], rng: np.random.Generator)
         a = names.pop(0)
         if names and a != "cardiomegaly" and names[0] != "cardiomegaly" and rng.random() < 0.4:
             b = names.pop(0)
-            out.append(f"No {_pick(rng, nouns[a])} or {_pick(rng, nouns[b])}.")
+            out.append((f"No {_pick(rng, nouns[a])} or {_pick(rng, nouns[b])}.", [a, b]))
         else:
-            out.append(_pick(rng, bank[a]["negative"]))
+            out.append((_pick(rng, bank[a]["negative"]), [a]))
     return out
 
 
+def _statement(section: str, text: str, findings: list[str], label: int, laterality: str | None = None,
+               ) -> dict[str, Any]:
+    return {"section": section, "text": text, "findings": findings, "label": label, "laterality": laterality}
+
+
 def write_report(plan: StudyPlan, rng: np.random.Generator) -> dict[str, str]:
-    """FINDINGS and IMPRESSION text for a planned study.
+    """FINDINGS and IMPRESSION text for a planned study (see :func:`write_report_statements`)."""
+    sections, _ = write_report_statements(plan, rng)
+    return sections
+
+
+def write_report_statements(plan: StudyPlan, rng: np.random.Generator) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    """FINDINGS and IMPRESSION text for a planned study, with what each sentence states.
 
     Args:
         plan: the study's ground truth (findings, hedged findings, stated negatives).
         rng: the study's text random stream.
 
     Returns:
-        ``{"findings": ..., "impression": ...}``.
+        ``({"findings": ..., "impression": ...}, statements)``: one statement per
+        sentence, in order, ``{"section", "text", "findings", "label", "laterality"}``
+        where ``findings`` lists the finding keys the sentence is about (none for a
+        normal-study sentence), ``label`` is 1 (stated present), -1 (hedged) or 0
+        (stated absent) and ``laterality`` is the finding's side (``None`` when it has
+        none). This is the ground truth a highlighter or labeler is measured against.
     """
     kind = "ct" if plan.modality == "CT" else "cxr"
     bank = templates()[kind]
     by_name = {f.name: f for f in plan.findings}
-    sentences: list[str] = []
-    impression: list[str] = []
+    sentences: list[dict[str, Any]] = []
+    impression: list[dict[str, Any]] = []
     for name in _ORDER:
         f = by_name.get(name)
         if f is None:
             continue
         if name == "support_device":
-            sentences.extend(_device_sentences(f, bank[name], rng))
+            sentences.extend(_statement("findings", t, [name], 1) for t in _device_sentences(f, bank[name], rng))
             continue
         key = "uncertain" if f.uncertain else "positive"
-        sentences.append(_fill(_pick(rng, bank[name][key]), f, plan.modality, rng))
+        label = -1 if f.uncertain else 1
+        sentences.append(_statement("findings", _fill(_pick(rng, bank[name][key]), f, plan.modality, rng), [name],
+                                    label, f.laterality))
         if not f.uncertain:
-            impression.append(_fill(_pick(rng, bank[name]["impression"]), f, plan.modality, rng))
+            impression.append(_statement("impression", _fill(_pick(rng, bank[name]["impression"]), f, plan.modality,
+                                                              rng), [name], 1, f.laterality))
     if not plan.findings or all(f.name == "support_device" for f in plan.findings):
-        sentences.append(_pick(rng, bank["normal_findings"]))
+        sentences.append(_statement("findings", _pick(rng, bank["normal_findings"]), [], 0))
         # With tubes and lines the film is not "normal", only free of acute disease.
         options = [s for s in bank["normal_impression"] if not (plan.findings and s.lower().startswith("normal"))]
-        impression.append(_pick(rng, options))
+        impression.append(_statement("impression", _pick(rng, options), [], 0))
     negs = [n for n in plan.negatives if n in bank]
     order = rng.permutation(len(negs)).tolist()
-    sentences.extend(_negatives([negs[i] for i in order], bank, rng))
+    sentences.extend(_statement("findings", t, names, 0) for t, names in _negatives([negs[i] for i in order], bank, rng))
     hedged = [f for f in plan.findings if f.uncertain]
     if not impression and hedged or hedged and rng.random() < 0.5:
-        impression.append(_fill(_pick(rng, bank[hedged[0].name]["uncertain"]), hedged[0], plan.modality, rng))
+        f = hedged[0]
+        impression.append(_statement("impression", _fill(_pick(rng, bank[f.name]["uncertain"]), f, plan.modality, rng),
+                                     [f.name], -1, f.laterality))
     if "support_device" in by_name and rng.random() < 0.5:
-        impression.append(_pick(rng, bank["support_device"]["impression"]))
-    return {"findings": " ".join(sentences), "impression": " ".join(impression)}
+        impression.append(_statement("impression", _pick(rng, bank["support_device"]["impression"]),
+                                     ["support_device"], 1))
+    sections = {"findings": " ".join(st["text"] for st in sentences),
+                "impression": " ".join(st["text"] for st in impression)}
+    return sections, sentences + impression
 
 
 def write_other_sections(plan: StudyPlan, rng: np.random.Generator) -> dict[str, str]:
