@@ -2,15 +2,20 @@
 
 Run::
 
-    streamlit run apps/medvl_viewer/app.py -- --index runs/demo/index --model runs/demo/model
+    medvl viewer --index runs/demo/index
 
-or ``medvl viewer --index runs/demo/index``, or ``make viewer``. Without arguments, ``MEDVL_VIEWER_INDEX`` and ``MEDVL_VIEWER_MODEL``
+or ``streamlit run apps/medvl_viewer/app.py -- --index runs/demo/index [--model runs/demo/model]``,
+or ``make viewer``. Without arguments, ``MEDVL_VIEWER_INDEX`` and ``MEDVL_VIEWER_MODEL``
 are read from the environment; without a model, the one the index records is used.
 
 Query by a case from the index, an uploaded DICOM file / DICOM series (zip) / NIfTI
-volume, or free text; see the most similar cases with their reports, the best matching
-sentences highlighted, a phrase heatmap over the image and zero-shot finding scores.
-The app holds no model code: everything goes through :mod:`medvl_viewer.backend`.
+volume, or free text; see the most similar cases with their reports, the sentences that
+state the query's findings highlighted, a phrase heatmap over the image and finding
+scores. The app holds no model code: everything goes through :mod:`medvl_viewer.backend`.
+
+Start-up order: the index's metadata opens in a fraction of a second and the first
+image is drawn with it; the model (torch, MONAI, transformers: many seconds on a cold
+start) loads in a background thread meanwhile, and the results follow when it is ready.
 """
 
 from __future__ import annotations
@@ -18,8 +23,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -32,28 +37,19 @@ if __package__ in (None, ""):
 
 import streamlit as st
 
-from medvl_viewer import backend as backend_mod
-from medvl_viewer import pacs_mode, panels, render, uploads
-from medvl_viewer.backend import (
-    UNKNOWN_MODALITIES,
-    Case,
-    Query,
-    ViewerBackend,
-    effective_modality,
-)
 from medvl.errors import ConfigError, MedvlError
+from medvl_viewer import backend as backend_mod
+from medvl_viewer import modes, pacs_mode, panels
+from medvl_viewer.backend import Catalogue, ViewerBackend
+from medvl_viewer.messages import scrub
 
-MODES = ("Case from index", "Uploaded image", "Free text", pacs_mode.MODE)
-#: Choices for an upload whose file records no modality (NIfTI).
-UPLOAD_MODALITIES = ("unknown", "CT", "CR", "DX", "MR")
-#: How messages name an upload: exported file names often carry the patient's name.
-UPLOAD_LABEL = "the uploaded file"
-#: Hides the file name Streamlit's uploader shows, for the same reason.
-HIDE_UPLOAD_NAME_CSS = "<style>[data-testid='stFileChipName']{visibility:hidden}</style>"
-#: What a text query is compared with: the cases' image or report embeddings.
-TEXT_TARGETS = {"images": "image", "reports": "report"}
-#: Above this many cases the case picker filters by a typed part of the study id.
-CASE_PICKER_LIMIT = 500
+MODES = (*modes.MODES, pacs_mode.MODE)
+#: Widget values kept while their widget is not on the page (another query mode is shown).
+PERSISTENT_KEYS = ("case_filter", "case_page", "case_id", "query_text", "text_target", "use_reports",
+                   "upload_modality", "upload_frame")
+
+#: One thread loads models in the background, so the first image is drawn meanwhile.
+_LOADER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medvl-viewer-load")
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -85,188 +81,76 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
-@st.cache_resource(show_spinner="Loading model and index ...")
-def load_backend(index_dir: str, model_dir: str) -> ViewerBackend:
-    """Model and index, loaded once per server process and shared by every session."""
-    return backend_mod.open_backend(index_dir, model_dir or None)
+@st.cache_resource(show_spinner=False)
+def load_catalogue(index_dir: str) -> Catalogue:
+    """The index's cases, opened once per server process (no model: fast)."""
+    return backend_mod.open_catalogue(index_dir)
 
 
-def _drop_staged() -> None:
-    """Delete the staged copy of the previous upload (it may hold a whole DICOM series)."""
-    state = st.session_state
-    old = state.pop("upload_tmp", None)
-    if old is not None:
-        old.cleanup()
-    for key in ("upload_id", "upload_staged", "upload_error"):
-        state.pop(key, None)
+@st.cache_resource(show_spinner=False)
+def backend_future(index_dir: str, model_dir: str) -> Future[ViewerBackend]:
+    """The model backend, loading in the background; one per server process, shared by every session."""
+    return _LOADER.submit(backend_mod.open_backend, index_dir, model_dir or None)
 
 
-def _stage(uploaded, limits: uploads.UploadLimits) -> uploads.StagedUpload:
-    """Stage an upload once per file into a private temp folder kept in session state."""
-    state = st.session_state
-    file_id = getattr(uploaded, "file_id", None) or f"{uploaded.name}:{uploaded.size}"
-    if state.get("upload_id") != file_id:
-        _drop_staged()
-        tmp = tempfile.TemporaryDirectory(prefix="medvl-upload-")
-        state["upload_tmp"] = tmp
-        state["upload_id"] = file_id
-        try:
-            state["upload_staged"] = uploads.stage_upload(
-                uploaded.name, int(uploaded.size), uploaded.getvalue, tmp.name, limits, label=UPLOAD_LABEL
-            )
-        except uploads.UploadError as exc:
-            state["upload_error"] = str(exc)
-    if "upload_error" in state:
-        raise uploads.UploadError(state["upload_error"])
-    return state["upload_staged"]
+class BackendHandle:
+    """The model backend when a panel needs it: waits for the background load, once per page run.
 
-
-def _read(backend: ViewerBackend, path: Path, what: str, *, indexed: bool = True):
-    """Read an image through medvl.io, showing a clear message instead of a traceback.
-
-    An indexed case's path is redacted from the message (corpus layouts carry patient
-    ids); a staged upload's path is a private temp file and stays.
+    A failed load becomes one message on the page (and the next page run tries again).
     """
-    try:
-        return backend.read_image(path)
-    except Exception as exc:  # noqa: BLE001 - an untrusted file must never crash the page
-        redact = (str(path), str(Path(path).resolve())) if indexed else ()
-        panels.show_failure(f"Cannot read {what}", exc, redact)
-    return None
 
+    def __init__(self, index_dir: str, model_dir: str) -> None:
+        self._args = (index_dir, model_dir)
+        self._future = backend_future(index_dir, model_dir)
+        self._failed = False
 
-def _search(fn, *args, redact: tuple[str, ...] = ()) -> list[Case]:
-    try:
-        return fn(*args)
-    except Exception as exc:  # noqa: BLE001 - see panels.show_failure
-        panels.show_failure("Search failed", exc, redact)
-        return []
+    def ready(self) -> bool:
+        """Whether the model has loaded (without waiting)."""
+        return self._future.done() and self._future.exception() is None
 
-
-def _image_with_findings(
-    backend: ViewerBackend,
-    image,
-    path: Path,
-    *,
-    key: str,
-    modality: str | None = None,
-    heat_phrase: str | None = None,
-) -> None:
-    """Image panel and zero-shot panel of a query image.
-
-    The heatmap phrase defaults to the finding the model scores highest, so a heatmap is
-    shown without typing; the user can type any phrase instead.
-    """
-    try:
-        probs = backend.zero_shot(path, modality)
-    except Exception as exc:  # noqa: BLE001 - see panels.show_failure
-        panels.show_failure("Zero-shot scoring failed", exc)
-        probs = None
-    if heat_phrase is None and probs:
-        heat_phrase = panels.finding_display(max(probs, key=probs.get))
-    panels.image_panel(backend, image, key=key, heat_phrase=heat_phrase, image_path=path, modality=modality)
-    panels.zero_shot_panel(probs)
-
-
-def query_by_case(backend: ViewerBackend, k: int) -> None:
-    ids = backend.case_ids()
-    if not ids:
-        st.info("The index holds no cases.")
-        return
-    if len(ids) > CASE_PICKER_LIMIT:
-        # A select box with 100 000 options is slow to send and to scroll: filter first.
-        part = st.sidebar.text_input("Study id contains", key="case_filter").strip().lower()
-        matches = [s for s in ids if part in s.lower()] if part else ids
-        if not matches:
-            st.info(f"No study id contains {part!r}.")
-            return
-        if len(matches) > CASE_PICKER_LIMIT:
-            st.sidebar.caption(f"{len(matches)} cases match; showing the first {CASE_PICKER_LIMIT}.")
-        ids = matches[:CASE_PICKER_LIMIT]
-    study_id = st.sidebar.selectbox("Case", ids, key="case_id")
-    case = backend.case(study_id)
-    left, right = st.columns([2, 3])
-    with left:
-        st.subheader(f"Case {render.markdown_escape(case.study_id)}")
-        if case.image_path is None:
-            st.info("This case has no image on disk.")
+    def get(self) -> ViewerBackend | None:
+        """The backend, waiting for it; ``None`` (and one message) if it cannot be loaded."""
+        if self._failed:
+            return None
+        if not self._future.done():
+            with st.spinner("Loading the model (only on the first visit after a start) ..."):
+                self._future.exception()  # waits
+        exc = self._future.exception()
+        if exc is None:
+            return self._future.result()
+        self._failed = True
+        backend_future.clear()  # the next page run tries again
+        if isinstance(exc, MedvlError):
+            st.error(f"Cannot open the model: {_plain(exc)}")
         else:
-            image = _read(backend, case.image_path, f"case {case.study_id}")
-            if image is not None:
-                modality = effective_modality(image, case.modality)
-                _image_with_findings(backend, image, case.image_path, key=f"case-{case.study_id}", modality=modality)
-        with st.expander("Report of this case", expanded=False):
-            st.text(case.report or "(no report)")
-    with right:
-        hits: list[Case] = []
-        if case.image_path is not None:
-            # One extra hit so the case itself can be dropped from its own results.
-            hidden = (str(case.image_path), str(Path(case.image_path).resolve()))
-            hits = _search(backend.search_image, case.image_path, k + 1, redact=hidden)
-            hits = [h for h in hits if h.study_id != case.study_id][:k]
-        panels.results_panel(backend, hits, Query(image_path=case.image_path))
+            panels.log.error("model load failed", exc_info=exc)
+            st.error("Cannot open the model (details in the server log).")
+        return None
 
 
-def query_by_upload(backend: ViewerBackend, k: int, limits: uploads.UploadLimits) -> None:
-    st.html(HIDE_UPLOAD_NAME_CSS)
-    uploaded = st.sidebar.file_uploader(
-        "DICOM file, DICOM series (.zip) or NIfTI (.nii, .nii.gz)",
-        key="upload",
-        help=f"At most {limits.max_bytes / uploads.MIB:.0f} MiB.",
+def _plain(exc: MedvlError) -> str:
+    """An error's sentence and what was expected, without the server path it names."""
+    return scrub(exc.message) + (f" (expected {exc.expected})" if exc.expected else "")
+
+
+def landing_line(catalogue: Catalogue) -> str:
+    """What the tool does and the three ways to query it, in two sentences."""
+    mods = catalogue.modalities()
+    kinds = ", ".join(f"{n:,} {m}" for m, n in sorted(mods.items(), key=lambda kv: -kv[1]))
+    return (
+        f"**medvl viewer** finds cases similar to a query among the **{catalogue.size():,} studies** of this "
+        f"index ({kinds}) and shows their reports, with the sentences that state the query's findings "
+        "highlighted. Query in three ways (sidebar): **a case from the index**, **an uploaded image** "
+        "(DICOM file, DICOM series as .zip, or NIfTI) or **free text** such as *left pleural effusion*."
     )
-    if uploaded is None:
-        _drop_staged()
-        st.info("Upload " + uploads.ACCEPTED + " in the sidebar to search with it.")
-        return
-    try:
-        staged = _stage(uploaded, limits)
-    except uploads.UploadError as exc:
-        st.error(f"Upload refused: {exc}")
-        return
-    image = _read(backend, staged.path, "the uploaded file", indexed=False)
-    if image is None:
-        return
-    left, right = st.columns([2, 3])
-    with left:
-        st.subheader("Uploaded image")
-        modality = effective_modality(image)
-        if modality is None or modality in UNKNOWN_MODALITIES:
-            # NIfTI records no modality; it decides the CT windows and the prompt set.
-            chosen = st.sidebar.selectbox(
-                "Modality of the upload (not recorded in the file)", UPLOAD_MODALITIES, key="upload_modality"
-            )
-            modality = None if chosen == UPLOAD_MODALITIES[0] else chosen
-        key = f"upload-{st.session_state['upload_id']}-{modality}"
-        _image_with_findings(backend, image, staged.path, key=key, modality=modality)
-    with right:
-        hits = _search(backend.search_image, staged.path, k)
-        panels.results_panel(backend, hits, Query(image_path=staged.path))
 
 
-def query_by_text(backend: ViewerBackend, k: int) -> None:
-    text = st.sidebar.text_input("Findings to search for", key="query_text", placeholder="e.g. left pleural effusion")
-    target = st.sidebar.radio(
-        "Match the text against",
-        list(TEXT_TARGETS),
-        key="text_target",
-        help="Images: cross-modal search (what the model learnt to align). Reports: report-to-report search.",
-    )
-    if not text.strip():
-        st.info("Type a description of findings in the sidebar to search the reports and images.")
-        return
-    hits = _search(backend.search_text, text.strip(), k, TEXT_TARGETS[target])
-    left, right = st.columns([2, 3])
-    with left:
-        top = hits[0] if hits else None
-        if top is not None and top.image_path is not None:
-            st.subheader(f"Best match: {render.markdown_escape(top.study_id)}")
-            image = _read(backend, top.image_path, f"case {top.study_id}")
-            if image is not None:
-                panels.image_panel(
-                    backend, image, key=f"text-{top.study_id}", heat_phrase=text.strip(), image_path=top.image_path
-                )
-    with right:
-        panels.results_panel(backend, hits, Query(text=text.strip()))
+def _keep_widget_values() -> None:
+    """Keep inputs of the query modes not shown now (Streamlit drops unrendered widgets' state)."""
+    state = st.session_state
+    for key in PERSISTENT_KEYS:
+        if key in state:
+            state[key] = state[key]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -280,29 +164,36 @@ def main(argv: Sequence[str] | None = None) -> None:
         st.stop()
     if not args.index:
         st.error(
-            "No index given. Start the viewer with "
-            "`medvl viewer --index IDX [--model DIR]` "
+            "No index given. Start the viewer with `medvl viewer --index IDX [--model DIR]` "
             "(without --model, the model the index was built with is used)."
         )
         st.stop()
     try:
-        backend = load_backend(str(args.index), str(args.model or ""))
+        catalogue = load_catalogue(str(args.index))
     except MedvlError as exc:
-        st.error(f"Cannot open the index or model: {exc}")
+        st.error(f"Cannot open the index: {_plain(exc)}")
         st.stop()
+    handle = BackendHandle(str(args.index), str(args.model or ""))
+    _keep_widget_values()
 
+    st.markdown(landing_line(catalogue))
     st.sidebar.title("medvl viewer")
     mode = st.sidebar.radio("Query by", MODES, key="mode")
     k = st.sidebar.slider("Number of results", 1, 20, min(max(args.k, 1), 20), key="k")
-    limits = uploads.UploadLimits(max_bytes=int(args.max_upload_mb * uploads.MIB))
+    model_box = st.sidebar.container()
+    warnings = st.container()  # above the results: what makes this query's results doubtful
+    page = modes.Page(catalogue=catalogue, handle=handle, k=k, warnings=warnings,
+                      max_upload_mb=args.max_upload_mb)
     if mode == MODES[0]:
-        query_by_case(backend, k)
+        modes.query_by_case(page)
     elif mode == MODES[1]:
-        query_by_upload(backend, k, limits)
+        modes.query_by_upload(page)
     elif mode == pacs_mode.MODE:
-        pacs_mode.query_by_pacs(backend, k, _image_with_findings, _search)
+        pacs_mode.query_by_pacs(page)
     else:
-        query_by_text(backend, k)
+        modes.query_by_text(page)
+    if handle.ready():
+        model_box.caption(panels.model_caption(handle.get().model_info()))  # type: ignore[union-attr]
 
 
 if __name__ == "__main__":  # Streamlit runs the page script as __main__

@@ -1,18 +1,23 @@
-"""The viewer's one doorway into the medvl library.
+"""The viewer's doorway into the medvl library: the surfaces the UI uses, and how to open them.
 
-The viewer holds no model, index or metric code: every search, embedding, zero-shot
-score and heatmap is a call into ``medvl.models``, ``medvl.index``, ``medvl.eval`` and
-``medvl.io``. This module adapts those calls to the small :class:`ViewerBackend`
-surface the UI needs, so the UI can be driven in tests by a fake with the same surface.
+The viewer holds no model, index or metric code. Two objects adapt the library to what
+the page needs, so the UI can be driven in tests by fakes with the same surfaces:
 
-:func:`open_backend` is what the Streamlit app caches with ``st.cache_resource``.
+* :class:`Catalogue` (light: the index's metadata and medvl.io, no torch) lists and
+  finds cases and reads images for display. The page draws its first image with it
+  while the model is still loading.
+* :class:`ViewerBackend` (heavy: the model through ``medvl.load``) searches, scores,
+  checks inputs and draws heatmaps.
+
+:func:`open_catalogue` and :func:`open_backend` are what the Streamlit app caches with
+``st.cache_resource``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -28,8 +33,13 @@ class Case:
         report: the report text stored in the index.
         image_path: the case's image (file or DICOM series folder), if on disk.
         labels: finding -> 1 / 0 / -1, as in the manifest.
-        score: similarity to the query (hits only).
-        modality: the manifest's modality (a NIfTI file itself records none).
+        score: cosine similarity to the query (hits only).
+        relative: where ``score`` stands among the index's own best matches, as a
+            percentile 0-100 (hits only; see :attr:`SearchResult.reference`).
+        modality: modality recorded in the index (e.g. ``CT``), if any.
+        view: the view recorded in the index (``PA``, ``AP``...), if any.
+        agreement: for a text query, how the case's report relates to the query
+            (``agrees`` / ``contradicts`` / ``silent``, see ``medvl.data.assertions``).
     """
 
     study_id: str
@@ -37,7 +47,10 @@ class Case:
     image_path: Path | None = None
     labels: dict[str, int] = field(default_factory=dict)
     score: float | None = None
+    relative: float | None = None
     modality: str | None = None
+    view: str | None = None
+    agreement: str | None = None
 
 
 @dataclass
@@ -46,44 +59,153 @@ class Query:
 
     text: str | None = None
     image_path: Path | None = None
+    study_id: str | None = None  # an indexed case used as the query
 
 
-class ViewerBackend(Protocol):
-    """What the viewer needs from the library."""
+@dataclass
+class SearchResult:
+    """Ranked cases and what the page must say about them.
 
-    def case_ids(self) -> list[str]:
-        """Study ids in the index, in index order."""
+    Attributes:
+        hits: best first.
+        warnings: plain sentences on why the results may not mean much (an input
+            unlike the index: modality, body part, dimensions, embedding distance,
+            nonsense text); shown above the results. Empty when nothing is wrong.
+        reference: how :attr:`Case.relative` was computed, in one sentence.
+        reranked: the order uses the reports' statements (side, negation), not only
+            the embedding similarity.
+    """
+
+    hits: list[Case]
+    warnings: list[str] = field(default_factory=list)
+    reference: str = ""
+    reranked: bool = False
+
+
+@dataclass
+class FindingScores:
+    """Per-finding scores of one image, in the form the model can back.
+
+    Attributes:
+        values: finding -> a calibrated probability in [0, 1] (``kind="probability"``)
+            or the percentile 0-100 of the image's raw score among the indexed cases'
+            (``kind="percentile"``). Never a raw saturated softmax.
+        kind: what ``values`` are.
+        note: one sentence saying what the numbers are and are not.
+    """
+
+    values: dict[str, float]
+    kind: Literal["probability", "percentile"]
+    note: str = ""
+
+
+@dataclass
+class Heatmap:
+    """A phrase heatmap over the image, or why there is none.
+
+    Attributes:
+        array: relevance in [0, 1] over the image region only (no padding): ``(h, w)``
+            for a radiograph in stored orientation, ``(d, h, w)`` for a volume in the
+            display layout ``(z, -y, -x)`` of ``render.display_plane``; ``None`` when no
+            map is available.
+        method: ``"local"`` (patch-token similarity, for models trained with local
+            alignment), ``"cam"`` (the global head's class-activation-style map) or ``None``.
+        reason: a plain sentence on the method or on why no map is shown.
+    """
+
+    array: np.ndarray | None
+    method: Literal["local", "cam"] | None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the page says about the model next to its results.
+
+    Attributes:
+        name: the model's name (an imported model's own name; else ``"trained with medvl"``).
+        source: where an imported model came from (hub name or format), or ``""``.
+        licence: an imported model's licence, or ``""``.
+        calibrated: finding scores are calibrated probabilities.
+    """
+
+    name: str
+    source: str = ""
+    licence: str = ""
+    calibrated: bool = False
+
+
+@dataclass(frozen=True)
+class CaseSummary:
+    """One row of the case list (no report text: the list covers the whole index)."""
+
+    study_id: str
+    modality: str | None
+    view: str | None
+    positives: tuple[str, ...]  # finding keys labelled 1
+
+
+class Catalogue(Protocol):
+    """The index's cases and images, without the model (cheap to open)."""
+
+    def size(self) -> int:
+        """Number of indexed cases."""
+
+    def modalities(self) -> dict[str, int]:
+        """Cases per modality code (``{"DX": 900, "CT": 24}``)."""
+
+    def dims(self) -> int:
+        """2 for an index of radiographs, 3 for one of volumes."""
+
+    def find(self, text: str, page: int, per_page: int) -> tuple[list[CaseSummary], int]:
+        """Cases whose study id, or whose positive findings, match ``text`` (all if empty).
+
+        Returns:
+            ``(rows of the 0-based page, total number of matches)``.
+        """
 
     def case(self, study_id: str) -> Case:
         """The stored case ``study_id``."""
 
-    def search_text(self, text: str, k: int, against: str = "image") -> list[Case]:
-        """The ``k`` cases whose images (``against="image"``) or reports best match ``text``."""
-
-    def search_image(self, image_path: Path, k: int) -> list[Case]:
-        """The ``k`` cases most similar to the image at ``image_path``, best first."""
-
-    def read_image(self, image_path: Path) -> Any:
+    def read_image(self, image_path: Path, frame: int | None = None) -> Any:
         """The image as a ``medvl.io.MedicalImage`` (physical units, spacing, windows)."""
 
     def window_presets(self, modality: str | None) -> dict[str, tuple[float, float]]:
         """Named display windows ``(center, width)`` for ``modality``."""
 
-    def zero_shot(self, image_path: Path, modality: str | None = None) -> dict[str, float] | None:
-        """Finding -> probability for the image, or None when no prompt set fits its modality.
 
-        ``modality`` overrides the file's (NIfTI records none).
+class ViewerBackend(Protocol):
+    """What the viewer needs from the model."""
+
+    def model_info(self) -> ModelInfo:
+        """Name, source and licence of the model, and whether its scores are calibrated."""
+
+    def search_text(self, text: str, k: int, against: str = "image", *, use_reports: bool = True) -> SearchResult:
+        """The ``k`` cases whose images (``against="image"``) or reports best match ``text``.
+
+        With ``use_reports``, cases whose report states the query's findings (same side,
+        not denied) come first, then those that do not mention them, then those whose
+        report contradicts the query.
         """
 
-    def heatmap(self, image_path: Path, phrase: str) -> np.ndarray | None:
-        """Relevance of the image's regions to ``phrase``, in [0, 1] over the whole image.
+    def search_image(self, image_path: Path, k: int, *, modality: str | None = None,
+                     exclude: str | None = None, frame: int | None = None) -> SearchResult:
+        """The ``k`` cases most similar to the image at ``image_path``, best first.
 
-        ``(h, w)`` for a 2D image, ``(d, h, w)`` over a volume's axial slices (radiological
-        layout, see ``render.display_plane``), covering the image only (no padding).
+        ``exclude`` drops a study id (a case is not its own neighbour); ``modality``
+        stands in for a file that records none (NIfTI).
         """
+
+    def finding_scores(self, image_path: Path, modality: str | None = None,
+                       frame: int | None = None) -> FindingScores | None:
+        """Finding scores of an image, or None when no prompt set fits its modality."""
+
+    def heatmap(self, image_path: Path, phrase: str, frame: int | None = None) -> Heatmap:
+        """Where in the image ``phrase`` is, as the model sees it (see :class:`Heatmap`)."""
 
     def sentence_scores(self, query: Query, sentences: list[str]) -> list[float] | None:
-        """Similarity of each sentence to the query (for highlighting), or None."""
+        """Similarity of each sentence to the query (to rank highlights when the
+        query names no finding), or None."""
 
 
 #: Modality codes that say "unknown" (NIfTI files, secondary captures).
@@ -115,11 +237,7 @@ def _report_text(report: Any) -> str:
     if isinstance(report, str):
         return report
     if isinstance(report, dict):
-        parts = []
-        for key, value in report.items():
-            if value:
-                parts.append(f"{key.replace('_', ' ').capitalize()}: {value}")
-        return "\n".join(parts)
+        return "\n".join(f"{key.upper()}: {value}" for key, value in report.items() if value)
     return str(report)
 
 
@@ -134,7 +252,22 @@ def to_case(hit: Any) -> Case:
         labels=dict(_get(hit, "labels", default={}) or {}),
         score=None if score is None else float(score),
         modality=_get(hit, "modality"),
+        view=_get(hit, "view"),
     )
+
+
+def open_catalogue(index_dir: str | Path) -> Catalogue:
+    """Open the index's metadata for listing cases and showing images (no model, no torch).
+
+    Raises:
+        CaseIndexError: ``index_dir`` is missing or not a medvl index.
+    """
+    from medvl_viewer.catalogue import IndexCatalogue
+
+    index_dir = Path(index_dir)
+    if not index_dir.is_dir():
+        raise CaseIndexError("index folder does not exist", path=index_dir, expected="a folder from `medvl index`")
+    return IndexCatalogue(index_dir)
 
 
 def open_backend(index_dir: str | Path, model_dir: str | Path | None = None) -> ViewerBackend:

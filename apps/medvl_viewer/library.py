@@ -1,12 +1,11 @@
 """The real :class:`~medvl_viewer.backend.ViewerBackend`: calls into medvl.
 
-Nothing here computes a similarity, a probability or a heatmap itself: searches are
-``medvl.index.CaseIndex`` calls, query images are preprocessed by the index with the data
-section it was built with (``load_query_image``), embeddings come from
-``medvl.eval.embed``, zero-shot scores from ``medvl.eval.zeroshot`` with the prompt sets
-of ``medvl.eval.prompts``, heatmaps from ``medvl.eval.phrase_heatmap``. What is left
-here is bookkeeping: caching per query, and cropping a heatmap from the model's padded
-input grid back to the region the image occupies.
+Nothing here computes an embedding, a probability or a heatmap itself, nor reads
+negation or laterality: embeddings, zero-shot scores and heatmaps come from the
+library's inference calls, report statements from ``medvl.data.assertions``, searches
+from ``medvl.index.CaseIndex``. What is left here is bookkeeping: caching per query,
+putting numbers in the index's context (percentiles against the indexed cases), and
+collecting the reasons an input is unlike the index into one list of warnings.
 
 Torch-heavy imports happen in ``__init__`` and methods, so importing the viewer's
 helpers stays cheap.
@@ -14,39 +13,42 @@ helpers stays cheap.
 
 from __future__ import annotations
 
+import json
 import threading
-from collections import OrderedDict
-from collections.abc import Callable, Hashable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
-from medvl_viewer.backend import Case, Query, to_case
 from medvl.errors import ConfigError, ImageReadError
+from medvl_viewer.backend import (
+    UNKNOWN_MODALITIES,
+    Case,
+    FindingScores,
+    Heatmap,
+    ModelInfo,
+    Query,
+    SearchResult,
+    to_case,
+)
+from medvl_viewer.catalogue import LRU
 
-T = TypeVar("T")
+#: Index cases sampled for the reference distributions (each costs one row of a matmul).
+REFERENCE_SAMPLE = 2000
+#: A query whose best match is below this percentile of the index's own best matches
+#: is flagged as unlike the index.
+OOD_PERCENTILE = 1.0
+#: Candidates re-ranked by their reports' statements for a text query.
+RERANK_POOL = 50
+#: Modalities of chest radiographs (an index of CR/DX accepts either).
+RADIOGRAPH = {"CR", "DX"}
 
 
-class _LRU:
-    """A small thread-safe memo: Streamlit serves each browser session in its own thread."""
+def percentile(value: float, reference: np.ndarray) -> float:
+    """Share of ``reference`` at or below ``value``, in percent (scipy's ``weak`` kind)."""
+    from scipy.stats import percentileofscore
 
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._data: OrderedDict[Hashable, Any] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: Hashable, make: Callable[[], T]) -> T:
-        with self._lock:
-            if key in self._data:
-                self._data.move_to_end(key)
-                return self._data[key]
-        value = make()  # outside the lock: a slow model call must not block other sessions
-        with self._lock:
-            self._data[key] = value
-            while len(self._data) > self.size:
-                self._data.popitem(last=False)
-        return value
+    return float(percentileofscore(np.asarray(reference, dtype=np.float64), float(value), kind="weak"))
 
 
 class LibraryBackend:
@@ -54,7 +56,7 @@ class LibraryBackend:
 
     Args:
         index_dir: a folder written by ``medvl.index.build_index``.
-        model_dir: a folder written by ``MedVLModel.save_pretrained``.
+        model_dir: a model directory (``medvl.load`` reads it).
 
     Raises:
         CaseIndexError: no index at ``index_dir``, or one built with another model.
@@ -77,70 +79,157 @@ class LibraryBackend:
         # One index (one SQLite connection) serves every browser session's thread:
         # its calls are serialised. Model calls outside the index run concurrently.
         self._index_lock = threading.RLock()
-        self._case_ids: list[str] | None = None
-        self._images = _LRU(8)  # volumes can be large: keep few
-        self._inputs = _LRU(16)
-        self._results = _LRU(256)
-        self._prompts = _LRU(4)
-
-    # -- index -------------------------------------------------------------------
-    def case_ids(self) -> list[str]:
-        # The opened version is immutable, so its id list is read once.
+        self._inputs = LRU(16)
+        self._results = LRU(256)
+        self._prompts = LRU(4)
+        self._references = LRU(4)
+        self._provenance = self._read_provenance()
+        data = dict(self.index.info.get("data") or {})
+        self._dims = int(data.get("dims", 2))
         with self._index_lock:
-            if self._case_ids is None:
-                self._case_ids = self.index.study_ids()
-            return list(self._case_ids)
+            from medvl.index import metadata
 
-    def case(self, study_id: str) -> Case:
-        with self._index_lock:
-            return to_case(self.index.get(study_id))
+            n = len(self.index)
+            rows = metadata.fetch_positions(self.index.conn, list(range(n)))
+        self._modalities = sorted({str(r.get("modality") or "").upper() for r in rows.values()} - {""})
 
-    def search_text(self, text: str, k: int, against: str = "image") -> list[Case]:
-        def make() -> list[Any]:
-            with self._index_lock:
-                return self.index.search_text(self.model, text, k, against=against)
+    # -- model description -------------------------------------------------------------
+    def _read_provenance(self) -> dict[str, Any] | None:
+        path = self.model_dir / "provenance.json"
+        if not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text("utf-8"))
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
 
-        return [to_case(h) for h in self._results.get(("text", text, k, against), make)]
+    def model_info(self) -> ModelInfo:
+        p = self._provenance or {}
+        name = str(p.get("name") or p.get("hub_name") or "") or "trained with medvl"
+        source = str(p.get("hub_name") or p.get("source") or "")
+        return ModelInfo(name=name, source=source, licence=str(p.get("licence") or ""), calibrated=False)
 
-    def search_image(self, image_path: Path, k: int) -> list[Case]:
-        def make() -> list[Any]:
-            x = self._input(image_path)  # read + preprocess outside the lock
-            with self._index_lock:
-                return self.index.search_image(self.model, x, k)
-
-        return [to_case(h) for h in self._results.get(("image", str(image_path), k), make)]
-
-    # -- images ------------------------------------------------------------------
-    def read_image(self, image_path: Path) -> Any:
-        from medvl.io import read_image
-
-        return self._images.get(str(image_path), lambda: read_image(image_path))
-
-    def _input(self, image_path: Path) -> np.ndarray:
+    # -- inputs --------------------------------------------------------------------------
+    def _input(self, image_path: Path, frame: int | None = None) -> np.ndarray:
         """The model input of an image, preprocessed as the indexed studies were."""
-        # load_query_image reads only the index's stored data section, not SQLite.
-        return self._inputs.get(str(image_path), lambda: self.index.load_query_image(image_path))
+        if frame is None:
+            return self._inputs.get(str(image_path), lambda: self.index.load_query_image(image_path))
+        raise ImageReadError("reading one frame of a 4D image for the model is not supported yet",
+                             path=image_path, field="frame")
 
-    def window_presets(self, modality: str | None) -> dict[str, tuple[float, float]]:
-        # The presets file holds Hounsfield-unit windows: they mean something for CT only.
-        if modality != "CT":
-            return {}
-        from medvl.io import window_presets
-
-        return dict(window_presets())
-
-    # -- model -------------------------------------------------------------------
-    def _image_embedding(self, image_path: Path) -> np.ndarray:
+    def _image_embedding(self, image_path: Path, frame: int | None = None) -> np.ndarray:
         from medvl.eval.embed import embed_images
 
         def make() -> np.ndarray:
-            x = self._torch.as_tensor(self._input(image_path)).float()[None]
+            x = self._torch.as_tensor(self._input(image_path, frame)).float()[None]
             return embed_images(self.model, x)[0]
 
-        return self._results.get(("embed", str(image_path)), make)
+        return self._results.get(("embed", str(image_path), frame), make)
 
-    def _prompt_embeddings(self, modality: str) -> tuple[list[str], list[np.ndarray], list[np.ndarray]] | None:
+    def _text_embeddings(self, texts: list[str]) -> np.ndarray:
         from medvl.eval.embed import embed_texts
+
+        return self._results.get(("texts", tuple(texts)), lambda: embed_texts(self.model, list(texts)))
+
+    # -- input checks --------------------------------------------------------------------
+    def _image_warnings(self, image_path: Path, modality: str | None, frame: int | None) -> list[str]:
+        """Reasons an image is unlike the indexed ones (modality, body part, dimensions)."""
+        from medvl.io import read_image
+
+        image = read_image(image_path, frame=frame) if frame is not None else read_image(image_path)
+        out: list[str] = []
+        own = str(getattr(image, "modality", "") or "").upper()
+        mod = own if own not in UNKNOWN_MODALITIES else (modality or "").upper()
+        if mod and self._modalities:
+            same = mod in self._modalities or (mod in RADIOGRAPH and RADIOGRAPH & set(self._modalities))
+            if not same:
+                out.append(f"It is a {mod} image; the index holds {', '.join(self._modalities)} images.")
+        body = str((getattr(image, "tags", {}) or {}).get("BodyPartExamined", "") or "").upper()
+        if body and body not in ("CHEST", "THORAX", "LUNG", "CHEST_TO_PELVIS"):
+            out.append(f"The file records the body part as {body.lower()}; the index holds chest studies.")
+        dims = 3 if getattr(image, "affine", None) is not None else 2
+        if dims != self._dims:
+            kind = {2: "a 2D image", 3: "a 3D volume"}
+            out.append(f"It is {kind[dims]}; the index holds {kind[self._dims]}s.")
+        return out
+
+    def _reference(self, query: str, against: str) -> np.ndarray:
+        """The index's own best-match similarities, for putting a query's in context.
+
+        ``image`` queries: each sampled case's image against every other case's image.
+        ``text`` queries: each sampled case's report against the images (``against``)
+        or the other reports, its best match. A real query of the index's kind usually
+        lands inside this distribution; an unrelated one far below it.
+        """
+
+        def make() -> np.ndarray:
+            vectors = {t: np.asarray(v, dtype=np.float32) for t, v in self.index.vectors.items()}
+            n = vectors["image"].shape[0]
+            rng = np.random.default_rng(0)
+            pick = rng.choice(n, size=min(n, REFERENCE_SAMPLE), replace=False) if n else np.zeros(0, int)
+            source = vectors["image" if query == "image" else "report"][pick]
+            target = vectors[against]
+            sims = source @ target.T  # (S, N)
+            if query == "image" or against == "report":
+                sims[np.arange(len(pick)), pick] = -np.inf  # a case is not its own neighbour
+            return sims.max(axis=1) if sims.size else np.zeros(0, np.float32)
+
+        return self._references.get((query, against), make)
+
+    def _context(self, hits: list[Case], reference: np.ndarray) -> None:
+        if reference.size:
+            for h in hits:
+                if h.score is not None:
+                    h.relative = percentile(h.score, reference)
+
+    # -- searches ------------------------------------------------------------------------
+    def _search_vector(self, q: np.ndarray, k: int, against: str) -> list[Case]:
+        with self._index_lock:
+            return [to_case(h) for h in self.index.search_vector(q, k, against=against)]
+
+    def search_image(self, image_path: Path, k: int, *, modality: str | None = None,
+                     exclude: str | None = None, frame: int | None = None) -> SearchResult:
+        warnings = self._image_warnings(image_path, modality, frame)
+        if any("index holds" in w and ("2D" in w or "3D" in w) for w in warnings):
+            return SearchResult([], warnings=warnings)  # the model cannot embed it
+        q = self._image_embedding(image_path, frame)
+        hits = [h for h in self._search_vector(q, k + (1 if exclude else 0), "image") if h.study_id != exclude][:k]
+        reference = self._reference("image", "image")
+        self._context(hits, reference)
+        if hits and hits[0].relative is not None and hits[0].relative < OOD_PERCENTILE:
+            warnings.append(
+                "Its best match is less similar than almost every indexed case is to its own nearest "
+                "neighbour: the image is unlike those in the index.")
+        return SearchResult(hits, warnings=warnings, reference=_REFERENCE_TEXT["image", "image"])
+
+    def search_text(self, text: str, k: int, against: str = "image", *, use_reports: bool = True) -> SearchResult:
+        from medvl.data.assertions import Agreement, find_assertions, report_agreement
+
+        q = self._text_embeddings([text])[0]
+        query = find_assertions(text)
+        pool = max(k, RERANK_POOL) if use_reports and query else k
+        hits = self._search_vector(q, pool, against)
+        reranked = False
+        if query:
+            for h in hits:
+                h.agreement = report_agreement(query, h.report).value
+            if use_reports:
+                rank = {Agreement.AGREES.value: 0, Agreement.SILENT.value: 1, Agreement.CONTRADICTS.value: 2}
+                hits.sort(key=lambda h: rank[h.agreement or "silent"])  # stable: similarity order within
+                reranked = True
+        hits = hits[:k]
+        reference = self._reference("text", against)
+        self._context(hits, reference)
+        warnings: list[str] = []
+        best = max((h.relative for h in hits if h.relative is not None), default=None)
+        if not query and best is not None and best < OOD_PERCENTILE:
+            warnings.append("The text names no finding the viewer knows, and no case matches it better than "
+                            "almost every report matches its own case: it may not describe a chest study.")
+        return SearchResult(hits, warnings=warnings, reference=_REFERENCE_TEXT["text", against], reranked=reranked)
+
+    # -- finding scores ------------------------------------------------------------------
+    def _prompt_embeddings(self, modality: str) -> tuple[list[str], list[np.ndarray], list[np.ndarray]] | None:
         from medvl.eval.prompts import prompt_set_for_modality
 
         def make() -> tuple[list[str], list[np.ndarray], list[np.ndarray]] | None:
@@ -149,46 +238,66 @@ class LibraryBackend:
             except ConfigError:
                 return None  # no prompt set written for this modality (e.g. MR)
             names = prompts.findings
-            pos = [embed_texts(self.model, prompts.positive[f]) for f in names]
-            neg = [embed_texts(self.model, prompts.negative[f]) for f in names]
+            pos = [self._text_embeddings(list(prompts.positive[f])) for f in names]
+            neg = [self._text_embeddings(list(prompts.negative[f])) for f in names]
             return names, pos, neg
 
         return self._prompts.get(modality.upper(), make)
 
-    def zero_shot(self, image_path: Path, modality: str | None = None) -> dict[str, float] | None:
+    def _margins(self, vectors: np.ndarray, modality: str) -> tuple[list[str], np.ndarray] | None:
+        """Per-finding positive-vs-negative prompt margins ``(N, K)`` (monotone in the score)."""
         from medvl.eval.zeroshot import zeroshot_scores
 
-        modality = modality or str(getattr(self.read_image(image_path), "modality", "") or "")
-        prompts = self._prompt_embeddings(modality) if modality else None
+        prompts = self._prompt_embeddings(modality)
         if prompts is None:
             return None
         names, pos, neg = prompts
-        scale = min(float(self.model.logit_scale.detach().exp()), 100.0)
-        scores = zeroshot_scores(self._image_embedding(image_path)[None], pos, neg, logit_scale=scale)[0]
-        return {name: float(s) for name, s in zip(names, scores, strict=True)}
+        # logit_scale 1: the same ranking as the model's softmax, without saturating at 1.0.
+        return names, zeroshot_scores(vectors, pos, neg, logit_scale=1.0)
 
-    def heatmap(self, image_path: Path, phrase: str) -> np.ndarray | None:
+    def finding_scores(self, image_path: Path, modality: str | None = None,
+                       frame: int | None = None) -> FindingScores | None:
+        from medvl.io import read_image
+
+        own = str(getattr(read_image(image_path), "modality", "") or "").upper()
+        modality = (own if own not in UNKNOWN_MODALITIES else (modality or "")).upper()
+        if not modality:
+            return None
+        query = self._margins(self._image_embedding(image_path, frame)[None], modality)
+        if query is None:
+            return None
+        names, q = query
+
+        def index_margins() -> np.ndarray:
+            vectors = np.asarray(self.index.vectors["image"], dtype=np.float32)
+            got = self._margins(vectors, modality)
+            return got[1] if got else np.zeros((0, len(names)))
+
+        ref = self._results.get(("index-margins", modality), index_margins)
+        values = {name: percentile(q[0, i], ref[:, i]) for i, name in enumerate(names)}
+        return FindingScores(values, "percentile", note=(
+            f"Percentile of this image's score among the {ref.shape[0]:,} indexed cases: "
+            "the model is not calibrated, so these rank cases and are not probabilities of disease."))
+
+    # -- heatmaps ------------------------------------------------------------------------
+    def heatmap(self, image_path: Path, phrase: str, frame: int | None = None) -> Heatmap:
         from medvl.eval import phrase_heatmap
 
-        def make() -> np.ndarray:
-            x = self._input(image_path)
+        def make() -> Heatmap:
+            x = self._input(image_path, frame)
             heat = phrase_heatmap(self.model, x, phrase, spatial_dims=x.ndim - 1)
-            return heat[self._image_region(image_path, heat.shape)]
+            return Heatmap(heat[self._image_region(image_path, heat.shape)], "local",
+                           "Patch-to-phrase similarity of the model's local embeddings.")
 
-        return self._results.get(("heat", str(image_path), phrase), make)
+        return self._results.get(("heat", str(image_path), frame, phrase), make)
 
     def _image_region(self, image_path: Path, input_shape: tuple[int, ...]) -> tuple[slice, ...]:
-        """Where the image lies on the model input grid (the rest is padding).
-
-        A mask of ones goes through the same geometric steps as the image
-        (``ModelInputTransform.grid``: aspect-preserving resize and padding, as
-        ``medvl.eval.grounding`` does for annotation masks); its bounding box is the
-        image's region.
-        """
+        """Where the image lies on the model input grid (the rest is padding)."""
         from medvl.data.dataset import as_data_config
         from medvl.data.transforms import ModelInputTransform
+        from medvl.io import read_image
 
-        image = self.read_image(image_path)
+        image = read_image(image_path)
         tf = ModelInputTransform(as_data_config(dict(self.index.info.get("data") or {})))
         array = np.asarray(image.array)
         spatial = array.shape[: len(input_shape)]
@@ -199,17 +308,25 @@ class LibraryBackend:
         idx = np.nonzero(valid)
         return tuple(slice(int(i.min()), int(i.max()) + 1) for i in idx)
 
+    # -- highlights ----------------------------------------------------------------------
     def sentence_scores(self, query: Query, sentences: list[str]) -> list[float] | None:
-        from medvl.eval.embed import embed_texts
-
         if not sentences:
             return None
         if query.text:
-            q = self._results.get(("qtext", query.text), lambda: embed_texts(self.model, [query.text])[0])
+            q = self._text_embeddings([query.text])[0]
         elif query.image_path is not None:
             q = self._image_embedding(query.image_path)
         else:
             return None
-        key = ("sentences", tuple(sentences))
-        s = self._results.get(key, lambda: embed_texts(self.model, list(sentences)))
+        s = self._text_embeddings(list(sentences))
         return (s @ q).astype(float).tolist()
+
+
+_REFERENCE_TEXT = {
+    ("image", "image"): "Match percentile: where the similarity stands among each indexed case's similarity "
+                        "to its own nearest neighbour (50 = a typical nearest match in this index).",
+    ("text", "image"): "Match percentile: where the similarity stands among each indexed report's similarity "
+                       "to its best-matching image (50 = a typical best match in this index).",
+    ("text", "report"): "Match percentile: where the similarity stands among each indexed report's similarity "
+                        "to its nearest other report.",
+}

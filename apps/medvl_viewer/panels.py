@@ -1,12 +1,15 @@
-"""Streamlit panels of the viewer: the image panel, the result list, zero-shot scores.
+"""Streamlit panels of the viewer: the image, the finding scores, the query case, the results.
 
-Each panel takes plain data (a backend, an image, cases) and draws; the decisions
-(windows, slices, overlays, highlights) are in :mod:`medvl_viewer.render`.
+Each panel takes plain data (a catalogue or backend, an image, cases) and draws; the
+display decisions (windows, planes, overlays, highlights) are pure functions in
+:mod:`medvl_viewer.render`. The image panel is a Streamlit fragment: changing its
+window, slice or heatmap opacity reruns the image alone, not the page.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,35 +17,13 @@ import numpy as np
 import streamlit as st
 
 from medvl_viewer import render
-from medvl_viewer.backend import Case, Query, ViewerBackend
+from medvl_viewer.backend import Case, Catalogue, FindingScores, ModelInfo, Query, ViewerBackend
+from medvl_viewer.catalogue import LRU
+from medvl_viewer.messages import failure_message
 from medvl_viewer.safe_meta import display_facts
-from medvl.errors import MedvlError
+from medvl_viewer.slice_view import slice_view
 
 log = logging.getLogger("medvl.viewer")
-
-
-def failure_message(what: str, exc: BaseException, redact: tuple[str, ...] = ()) -> str:
-    """``what: <error>``, with each string of ``redact`` replaced by ``<image>``.
-
-    Corpus folder layouts often carry patient ids (MIMIC-CXR's ``files/p10/p10000032/``),
-    so the viewer redacts an indexed case's image path from what it shows.
-    """
-    text = str(exc) if isinstance(exc, MedvlError) else f"unexpected {type(exc).__name__}: {exc}"
-    for secret in sorted((r for r in redact if r), key=len, reverse=True):
-        text = text.replace(secret, "<image>")
-    return f"{what}: {text}"
-
-
-def show_failure(what: str, exc: BaseException, redact: tuple[str, ...] = ()) -> None:
-    """One clear message on the page; the traceback of an unexpected error goes to the server log.
-
-    The viewer reads untrusted files: whatever a library raises, the page must show a
-    message and keep working, never a traceback.
-    """
-    if not isinstance(exc, MedvlError):
-        log.error("%s", what, exc_info=exc)
-    st.error(failure_message(what, exc, redact))
-
 
 RESEARCH_BANNER = (
     "**Research use only.** This viewer is not a medical device and must not be used "
@@ -51,6 +32,18 @@ RESEARCH_BANNER = (
 
 AUTO = "Auto (0.5-99.5 percentile)"
 FILE_LUT = "VOI LUT in file"
+
+#: Display planes (downscaled to the page's size, physical units) by image, frame and slice.
+_PLANES = LRU(64)
+
+
+def show_failure(what: str, exc: BaseException) -> None:
+    """One clear message on the page; the traceback of an unexpected error goes to the server log."""
+    from medvl.errors import MedvlError
+
+    if not isinstance(exc, MedvlError):
+        log.error("%s", what, exc_info=exc)
+    st.error(failure_message(what, exc))
 
 
 def window_choices(image: Any, presets: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
@@ -67,110 +60,141 @@ def _is_color(image: Any) -> bool:
     return str(getattr(image, "photometric_interpretation", "")).upper() == "RGB"
 
 
-def _grey_plane(
-    backend: ViewerBackend, image: Any, plane: np.ndarray, key: str, modality: str | None
-) -> np.ndarray:
+def n_display_slices(array: np.ndarray, color: bool) -> int:
+    """Slices the viewer scrolls through: 1 for a 2D grey or RGB image, ``z`` for a volume."""
+    return 1 if color else render.n_slices(array)
+
+
+def slice_label(image: Any, index: int, n: int) -> str:
+    """``Slice 12 of 64 · z = +35.0 mm`` (the slice centre's superior coordinate), or ``""`` for 2D."""
+    if n <= 1:
+        return ""
+    z = render.slice_position_mm(image, index)
+    where = "" if z is None else f" · z = {z:+.1f} mm"
+    return f"Slice {index + 1} of {n}{where}"
+
+
+def _plane(image: Any, image_id: tuple[Any, ...], slice_index: int) -> np.ndarray:
+    """The shown plane in physical units, downscaled to the page's size (memoised)."""
+    return _PLANES.get((*image_id, slice_index), lambda: render.fit_plane(
+        render.display_plane(np.asarray(image.array), slice_index), render.DISPLAY_MAX_SIDE))
+
+
+def _grey_plane(catalogue: Catalogue, image: Any, plane: np.ndarray, key: str, modality: str | None) -> np.ndarray:
     """Window controls (preset, level, width) and the windowed 8-bit plane."""
     invert = str(getattr(image, "photometric_interpretation", "")).upper() == "MONOCHROME1"
-    choices = window_choices(image, backend.window_presets(modality))
+    choices = window_choices(image, catalogue.window_presets(modality))
     names = list(choices)
     luts = getattr(image, "voi_luts", None) or []
     if luts:  # a file's VOI LUT takes precedence over its windows, as in a PACS
         names.insert(0, FILE_LUT)
-    preset = st.selectbox("Window preset", names, index=0, key=f"preset-{key}")
+    c0, c1, c2 = st.columns([2, 1, 1])
+    preset = c0.selectbox("Window", names, index=0, key=f"preset-{key}")
     if preset == FILE_LUT:
         from medvl.io import apply_voi_lut_table, invert_monochrome1
 
         out = apply_voi_lut_table(plane, luts[0])
         return render.to_uint8(invert_monochrome1(out) if invert else out)
     center0, width0 = choices[preset]
-    c1, c2 = st.columns(2)
     # The preset is part of the key: choosing a preset resets level/width to it.
-    center = c1.number_input("Level (center)", value=float(center0), step=10.0, key=f"level-{key}-{preset}")
+    center = c1.number_input("Level", value=float(center0), step=10.0, key=f"level-{key}-{preset}")
     width = c2.number_input("Width", value=float(width0), min_value=1.0, step=10.0, key=f"width-{key}-{preset}")
     # The file's VOI function (e.g. SIGMOID) goes with the file's windows only.
     function = getattr(image, "voi_function", "LINEAR") if preset.startswith("File window") else "LINEAR"
     return render.window_to_uint8(plane, center, width, invert=invert, function=function)
 
 
+def _sync_slice(view_key: str, slice_key: str) -> None:
+    """The wheel or arrow keys moved the image: move the slice slider with it."""
+    state = st.session_state.get(view_key)
+    new = getattr(state, "slice", None) if state is not None else None
+    if new is not None:
+        st.session_state[slice_key] = int(new) + 1
+
+
+@st.fragment
 def image_panel(
-    backend: ViewerBackend,
+    catalogue: Catalogue,
+    get_backend: Callable[[], ViewerBackend | None],
     image: Any,
     *,
     key: str,
-    heat_phrase: str | None = None,
-    image_path: Path | None = None,
-    caption: str = "",
+    image_path: Path | None,
+    frame: int | None = None,
     modality: str | None = None,
+    heat_phrase: str = "",
+    heatmaps: bool = True,
+    what: str = "image",
 ) -> None:
-    """Draw an image with window presets, level/width, slice slider and phrase heatmap.
+    """An image with its window, slice (slider, mouse wheel, arrow keys) and phrase heatmap.
 
     Args:
-        backend: used for window presets and the phrase heatmap.
+        catalogue: window presets.
+        get_backend: returns the model backend (loading it on first use) for the heatmap.
         image: a ``medvl.io`` image.
         key: unique per image, so widgets reset to the new image's defaults.
-        heat_phrase: default phrase of the heatmap (e.g. the text query).
-        image_path: the image's file, for the heatmap.
-        caption: shown under the image.
-        modality: the modality to use when the file records none (NIfTI): it picks the
-            window presets and is shown as such.
+        image_path: the image's file, for the heatmap; ``None`` for no heatmap.
+        frame: the volume of a 4D file that ``image`` is.
+        modality: the modality to use when the file records none (NIfTI).
+        heat_phrase: the heatmap phrase to start with: the query's own text, else none.
+        heatmaps: offer the heatmap (not for an image the model cannot take).
+        what: how the image's text alternative names it ("query image", "best match").
     """
     own = str(getattr(image, "modality", "") or "")
     modality = modality or own or None
     color = _is_color(image)
     array = np.asarray(image.array)
     if array.ndim - (1 if color else 0) not in (2, 3):
-        st.error(f"Cannot display an image of shape {tuple(array.shape)} (expected a 2D image or a 3D volume).")
+        st.error("This image cannot be shown: it is neither a 2D image nor a 3D volume.")
         return
-    slices = n_display_slices(array, color)
-    slice_index = 0
-    if slices > 1:
-        slice_index = st.slider("Slice", 0, slices - 1, slices // 2, key=f"slice-{key}")
+    n = n_display_slices(array, color)
+    slice_key, view_key = f"slice-{key}", f"view-{key}"
+    index = 0
+    if n > 1:
+        st.session_state.setdefault(slice_key, n // 2 + 1)
+        index = st.slider("Slice", 1, n, key=slice_key, help="Or scroll with the mouse wheel or the arrow keys "
+                          "over the image.") - 1
+    image_id = (key, str(image_path), frame)
     if color:  # RGB photographs / secondary captures: no window applies
-        st.caption("Colour image: shown as stored, no window applies.")
-        grey = render.to_uint8(np.asarray(array, dtype=np.float64) / 255.0)
+        shown = render.thumbnail(render.to_uint8(array.astype(np.float64) / 255.0), render.DISPLAY_MAX_SIDE)
     else:
-        grey = _grey_plane(backend, image, render.display_plane(array, slice_index), key, modality)
-
-    grey = render.thumbnail(grey, render.DISPLAY_MAX_SIDE)  # no-op for images already small
-    shown = grey
-    if image_path is not None and not color:
-        phrase = st.text_input("Heatmap phrase", value=heat_phrase or "", key=f"phrase-{key}")
-        opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key=f"opacity-{key}")
+        shown = _grey_plane(catalogue, image, _plane(image, image_id, index), key, modality)
+    note = ""
+    if image_path is not None and heatmaps and not color:
+        h1, h2 = st.columns([3, 1])
+        phrase = h1.text_input("Heatmap phrase", value=heat_phrase, key=f"phrase-{key}",
+                               placeholder="e.g. left pleural effusion")
+        opacity = h2.slider("Opacity", 0.0, 1.0, render.DEFAULT_OPACITY, 0.05, key=f"opacity-{key}")
         if phrase.strip():
-            try:
-                heat = backend.heatmap(image_path, phrase.strip())
-            except Exception as exc:  # noqa: BLE001 - see show_failure
-                show_failure("Heatmap unavailable", exc)
-                heat = None
-            if heat is not None:
-                heat2d = _heat_for_plane(np.asarray(heat), array, slice_index)
+            backend = get_backend()
+            heat = None
+            if backend is not None:
+                try:
+                    heat = backend.heatmap(image_path, phrase.strip(), frame)
+                except Exception as exc:  # noqa: BLE001 - see show_failure
+                    show_failure("No heatmap", exc)
+            if heat is not None and heat.array is not None:
+                heat2d = render.heat_for_plane(np.asarray(heat.array), array, index)
                 if heat2d is not None:
-                    # The backend's map is in [0, 1] over the whole image or volume: keep
-                    # that scale, so a slice the phrase does not concern stays untinted.
-                    shown = render.overlay_heatmap(grey, heat2d, opacity, rescale=False)
-    st.image(shown, caption=caption or None, clamp=True, width="stretch")
+                    # One scale over the whole image or volume: a slice the phrase does
+                    # not concern stays untinted.
+                    shown = render.overlay_heatmap(shown, heat2d, opacity, rescale=False)
+                    note = heat.reason
+            elif heat is not None:
+                st.info(heat.reason or "No heatmap is available for this model.")
+    slice_view(shown, key=view_key, slice_index=index, n_slices=n, label=slice_label(image, index, n),
+               alt=f"{what}{', ' + slice_label(image, index, n) if n > 1 else ''}",
+               on_slice=lambda: _sync_slice(view_key, slice_key))
+    if note:
+        st.html(render.colour_bar_html("low relevance", "high relevance"))
+        st.caption(f"Heatmap: {note} Colours are relative within this image.")
     facts = display_facts(image)
     if modality and modality != own:
         facts["Modality"] = f"{modality} (not recorded in the file)"
+    if frame is not None:
+        facts["Volume"] = str(frame + 1)
     if facts:
         st.caption(" · ".join(f"{k}: {v}" for k, v in facts.items()))
-
-
-def n_display_slices(array: np.ndarray, color: bool) -> int:
-    """Slices the slider offers: 1 for a 2D grey or RGB image, ``z`` for a volume."""
-    return 1 if color else render.n_slices(array)
-
-
-def _heat_for_plane(heat: np.ndarray, array: np.ndarray, slice_index: int) -> np.ndarray | None:
-    """The 2D map to overlay on the shown plane, from a 2D or 3D patch-grid map."""
-    if heat.ndim == 2:
-        return heat
-    if heat.ndim == 3 and array.ndim == 3:
-        # (d, h, w) grid over the volume's axial slices: pick the proportional depth.
-        d = round(slice_index * (heat.shape[0] - 1) / max(array.shape[2] - 1, 1))
-        return heat[d]
-    return None  # slice-pooling maps (n_slices,) have no in-plane detail to show
 
 
 def finding_display(name: str) -> str:
@@ -184,7 +208,7 @@ def finding_display(name: str) -> str:
 
 
 def labels_caption(labels: dict[str, int]) -> str:
-    """The manifest labels of a hit, positives and uncertain ones only (``""`` if none)."""
+    """The manifest labels of a case, positives and uncertain ones only (``""`` if none)."""
     present = [finding_display(k) for k, v in labels.items() if v == 1 and k != "no_finding"]
     uncertain = [finding_display(k) for k, v in labels.items() if v == -1]
     parts = []
@@ -197,31 +221,64 @@ def labels_caption(labels: dict[str, int]) -> str:
     return " · ".join(parts)
 
 
-def zero_shot_panel(probs: dict[str, float] | None) -> None:
-    """Finding probabilities for the query image, highest first."""
-    st.subheader("Zero-shot findings")
-    if not probs:
-        st.info("Zero-shot scores are not available for this model.")
+def format_score(value: float, kind: str) -> str:
+    """One format per kind everywhere: ``37%`` for a probability, ``85th`` for a percentile."""
+    if kind == "probability":
+        return f"{100.0 * value:.0f}%"
+    n = int(round(value))
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def scores_panel(scores: FindingScores | None, info: ModelInfo, *, withheld: str = "") -> None:
+    """Finding scores of the query image, highest first, in the one form the model can back."""
+    st.subheader("Findings")
+    if withheld:
+        st.caption(f"Finding scores are not shown: {withheld}")
         return
-    rows = sorted(probs.items(), key=lambda kv: -kv[1])
+    if not scores or not scores.values:
+        st.caption("This model has no finding scores for this kind of image.")
+        return
+    rows = sorted(scores.values.items(), key=lambda kv: -kv[1])
+    column = "Probability" if scores.kind == "probability" else "Percentile among indexed cases"
     st.dataframe(
-        {"finding": [finding_display(k) for k, _ in rows], "score": [round(float(v), 3) for _, v in rows]},
+        {"Finding": [finding_display(k) for k, _ in rows], column: [format_score(v, scores.kind) for _, v in rows]},
         hide_index=True,
     )
-    # Each score is a softmax between the finding's positive and negative prompts: it
-    # ranks cases (that is what AUROC measures) but is not calibrated to prevalence.
-    st.caption(
-        "Scores are uncalibrated zero-shot model outputs (positive vs. negative prompt), "
-        "useful for comparing cases, not probabilities of disease."
-    )
+    st.caption(scores.note)
 
 
-@st.cache_data(show_spinner=False, max_entries=256)
-def _thumbnail(_backend: ViewerBackend, path: str, backend_id: int) -> np.ndarray | None:
+def model_caption(info: ModelInfo) -> str:
+    """``Model: NAME · source: ... · licence: ...`` (what the page says about the model)."""
+    parts = [f"Model: {info.name}"]
+    if info.source:
+        parts.append(f"source: {info.source}")
+    if info.licence:
+        parts.append(f"licence: {info.licence}")
+    return " · ".join(parts)
+
+
+def case_facts(case: Case) -> None:
+    """The query case's modality, view and labels, under its title."""
+    facts = [f for f in (case.modality, f"{case.view} view" if case.view else None) if f]
+    caption = labels_caption(case.labels) or "Labels: none recorded"
+    st.caption(" · ".join([*facts, caption]))
+
+
+def case_report(case: Case) -> None:
+    """The query case's report, sections in reading order (INDICATION ... IMPRESSION)."""
+    from medvl.data.assertions import report_statements
+
+    st.markdown("**Report**")
+    st.markdown(render.report_html(report_statements(case.report)), unsafe_allow_html=True)
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def _thumbnail(_catalogue: Catalogue, path: str, catalogue_id: int) -> np.ndarray | None:
     try:
-        return _make_thumbnail(_backend.read_image(Path(path)))
+        return _make_thumbnail(_catalogue.read_image(Path(path)))
     except Exception as exc:  # noqa: BLE001 - a missing thumbnail must not break the list
-        log.warning("thumbnail of %s unavailable: %s", path, exc)
+        log.warning("a thumbnail is unavailable: %s", type(exc).__name__)
         return None
 
 
@@ -230,7 +287,7 @@ def _make_thumbnail(image: Any) -> np.ndarray:
     array = np.asarray(image.array)
     if _is_color(image):
         return render.thumbnail(render.to_uint8(array.astype(np.float64) / 255.0))
-    plane = render.display_plane(array, render.n_slices(array) // 2)
+    plane = render.fit_plane(render.display_plane(array, render.n_slices(array) // 2), 320)
     windows = getattr(image, "windows", None) or []
     if windows:
         (center, width), function = windows[0], getattr(image, "voi_function", "LINEAR")
@@ -241,31 +298,70 @@ def _make_thumbnail(image: Any) -> np.ndarray:
     return render.thumbnail(grey)
 
 
-def results_panel(backend: ViewerBackend, hits: list[Case], query: Query) -> None:
-    """Ranked hits: rank, study id, similarity, thumbnail and highlighted report."""
+AGREEMENT_TEXT = {
+    "agrees": "Report states it",
+    "contradicts": "Report contradicts it (denied, uncertain or other side)",
+    "silent": "Report does not mention it",
+}
+
+
+def _open_as_query(study_id: str) -> None:
+    """Make a result the query: case mode, the case list found by its study id, the case picked."""
+    st.session_state["mode"] = "Case from index"
+    st.session_state["case_filter"] = study_id
+    st.session_state["case_page"] = 1
+    st.session_state["case_id"] = study_id
+
+
+def results_panel(
+    catalogue: Catalogue,
+    backend: ViewerBackend,
+    hits: list[Case],
+    query: Query,
+    *,
+    query_assertions: list[Any],
+    highlight: bool = True,
+    reference: str = "",
+) -> None:
+    """Ranked hits: thumbnail, study id, match, labels, report with highlights, "open as query"."""
+    from medvl.data.assertions import report_statements
+
     st.subheader(f"Top {len(hits)} similar cases")
     if not hits:
         st.info("No cases found.")
         return
+    if reference:
+        st.caption(reference)
     for rank, hit in enumerate(hits, start=1):
         with st.container(border=True):
             left, right = st.columns([1, 3])
-            thumb = None
-            if hit.image_path is not None:
-                thumb = _thumbnail(backend, str(hit.image_path), id(backend))
+            thumb = _thumbnail(catalogue, str(hit.image_path), id(catalogue)) if hit.image_path else None
             if thumb is not None:
                 left.image(thumb, width="stretch")
             else:
                 left.caption("no image")
-            score = "" if hit.score is None else f" · similarity {hit.score:.3f}"
-            right.markdown(f"**#{rank} · {render.markdown_escape(hit.study_id)}**{score}")
-            sentences, line_ends = render.split_report(hit.report)
-            try:
-                scores = backend.sentence_scores(query, sentences)
-            except Exception as exc:  # noqa: BLE001 - the report shows, just unhighlighted
-                log.warning("sentence scores unavailable: %s", exc)
+            left.button("Open as query", key=f"open-{rank}-{hit.study_id}", on_click=_open_as_query,
+                        args=(hit.study_id,), width="stretch")
+            match = ""
+            if hit.relative is not None:
+                match = f" · match {format_score(hit.relative, 'percentile')} percentile"
+            if hit.score is not None:
+                match += f" (cosine {hit.score:.3f})"
+            right.markdown(f"**#{rank} · {render.markdown_escape(hit.study_id)}**{match}")
+            facts = [f for f in (hit.modality, f"{hit.view} view" if hit.view else None,
+                                 labels_caption(hit.labels) or None) if f]
+            if facts:
+                right.caption(" · ".join(facts))
+            if hit.agreement:
+                right.caption(AGREEMENT_TEXT.get(hit.agreement, hit.agreement))
+            sentences = report_statements(hit.report)
+            marks: set[int] = set()
+            if highlight:
                 scores = None
-            right.markdown(render.highlight_html(sentences, scores, line_ends=line_ends), unsafe_allow_html=True)
-            caption = labels_caption(hit.labels)
-            if caption:
-                right.caption(caption)
+                if not query_assertions:
+                    try:
+                        scores = backend.sentence_scores(query, [s.text for s in sentences])
+                    except Exception as exc:  # noqa: BLE001 - the report shows, just unhighlighted
+                        log.warning("sentence scores unavailable: %s", type(exc).__name__)
+                marks = render.highlight_marks(query_assertions, sentences, scores)
+            right.markdown(render.report_html(sentences, marks), unsafe_allow_html=True)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
+from functools import lru_cache
 
 import numpy as np
 from PIL import Image
@@ -98,19 +100,86 @@ def display_plane(array: np.ndarray, slice_index: int = 0) -> np.ndarray:
     return np.ascontiguousarray(array[::-1, ::-1, z].T)
 
 
+def fit_plane(plane: np.ndarray, max_side: int) -> np.ndarray:
+    """Shrink a 2D plane (physical units) so its longest side is at most ``max_side``.
+
+    Area averaging (PIL ``BOX``), done before the window so that a window change on a
+    large radiograph costs the display size, not the detector size. Smaller planes pass
+    through unchanged.
+    """
+    rows, cols = plane.shape[:2]
+    scale = max_side / max(rows, cols)
+    if scale >= 1.0:
+        return plane
+    size = (max(1, round(cols * scale)), max(1, round(rows * scale)))
+    img = Image.fromarray(np.ascontiguousarray(plane, dtype=np.float32), mode="F")
+    return np.asarray(img.resize(size, Image.BOX), dtype=np.float32)
+
+
+def slice_position_mm(image: Any, slice_index: int) -> float | None:
+    """The patient z coordinate (mm, superior positive) of a volume slice's centre.
+
+    ``medvl.io`` volumes are ``(x, y, z)`` in RAS+ with a voxel-to-RAS ``affine``; the
+    slice centre is voxel ``((nx - 1) / 2, (ny - 1) / 2, slice_index)``. ``None`` for a
+    2D image (no affine).
+    """
+    affine = getattr(image, "affine", None)
+    array = getattr(image, "array", None)
+    if affine is None or array is None or np.ndim(array) != 3:
+        return None
+    nx, ny = np.shape(array)[:2]
+    centre = np.asarray(affine, dtype=np.float64) @ np.array([(nx - 1) / 2.0, (ny - 1) / 2.0, slice_index, 1.0])
+    return float(centre[2])
+
+
+def heat_for_plane(heat: np.ndarray, array: np.ndarray, slice_index: int) -> np.ndarray | None:
+    """The 2D map to overlay on the shown plane, from a 2D or 3D map over the image.
+
+    A 3D map is ``(d, h, w)`` over the volume's axial slices in display layout
+    (:func:`display_plane`); slice ``slice_index`` of the volume's ``z`` slices takes
+    map slice ``round(slice_index * (d - 1) / (z - 1))``.
+    """
+    if heat.ndim == 2:
+        return heat
+    if heat.ndim == 3 and array.ndim == 3:
+        d = round(slice_index * (heat.shape[0] - 1) / max(array.shape[2] - 1, 1))
+        return heat[d]
+    return None  # slice-pooling maps (n_slices,) have no in-plane detail to show
+
+
 def resize_map(heat: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Bilinear resize of a coarse 2D map ``(h, w)`` to ``shape`` ``(rows, cols)``."""
     img = Image.fromarray(np.asarray(heat, dtype=np.float32), mode="F")
     return np.asarray(img.resize((shape[1], shape[0]), Image.BILINEAR), dtype=np.float32)
 
 
-def _jet(values: np.ndarray) -> np.ndarray:
-    """A 'jet'-like colour ramp (blue -> cyan -> yellow -> red) for values in [0, 1]."""
-    v = np.clip(values, 0.0, 1.0)[..., None]
-    r = np.clip(1.5 - np.abs(4.0 * v - 3.0), 0.0, 1.0)
-    g = np.clip(1.5 - np.abs(4.0 * v - 2.0), 0.0, 1.0)
-    b = np.clip(1.5 - np.abs(4.0 * v - 1.0), 0.0, 1.0)
-    return np.concatenate([r, g, b], axis=-1)
+#: The heatmap's colour map: perceptually uniform (lightness rises steadily with the
+#: value), readable by colour-blind users, unlike "jet".
+HEATMAP_CMAP = "inferno"
+#: Default heatmap opacity: the anatomy under the hottest region stays readable.
+DEFAULT_OPACITY = 0.35
+#: Relevance below this shows no colour at all (the image stays untouched there).
+HEAT_FLOOR = 0.2
+
+
+@lru_cache(maxsize=4)
+def colormap_lut(name: str = HEATMAP_CMAP) -> np.ndarray:
+    """The colour map as a ``(256, 3)`` float table in [0, 1] (matplotlib's own values)."""
+    from matplotlib import colormaps
+
+    return np.asarray(colormaps[name](np.linspace(0.0, 1.0, 256))[:, :3], dtype=np.float32)
+
+
+def colorize(values: np.ndarray, name: str = HEATMAP_CMAP) -> np.ndarray:
+    """Values in [0, 1] ``(...)`` to RGB ``(..., 3)`` in [0, 1] through :func:`colormap_lut`."""
+    lut = colormap_lut(name)
+    idx = np.rint(np.clip(np.nan_to_num(values), 0.0, 1.0) * 255.0).astype(np.intp)
+    return lut[idx]
+
+
+def heat_weight(scaled: np.ndarray, opacity: float) -> np.ndarray:
+    """Blend weight of the colour per pixel: 0 below :data:`HEAT_FLOOR`, ``opacity`` at 1."""
+    return opacity * np.clip((scaled - HEAT_FLOOR) / (1.0 - HEAT_FLOOR), 0.0, 1.0)
 
 
 def overlay_heatmap(grey: np.ndarray, heat: np.ndarray, opacity: float, *, rescale: bool = True) -> np.ndarray:
@@ -118,14 +187,14 @@ def overlay_heatmap(grey: np.ndarray, heat: np.ndarray, opacity: float, *, resca
 
     With ``rescale`` the map is min-max scaled to [0, 1] (a constant map becomes 0: "no
     preference"); without, it is taken as already in [0, 1] (clipped), which keeps one
-    scale across the slices of a volume. It is then resized to the image and coloured;
-    each pixel becomes
-    ``(1 - opacity * h) * grey + opacity * h * colour(h)`` so that low-relevance regions
-    keep the original grey and only relevant ones are tinted.
+    scale across the slices of a volume. It is then resized to the image (bilinear:
+    the map covers the image region exactly, row 0 on row 0) and coloured with
+    :data:`HEATMAP_CMAP`; each pixel becomes ``(1 - w) * grey + w * colour(h)`` with
+    ``w = heat_weight(h, opacity)``, so low-relevance regions keep the original grey.
 
     Args:
         grey: ``uint8`` ``(rows, cols)``.
-        heat: ``(h, w)`` relevance map on the model's patch grid.
+        heat: ``(h, w)`` relevance map over the image (any resolution, same aspect).
         opacity: 0 (image only) .. 1 (full colour where relevance is highest).
         rescale: min-max scale ``heat`` first (else it must already be in [0, 1]).
 
@@ -142,9 +211,26 @@ def overlay_heatmap(grey: np.ndarray, heat: np.ndarray, opacity: float, *, resca
         scaled = np.clip(heat, 0.0, 1.0)
     scaled = np.clip(resize_map(scaled, grey.shape[:2]), 0.0, 1.0)
     base = np.repeat(grey[..., None].astype(np.float32) / 255.0, 3, axis=-1)
-    weight = (opacity * scaled)[..., None]
-    out = (1.0 - weight) * base + weight * _jet(scaled)
+    weight = heat_weight(scaled, opacity)[..., None]
+    out = (1.0 - weight) * base + weight * colorize(scaled)
     return np.rint(np.clip(out, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def colour_bar_html(low: str = "low", high: str = "high", *, name: str = HEATMAP_CMAP, stops: int = 11) -> str:
+    """A horizontal colour bar of the heatmap's colour map with its end labels, as HTML.
+
+    The grey start stands for "below the floor: no colour drawn" (:data:`HEAT_FLOOR`).
+    """
+    cols = colorize(np.linspace(HEAT_FLOOR, 1.0, stops), name)
+    grad = ", ".join(f"rgb({int(r * 255)},{int(g * 255)},{int(b * 255)}) {100 * i / (stops - 1):.0f}%"
+                     for i, (r, g, b) in enumerate(cols))
+    return (
+        '<div data-testid="heat-colour-bar" style="display:flex;align-items:center;gap:0.5em;font-size:0.8em">'
+        f"<span>{html.escape(low)}</span>"
+        f'<div role="img" aria-label="heatmap colour scale from {html.escape(low)} to {html.escape(high)}" '
+        f'style="flex:1;height:0.8em;border-radius:2px;background:linear-gradient(to right, {grad})"></div>'
+        f"<span>{html.escape(high)}</span></div>"
+    )
 
 
 #: Longest side of the image the page shows; a radiograph is downscaled to it before
@@ -167,65 +253,71 @@ def markdown_escape(text: str) -> str:
     return _MARKDOWN_SPECIAL.sub(r"\\\1", str(text))
 
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=\S)")
+#: Report sections in the order a radiologist reads them; others follow in report order.
+READING_ORDER = ("examination", "indication", "technique", "comparison", "findings", "impression")
+SECTION_TITLES = {"preamble": "Report", "wet_read": "Wet read"}
 
 
-def split_sentences(text: str) -> list[str]:
-    """Split report text into sentences on ``.``, ``!``, ``?`` followed by whitespace, and on line ends."""
-    return split_report(text)[0]
+def in_reading_order(sections: Iterable[str]) -> list[str]:
+    """Section keys as a radiologist reads them: INDICATION, COMPARISON, FINDINGS, IMPRESSION..."""
+    keys = list(dict.fromkeys(sections))
+    return [k for k in READING_ORDER if k in keys] + [k for k in keys if k not in READING_ORDER]
 
 
-def split_report(text: str) -> tuple[list[str], set[int]]:
-    """Sentences of a report and the indices of those that end a line (a section, say).
+def highlight_marks(
+    query: Sequence[Any], sentences: Sequence[Any], scores: Sequence[float] | None = None, n_top: int = 2
+) -> set[int]:
+    """Which report sentences to highlight for a query.
 
-    Returns:
-        ``(sentences, line_ends)``: a line break follows sentence ``i`` for ``i`` in
-        ``line_ends`` (the last sentence is never listed).
-    """
-    sentences: list[str] = []
-    line_ends: set[int] = set()
-    for line in text.splitlines():
-        parts = [p.strip() for p in _SENTENCE_END.split(line.strip()) if p.strip()]
-        if parts:
-            sentences.extend(parts)
-            line_ends.add(len(sentences) - 1)
-    line_ends.discard(len(sentences) - 1)
-    return sentences, line_ends
-
-
-def highlight_html(
-    sentences: Sequence[str], scores: Sequence[float] | None, n_top: int = 2, line_ends: set[int] | None = None
-) -> str:
-    """Report text as HTML with the best-scoring sentences in ``<mark>``.
-
-    At most ``n_top`` sentences are marked, and only those scoring above the report's
-    lowest-scoring sentence.
-
-    Report text is escaped, so markup in a report can never inject into the page.
+    Only FINDINGS and IMPRESSION sentences are candidates (INDICATION and COMPARISON say
+    why the study was done, not what it shows). When the query states findings
+    (``medvl.data.assertions.find_assertions``), a sentence is highlighted when it backs
+    one of them: same finding, same status, same side (``assertions.supports``), so
+    "There is no pneumothorax." is never marked for "left pneumothorax". When the query
+    states none, the ``n_top`` best-``scores`` sentences that state something present
+    are marked (never a negated or normal-study sentence), if any beats the weakest.
 
     Args:
-        sentences: the report's sentences in order.
-        scores: one similarity per sentence (higher = better match), or None for no
-            highlight.
-        n_top: how many sentences to highlight.
-        line_ends: indices of sentences followed by a line break (see :func:`split_report`).
-
-    Returns:
-        An HTML fragment.
+        query: the query's assertions (may be empty).
+        sentences: ``medvl.data.assertions.ReportSentence`` of the report.
+        scores: per-sentence similarity to the query, for the fallback.
+        n_top: most sentences marked by the fallback.
     """
-    if scores is not None and len(scores) != len(sentences):
+    from medvl.data.assertions import supports
+
+    main = [i for i, s in enumerate(sentences) if s.main]
+    if query:
+        return {i for i in main if supports(query, sentences[i].assertions)}
+    if scores is None or n_top <= 0:
+        return set()
+    if len(scores) != len(sentences):
         raise ValueError(f"{len(sentences)} sentences but {len(scores)} scores")
-    top: set[int] = set()
-    if scores is not None and n_top > 0 and len(scores):
-        values = np.asarray(scores, dtype=np.float64)
-        # Only sentences that beat the report's weakest one: with equal scores there is
-        # no best match, and a two-sentence report gets one highlight, not two.
-        order = [int(i) for i in np.argsort(-values, kind="stable") if values[i] > values.min()]
-        top = set(order[:n_top])
-    out = ""
-    for i, sentence in enumerate(sentences):
-        text = html.escape(sentence)
-        out += f"<mark>{text}</mark>" if i in top else text
-        if i < len(sentences) - 1:
-            out += "<br>" if line_ends and i in line_ends else " "
-    return out
+    stating = [i for i in main if any(a.status == "present" for a in sentences[i].assertions)]
+    if not stating:
+        return set()
+    values = np.asarray(scores, dtype=np.float64)
+    floor = values[main].min()
+    order = sorted(stating, key=lambda i: -values[i])
+    return {i for i in order[:n_top] if values[i] > floor}
+
+
+def report_html(sentences: Sequence[Any], marks: set[int] | None = None) -> str:
+    """A report as HTML, one paragraph per section in reading order, marked sentences in ``<mark>``.
+
+    Args:
+        sentences: ``medvl.data.assertions.ReportSentence`` in report order.
+        marks: indices of sentences to highlight.
+    """
+    marks = marks or set()
+    by_section: dict[str, list[int]] = {}
+    for i, s in enumerate(sentences):
+        by_section.setdefault(s.section, []).append(i)
+    parts = []
+    for section in in_reading_order(by_section):
+        title = SECTION_TITLES.get(section, section.replace("_", " ").upper())
+        body = " ".join(
+            f"<mark>{html.escape(sentences[i].text)}</mark>" if i in marks else html.escape(sentences[i].text)
+            for i in by_section[section]
+        )
+        parts.append(f"<p style='margin:0 0 0.3em 0'><b>{html.escape(title)}:</b> {body}</p>")
+    return "".join(parts) or "<p>(no report)</p>"

@@ -92,6 +92,16 @@ class StagedUpload:
     kind: UploadKind
     path: Path
     n_files: int = 1
+    frames: int = 1
+    size: int = 0
+
+    def describe(self) -> str:
+        """What the upload is, in words that name no file ("NIfTI volume, 4 frames, 2.1 MiB")."""
+        kind = {UploadKind.DICOM: "DICOM file", UploadKind.DICOM_SERIES: f"DICOM series of {self.n_files} files",
+                UploadKind.NIFTI: "NIfTI image"}[self.kind]
+        frames = f", {self.frames} volumes" if self.frames > 1 else ""
+        size = f"{self.size / MIB:.1f} MiB" if self.size >= MIB else f"{max(self.size, 1) / 1024:.0f} KiB"
+        return f"{kind}{frames}, {size}"
 
 
 def _extension(name: str) -> str:
@@ -170,6 +180,8 @@ def stage_upload(
             path=name,
             expected=f"at most {limits.max_bytes / MIB:.0f} MiB",
         )
+    if size == 0:
+        raise UploadError("file is empty", path=name, expected=ACCEPTED)
     if ext not in _DICOM_EXTS | {".nii", ".nii.gz", ".gz", ".zip"}:
         raise UploadError(f"unsupported file type {ext!r}", path=name, expected=ACCEPTED)
     data = read()
@@ -179,12 +191,15 @@ def stage_upload(
             path=name,
             expected=f"at most {limits.max_bytes / MIB:.0f} MiB",
         )
+    if not data:
+        raise UploadError("file is empty", path=name, expected=ACCEPTED)
     head = data[:544]
 
     if ext == ".zip":
         if not is_zip(head):
             raise UploadError("not a zip archive", path=name, field="magic bytes", expected=ACCEPTED)
-        return _stage_zip(name, data, workdir, limits)
+        staged = _stage_zip(name, data, workdir, limits)
+        return StagedUpload(staged.kind, staged.path, n_files=staged.n_files, size=size)
     if ext in (".nii.gz", ".gz"):
         if not is_gzip(head):
             raise UploadError("not gzip-compressed", path=name, field="magic bytes", expected=ACCEPTED)
@@ -198,7 +213,7 @@ def stage_upload(
                     field="sizeof_hdr",
                     expected="a NIfTI-1 (348) or NIfTI-2 (540) header",
                 )
-        return StagedUpload(UploadKind.NIFTI, target)
+        return StagedUpload(UploadKind.NIFTI, target, frames=nifti_frames(target), size=size)
     if ext == ".nii":
         if not is_nifti_header(head):
             raise UploadError(
@@ -209,7 +224,7 @@ def stage_upload(
             )
         target = workdir / "upload.nii"
         target.write_bytes(data)
-        return StagedUpload(UploadKind.NIFTI, target)
+        return StagedUpload(UploadKind.NIFTI, target, frames=nifti_frames(target), size=size)
     # .dcm / .dicom / .ima / no extension
     if not is_dicom(head):
         raise UploadError(
@@ -220,7 +235,22 @@ def stage_upload(
         )
     target = workdir / "upload.dcm"
     target.write_bytes(data)
-    return StagedUpload(UploadKind.DICOM, target)
+    return StagedUpload(UploadKind.DICOM, target, size=size)
+
+
+def nifti_frames(path: Path) -> int:
+    """Volumes in a NIfTI file (the 4th dimension; 1 for a 3D file), from its header only.
+
+    A 4D file (fMRI, dynamic CT, a stack of masks) is read one volume at a time; the
+    viewer offers the choice.
+    """
+    import nibabel as nib
+
+    try:
+        shape = nib.load(str(path)).shape
+    except Exception:  # noqa: BLE001 - the reader reports a bad file when it is read
+        return 1
+    return int(shape[3]) if len(shape) >= 4 else 1
 
 
 def _gunzip_bounded(name: str, data: bytes, target: Path, limit: int) -> None:

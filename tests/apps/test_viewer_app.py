@@ -1,8 +1,16 @@
-"""The viewer's interactions, driven by Streamlit's AppTest against a fake library."""
+"""The viewer's interactions, driven by Streamlit's AppTest against a fake library.
+
+The fake says exactly what the library returned; these tests check what the page
+shows: one number format, no raw scores, warnings above results, plain messages with
+no paths or tag numbers, no file names, the reading order of reports, paging, "open as
+query", heatmap defaults and the colour bar.
+"""
 
 from __future__ import annotations
 
+import base64
 import io
+import json
 import zipfile
 from pathlib import Path
 
@@ -10,31 +18,36 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from PIL import Image
 from streamlit.testing.v1 import AppTest
-from viewer_fakes import CT_FILE, FakeBackend
+from viewer_fakes import CT_FILE, FakeLibrary
 
 from medvl_viewer import backend as backend_mod
+from medvl_viewer.backend import FindingScores, Heatmap, ModelInfo
 
 VIEWER = Path(__file__).resolve().parents[2] / "apps" / "medvl_viewer" / "app.py"
 NIB_DATA = Path(nib.__file__).parent / "tests" / "data"
 TIMEOUT = 30
+#: Things no page may show: tag numbers, temp folders, exception class names.
+FORBIDDEN = ("(7FE0", "(0028", "group 0028", "/tmp/", "medvl-upload-", "Traceback", "Error:")
 
 
 @pytest.fixture
 def fake(monkeypatch, tmp_path, clear_streamlit_caches):
-    """A FakeBackend behind ``open_backend``; counts how often the app loads it."""
-    fake = FakeBackend()
-    loads: list[tuple[str, str]] = []
+    """A FakeLibrary behind ``open_catalogue`` and ``open_backend``; counts model loads."""
+    return _install(FakeLibrary(), monkeypatch, tmp_path)
 
+
+def _install(lib: FakeLibrary, monkeypatch, tmp_path) -> FakeLibrary:
     def open_backend(index_dir, model_dir):
-        loads.append((str(index_dir), str(model_dir)))
-        return fake
+        lib.loads.append((str(index_dir), str(model_dir)))
+        return lib
 
+    monkeypatch.setattr(backend_mod, "open_catalogue", lambda index_dir: lib)
     monkeypatch.setattr(backend_mod, "open_backend", open_backend)
     monkeypatch.setenv("MEDVL_VIEWER_INDEX", str(tmp_path / "index"))
     monkeypatch.setenv("MEDVL_VIEWER_MODEL", str(tmp_path / "model"))
-    fake.loads = loads
-    return fake
+    return lib
 
 
 def _app() -> AppTest:
@@ -52,12 +65,52 @@ def _texts(at: AppTest) -> str:
     return "\n".join(parts)
 
 
+def _whole_page(at: AppTest) -> str:
+    """Every element's serialised proto (labels, options, component data included)."""
+    out = []
+
+    def walk(node) -> None:
+        proto = getattr(node, "proto", None)
+        if proto is not None:
+            out.append(str(proto))
+        children = getattr(node, "children", None) or {}
+        for child in children.values() if isinstance(children, dict) else children:
+            walk(child)
+
+    walk(at._tree)
+    return "\n".join(out)
+
+
 def _mode(at: AppTest, mode: str) -> AppTest:
     at.sidebar.radio(key="mode").set_value(mode).run()
     assert not at.exception, at.exception
     return at
 
 
+def _views(at: AppTest) -> list[dict]:
+    """Data of each image the slice-view component shows."""
+    return [json.loads(e.proto.json) for e in at.get("bidi_component")
+            if e.proto.component_name == "medvl_viewer.slice_view"]
+
+
+def _pixels(view: dict) -> np.ndarray:
+    raw = base64.b64decode(view["src"].split(",", 1)[1])
+    return np.asarray(Image.open(io.BytesIO(raw)))
+
+
+def _ranked(at: AppTest) -> list[str]:
+    return [m.value for m in at.markdown if m.value.startswith("**#")]
+
+
+def _upload(at: AppTest, name: str, data: bytes) -> AppTest:
+    _mode(at, "Uploaded image")
+    gen = at.session_state["upload_gen"] if "upload_gen" in at.session_state else 0
+    at.sidebar.file_uploader(key=f"upload-{gen}").set_value((name, data, "application/octet-stream")).run()
+    assert not at.exception, at.exception
+    return at
+
+
+# -- start ---------------------------------------------------------------------------
 def test_banner_and_missing_arguments(monkeypatch, clear_streamlit_caches):
     monkeypatch.delenv("MEDVL_VIEWER_INDEX", raising=False)
     monkeypatch.delenv("MEDVL_VIEWER_MODEL", raising=False)
@@ -66,201 +119,11 @@ def test_banner_and_missing_arguments(monkeypatch, clear_streamlit_caches):
     assert "No index given" in at.error[0].value and "medvl viewer --index IDX" in at.error[0].value
 
 
-def test_missing_index_folder_is_a_clear_error(monkeypatch, tmp_path, clear_streamlit_caches):
+def test_missing_index_folder_is_a_message_without_the_server_path(monkeypatch, tmp_path, clear_streamlit_caches):
     monkeypatch.setenv("MEDVL_VIEWER_INDEX", str(tmp_path / "nope"))
-    monkeypatch.setenv("MEDVL_VIEWER_MODEL", str(tmp_path))
     at = AppTest.from_file(str(VIEWER), default_timeout=TIMEOUT).run()
-    assert "Research use only" in at.warning[0].value
-    assert "nope: index folder does not exist" in at.error[0].value
-
-
-def test_case_query_shows_image_and_top5_other_cases(fake):
-    at = _app()
-    assert "Research use only" in at.warning[0].value
-    at.sidebar.selectbox(key="case_id").set_value("S002").run()
-    assert ("search_image", CT_FILE) in fake.calls
-    headers = [h.value for h in at.subheader]
-    assert "Case S002" in headers and "Top 5 similar cases" in headers
-    ranked = [m.value for m in at.markdown if m.value.startswith("**#")]
-    # fixed fake scores 1.0, 0.9, ...: the case itself (S002) is dropped from its own results
-    assert ranked == [
-        "**#1 · S000** · similarity 1.000",
-        "**#2 · S001** · similarity 0.900",
-        "**#3 · S003** · similarity 0.700",
-        "**#4 · S004** · similarity 0.600",
-        "**#5 · S005** · similarity 0.500",
-    ]
-    assert len(at.image) == 1 + 5  # query image + one thumbnail per hit
-    # zero-shot probabilities, highest first
-    table = at.dataframe[0].value
-    assert list(table["finding"]) == ["Pleural effusion", "Pneumothorax", "Cardiomegaly"]
-    assert list(table["score"]) == [0.81, 0.4, 0.12]
-    # the heatmap shows the top-scoring finding until the user types another phrase
-    assert at.text_input(key="phrase-case-S002").value == "Pleural effusion"
-    assert ("heatmap", "Pleural effusion") in fake.calls
-    # manifest labels of a hit: positives and uncertain ones
-    assert "Labels: Cardiomegaly · uncertain: Atelectasis" in [c.value for c in at.caption]
-
-
-def test_no_finding_label_is_shown_and_no_labels_means_no_caption(fake):
-    at = _app()
-    at.sidebar.slider(key="k").set_value(7).run()
-    # hits S001..S007: only S001 and S007 carry labels, so exactly two label captions
-    labels = [c.value for c in at.caption if c.value.startswith("Labels")]
-    assert labels == ["Labels: Cardiomegaly · uncertain: Atelectasis", "Labels: No finding"]
-
-
-def test_number_of_results_follows_the_slider(fake):
-    at = _app()
-    at.sidebar.slider(key="k").set_value(3).run()
-    assert [h.value for h in at.subheader if h.value.startswith("Top")] == ["Top 3 similar cases"]
-
-
-def test_model_and_index_are_loaded_once(fake):
-    at = _app()
-    for mode in ("Free text", "Uploaded image", "Case from index"):
-        _mode(at, mode)
-    assert len(fake.loads) == 1
-
-
-def test_window_preset_sets_level_and_width(fake):
-    at = _app()
-    preset = at.selectbox(key="preset-case-S000")
-    assert preset.options[:3] == ["File window 1", "lung", "bone"]
-    assert [n.value for n in at.number_input] == [40.0, 400.0]
-    preset.set_value("lung").run()
-    assert [n.value for n in at.number_input] == [-600.0, 1500.0]
-
-
-def test_text_query_ranks_reports_and_highlights_best_sentences(fake):
-    at = _mode(_app(), "Free text")
-    assert any("Type a description" in i.value for i in at.info)
-    at.sidebar.text_input(key="query_text").set_value("left pleural effusion").run()
-    assert ("search_text", "left pleural effusion", "image") in fake.calls
-    ranked = [m.value for m in at.markdown if m.value.startswith("**#")]
-    assert ranked[0] == "**#1 · S000** · similarity 1.000"
-    report = next(m.value for m in at.markdown if "Heart size is normal" in m.value)
-    assert "<mark>Small left pleural effusion.</mark>" in report
-    # the heatmap of the query phrase is drawn over the best match
-    assert ("heatmap", "left pleural effusion") in fake.calls
-    assert at.slider(key="opacity-text-S000").value == 0.5
-
-
-def test_text_query_can_match_reports_instead_of_images(fake):
-    at = _mode(_app(), "Free text")
-    at.sidebar.text_input(key="query_text").set_value("cardiomegaly").run()
-    at.sidebar.radio(key="text_target").set_value("reports").run()
-    assert [c for c in fake.calls if c[0] == "search_text"][-1] == ("search_text", "cardiomegaly", "report")
-
-
-def test_large_index_case_picker_filters_by_study_id(monkeypatch, tmp_path, clear_streamlit_caches):
-    big = FakeBackend(n_cases=1200)
-    monkeypatch.setattr(backend_mod, "open_backend", lambda index_dir, model_dir: big)
-    monkeypatch.setenv("MEDVL_VIEWER_INDEX", str(tmp_path))
-    at = _app()
-    assert len(at.sidebar.selectbox(key="case_id").options) == 500
-    at.sidebar.text_input(key="case_filter").set_value("S11").run()
-    expected = [f"S{i}" for i in range(110, 120)] + [f"S{i}" for i in range(1100, 1200)]
-    assert at.sidebar.selectbox(key="case_id").options == expected
-    at.sidebar.text_input(key="case_filter").set_value("nope").run()
-    assert any("No study id contains 'nope'" in i.value for i in at.info)
-
-
-def test_heatmap_opacity_changes_the_shown_image(fake):
-    at = _mode(_app(), "Free text")
-    at.sidebar.text_input(key="query_text").set_value("effusion").run()
-    before = at.image[0].value
-    at.slider(key="opacity-text-S000").set_value(1.0).run()
-    assert at.image[0].value != before
-
-
-def _upload(at: AppTest, name: str, data: bytes) -> AppTest:
-    _mode(at, "Uploaded image")
-    at.sidebar.file_uploader(key="upload").set_value((name, data, "application/octet-stream")).run()
-    assert not at.exception, at.exception
-    return at
-
-
-def test_dicom_upload_queries_by_image_without_showing_identifiers(fake, tmp_path):
-    ds = pydicom.dcmread(CT_FILE)
-    ds.PatientName = "Doe^Jane"
-    ds.PatientID = "PID-778899"
-    ds.InstitutionName = "Saint Example Hospital"
-    buf = io.BytesIO()
-    ds.save_as(buf)
-    at = _upload(_app(), "Doe_Jane_PID-778899.dcm", buf.getvalue())  # exports often name files so
-    assert not at.error
-    assert "Uploaded image" in [h.value for h in at.subheader]
-    searched = [c[1] for c in fake.calls if c[0] == "search_image"]
-    assert searched and searched[-1].name == "upload.dcm"
-    assert len([m for m in at.markdown if m.value.startswith("**#")]) == 5
-    page = _texts(at)
-    assert "Modality: CT" in page and "Size: 128 x 128" in page
-    for secret in ("Doe", "Jane", "PID-778899", "Saint Example", ds.StudyDate):
-        assert secret not in page
-
-
-def test_dicom_series_zip_upload_shows_a_slice_slider(fake):
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for i in range(3):
-            zf.writestr(f"series/IM{i}", CT_FILE.read_bytes())
-    at = _upload(_app(), "series.zip", buf.getvalue())
-    assert not at.error
-    slider = next(s for s in at.slider if s.label == "Slice")
-    assert (slider.min, slider.max, slider.value) == (0, 2, 1)
-
-
-def test_volume_heatmap_follows_the_slice_slider(fake):
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for i in range(3):
-            zf.writestr(f"series/IM{i}", CT_FILE.read_bytes())
-    at = _upload(_app(), "series.zip", buf.getvalue())
-    key = next(s.key for s in at.slider if s.label == "Slice").removeprefix("slice-")
-
-    def shown(slice_index: int, alpha: float) -> list[str]:
-        at.slider(key=f"slice-{key}").set_value(slice_index)  # fresh elements after each run
-        at.slider(key=f"opacity-{key}").set_value(alpha)
-        at.run()
-        assert not at.exception
-        return at.image[0].value  # media URLs are content hashes: equal URLs, equal pixels
-
-    # the fake map is hot in the first slice only (slices are identical copies here)
-    assert shown(0, 1.0) != shown(0, 0.0)
-    assert shown(2, 1.0) == shown(2, 0.0)
-
-
-def test_nifti_upload_asks_for_the_modality_it_does_not_record(fake):
-    at = _upload(_app(), "brain.nii", (NIB_DATA / "anatomical.nii").read_bytes())
-    assert not at.error
-    assert "Modality: OT" in _texts(at)
-    assert any("Zero-shot scores are not available" in i.value for i in at.info)
-    chooser = at.sidebar.selectbox(key="upload_modality")
-    assert chooser.value == "unknown"
-    chooser.set_value("CT").run()
-    assert not at.exception and not at.error
-    assert "Modality: CT (not recorded in the file)" in _texts(at)
-    assert [c for c in fake.calls if c[0] == "zero_shot"][-1][2] == "CT"
-    preset = next(s for s in at.selectbox if s.label == "Window preset")
-    assert "lung" in preset.options  # CT presets now apply
-    assert at.dataframe[0].value["finding"][0] == "Pleural effusion"
-
-
-@pytest.mark.parametrize(
-    "name,data,message",
-    [
-        ("photo.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 200, "Upload refused: the uploaded file: unsupported file type '.png'"),
-        ("scan.dcm", b"\0" * 300, "Upload refused: the uploaded file [magic bytes]: not a DICOM Part 10 file"),
-        ("vol.nii", CT_FILE.read_bytes(), "Upload refused: the uploaded file [sizeof_hdr]: not a NIfTI image"),
-    ],
-)
-def test_wrong_uploads_get_a_clear_message(fake, name, data, message):
-    at = _mode(_app(), "Uploaded image")
-    fake.calls.clear()
-    _upload(at, name, data)
-    assert at.error[0].value.startswith(message)
-    assert not [c for c in fake.calls if c[0] in ("read_image", "search_image")]
+    assert at.error[0].value.startswith("Cannot open the index: index folder does not exist")
+    assert str(tmp_path) not in _texts(at)
 
 
 def test_bad_upload_limit_setting_is_a_message(fake, monkeypatch):
@@ -271,68 +134,313 @@ def test_bad_upload_limit_setting_is_a_message(fake, monkeypatch):
     assert not fake.loads
 
 
-def test_too_large_upload_is_refused(fake, monkeypatch):
-    monkeypatch.setenv("MEDVL_VIEWER_MAX_UPLOAD_MB", "0.01")
-    at = _upload(_app(), "ct.dcm", CT_FILE.read_bytes())
-    assert "file is too large" in at.error[0].value and "at most 0 MiB" in at.error[0].value
+def test_landing_line_says_what_the_tool_does_and_the_three_ways_to_query(fake):
+    at = _app()
+    landing = at.markdown[0].value
+    assert "finds cases similar to a query" in landing and "8 studies" in landing
+    for way in ("a case from the index", "an uploaded image", "free text"):
+        assert way in landing
 
 
-def test_unreadable_dicom_gets_a_clear_message(fake):
-    truncated = CT_FILE.read_bytes()[:2000]  # DICM magic intact, pixel data cut off
-    at = _upload(_app(), "cut.dcm", truncated)
-    assert at.error[0].value.startswith("Cannot read the uploaded file:")
-    assert "upload.dcm" in at.error[0].value
+# -- case from the index -------------------------------------------------------------
+def test_case_query_shows_its_labels_view_report_in_reading_order_and_other_cases(fake):
+    at = _app()
+    at.sidebar.selectbox(key="case_id").set_value("S001").run()
+    assert "Case S001" in [h.value for h in at.subheader]
+    assert "CT · PA view · Labels: Cardiomegaly · uncertain: Atelectasis" in [c.value for c in at.caption]
+    fake.cases[1].report = "FINDINGS: Cardiomegaly.\nIMPRESSION: Big heart.\nCOMPARISON: None.\nINDICATION: Cough."
+    at.run()
+    report = next(m.value for m in at.markdown if "INDICATION" in m.value)
+    order = [report.index(s) for s in ("INDICATION", "COMPARISON", "FINDINGS", "IMPRESSION")]
+    assert order == sorted(order)
+    assert ("search_image", CT_FILE, "CT", "S001", None) in fake.calls
+    # the case itself is not its own neighbour; match percentiles in one format
+    assert _ranked(at) == [
+        "**#1 · S000** · match 100th percentile (cosine 1.000)",
+        "**#2 · S002** · match 80th percentile (cosine 0.800)",
+        "**#3 · S003** · match 70th percentile (cosine 0.700)",
+        "**#4 · S004** · match 60th percentile (cosine 0.600)",
+        "**#5 · S005** · match 50th percentile (cosine 0.500)",
+    ]
+    assert len(_views(at)) == 1 and len(at.image) == 5  # the query image + one thumbnail per hit
+
+
+def test_finding_scores_are_percentiles_or_calibrated_probabilities_never_raw(fake):
+    at = _app()
+    table = at.dataframe[0].value
+    assert list(table.columns) == ["Finding", "Percentile among indexed cases"]
+    assert list(table["Finding"]) == ["Pleural effusion", "Pneumothorax", "Cardiomegaly"]
+    assert list(table["Percentile among indexed cases"]) == ["81st", "40th", "12th"]
+    fake.scores = FindingScores({"pleural_effusion": 0.8134, "cardiomegaly": 0.02}, "probability",
+                                note="Calibrated on the validation split.")
+    at.run()
+    table = at.dataframe[0].value
+    assert list(table.columns) == ["Finding", "Probability"]
+    assert list(table["Probability"]) == ["81%", "2%"]
+
+
+def test_imported_models_show_name_source_and_licence(fake):
+    fake.info = ModelInfo("BiomedCLIP-tiny", source="hf-hub:microsoft/BiomedCLIP", licence="MIT")
+    at = _app()
+    assert "Model: BiomedCLIP-tiny · source: hf-hub:microsoft/BiomedCLIP · licence: MIT" in [
+        c.value for c in at.sidebar.caption]
+
+
+def test_heatmap_phrase_starts_empty_for_an_image_query(fake):
+    at = _app()
+    assert at.text_input(key="phrase-case-S000").value == ""
+    assert not [c for c in fake.calls if c[0] == "heatmap"]
+    assert "heat-colour-bar" not in _whole_page(at)
+
+
+def test_case_list_pages_through_and_searches_the_whole_index(monkeypatch, tmp_path, clear_streamlit_caches):
+    lib = _install(FakeLibrary(n_cases=1500), monkeypatch, tmp_path)
+    at = _app()
+    assert len(at.sidebar.selectbox(key="case_id").options) == 50
+    assert "Cases 1-50 of 1,500" in [c.value for c in at.sidebar.caption]
+    at.sidebar.number_input(key="case_page").set_value(30).run()
+    assert at.sidebar.selectbox(key="case_id").options[-1].startswith("S1499 ")  # the last case is reachable
+    at.sidebar.text_input(key="case_filter").set_value("S11").run()
+    options = at.sidebar.selectbox(key="case_id").options
+    assert options[0].startswith("S110 ") and "Cases 1-50 of 110" in [c.value for c in at.sidebar.caption]
+    at.sidebar.text_input(key="case_filter").set_value("nope").run()
+    assert any("No case matches" in i.value for i in at.sidebar.info)
+    assert lib.loads == [] or len(lib.loads) == 1
+
+
+def test_open_as_query_makes_a_result_the_query_case(fake):
+    at = _app()
+    at.button(key="open-2-S002").click().run()
+    assert not at.exception
+    assert at.sidebar.radio(key="mode").value == "Case from index"
+    assert "Case S002" in [h.value for h in at.subheader]
+    assert fake.calls[-1][0] in ("finding_scores", "search_image")
+    assert ("search_image", CT_FILE, "CT", "S002", None) in fake.calls
+
+
+def test_highlights_for_a_case_query_follow_the_case_s_own_findings(fake):
+    at = _app()  # S000 states a left pleural effusion
+    reports = [m.value for m in at.markdown if "<mark>" in m.value or "FINDINGS" in m.value]
+    marked = [s for r in reports for s in r.split("<mark>")[1:]]
+    assert marked, reports
+    for s in marked:
+        text = s.split("</mark>")[0]
+        assert "effusion" in text.lower() and "no " not in text.lower()
+
+
+# -- warnings and messages -----------------------------------------------------------
+def test_an_input_unlike_the_index_gets_one_warning_above_the_results_and_no_scores(fake):
+    fake.warnings = ["It is a MR image; the index holds CT images."]
+    at = _app()
+    warnings = [w.value for w in at.warning if "unlike the cases in the index" in w.value]
+    assert len(warnings) == 1 and "MR image" in warnings[0]
+    assert not at.dataframe  # no finding scores for such an input
+    assert any("Finding scores are not shown" in c.value for c in at.caption)
 
 
 def test_unexpected_library_errors_become_messages_not_tracebacks(fake, monkeypatch):
     def broken(*args, **kwargs):
-        raise RuntimeError("tensor size mismatch")
+        raise RuntimeError("tensor size mismatch at /srv/models/x")
 
     monkeypatch.setattr(fake, "search_image", broken)
-    monkeypatch.setattr(fake, "zero_shot", broken)
-    monkeypatch.setattr(fake, "heatmap", broken)
     at = _app()
     assert not at.exception
-    messages = [e.value for e in at.error]
-    assert "Zero-shot scoring failed: unexpected RuntimeError: tensor size mismatch" in messages
-    assert "Search failed: unexpected RuntimeError: tensor size mismatch" in messages
-    assert len(at.image) == 1  # the case image is still shown
+    assert [e.value for e in at.error] == ["The search failed: an unexpected error (details in the server log)."]
+    assert len(_views(at)) == 1  # the case image is still shown
+    assert "/srv/models" not in _texts(at)
 
 
 def test_an_indexed_image_that_cannot_be_read_hides_its_path(fake, tmp_path):
     # MIMIC-CXR style layout: the folders carry the patient id
-    missing = tmp_path / "files" / "p10" / "p10000032" / "s50414267" / "view1.dcm"
-    fake.cases[0].image_path = missing
-
-    def search_image(image_path, k):  # the real index names the file it cannot read
-        from medvl.errors import CaseIndexError
-
-        raise CaseIndexError("query image not found", path=image_path)
-
-    fake.search_image = search_image
+    fake.cases[0].image_path = tmp_path / "files" / "p10" / "p10000032" / "s50414267" / "view1.dcm"
     at = _app()
     assert not at.exception
-    message = at.error[0].value
-    assert message.startswith("Cannot read case S000: <image>")
-    assert "Search failed: <image>: query image not found" in [e.value for e in at.error]
-    assert "p10000032" not in _texts(at)
+    assert [e.value for e in at.error] == ["The image of this case cannot be read: file or directory not found."]
+    assert "p10000032" not in _texts(at) and "view1" not in _texts(at)
 
 
-def test_failure_messages_redact_longest_first():
-    from medvl_viewer.panels import failure_message
-    from medvl.errors import ImageReadError
+# -- uploads -------------------------------------------------------------------------
+def _dicom_with_identifiers() -> bytes:
+    ds = pydicom.dcmread(CT_FILE)
+    ds.PatientName = "Doe^Jane"
+    ds.PatientID = "PID-778899"
+    ds.InstitutionName = "Saint Example Hospital"
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    return buf.getvalue()
 
-    exc = ImageReadError("cannot read", path="/data/p10/p10000032/a.dcm")
-    assert failure_message("Cannot read case X", exc, ("/data/p10", "/data/p10/p10000032/a.dcm")) == (
-        "Cannot read case X: <image>: cannot read"
-    )
-    assert failure_message("Search failed", RuntimeError("boom")) == "Search failed: unexpected RuntimeError: boom"
+
+def test_dicom_upload_is_searched_and_neither_its_name_nor_identifiers_reach_the_page(fake):
+    at = _upload(_app(), "Doe_Jane_PID-778899.dcm", _dicom_with_identifiers())  # exports often name files so
+    assert not at.error
+    assert "Uploaded image" in [h.value for h in at.subheader]
+    searched = [c[1] for c in fake.calls if c[0] == "search_image"]
+    assert searched and searched[-1].name == "upload.dcm"
+    assert len(_ranked(at)) == 5
+    page = _whole_page(at)
+    assert "Current upload: DICOM file" in page and "Size: 128 x 128" in page
+    for secret in ("Doe", "Jane", "PID-778899", "Saint Example", "upload.dcm", "medvl-upload-"):
+        assert secret not in page, secret
+    # the uploader was replaced by a fresh, empty one: no widget holds the file any more
+    assert at.session_state["upload_gen"] == 1
 
 
-def test_an_image_of_unexpected_shape_is_a_message(fake, monkeypatch):
-    from viewer_fakes import FakeImage
+def test_the_upload_survives_a_mode_switch_and_can_be_removed(fake):
+    at = _upload(_app(), "ct.dcm", CT_FILE.read_bytes())
+    _mode(at, "Free text")
+    _mode(at, "Uploaded image")
+    assert "Uploaded image" in [h.value for h in at.subheader] and len(_ranked(at)) == 5
+    at.sidebar.button(key="remove_upload").click().run()
+    assert any("Upload a DICOM file" in i.value for i in at.info)
 
-    monkeypatch.setattr(fake, "read_image", lambda path: FakeImage(np.zeros((4, 4, 3, 2), np.float32), (1.0,) * 3, "MR"))
+
+def test_dicom_series_zip_upload_scrolls_slices_with_position_in_mm(fake):
+    fake.index_dims = 3
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for i in range(3):
+            ds = pydicom.dcmread(CT_FILE)
+            ds.ImagePositionPatient = [0.0, 0.0, 10.0 * i]
+            ds.InstanceNumber = i + 1
+            ds.SOPInstanceUID = f"1.2.3.{i}"
+            out = io.BytesIO()
+            ds.save_as(out)
+            zf.writestr(f"series/IM{i}", out.getvalue())
+    at = _upload(_app(), "series.zip", buf.getvalue())
+    assert not at.error, [e.value for e in at.error]
+    slider = next(s for s in at.slider if s.label == "Slice")
+    assert (slider.min, slider.max, slider.value) == (1, 3, 2)
+    view = _views(at)[0]
+    assert (view["slice"], view["n"]) == (1, 3)
+    assert view["label"] == "Slice 2 of 3 · z = +10.0 mm"
+    slider.set_value(3).run()
+    assert _views(at)[0]["label"] == "Slice 3 of 3 · z = +20.0 mm"
+
+
+def test_a_volume_for_a_radiograph_index_gets_one_message_and_no_scores_or_results(fake):
+    at = _mode(_app(), "Uploaded image")
+    fake.calls.clear()
+    at = _upload(at, "brain.nii", (NIB_DATA / "anatomical.nii").read_bytes())
+    infos = [i.value for i in at.info]
+    assert any("3D volume and the index holds 2D images" in i for i in infos), infos
+    assert not at.error and not at.dataframe and not _ranked(at)
+    assert not [c for c in fake.calls if c[0] in ("search_image", "finding_scores")]
+    assert len(_views(at)) == 1  # shown for viewing
+
+
+def test_nifti_upload_asks_for_the_modality_it_does_not_record(fake):
+    fake.index_dims = 3
+    at = _upload(_app(), "brain.nii", (NIB_DATA / "anatomical.nii").read_bytes())
+    assert not at.error
+    chooser = at.sidebar.selectbox(key="upload_modality")
+    assert chooser.value == "unknown"
+    chooser.set_value("CT").run()
+    assert not at.exception and not at.error
+    assert "Modality: CT (not recorded in the file)" in _texts(at)
+    assert [c for c in fake.calls if c[0] == "finding_scores"][-1][2] == "CT"
+    assert "lung" in next(s for s in at.selectbox if s.label == "Window").options
+
+
+def test_a_4d_nifti_offers_a_choice_of_volume(fake):
+    fake.index_dims = 3
+    at = _upload(_app(), "fmri.nii.gz", (NIB_DATA / "example4d.nii.gz").read_bytes())
+    assert not at.error, [e.value for e in at.error]
+    frames = at.sidebar.selectbox(key="upload_frame")
+    assert frames.options == ["1", "2"]
+    frames.set_value(2).run()
+    assert ("search_image" in [c[0] for c in fake.calls])
+    assert [c for c in fake.calls if c[0] == "search_image"][-1][-1] == 1
+    assert "Volume: 2" in _texts(at)
+
+
+@pytest.mark.parametrize(
+    "name,data,message",
+    [
+        ("photo.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 200, "This type of file cannot be read here."),
+        ("scan.dcm", b"\0" * 300, "This file is not a DICOM image"),
+        ("empty.dcm", b"", "The file is empty."),
+        ("vol.nii", CT_FILE.read_bytes(), "This file is not a readable NIfTI image."),
+        ("cut.dcm", CT_FILE.read_bytes()[:20000], "The uploaded file is incomplete or damaged"),
+    ],
+)
+def test_wrong_uploads_get_one_plain_message(fake, name, data, message):
+    at = _mode(_app(), "Uploaded image")
+    fake.calls.clear()
+    _upload(at, name, data)
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and errors[0].startswith(message), errors
+    page = _whole_page(at)
+    for bad in (*FORBIDDEN, name):
+        assert bad not in page, bad
+    assert not [c for c in fake.calls if c[0] in ("search_image", "finding_scores")]
+
+
+def test_too_large_upload_is_refused_in_words(fake, monkeypatch):
+    monkeypatch.setenv("MEDVL_VIEWER_MAX_UPLOAD_MB", "0.01")
+    at = _upload(_app(), "ct.dcm", CT_FILE.read_bytes())
+    assert [e.value for e in at.error] == ["The file is too large for this viewer (at most 0 MiB). "
+                                           "Upload a smaller file or one series."]
+
+
+# -- free text -----------------------------------------------------------------------
+def test_text_query_highlights_only_sentences_that_state_the_finding_on_that_side(fake):
+    at = _mode(_app(), "Free text")
+    assert any("Type a description" in i.value for i in at.info)
+    at.sidebar.text_input(key="query_text").set_value("left pneumothorax").run()
+    assert ("search_text", "left pneumothorax", "image", True) in fake.calls
+    reports = {m.value.split("FINDINGS:</b> ")[1][:30]: m.value for m in at.markdown if "FINDINGS:</b>" in m.value}
+    marked = [s.split("</mark>")[0] for r in reports.values() for s in r.split("<mark>")[1:]]
+    # "Left PTX with a visible pleural line." and "Left PTX." are marked; "There is no
+    # pneumothorax.", "Large right pneumothorax." and the INDICATION line are not.
+    assert sorted(marked) == ["Left PTX with a visible pleural line.", "Left PTX."]
+    # the heatmap phrase is the query's own text, over the best match, with its colour bar
+    key = next(t.key for t in at.text_input if t.key and t.key.startswith("phrase-"))
+    assert at.text_input(key=key).value == "left pneumothorax"
+    assert ("heatmap", "left pneumothorax", None) in fake.calls
+    assert "heat-colour-bar" in _whole_page(at)
+    assert at.slider(key=key.replace("phrase-", "opacity-")).value == 0.35
+
+
+def test_text_query_can_match_reports_and_skip_the_report_check(fake):
+    at = _mode(_app(), "Free text")
+    at.sidebar.text_input(key="query_text").set_value("cardiomegaly").run()
+    at.sidebar.radio(key="text_target").set_value("reports").run()
+    at.sidebar.checkbox(key="use_reports").uncheck().run()
+    assert [c for c in fake.calls if c[0] == "search_text"][-1] == ("search_text", "cardiomegaly", "report", False)
+
+
+def test_nonsense_text_gets_a_warning_and_no_highlights(fake):
+    fake.warnings = ["The text names no finding the viewer knows."]
+    at = _mode(_app(), "Free text")
+    at.sidebar.text_input(key="query_text").set_value("asdfgh qwerty").run()
+    assert any("unlike the cases in the index" in w.value for w in at.warning)
+    assert not any("<mark>" in m.value for m in at.markdown)
+
+
+def test_no_heatmap_means_one_plain_sentence(fake):
+    fake.heat = Heatmap(None, None, "No heatmap: this model's local heads were never trained.")
+    at = _mode(_app(), "Free text")
+    at.sidebar.text_input(key="query_text").set_value("effusion").run()
+    assert [i.value for i in at.info] == ["No heatmap: this model's local heads were never trained."]
+    assert "heat-colour-bar" not in _whole_page(at)
+
+
+def test_heatmap_opacity_and_position_on_the_shown_image(fake):
+    at = _mode(_app(), "Free text")
+    at.sidebar.text_input(key="query_text").set_value("effusion").run()
+    key = next(s.key for s in at.slider if s.key and s.key.startswith("opacity-"))
+    at.slider(key=key).set_value(0.0).run()
+    plain = _pixels(_views(at)[0]).astype(int)
+    at.slider(key=key).set_value(1.0).run()
+    tinted = _pixels(_views(at)[0]).astype(int)
+    changed = np.abs(tinted - plain).sum(axis=-1) > 30
+    rows, cols = np.nonzero(changed)
+    # the fake map is hot in its top-left cell: the tint lies in the image's top-left quarter
+    assert changed.any() and rows.max() < plain.shape[0] / 2 and cols.max() < plain.shape[1] / 2
+
+
+def test_model_is_loaded_once_across_modes(fake):
     at = _app()
-    assert not at.exception
-    assert "Cannot display an image of shape (4, 4, 3, 2)" in at.error[0].value
+    for mode in ("Free text", "Uploaded image", "Case from index"):
+        _mode(at, mode)
+    assert len(fake.loads) == 1
