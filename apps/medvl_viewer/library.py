@@ -38,6 +38,8 @@ REFERENCE_SAMPLE = 2000
 #: A query whose best match is below this percentile of the index's own best matches
 #: is flagged as unlike the index.
 OOD_PERCENTILE = 1.0
+#: Fewer indexed cases than this give no reliable reference distribution: no distance warning.
+MIN_REFERENCE = 50
 #: Candidates re-ranked by their reports' statements for a text query.
 RERANK_POOL = 50
 #: Modalities of chest radiographs (an index of CR/DX accepts either).
@@ -144,7 +146,8 @@ class LibraryBackend:
         if mod and self._modalities:
             same = mod in self._modalities or (mod in RADIOGRAPH and RADIOGRAPH & set(self._modalities))
             if not same:
-                out.append(f"It is a {mod} image; the index holds {', '.join(self._modalities)} images.")
+                article = "an" if mod[:1] in "AEFHILMNORSX" else "a"  # letters said with a vowel: "an MR"
+                out.append(f"It is {article} {mod} image; the index holds {', '.join(self._modalities)} images.")
         body = str((getattr(image, "tags", {}) or {}).get("BodyPartExamined", "") or "").upper()
         if body and body not in ("CHEST", "THORAX", "LUNG", "CHEST_TO_PELVIS"):
             out.append(f"The file records the body part as {body.lower()}; the index holds chest studies.")
@@ -197,7 +200,9 @@ class LibraryBackend:
         hits = [h for h in self._search_vector(q, k + (1 if exclude else 0), "image") if h.study_id != exclude][:k]
         reference = self._reference("image", "image")
         self._context(hits, reference)
-        if hits and hits[0].relative is not None and hits[0].relative < OOD_PERCENTILE:
+        # An indexed case used as the query is in the index by definition.
+        if exclude is None and reference.size >= MIN_REFERENCE and hits and hits[0].relative is not None \
+                and hits[0].relative < OOD_PERCENTILE:
             warnings.append(
                 "Its best match is less similar than almost every indexed case is to its own nearest "
                 "neighbour: the image is unlike those in the index.")
@@ -223,7 +228,7 @@ class LibraryBackend:
         self._context(hits, reference)
         warnings: list[str] = []
         best = max((h.relative for h in hits if h.relative is not None), default=None)
-        if not query and best is not None and best < OOD_PERCENTILE:
+        if not query and reference.size >= MIN_REFERENCE and best is not None and best < OOD_PERCENTILE:
             warnings.append("The text names no finding the viewer knows, and no case matches it better than "
                             "almost every report matches its own case: it may not describe a chest study.")
         return SearchResult(hits, warnings=warnings, reference=_REFERENCE_TEXT["text", against], reranked=reranked)

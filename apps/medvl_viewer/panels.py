@@ -241,10 +241,11 @@ def scores_panel(scores: FindingScores | None, info: ModelInfo, *, withheld: str
         return
     rows = sorted(scores.values.items(), key=lambda kv: -kv[1])
     column = "Probability" if scores.kind == "probability" else "Percentile among indexed cases"
-    st.dataframe(
-        {"Finding": [finding_display(k) for k, _ in rows], column: [format_score(v, scores.kind) for _, v in rows]},
-        hide_index=True,
-    )
+    # A plain table (HTML, read by screen readers and the browser test), not a canvas grid.
+    import pandas as pd
+
+    st.table(pd.DataFrame({"Finding": [finding_display(k) for k, _ in rows],
+                           column: [format_score(v, scores.kind) for _, v in rows]}).set_index("Finding"))
     st.caption(scores.note)
 
 

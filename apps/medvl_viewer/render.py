@@ -221,9 +221,8 @@ def colour_bar_html(low: str = "low", high: str = "high", *, name: str = HEATMAP
 
     The grey start stands for "below the floor: no colour drawn" (:data:`HEAT_FLOOR`).
     """
-    cols = colorize(np.linspace(HEAT_FLOOR, 1.0, stops), name)
-    grad = ", ".join(f"rgb({int(r * 255)},{int(g * 255)},{int(b * 255)}) {100 * i / (stops - 1):.0f}%"
-                     for i, (r, g, b) in enumerate(cols))
+    cols = np.rint(colorize(np.linspace(HEAT_FLOOR, 1.0, stops), name) * 255).astype(int)
+    grad = ", ".join(f"rgb({r},{g},{b}) {100 * i / (stops - 1):.0f}%" for i, (r, g, b) in enumerate(cols))
     return (
         '<div data-testid="heat-colour-bar" style="display:flex;align-items:center;gap:0.5em;font-size:0.8em">'
         f"<span>{html.escape(low)}</span>"

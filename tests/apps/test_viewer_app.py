@@ -167,14 +167,14 @@ def test_case_query_shows_its_labels_view_report_in_reading_order_and_other_case
 
 def test_finding_scores_are_percentiles_or_calibrated_probabilities_never_raw(fake):
     at = _app()
-    table = at.dataframe[0].value
+    table = at.table[0].value.reset_index()
     assert list(table.columns) == ["Finding", "Percentile among indexed cases"]
     assert list(table["Finding"]) == ["Pleural effusion", "Pneumothorax", "Cardiomegaly"]
     assert list(table["Percentile among indexed cases"]) == ["81st", "40th", "12th"]
     fake.scores = FindingScores({"pleural_effusion": 0.8134, "cardiomegaly": 0.02}, "probability",
                                 note="Calibrated on the validation split.")
     at.run()
-    table = at.dataframe[0].value
+    table = at.table[0].value.reset_index()
     assert list(table.columns) == ["Finding", "Probability"]
     assert list(table["Probability"]) == ["81%", "2%"]
 
@@ -234,7 +234,7 @@ def test_an_input_unlike_the_index_gets_one_warning_above_the_results_and_no_sco
     at = _app()
     warnings = [w.value for w in at.warning if "unlike the cases in the index" in w.value]
     assert len(warnings) == 1 and "MR image" in warnings[0]
-    assert not at.dataframe  # no finding scores for such an input
+    assert not at.table  # no finding scores for such an input
     assert any("Finding scores are not shown" in c.value for c in at.caption)
 
 
@@ -323,7 +323,7 @@ def test_a_volume_for_a_radiograph_index_gets_one_message_and_no_scores_or_resul
     at = _upload(at, "brain.nii", (NIB_DATA / "anatomical.nii").read_bytes())
     infos = [i.value for i in at.info]
     assert any("3D volume and the index holds 2D images" in i for i in infos), infos
-    assert not at.error and not at.dataframe and not _ranked(at)
+    assert not at.error and not at.table and not _ranked(at)
     assert not [c for c in fake.calls if c[0] in ("search_image", "finding_scores")]
     assert len(_views(at)) == 1  # shown for viewing
 

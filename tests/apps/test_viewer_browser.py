@@ -1,117 +1,299 @@
-"""The viewer in a real headless Chromium: text query, image query, images render.
+"""The viewer in a real headless Chromium, as a radiologist meets it (points 1-7 of issue #13).
 
-The server is started with the ``medvl viewer`` command line (``medvl_viewer.command``).
+The server is started with the ``medvl viewer`` command line (``medvl_viewer.command``)
+on a tiny real setup (60 synthetic radiographs, an untrained tiny model that carries a
+``provenance.json`` as an imported model does, its index). The walk: landing page and
+first image; the query case's labels, view and report in reading order; finding scores
+as percentiles; paging and "open as query"; a text query with assertion-aware highlights,
+its heatmap and colour bar; an upload under a patient-like file name (the name must not
+be in the page's HTML) that survives a mode switch; a CT slice and an MR slice (warnings
+above the results); a volume (wheel and arrow keys move the slice, z in mm); a 4D NIfTI
+(volume choice); and the messages for oversize, empty, not-DICOM and truncated files.
 
-Screenshots are written to ``test-artifacts/viewer/`` at the repo root (gitignored).
+Screenshots are written to ``test-artifacts/viewer/`` at the repo root (gitignored), with
+``walk.json`` (timings and what was seen).
 """
 
 from __future__ import annotations
 
+import json
 import shutil
+import time
 from pathlib import Path
 
+import nibabel as nib
 import pytest
+from pydicom.data import get_testdata_file
 from viewer_server import CHROMIUM, CHROMIUM_ARGS, streamlit_server
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts" / "viewer"
-WAIT_MS = 45_000
+NIB_DATA = Path(nib.__file__).parent / "tests" / "data"
+WAIT_MS = 60_000
+#: Never on a page: tag numbers, server temp paths, tracebacks.
+FORBIDDEN = ("(7FE0", "(0028", "group 0028", "/tmp/", "medvl-upload-", "Traceback")
+PROVENANCE = {"name": "tiny-clip-test", "source": "hf-hub:example/tiny-clip", "licence": "MIT",
+              "format": "open_clip", "conversion": "medvl.models.importers", "hub_name": "example/tiny-clip"}
 
 pytestmark = pytest.mark.browser
 
 
-def _rendered_images(page) -> int:
-    """Images on the page that finished loading with real pixels."""
-    return page.evaluate(
-        "Array.from(document.querySelectorAll('[data-testid=\"stImage\"] img'))"
-        ".filter(i => i.complete && i.naturalWidth > 0).length"
-    )
+@pytest.fixture(scope="module")
+def browser_data(tmp_path_factory):
+    """60 synthetic radiographs (two pages of cases), a tiny model with provenance, its index."""
+    from viewer_pipeline import build_viewer_data
+
+    data = build_viewer_data(tmp_path_factory.mktemp("viewer-browser"), n_cxr=60)
+    (data.model_dir / "provenance.json").write_text(json.dumps(PROVENANCE))
+    return data
 
 
-def _wait_images(page, n: int) -> None:
-    page.wait_for_function(
-        "n => Array.from(document.querySelectorAll('[data-testid=\"stImage\"] img'))"
-        ".filter(i => i.complete && i.naturalWidth > 0).length >= n",
-        arg=n,
-        timeout=WAIT_MS,
-    )
-
-
-def _wait_done(page, n_results: int) -> None:
-    """Wait until a query's page is complete: the last result, all images, no stale element.
-
-    Streamlit draws a rerun progressively and marks old elements ``data-stale="true"``
-    meanwhile, so the screenshot waits for the last ranked hit, one image per hit plus
-    the query image, and no stale element.
-    """
-    page.get_by_text(f"#{n_results} ·").first.wait_for()
-    _wait_images(page, n_results + 1)
+def _settle(page) -> None:
+    """Wait until Streamlit finished the current run: no stale element, no running indicator."""
     page.wait_for_function(
         "() => !document.querySelector('[data-stale=\"true\"]') && "
         "!document.querySelector('[data-testid=\"stStatusWidgetRunningIcon\"]')",
         timeout=WAIT_MS,
     )
+    time.sleep(0.3)
 
 
-def run_browser_session(url: str, upload: Path, text_query: str, shots: Path) -> dict[str, int]:
-    """Drive the viewer at ``url``; return how many images rendered in each query."""
+def _main_text(page) -> str:
+    return page.locator("section.stMain, [data-testid=stMain]").first.inner_text()
+
+
+def _alerts(page, kind: str) -> list[str]:
+    return page.locator(f"[data-testid=stAlertContent{kind}]").all_inner_texts()
+
+
+def _upload(page, path: Path) -> None:
+    _settle(page)
+    # After each upload the viewer draws a fresh uploader; until the rerun ends the old
+    # one may linger, marked stale: the live one is the last.
+    page.get_by_test_id("stFileUploaderDropzoneInput").last.set_input_files(str(path))
+    time.sleep(1.0)
+    _settle(page)
+
+
+def _marked(page) -> list[str]:
+    return page.locator("mark").all_inner_texts()
+
+
+def _slice_label(page) -> str:
+    return page.locator(".medvl-slice-label").first.inner_text()
+
+
+def walk(url: str, files: dict[str, Path], shots: Path, seen: dict) -> None:
+    """Drive the viewer at ``url`` through points 1-7; fill ``seen`` with what was observed."""
     from playwright.sync_api import sync_playwright
 
     shots.mkdir(parents=True, exist_ok=True)
-    counts: dict[str, int] = {}
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page = browser.new_page(viewport={"width": 1400, "height": 1200})
             page.set_default_timeout(WAIT_MS)
+            t0 = time.monotonic()
             page.goto(url, wait_until="domcontentloaded", timeout=WAIT_MS)
-            page.get_by_text("Research use only").first.wait_for()
-            counts["deploy_button"] = page.get_by_text("Deploy", exact=True).count()
-
-            # default mode: a case from the index with its similar cases
-            page.get_by_text("similar cases").first.wait_for()
-            _wait_done(page, 5)
-            counts["case"] = _rendered_images(page)
+            page.get_by_test_id("medvl-image").first.wait_for()
+            seen["first_image_s"] = round(time.monotonic() - t0, 2)
+            page.get_by_text("#5 ·").first.wait_for()
+            _settle(page)
+            seen["results_s"] = round(time.monotonic() - t0, 2)
+            main = _main_text(page)
+            # 7: landing line; the query case's labels, view, report in reading order
+            seen["landing"] = "finds cases similar to a query" in main and "three ways" in main
+            seen["deploy_button"] = page.get_by_text("Deploy", exact=True).count()
+            report = page.locator("[data-testid=stMarkdownContainer]", has_text="INDICATION:").first.inner_text()
+            seen["reading_order"] = [report.index(s) for s in ("INDICATION", "COMPARISON", "FINDINGS", "IMPRESSION")
+                                     if s in report]
+            seen["case_caption"] = page.get_by_text("view · Labels").first.inner_text()
+            # 1: scores in one format, model provenance next to the results
+            seen["score_header"] = page.get_by_text("Percentile among indexed cases").count() > 0
+            seen["model_caption"] = page.get_by_text("Model: ").first.inner_text()
             page.screenshot(path=str(shots / "1-case.png"), full_page=True)
 
-            # free text
+            # 7: paging over the whole index, and "open as query"
+            page.get_by_label("Page (of 2)").fill("2")
+            page.get_by_label("Page (of 2)").press("Enter")
+            _settle(page)
+            seen["page_2"] = page.get_by_text("Cases 51-60 of 60").count()
+            second = page.get_by_text("#2 ·").first.inner_text().split(" · ")[1]
+            page.get_by_role("button", name="Open as query").nth(1).click()
+            _settle(page)
+            seen["opened"] = (second, page.get_by_role("heading", name=f"Case {second}").count())
+
+            # 5: the window changes in the image's fragment; time it in the browser
+            t1 = time.monotonic()
+            page.get_by_label("Level").first.fill("500")
+            page.get_by_label("Level").first.press("Enter")
+            _settle(page)
+            seen["window_change_s"] = round(time.monotonic() - t1, 2)
+
+            # 3 + 4: a text query: report-checked ranking, assertion-aware highlights, heatmap
             page.get_by_text("Free text", exact=True).click()
             box = page.get_by_label("Findings to search for")
-            box.fill(text_query)
+            box.fill("left pleural effusion")
             box.press("Enter")
             page.get_by_text("Best match:").first.wait_for()
-            _wait_done(page, 5)
-            counts["text"] = _rendered_images(page)
+            page.get_by_text("#5 ·").first.wait_for()
+            _settle(page)
+            seen["text_marks"] = _marked(page)
+            seen["heat_phrase"] = page.get_by_label("Heatmap phrase").first.input_value()
+            seen["colour_bar"] = page.get_by_test_id("heat-colour-bar").count()
+            seen["reranked_note"] = page.get_by_text("Ordered by the reports").count()
             page.screenshot(path=str(shots / "2-text-query.png"), full_page=True)
 
-            # uploaded image
+            # 1 + 6: an upload under a patient-like name; scores, results, no name in the HTML
             page.get_by_text("Uploaded image", exact=True).click()
-            page.locator("input[type=file]").set_input_files(str(upload))
+            page.get_by_text("Largest accepted file").first.wait_for()
+            _upload(page, files["named"])
             page.get_by_role("heading", name="Uploaded image").wait_for()
-            _wait_done(page, 5)
-            counts["upload"] = _rendered_images(page)
-            page.screenshot(path=str(shots / "3-image-query.png"), full_page=True)
-            # exported file names often carry the patient's name: the page must not show it
-            name = page.get_by_text(upload.stem)
-            counts["upload_name_visible"] = sum(name.nth(i).is_visible() for i in range(name.count()))
-            counts["errors"] = page.locator("[data-testid=stAlertContentError]").count()
+            page.get_by_text("#5 ·").first.wait_for()
+            _settle(page)
+            seen["upload_name_in_html"] = files["named"].stem in page.content()
+            seen["upload_current"] = page.get_by_text("Current upload:").first.inner_text()
+            page.screenshot(path=str(shots / "3-upload.png"), full_page=True)
+            # 5: the upload survives a mode switch
+            page.get_by_text("Free text", exact=True).click()
+            _settle(page)
+            page.get_by_text("Uploaded image", exact=True).click()
+            _settle(page)
+            seen["upload_kept"] = page.get_by_role("heading", name="Uploaded image").count()
+
+            # 2: inputs unlike the index: a CT slice and an MR slice
+            for name in ("ct", "mr"):
+                _upload(page, files[name])
+                page.get_by_role("heading", name="Uploaded image").wait_for()
+                _settle(page)
+                seen[f"warning_{name}"] = [w for w in _alerts(page, "Warning") if "unlike the cases" in w]
+                seen[f"scores_withheld_{name}"] = page.get_by_text("Finding scores are not shown").count()
+                page.screenshot(path=str(shots / f"4-unlike-index-{name}.png"), full_page=True)
+
+            # 5: a volume: wheel and arrow keys over the image move the slice; z in mm
+            _upload(page, files["volume"])
+            page.get_by_text("cannot be searched or scored").first.wait_for()
+            _settle(page)
+            seen["volume_info"] = [i for i in _alerts(page, "Info") if "cannot be searched" in i]
+            seen["volume_errors"] = _alerts(page, "Error")
+            before = _slice_label(page)
+            image = page.get_by_test_id("medvl-image").first
+            image.hover()
+            page.mouse.wheel(0, 120)
+            page.wait_for_function(
+                "b => { const l = document.querySelector('.medvl-slice-label') || "
+                "Array.from(document.querySelectorAll('*')).map(e => e.shadowRoot).filter(Boolean)"
+                ".map(r => r.querySelector('.medvl-slice-label')).find(Boolean); "
+                "return l && l.textContent !== b && !l.textContent.endsWith('...'); }", arg=before)
+            _settle(page)
+            after_wheel = _slice_label(page)
+            image.click()
+            page.keyboard.press("ArrowDown")
+            page.keyboard.press("ArrowDown")
+            time.sleep(0.5)
+            _settle(page)
+            seen["slices"] = [before, after_wheel, _slice_label(page)]
+            page.screenshot(path=str(shots / "5-volume.png"), full_page=True)
+            # 5: a 4D NIfTI offers a choice of volume
+            _upload(page, files["4d"])
+            seen["frame_choice"] = page.get_by_text("Volume of the 4D file").count()
+
+            # 6: plain messages
+            messages = {}
+            for name in ("oversize", "empty", "not_dicom", "truncated"):
+                _upload(page, files[name])
+                messages[name] = _alerts(page, "Error")
+                html = page.content()
+                seen[f"name_in_html_{name}"] = files[name].stem in html
+                seen[f"forbidden_{name}"] = [f for f in FORBIDDEN if f in _main_text(page)]
+            seen["messages"] = messages
+            page.screenshot(path=str(shots / "6-messages.png"), full_page=True)
+            seen["exceptions"] = page.locator("[data-testid=stException]").count()
         finally:
             browser.close()
-    return counts
 
 
-def test_viewer_in_headless_chromium(viewer_target, tmp_path):
+def _files(tmp: Path, browser_data) -> dict[str, Path]:
+    from medvl.index import CaseIndex
+
+    index = CaseIndex.open(browser_data.index_dir)
+    indexed = Path(index.get(index.study_ids()[-1]).image_path)
+    index.close()
+    files = {
+        "named": tmp / "Doe_Jane_19700101.dcm",  # exports often carry the patient's name
+        "ct": tmp / "Roe_Richard_ct.dcm",
+        "mr": tmp / "mr_slice.dcm",
+        "volume": tmp / "brain.nii",
+        "4d": tmp / "dynamic.nii.gz",
+        "oversize": tmp / "Smith_Anna_big.dcm",
+        "empty": tmp / "Empty_Patient.dcm",
+        "not_dicom": tmp / "Notes_Patient.dcm",
+        "truncated": tmp / "Cut_Patient.dcm",
+    }
+    shutil.copyfile(indexed, files["named"])
+    shutil.copyfile(get_testdata_file("CT_small.dcm", download=False), files["ct"])
+    shutil.copyfile(get_testdata_file("MR_small.dcm", download=False), files["mr"])
+    shutil.copyfile(NIB_DATA / "anatomical.nii", files["volume"])
+    shutil.copyfile(NIB_DATA / "example4d.nii.gz", files["4d"])
+    files["oversize"].write_bytes(b"\0" * (3 * 1024 * 1024))
+    files["empty"].write_bytes(b"")
+    files["not_dicom"].write_bytes(b"these are notes, not an image " * 20)
+    files["truncated"].write_bytes(Path(get_testdata_file("CT_small.dcm", download=False)).read_bytes()[:20000])
+    return files
+
+
+def test_a_radiologist_s_walk_through_the_viewer(browser_data, tmp_path):
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is absent (install Debian's chromium to run the browser test)")
     pytest.importorskip("playwright", reason="the playwright Python package is not installed")
-    index_dir, _model_dir, source, text_query = viewer_target
-    upload = tmp_path / "Doe_Jane_chest.dcm"  # an identifying name, as exports often have
-    shutil.copyfile(source, upload)
+    files = _files(tmp_path, browser_data)
+    seen: dict = {}
+    t0 = time.monotonic()
     # served by the `medvl viewer` command line, without --model (the index records it)
-    with streamlit_server(index_dir, None, tmp_path / "streamlit.log") as url:
-        counts = run_browser_session(url, upload, text_query, ARTIFACTS)
-    assert counts["errors"] == 0
-    # the query (or best-match) image + one thumbnail per hit, in each mode
-    assert counts == {"case": 6, "text": 6, "upload": 6, "errors": 0, "upload_name_visible": 0, "deploy_button": 0}
-    for name in ("1-case.png", "2-text-query.png", "3-image-query.png"):
-        assert (ARTIFACTS / name).stat().st_size > 10_000
+    with streamlit_server(browser_data.index_dir, None, tmp_path / "streamlit.log", max_upload_mb=2) as url:
+        seen["server_up_s"] = round(time.monotonic() - t0, 2)
+        try:
+            walk(url, files, ARTIFACTS, seen)
+        finally:
+            (ARTIFACTS / "walk.json").write_text(json.dumps(seen, indent=1, default=str))
+    # 7: landing line, case facts, reading order, paging, open as query
+    assert seen["landing"] and seen["deploy_button"] == 0
+    assert "view · Labels" in seen["case_caption"]
+    assert len(seen["reading_order"]) >= 3 and seen["reading_order"] == sorted(seen["reading_order"])
+    assert seen["page_2"] == 1
+    assert seen["opened"][1] == 1, seen["opened"]
+    # 1: scores, provenance
+    assert seen["score_header"]
+    assert seen["model_caption"] == "Model: tiny-clip-test · source: example/tiny-clip · licence: MIT"
+    # 3 + 4: highlights state a left effusion and nothing else; heatmap of the query's text
+    from medvl.data.assertions import find_assertions, supports
+
+    query = find_assertions("left pleural effusion")
+    assert all(supports(query, find_assertions(m)) for m in seen["text_marks"]), seen["text_marks"]
+    assert seen["heat_phrase"] == "left pleural effusion" and seen["colour_bar"] >= 1
+    assert seen["reranked_note"] == 1
+    # 6 + 5: upload name off the page; the upload survives a mode switch
+    assert seen["upload_name_in_html"] is False and seen["upload_current"].startswith("Current upload: DICOM file")
+    assert seen["upload_kept"] == 1
+    # 2: a CT slice and an MR slice against a radiograph index: one warning each, no scores
+    for name, modality in (("ct", "a CT"), ("mr", "an MR")):
+        assert len(seen[f"warning_{name}"]) == 1 and f"It is {modality} image" in seen[f"warning_{name}"][0]
+        assert seen[f"scores_withheld_{name}"] == 1
+    # 5: volume: one message, wheel and keys move the slice, z in mm; 4D: a volume choice
+    assert len(seen["volume_info"]) == 1 and seen["volume_errors"] == []
+    before, wheel, keys = seen["slices"]
+    n_before = int(before.split()[1])
+    assert int(wheel.split()[1]) == n_before + 1 and int(keys.split()[1]) == n_before - 1
+    assert " mm" in before and "z = " in keys
+    assert seen["frame_choice"] == 1
+    # 6: one plain message per bad file, no names, paths or tag numbers
+    expected = {"oversize": "The file is too large for this viewer (at most 2 MiB).",
+                "empty": "The file is empty.", "not_dicom": "This file is not a DICOM image",
+                "truncated": "The uploaded file is incomplete or damaged"}
+    for name, start in expected.items():
+        assert len(seen["messages"][name]) == 1 and seen["messages"][name][0].startswith(start), seen["messages"]
+        assert seen[f"name_in_html_{name}"] is False and seen[f"forbidden_{name}"] == []
+    assert seen["exceptions"] == 0
+    for shot in ("1-case.png", "2-text-query.png", "3-upload.png", "4-unlike-index-ct.png", "5-volume.png",
+                 "6-messages.png"):
+        assert (ARTIFACTS / shot).stat().st_size > 10_000

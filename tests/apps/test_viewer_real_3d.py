@@ -35,6 +35,13 @@ def app(tiny_viewer_data_3d, monkeypatch, clear_streamlit_caches) -> AppTest:
     return at
 
 
+def _views(at: AppTest) -> list[dict]:
+    import json
+
+    return [json.loads(e.proto.json) for e in at.get("bidi_component")
+            if e.proto.component_name == "medvl_viewer.slice_view"]
+
+
 def _texts(at: AppTest) -> str:
     return "\n".join(str(e.value) for kind in ("markdown", "caption", "info") for e in getattr(at, kind))
 
@@ -47,20 +54,21 @@ def test_nifti_ct_case_has_slices_ct_windows_and_ct_findings(app, cases):
     assert not app.exception and not app.error, [e.value for e in app.error]
     n_z = nib.as_closest_canonical(nib.load(cases[study])).shape[2]
     slider = app.slider(key=f"slice-case-{study}")
-    assert (slider.min, slider.max, slider.value) == (0, n_z - 1, n_z // 2)
+    assert (slider.min, slider.max, slider.value) == (1, n_z, n_z // 2 + 1)
     # NIfTI records no modality: the index's CT applies (windows, prompt set)
     assert "Modality: CT (not recorded in the file)" in _texts(app)
     assert "lung" in app.selectbox(key=f"preset-case-{study}").options
     from medvl_viewer.panels import finding_display
     from medvl.eval.prompts import prompt_set_for_modality
 
-    table = app.dataframe[0].value
-    assert set(table["finding"]) == {finding_display(f) for f in prompt_set_for_modality("CT").findings}
-    # the heatmap of the top finding is drawn, and moving through slices changes the image
-    assert app.text_input(key=f"phrase-case-{study}").value == table["finding"][0]
-    before = app.image[0].value
-    app.slider(key=f"slice-case-{study}").set_value(0).run()
-    assert app.image[0].value != before
+    table = app.table[0].value.reset_index()
+    assert set(table["Finding"]) == {finding_display(f) for f in prompt_set_for_modality("CT").findings}
+    # no heatmap until a phrase is chosen; moving through slices changes the image and its z
+    assert app.text_input(key=f"phrase-case-{study}").value == ""
+    before = _views(app)[0]
+    app.slider(key=f"slice-case-{study}").set_value(1).run()
+    after = _views(app)[0]
+    assert after["src"] != before["src"] and after["label"].startswith(f"Slice 1 of {n_z} · z = ")
     assert [m.value for m in app.subheader if m.value.startswith("Top")] == [f"Top {len(cases) - 1} similar cases"]
 
 
@@ -71,10 +79,10 @@ def test_dicom_series_zip_upload_finds_its_own_study(app, cases):
         for f in sorted(folder.iterdir()):
             zf.write(f, f"export/{study}/{f.name}")
     app.sidebar.radio(key="mode").set_value("Uploaded image").run()
-    app.sidebar.file_uploader(key="upload").set_value(("series.zip", buf.getvalue(), "application/zip")).run()
+    app.sidebar.file_uploader(key="upload-0").set_value(("series.zip", buf.getvalue(), "application/zip")).run()
     assert not app.exception and not app.error, [e.value for e in app.error]
     ranked = [m.value.replace("\\", "") for m in app.markdown if m.value.startswith("**#")]  # ids Markdown-escaped
-    assert ranked[0].startswith(f"**#1 · {study}**") and ranked[0].endswith("similarity 1.000")
+    assert ranked[0].startswith(f"**#1 · {study}**") and ranked[0].endswith("(cosine 1.000)")
     assert "Modality: CT" in _texts(app)
     assert next(s for s in app.slider if s.label == "Slice").max >= 1
 
@@ -84,7 +92,7 @@ def test_volume_heatmap_spans_the_whole_volume(tiny_viewer_data_3d, cases):
 
     backend = open_backend(tiny_viewer_data_3d.index_dir)
     path = next(p for p in cases.values() if p.name.endswith(".nii.gz"))
-    heat = backend.heatmap(path, "nodule")
+    heat = backend.heatmap(path, "nodule").array
     # data.spacing is unset: the volume is resized to the input grid, so no padding to crop
     assert heat.shape == (32, 32, 32)
     assert np.isfinite(heat).all() and 0.0 <= heat.min() and heat.max() <= 1.0
@@ -109,4 +117,4 @@ def test_volume_heatmap_drops_the_padding_of_a_resampled_volume(tiny_viewer_data
     # by hand: model layout (z, -y, -x), each axis n * spacing / 20 mm, rounded
     expected = tuple(int(np.floor(n * s / 20.0 + 0.5)) for n, s in ((nz, sz), (ny, sy), (nx, sx)))
     assert all(e < 32 for e in expected)
-    assert backend.heatmap(path, "nodule").shape == expected
+    assert backend.heatmap(path, "nodule").array.shape == expected

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
+import matplotlib
 import numpy as np
 import pydicom
 import pytest
@@ -102,23 +103,106 @@ def test_overlay_keeps_grey_where_relevance_is_low():
     # a constant map carries no preference: the image is unchanged at any opacity
     np.testing.assert_array_equal(render.overlay_heatmap(grey, np.ones((2, 2)), 1.0), out)
     full = render.overlay_heatmap(grey, heat, opacity=1.0)
-    # bottom-right is the map's minimum -> untouched grey; top-left its maximum -> pure colour
+    # bottom-right is the map's minimum -> untouched grey; top-left its maximum -> the colour map's top
     np.testing.assert_array_equal(full[-1, -1], [grey[-1, -1]] * 3)
-    np.testing.assert_array_equal(full[0, 0], [128, 0, 0])  # jet(1.0) = (0.5, 0, 0)
+    top = np.rint(np.asarray(matplotlib.colormaps["inferno"](1.0)[:3]) * 255)
+    np.testing.assert_array_equal(full[0, 0], top)
     with pytest.raises(ValueError, match="opacity"):
         render.overlay_heatmap(grey, heat, 1.5)
 
 
-def test_overlay_without_rescale_keeps_one_scale_across_slices():
+def test_overlay_colours_are_matplotlib_s_perceptual_map_with_a_floor():
     grey = np.full((4, 4), 100, np.uint8)
-    weak = np.full((2, 2), 0.0)  # a slice the phrase does not concern, in a volume scaled to [0, 1]
-    strong = np.full((2, 2), 1.0)
-    np.testing.assert_array_equal(render.overlay_heatmap(grey, weak, 1.0, rescale=False), np.full((4, 4, 3), 100))
-    np.testing.assert_array_equal(render.overlay_heatmap(grey, strong, 1.0, rescale=False)[0, 0], [128, 0, 0])
-    # half relevance at full opacity: half grey, half jet(0.5) = (0.5, 1, 0.5)
-    half = render.overlay_heatmap(grey, np.full((2, 2), 0.5), 1.0, rescale=False)[0, 0]
-    expected = np.rint((0.5 * 100 / 255 + 0.5 * np.array([0.5, 1.0, 0.5])) * 255)
-    np.testing.assert_array_equal(half, expected)
+    # below the floor no colour is drawn at all; one scale across a volume's slices
+    for value in (0.0, render.HEAT_FLOOR):
+        np.testing.assert_array_equal(render.overlay_heatmap(grey, np.full((2, 2), value), 1.0, rescale=False),
+                                      np.full((4, 4, 3), 100))
+    # 0.6 at full opacity: weight (0.6 - 0.2) / 0.8 = 0.5 -> half grey, half inferno(0.6)
+    half = render.overlay_heatmap(grey, np.full((2, 2), 0.6), 1.0, rescale=False)[0, 0]
+    colour = np.asarray(matplotlib.colormaps["inferno"](np.rint(0.6 * 255) / 255)[:3])
+    np.testing.assert_array_equal(half, np.rint((0.5 * 100 / 255 + 0.5 * colour) * 255))
+    # the default opacity leaves the anatomy under the hottest spot readable: >= 60 % grey
+    assert render.DEFAULT_OPACITY <= 0.4
+    lightness = np.asarray(matplotlib.colormaps["inferno"](np.linspace(0, 1, 256))[:, :3]).mean(axis=1)
+    assert np.all(np.diff(lightness[32:]) > -0.01)  # perceptual: brighter as relevance rises
+
+
+def test_colour_bar_spans_the_colour_map_and_names_its_ends():
+    bar = render.colour_bar_html("low relevance", "high relevance")
+    assert "low relevance" in bar and "high relevance" in bar and 'data-testid="heat-colour-bar"' in bar
+    top = np.rint(np.asarray(matplotlib.colormaps["inferno"](1.0)[:3]) * 255).astype(int)
+    assert f"rgb({top[0]},{top[1]},{top[2]}) 100%" in bar
+
+
+@pytest.mark.parametrize("shape", [(200, 100), (120, 300)])
+def test_a_radiograph_map_peaking_at_a_known_place_is_drawn_there(shape):
+    # A map over the image region (stored orientation, as the backend returns it) that
+    # peaks in the cell at row 1, column 3 of a 5x4 grid (the image's right side, upper
+    # half: the patient's left on a PA film) must tint that part of the shown image only.
+    rows, cols = shape
+    heat = np.zeros((5, 4), np.float32)
+    heat[1, 3] = 1.0
+    grey = np.full(shape, 90, np.uint8)
+    out = render.overlay_heatmap(grey, heat, 1.0, rescale=False)
+    tinted = np.abs(out.astype(int) - 90).sum(axis=-1) > 20
+    r, c = np.nonzero(tinted)
+    assert tinted.any()
+    # the cell spans rows [rows/5, 2 rows/5) and columns [3 cols/4, cols): the bilinear
+    # spread stays within half a cell of it
+    assert r.min() >= rows / 5 - rows / 10 and r.max() < 2 * rows / 5 + rows / 10
+    assert c.min() >= 3 * cols / 4 - cols / 8
+    cy, cx = np.average(np.argwhere(tinted), axis=0)
+    assert abs(cy - 1.5 * rows / 5) < rows / 20 and abs(cx - 3.5 * cols / 4) < cols / 16
+
+
+def test_a_volume_map_peaking_at_a_known_place_is_drawn_there():
+    # A finding in the patient's LEFT, ANTERIOR, upper volume. The map reaches the viewer
+    # the way the model sees the volume: the library's model layout (z, -y, -x). Drawn
+    # over the shown slice, it must sit where display_plane shows that voxel: anterior
+    # at the top, the patient's left on the viewer's right.
+    from medvl.data.transforms import to_display_axes_3d
+
+    nx, ny, nz = 40, 30, 12
+    mask = np.zeros((nx, ny, nz), np.float32)  # (x, y, z) RAS+: x+ = patient right, y+ = anterior
+    mask[2:8, 22:28, 8] = 1.0  # small x = patient left; large y = anterior; slice 8
+    heat, _ = to_display_axes_3d(mask[None], (1.0, 1.0, 1.0))
+    heat = heat[0]  # (z, -y, -x)
+    vol = np.full((nx, ny, nz), 50.0, np.float32)
+    for z in range(nz):
+        plane = render.display_plane(vol, z)
+        grey = render.window_to_uint8(plane, 50, 100)
+        out = render.overlay_heatmap(grey, render.heat_for_plane(heat, vol, z), 1.0, rescale=False)
+        tinted = np.abs(out.astype(int) - grey[..., None].astype(int)).sum(axis=-1) > 20
+        if z != 8:
+            assert not tinted.any()
+            continue
+        r, c = np.nonzero(tinted)
+        assert r.max() < ny / 2  # anterior: top half
+        assert c.min() > nx / 2  # patient's left: the viewer's right half
+        # and exactly where display_plane puts the marked voxels
+        shown = render.display_plane(mask, 8) > 0
+        assert np.array_equal(tinted, shown) or (tinted & shown).sum() >= 0.8 * shown.sum()
+
+
+def test_slice_position_is_the_patient_z_of_the_slice_centre():
+    import nibabel as nib
+
+    img = nib.as_closest_canonical(nib.load(Path(nib.__file__).parent / "tests" / "data" / "anatomical.nii"))
+    vol = SimpleNamespace(array=np.zeros(img.shape[:3], np.float32), affine=img.affine)
+    nx, ny, _ = img.shape[:3]
+    for k in (0, 3):
+        expected = nib.affines.apply_affine(img.affine, [(nx - 1) / 2, (ny - 1) / 2, k])[2]
+        assert render.slice_position_mm(vol, k) == pytest.approx(expected)
+    assert render.slice_position_mm(SimpleNamespace(array=np.zeros((4, 4)), affine=None), 0) is None
+
+
+def test_planes_are_shrunk_to_the_display_before_the_window():
+    plane = np.arange(4000 * 2000, dtype=np.float32).reshape(4000, 2000)
+    small = render.fit_plane(plane, 1000)
+    assert small.shape == (1000, 500)
+    # area averaging: each output pixel is the mean of its 4x4 block
+    assert small[0, 0] == pytest.approx(plane[:4, :4].mean(), rel=1e-5)
+    assert render.fit_plane(plane[:10, :10], 1000) is not None and render.fit_plane(plane[:10, :10], 1000).shape == (10, 10)
 
 
 def test_thumbnail_bounds_longest_side():
@@ -126,30 +210,37 @@ def test_thumbnail_bounds_longest_side():
     assert render.thumbnail(np.zeros((50, 40, 3), np.uint8), 100).shape == (50, 40, 3)
 
 
-def test_sentences_split_and_best_ones_highlighted_and_escaped():
-    text = "Heart size normal. Small left effusion!  No pneumothorax? <script>x</script> end."
-    sentences = render.split_sentences(text)
-    assert sentences == ["Heart size normal.", "Small left effusion!", "No pneumothorax?", "<script>x</script> end."]
-    out = render.highlight_html(sentences, [0.1, 0.9, 0.5, 0.2], n_top=2)
-    assert out == (
-        "Heart size normal. <mark>Small left effusion!</mark> <mark>No pneumothorax?</mark> "
-        "&lt;script&gt;x&lt;/script&gt; end."
-    )
-    assert "<mark>" not in render.highlight_html(sentences, None)
-    assert "<mark>" not in render.highlight_html(sentences, [0.3] * 4)  # no preference, no highlight
-    assert render.highlight_html(["A.", "B."], [0.2, 0.7]) == "A. <mark>B.</mark>"
-    assert render.highlight_html(["A.", "B.", "C."], [0.5, 0.5, 0.1]) == "<mark>A.</mark> <mark>B.</mark> C."
+REPORT = ("FINDINGS: Left PTX with a visible pleural line. There is no pneumothorax on the right. "
+          "Small left pleural effusion. Heart normal <b>x</b>.\nIMPRESSION: Left pneumothorax.\n"
+          "COMPARISON: None.\nINDICATION: Rule out left pneumothorax.")
+
+
+def test_highlights_follow_the_query_s_statements_not_negations_or_indications():
+    from medvl.data.assertions import find_assertions, report_statements
+
+    sentences = report_statements(REPORT)
+    marks = render.highlight_marks(find_assertions("left apical pneumothorax"), sentences)
+    assert sorted(sentences[i].text for i in marks) == ["Left PTX with a visible pleural line.", "Left pneumothorax."]
+    assert render.highlight_marks(find_assertions("right pneumothorax"), sentences) == set()
+    # a query that names no finding: the best-scoring sentences that state something present
+    scores = [0.1, 0.9, 0.5, 0.2, 0.3, 0.8, 0.95]  # the negation and the indication score high
+    marks = render.highlight_marks([], sentences, scores, n_top=2)
+    assert sorted(sentences[i].text for i in marks) == ["Left pneumothorax.", "Small left pleural effusion."]
+    assert render.highlight_marks([], sentences, [0.3] * len(sentences)) == set()  # no preference
     with pytest.raises(ValueError):
-        render.highlight_html(sentences, [1.0])
+        render.highlight_marks([], sentences, [1.0])
 
 
-def test_report_sections_keep_their_line_breaks():
-    text = "FINDINGS: Small left effusion. Heart normal.\n\nIMPRESSION: Effusion."
-    sentences, line_ends = render.split_report(text)
-    assert sentences == ["FINDINGS: Small left effusion.", "Heart normal.", "IMPRESSION: Effusion."]
-    assert line_ends == {1}
-    out = render.highlight_html(sentences, [0.9, 0.1, 0.5], n_top=1, line_ends=line_ends)
-    assert out == "<mark>FINDINGS: Small left effusion.</mark> Heart normal.<br>IMPRESSION: Effusion."
+def test_reports_read_in_order_with_marks_and_escaped():
+    from medvl.data.assertions import report_statements
+
+    sentences = report_statements(REPORT)
+    html = render.report_html(sentences, {0})
+    order = [html.index(f"<b>{s}:</b>") for s in ("INDICATION", "COMPARISON", "FINDINGS", "IMPRESSION")]
+    assert order == sorted(order)
+    assert "<mark>Left PTX with a visible pleural line.</mark>" in html
+    assert "Heart normal &lt;b&gt;x&lt;/b&gt;." in html
+    assert render.report_html([]) == "<p>(no report)</p>"
 
 
 def test_display_facts_never_include_identifiers():

@@ -31,14 +31,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def viewer_command(index_dir: Path, model_dir: Path | None, port: int) -> list[str]:
+def viewer_command(index_dir: Path, model_dir: Path | None, port: int, max_upload_mb: float = 200.0) -> list[str]:
     """The ``medvl viewer`` command line (``medvl_viewer.command``) on ``port``, without file watching."""
     import argparse
 
     from medvl_viewer import command
 
     args = argparse.Namespace(index=str(index_dir), model=str(model_dir) if model_dir else None, port=port,
-                              address="127.0.0.1", k=5, max_upload_mb=200.0)
+                              address="127.0.0.1", k=5, max_upload_mb=max_upload_mb)
     cmd = command.build_command(args)
     cut = cmd.index("--")
     return [*cmd[:cut], "--server.fileWatcherType", "none", *cmd[cut:]]
@@ -47,7 +47,7 @@ def viewer_command(index_dir: Path, model_dir: Path | None, port: int) -> list[s
 @contextlib.contextmanager
 def streamlit_server(
     index_dir: Path, model_dir: Path | None, log_path: Path, *, env: dict[str, str] | None = None,
-    start_timeout: float = 60,
+    start_timeout: float = 60, max_upload_mb: float = 200.0,
 ) -> Iterator[str]:
     """Serve the viewer as ``medvl viewer`` would, yield its URL; kill its process group on exit.
 
@@ -56,7 +56,7 @@ def streamlit_server(
             (the server log is included).
     """
     port = free_port()
-    cmd = viewer_command(index_dir, model_dir, port)
+    cmd = viewer_command(index_dir, model_dir, port, max_upload_mb)
     full_env = {**os.environ, **(env or {})}
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env, start_new_session=True)
