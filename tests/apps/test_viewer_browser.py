@@ -66,12 +66,13 @@ def _alerts(page, kind: str) -> list[str]:
     return page.locator(f"[data-testid=stAlertContent{kind}]").all_inner_texts()
 
 
-def _upload(page, path: Path) -> None:
+def _upload(page, path: Path, expect: str) -> None:
+    """Upload ``path`` and wait until the page shows ``expect`` (then until the run ends)."""
     _settle(page)
     # After each upload the viewer draws a fresh uploader; until the rerun ends the old
     # one may linger, marked stale: the live one is the last.
     page.get_by_test_id("stFileUploaderDropzoneInput").last.set_input_files(str(path))
-    time.sleep(1.0)
+    page.get_by_text(expect).first.wait_for()
     _settle(page)
 
 
@@ -116,10 +117,12 @@ def walk(url: str, files: dict[str, Path], shots: Path, seen: dict) -> None:
             # 7: paging over the whole index, and "open as query"
             page.get_by_label("Page (of 2)").fill("2")
             page.get_by_label("Page (of 2)").press("Enter")
+            page.get_by_text("Cases 51-60 of 60").wait_for()
             _settle(page)
             seen["page_2"] = page.get_by_text("Cases 51-60 of 60").count()
             second = page.get_by_text("#2 ·").first.inner_text().split(" · ")[1]
             page.get_by_role("button", name="Open as query").nth(1).click()
+            page.get_by_role("heading", name=f"Case {second}").wait_for()
             _settle(page)
             seen["opened"] = (second, page.get_by_role("heading", name=f"Case {second}").count())
 
@@ -147,10 +150,7 @@ def walk(url: str, files: dict[str, Path], shots: Path, seen: dict) -> None:
             # 1 + 6: an upload under a patient-like name; scores, results, no name in the HTML
             page.get_by_text("Uploaded image", exact=True).click()
             page.get_by_text("Largest accepted file").first.wait_for()
-            _upload(page, files["named"])
-            page.get_by_role("heading", name="Uploaded image").wait_for()
-            page.get_by_text("#5 ·").first.wait_for()
-            _settle(page)
+            _upload(page, files["named"], "#5 ·")
             seen["upload_name_in_html"] = files["named"].stem in page.content()
             seen["upload_current"] = page.get_by_text("Current upload:").first.inner_text()
             page.screenshot(path=str(shots / "3-upload.png"), full_page=True)
@@ -162,18 +162,14 @@ def walk(url: str, files: dict[str, Path], shots: Path, seen: dict) -> None:
             seen["upload_kept"] = page.get_by_role("heading", name="Uploaded image").count()
 
             # 2: inputs unlike the index: a CT slice and an MR slice
-            for name in ("ct", "mr"):
-                _upload(page, files[name])
-                page.get_by_role("heading", name="Uploaded image").wait_for()
-                _settle(page)
+            for name, modality in (("ct", "a CT"), ("mr", "an MR")):
+                _upload(page, files[name], f"It is {modality} image")
                 seen[f"warning_{name}"] = [w for w in _alerts(page, "Warning") if "unlike the cases" in w]
                 seen[f"scores_withheld_{name}"] = page.get_by_text("Finding scores are not shown").count()
                 page.screenshot(path=str(shots / f"4-unlike-index-{name}.png"), full_page=True)
 
             # 5: a volume: wheel and arrow keys over the image move the slice; z in mm
-            _upload(page, files["volume"])
-            page.get_by_text("cannot be searched or scored").first.wait_for()
-            _settle(page)
+            _upload(page, files["volume"], "cannot be searched or scored")
             seen["volume_info"] = [i for i in _alerts(page, "Info") if "cannot be searched" in i]
             seen["volume_errors"] = _alerts(page, "Error")
             before = _slice_label(page)
@@ -195,13 +191,14 @@ def walk(url: str, files: dict[str, Path], shots: Path, seen: dict) -> None:
             seen["slices"] = [before, after_wheel, _slice_label(page)]
             page.screenshot(path=str(shots / "5-volume.png"), full_page=True)
             # 5: a 4D NIfTI offers a choice of volume
-            _upload(page, files["4d"])
+            _upload(page, files["4d"], "Current upload: NIfTI image, 2 volumes")
             seen["frame_choice"] = page.get_by_text("Volume of the 4D file").count()
 
             # 6: plain messages
             messages = {}
-            for name in ("oversize", "empty", "not_dicom", "truncated"):
-                _upload(page, files[name])
+            for name, expect in (("oversize", "too large"), ("empty", "The file is empty"),
+                                 ("not_dicom", "not a DICOM image"), ("truncated", "incomplete or damaged")):
+                _upload(page, files[name], expect)
                 messages[name] = _alerts(page, "Error")
                 html = page.content()
                 seen[f"name_in_html_{name}"] = files[name].stem in html
