@@ -63,7 +63,7 @@ def show_warnings(page: Page, warnings: list[str]) -> None:
             + " Similar cases and scores below are unlikely to be meaningful.", icon="⚠️")
 
 
-def _read(page: Page, path: Path, what: str, frame: int | None = None) -> Any:
+def read_for_display(page: Page, path: Path, what: str, frame: int | None = None) -> Any:
     """Read an image for display, or show one plain message (no path, no tag numbers)."""
     try:
         return page.catalogue.read_image(path, frame)
@@ -87,7 +87,7 @@ def _scores_and_warnings(page: Page, backend: ViewerBackend, result: SearchResul
     panels.scores_panel(scores, backend.model_info())
 
 
-def _query_statements(case: Case) -> list[Any]:
+def query_statements(case: Case) -> list[Any]:
     """What a query case's report states as present (FINDINGS / IMPRESSION): what to highlight in hits."""
     from medvl.data.assertions import report_statements
 
@@ -142,7 +142,7 @@ def query_by_case(page: Page) -> None:
         if case.image_path is None:
             st.info("This case has no image on disk.")
         else:
-            image = _read(page, case.image_path, "The image of this case")
+            image = read_for_display(page, case.image_path, "The image of this case")
         modality = effective_modality(image, case.modality) if image is not None else case.modality
         if image is not None:
             panels.image_panel(page.catalogue, page.handle.get, image, key=f"case-{case.study_id}",
@@ -150,21 +150,27 @@ def query_by_case(page: Page) -> None:
         panels.case_report(case)
     if image is None or case.image_path is None:
         return
+    search_and_show(page, left, right, case.image_path, modality, query=Query(image_path=case.image_path,
+                    study_id=case.study_id), query_assertions=query_statements(case), exclude=case.study_id)
+
+
+def search_and_show(page: Page, left: Any, right: Any, path: Path, modality: str | None, *, query: Query,
+                    query_assertions: list[Any], exclude: str | None = None, frame: int | None = None) -> None:
+    """Search the index with an image; results and their warning on the right, scores on the left."""
     backend = page.backend()
     if backend is None:
         return
     with right:
         try:
-            result = backend.search_image(case.image_path, page.k, modality=modality, exclude=case.study_id)
+            result = backend.search_image(path, page.k, modality=modality, exclude=exclude, frame=frame)
         except Exception as exc:  # noqa: BLE001 - see panels.show_failure
             panels.show_failure("The search failed", exc)
             return
         show_warnings(page, result.warnings)
-        panels.results_panel(page.catalogue, backend, result.hits, Query(image_path=case.image_path,
-                                                                         study_id=case.study_id),
-                             query_assertions=_query_statements(case), reference=result.reference)
+        panels.results_panel(page.catalogue, backend, result.hits, query, query_assertions=query_assertions,
+                             highlight=not (result.warnings and not query_assertions), reference=result.reference)
     with left:
-        _scores_and_warnings(page, backend, result, case.image_path, modality, None)
+        _scores_and_warnings(page, backend, result, path, modality, frame)
 
 
 # -- uploaded image ------------------------------------------------------------------
@@ -248,7 +254,7 @@ def query_by_upload(page: Page) -> None:
         choice = st.sidebar.selectbox(f"Volume of the 4D file (1-{staged.frames})", list(range(1, staged.frames + 1)),
                                       key="upload_frame")
         frame = int(choice) - 1
-    image = _read(page, staged.path, "The uploaded file", frame)
+    image = read_for_display(page, staged.path, "The uploaded file", frame)
     if image is None:
         return
     modality = effective_modality(image)
@@ -271,20 +277,8 @@ def query_by_upload(page: Page) -> None:
                            modality=modality, heatmaps=searchable, what="uploaded image")
     if not searchable:
         return
-    backend = page.backend()
-    if backend is None:
-        return
-    with right:
-        try:
-            result = backend.search_image(staged.path, page.k, modality=modality, frame=frame)
-        except Exception as exc:  # noqa: BLE001 - see panels.show_failure
-            panels.show_failure("The search failed", exc)
-            return
-        show_warnings(page, result.warnings)
-        panels.results_panel(page.catalogue, backend, result.hits, Query(image_path=staged.path),
-                             query_assertions=[], highlight=not result.warnings, reference=result.reference)
-    with left:
-        _scores_and_warnings(page, backend, result, staged.path, modality, frame)
+    search_and_show(page, left, right, staged.path, modality, query=Query(image_path=staged.path),
+                    query_assertions=[], frame=frame)
 
 
 # -- free text -----------------------------------------------------------------------
@@ -318,7 +312,7 @@ def query_by_text(page: Page) -> None:
         top = result.hits[0] if result.hits else None
         if top is not None and top.image_path is not None:
             st.subheader(f"Best match: {render.markdown_escape(top.study_id)}")
-            image = _read(page, top.image_path, "The image of the best match")
+            image = read_for_display(page, top.image_path, "The image of the best match")
             if image is not None:
                 panels.image_panel(page.catalogue, page.handle.get, image, key=f"text-{top.study_id}",
                                    image_path=top.image_path, modality=effective_modality(image, top.modality),

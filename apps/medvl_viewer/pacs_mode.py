@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime as dt
 import tempfile
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -61,17 +60,16 @@ def _open(source: Any, study: Any) -> Any:
         cache.close()
 
 
-def query_by_pacs(backend: Any, k: int, show_image: Callable[..., None], search: Callable[..., list[Any]]) -> None:
+def query_by_pacs(page: Any) -> None:
     """Draw the PACS mode.
 
     Args:
-        backend: the viewer backend (``read_image``, ``search_image``).
-        k: number of similar cases.
-        show_image: the app's image + zero-shot panel, ``show_image(backend, image, path, key=, modality=)``.
-        search: the app's guarded search, ``search(fn, *args, redact=())``.
+        page: the app's :class:`medvl_viewer.modes.Page` (catalogue, model handle, k,
+            the warnings box above the results).
     """
     from medvl.errors import MedvlError
-    from medvl_viewer.backend import Query, effective_modality
+    from medvl_viewer import modes
+    from medvl_viewer.backend import Case, Query, effective_modality
 
     try:
         source = _source()
@@ -110,20 +108,23 @@ def query_by_pacs(backend: Any, k: int, show_image: Callable[..., None], search:
         st.error(f"Cannot open study {ref}: {outcome.reason}")
         return
     path = _session_dir() / outcome.row["image"]
+    report = outcome.row.get("report") or {}
+    case = Case(study_id=ref, report="\n".join(f"{k.upper()}: {v}" for k, v in report.items() if v),
+                modality=outcome.row.get("modality"))
     left, right = st.columns([2, 3])
     with left:
         st.subheader(f"Study {ref} ({outcome.row['modality']}, de-identified copy)")
-        try:
-            image = backend.read_image(path)
-        except Exception as exc:  # noqa: BLE001 - PACS data is untrusted; never crash the page
-            panels.show_failure("Cannot read the study", exc, (str(path), str(_session_dir())))
-            image = None
+        image = modes.read_for_display(page, path, "The study's image")
+        modality = effective_modality(image, outcome.row["modality"]) if image is not None else None
         if image is not None:
-            modality = effective_modality(image, outcome.row["modality"])
-            show_image(backend, image, path, key=f"pacs-{ref}", modality=modality)
-        report = outcome.row.get("report") or {}
-        with st.expander("Report of this study (identifiers scrubbed)", expanded=False):
-            st.text("\n".join(f"{k.upper()}: {v}" for k, v in report.items()) or "(no text SR in the study)")
-    with right:
-        hits = search(backend.search_image, path, k, redact=(str(path), str(_session_dir())))
-        panels.results_panel(backend, hits, Query(image_path=path))
+            panels.image_panel(page.catalogue, page.handle.get, image, key=f"pacs-{ref}", image_path=path,
+                               modality=modality, what=f"image of study {ref}")
+        if case.report:
+            st.caption("Report of this study (identifiers scrubbed)")
+            panels.case_report(case)
+        else:
+            st.caption("(no text SR in the study)")
+    if image is None:
+        return
+    modes.search_and_show(page, left, right, path, modality, query=Query(image_path=path),
+                          query_assertions=modes.query_statements(case))

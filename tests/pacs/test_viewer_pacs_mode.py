@@ -12,7 +12,7 @@ from pacs_helpers import needs_orthanc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "apps"))
 
-from viewer_fakes import FakeBackend  # noqa: E402
+from viewer_fakes import FakeLibrary  # noqa: E402
 
 pytestmark = needs_orthanc
 VIEWER = Path(__file__).resolve().parents[2] / "apps" / "medvl_viewer" / "app.py"
@@ -25,7 +25,8 @@ def app_env(corpus_server, monkeypatch, tmp_path):
     from medvl_viewer import backend as backend_mod
 
     server, studies = corpus_server
-    fake = FakeBackend()
+    fake = FakeLibrary()
+    monkeypatch.setattr(backend_mod, "open_catalogue", lambda index_dir: fake)
     monkeypatch.setattr(backend_mod, "open_backend", lambda index_dir, model_dir: fake)
     monkeypatch.setenv("MEDVL_VIEWER_INDEX", str(tmp_path / "index"))
     monkeypatch.setenv("MEDVL_PACS_URL", server.url)
@@ -70,7 +71,7 @@ def test_pacs_mode_lists_filters_opens_and_searches_without_identifiers(app_env)
     ct = next(s for s in studies if s.modality == "CT")
     assert len(files) == ct.n_instances
     assert all(pydicom.dcmread(f, stop_before_pixels=True).PatientIdentityRemoved == "YES" for f in files)
-    assert ("search_image", path) in fake.calls
+    assert [c for c in fake.calls if c[0] == "search_image" and c[1] == path]
     text = _page_text(at)
     assert "Study s-" in text and "de-identified copy" in text
     for s in studies:
