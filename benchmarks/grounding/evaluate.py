@@ -6,9 +6,13 @@ forward serves every phrase and method:
 * ``local``: each image token through the *local* image head against the phrase's word
   tokens through the local text head, cosine averaged over words (``medvl.eval``'s
   ``phrase_heatmap``; :func:`check_against_medvl_eval` asserts the two agree);
-* ``cam``: each image token through the *global* image head against the phrase's
-  global embedding (the class-activation-style map of a model whose local heads never
-  trained: with a linear head the global embedding is the mean of these projections).
+* ``cam``: ``medvl.inference.heatmap.cam_similarity``'s class-activation-style map,
+  each image token through the *global* image head against the phrase's unit global
+  embedding (with mean pooling and a linear head these contributions sum to the global
+  image-phrase cosine), the map a model whose local heads never trained can give.
+
+:func:`check_against_medvl_eval` runs ``medvl.eval``'s ``evaluate_grounding`` with each
+method and asserts it scores the same as the batched maps here.
 
 Per annotated finding the map is upsampled to the model input (``medvl.eval``'s
 ``upsample``) and scored with ``medvl.eval``'s ``pointing_game``. For findings with a
@@ -116,7 +120,7 @@ def prior_maps(manifest: str | Path, data_cfg: dict[str, Any], split: str = "tra
 
 
 def encode_images(model: Any, images: np.ndarray, batch_size: int = 16) -> dict[str, Any]:
-    """Unit-norm image tokens through the local head and through the global head."""
+    """Unit-norm image tokens through the local head; global-head projections (not normalised, as CAM)."""
     import torch
     import torch.nn.functional as F
 
@@ -132,7 +136,10 @@ def encode_images(model: Any, images: np.ndarray, batch_size: int = 16) -> dict[
             n = int(np.prod(grid))
             tokens = feats.tokens[:, :n]  # (B, N, C); tokens beyond the grid are not spatial
             local.append(F.normalize(model.image_local_head(tokens).float(), dim=-1))
-            cam.append(F.normalize(model.image_head(tokens).float(), dim=-1))
+            # cam_similarity: w_i <h(token_i), q> / ||h(pooled)||; the weights are uniform for
+            # these CNN towers and the norm is one positive number per image, so the
+            # argmax, the side and the correlations are those of <h(token_i), q>.
+            cam.append(model.image_head(tokens).float())
     return {"local": torch.cat(local), "cam": torch.cat(cam), "grid": grid}
 
 
@@ -271,16 +278,19 @@ OTHER_PHRASE = {"pleural_effusion": "cardiomegaly", "pneumothorax": "cardiomegal
                 "edema": "pneumothorax", "cardiomegaly": "pneumothorax"}
 
 
-def check_against_medvl_eval(model: Any, manifest: str | Path, data_cfg: dict[str, Any], images: np.ndarray,
-                             cases: list[Case], local_records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Run ``medvl.eval.grounding.evaluate_grounding`` and compare its pointing game with ours.
+def check_against_medvl_eval(model: Any, manifest: str | Path, data_cfg: dict[str, Any],
+                             records: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Run ``medvl.eval.grounding.evaluate_grounding`` per method and compare its pointing game with ours.
 
     Returns:
-        ``{"medvl_eval": ..., "ours": ..., "n": ...}`` over all findings; the caller
-        asserts they agree (same masks, phrases and maps, computed two ways).
+        Per method ``{"medvl_eval", "ours", "n_medvl_eval", "n_ours"}`` over all findings
+        (same masks, phrases and maps, computed two ways: they must agree).
     """
     from medvl.eval.grounding import evaluate_grounding
 
-    res = evaluate_grounding(model, manifest, "test", data_cfg)
-    ours = float(np.mean([r["hit"] for r in local_records]))
-    return {"medvl_eval": res["pointing_game"], "ours": ours, "n_medvl_eval": res["n_cases"], "n_ours": len(local_records)}
+    out = {}
+    for method, recs in records.items():
+        res = evaluate_grounding(model, manifest, "test", data_cfg, method=method)
+        out[method] = {"medvl_eval": res["pointing_game"], "ours": float(np.mean([r["hit"] for r in recs])),
+                       "n_medvl_eval": res["n_cases"], "n_ours": len(recs)}
+    return out

@@ -89,8 +89,8 @@ def write_report(report: dict[str, Any], path: Path) -> None:
          f"(~{report['epochs']} epochs), last model kept; seeds {s['seeds']}."),
         "",
         "Scored on the test split's annotated findings; *large* = " + ", ".join(LARGE) + ". `local`: the local heads "
-        "(`medvl.eval`'s map, what a token term trains); `cam`: every image token through the global head against the "
-        "phrase's global embedding. Values are mean ± sd over seeds.", "",
+        "(`medvl.eval`'s map, what a token term trains); `cam`: `medvl.inference`'s class-activation map, every image "
+        "token through the global head against the phrase's global embedding. Values are mean ± sd over seeds.", "",
     ]
     if "wall_steps" in report:
         c = report["step_cost"]
@@ -129,11 +129,10 @@ def write_report(report: dict[str, Any], path: Path) -> None:
                      f"{r['scores']['local']['large']['pointing_game']:.3f} | "
                      f"{r['scores']['cam']['large']['pointing_game']:.3f} | {r['train_seconds']:.0f} | "
                      f"{r.get('load_1min_start')} |")
-        if r.get("medvl_eval_check"):
-            ch = r["medvl_eval_check"]
-            lines.append(f"|  | check: `medvl.eval.evaluate_grounding` pointing game {ch['medvl_eval']:.4f} "
-                         f"(n={ch['n_medvl_eval']}) vs this benchmark's local map {ch['ours']:.4f} (n={ch['n_ours']}) "
-                         "| | | | | |")
+        for method, ch in (r.get("medvl_eval_check") or {}).items():
+            lines.append(f"|  | check: `medvl.eval.evaluate_grounding(method={method!r})` pointing game "
+                         f"{ch['medvl_eval']:.4f} (n={ch['n_medvl_eval']}) vs this benchmark's {method} map "
+                         f"{ch['ours']:.4f} (n={ch['n_ours']}) | | | | | |")
     curves = [(r["arm"], r["seed"], r["curve"]) for r in report.get("runs", []) if r.get("curve")]
     if curves:
         lines += ["", "## Learning curves (large findings, pooled pointing game local / cam)", ""]

@@ -221,8 +221,7 @@ def run_one(name: str, arm_terms: dict[str, Any], steps: int, seed: int, args: a
     if seed == args.seeds[0]:
         from benchmarks.grounding.evaluate import check_against_medvl_eval
 
-        rec["medvl_eval_check"] = check_against_medvl_eval(model, cfg["data"]["manifest"], cfg["data"], images,
-                                                           cases, records["local"])
+        rec["medvl_eval_check"] = check_against_medvl_eval(model, cfg["data"]["manifest"], cfg["data"], records)
     (run_dir / "records.json").write_text(json.dumps(records))
     done.write_text(json.dumps(rec, indent=1, default=float))
     lg = res["local"]["large"]["pointing_game"]
