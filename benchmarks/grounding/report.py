@@ -48,6 +48,7 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
     for arm, rs in arms.items():
         a: dict[str, Any] = {"seeds": [r["seed"] for r in rs], "steps": rs[0]["steps"],
                              "train_seconds": _ms([r["train_seconds"] for r in rs]),
+                             "train_cpu_seconds": _ms([r.get("train_cpu_seconds") for r in rs]),
                              "seconds_per_step": _ms([r.get("seconds_per_step") for r in rs])}
         for method in ("local", "cam"):
             a[method] = {label: _ms([_get(r["scores"][method], path) for r in rs]) for label, path in FIGURES}
@@ -95,9 +96,10 @@ def write_report(report: dict[str, Any], path: Path) -> None:
     if "wall_steps" in report:
         c = report["step_cost"]
         ratios = ", ".join(f"{a} {v:.2f}" for a, v in c["ratio_to_instance"].items())
-        lines += [(f"Equal wall time: step cost relative to `instance`, measured with the arms' steps alternating in one "
-                   f"process ({c['rounds']} rounds, batch {c['batch_size']}): {ratios}. `instance@wall` is the instance "
-                   f"arm trained for {report['wall_steps']} steps, the seconds the costliest token arm needs for "
+        lines += [(f"Equal wall time: step cost relative to `instance` in CPU seconds (one thread; what a dedicated "
+                   f"core would spend as wall time), measured with the arms' steps alternating in one process "
+                   f"({c['rounds']} rounds, batch {c['batch_size']}): {ratios}. `instance@wall` is the instance "
+                   f"arm trained for {report['wall_steps']} steps, the time the costliest token arm needs for "
                    f"{s['steps']}."), ""]
     summary = report.get("summary", {})
     head = "| arm | map | " + " | ".join(label for label, _ in FIGURES) + " |"
@@ -119,9 +121,11 @@ def write_report(report: dict[str, Any], path: Path) -> None:
     for arm, a in summary.items():
         for method in ("local", "cam"):
             lines.append(f"| {arm} | {method} | " + " | ".join(_fmt(a[method]["per_finding"][f]) for f in LARGE) + " |")
-    lines += ["", "## Cost", "", "| arm | steps | train s (this machine, shared) | median s / step |", "|---|---|---|---|"]
+    lines += ["", "## Cost", "", "| arm | steps | train CPU s | train wall s (shared machine) | median wall s / step |",
+              "|---|---|---|---|---|"]
     for arm, a in summary.items():
-        lines.append(f"| {arm} | {a['steps']} | {_fmt(a['train_seconds'])} | {_fmt(a['seconds_per_step'])} |")
+        lines.append(f"| {arm} | {a['steps']} | {_fmt(a['train_cpu_seconds'])} | {_fmt(a['train_seconds'])} | "
+                     f"{_fmt(a['seconds_per_step'])} |")
     lines += ["", "## Per run", "", "| arm | seed | steps | local (large) | cam (large) | train s | load |",
               "|---|---|---|---|---|---|---|"]
     for r in report.get("runs", []):

@@ -10,7 +10,10 @@ training mask, and its mean mask on the stated side.
 Equal steps and equal wall time: every arm runs ``--steps`` optimizer steps; the
 ``instance@wall`` arm is the instance arm given the *seconds* of the costliest token arm,
 i.e. ``--steps`` times the step-cost ratio measured at the start with the arms' steps
-alternating in one process (robust to the shared machine's drifting load).
+alternating in one process. The ratio is one of *CPU* seconds (``time.thread_time``;
+torch runs one thread here): on the shared machine a step's wall time varied 3-60 s with
+other jobs' load, while its CPU time is what a dedicated single-core machine would
+spend as wall time. Training CPU seconds are recorded next to wall seconds.
 
 Resumable: every run checkpoints every ``--checkpoint-every`` steps and is resumed from
 there; a finished run's figures live in ``<work>/runs/<arm>/seed<k>/result.json`` and are
@@ -122,26 +125,31 @@ def step_cost(cfg: dict[str, Any], arms: list[str], rounds: int) -> dict[str, An
         opt = torch.optim.AdamW([*model.parameters(), *loss.parameters()], lr=1e-4)
         setups[arm] = (model.train(), loss.train(), opt, model.tokenize(list(batch["text"])))
 
-    def step(arm: str) -> float:
+    def step(arm: str) -> tuple[float, float]:
         model, loss, opt, tok = setups[arm]
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         out = loss(model.encode_image(batch["image"]), model.encode_text(**tok), logit_scale=model.logit_scale,
                    labels=batch["labels"], epoch=1)
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
         opt.step()
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, time.thread_time() - c0
 
     for arm in arms:
         step(arm)
     load0 = load_avg()
-    times: dict[str, list[float]] = {a: [] for a in arms}
+    wall: dict[str, list[float]] = {a: [] for a in arms}
+    cpu: dict[str, list[float]] = {a: [] for a in arms}
     for r in range(rounds):
         for arm in arms[r % len(arms):] + arms[: r % len(arms)]:
-            times[arm].append(step(arm))
-    med = {a: statistics.median(v) for a, v in times.items()}
-    return {"median_step_seconds": med, "ratio_to_instance": {a: med[a] / med["instance"] for a in arms},
-            "step_seconds": times, "rounds": rounds, "batch_size": len(batch["study_id"]),
+            w, c = step(arm)
+            wall[arm].append(w)
+            cpu[arm].append(c)
+    med = {a: statistics.median(v) for a, v in cpu.items()}
+    return {"median_step_cpu_seconds": med, "ratio_to_instance": {a: med[a] / med["instance"] for a in arms},
+            "step_cpu_seconds": cpu, "step_wall_seconds": wall,
+            "median_step_wall_seconds": {a: statistics.median(v) for a, v in wall.items()},
+            "rounds": rounds, "batch_size": len(batch["study_id"]),
             "load_average_1min": [load0, load_avg()], "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M")}
 
 
@@ -187,24 +195,29 @@ def run_one(name: str, arm_terms: dict[str, Any], steps: int, seed: int, args: a
     curve: list[dict[str, Any]] = json.loads(curve_path.read_text()) if curve_path.is_file() else []
     timing_path = run_dir / "timing.json"
     timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {"train_seconds": 0.0, "sessions": 0}
+    timing.setdefault("train_cpu_seconds", 0.0)
     cap = Capture()
     eval_s = 0.0
 
+    eval_cpu = 0.0
+
     def on_step(state: Any) -> None:
-        nonlocal eval_s
+        nonlocal eval_s, eval_cpu
         if state.step in args.curve and state.step < steps and all(c["step"] != state.step for c in curve):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             res = score(cap.model, images, cases)
             cap.model.train()
             curve.append({"step": state.step, **{m: res[m]["large"] for m in ("local", "cam")}})
             curve_path.write_text(json.dumps(curve, indent=1))
             eval_s += time.perf_counter() - t0
+            eval_cpu += time.process_time() - c0
 
     load0 = load_avg()
     print(f"[grounding] {name} seed {seed}: training {steps} steps (load {load0})", flush=True)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     result = train(cfg, run_dir, resume=True, components=cap.components, on_step=on_step)
     timing["train_seconds"] += time.perf_counter() - t0 - eval_s
+    timing["train_cpu_seconds"] += time.process_time() - c0 - eval_cpu
     timing["sessions"] += 1
     timing_path.write_text(json.dumps(timing))
     model = MedVLModel.from_pretrained(result.model_dir)
@@ -215,6 +228,7 @@ def run_one(name: str, arm_terms: dict[str, Any], steps: int, seed: int, args: a
 
     rec = {"arm": name, "seed": seed, "steps": result.steps, "load_1min_start": load0, "load_1min_end": load_avg(),
            "train_seconds": round(timing["train_seconds"], 1), "train_sessions": timing["sessions"],
+           "train_cpu_seconds": round(timing["train_cpu_seconds"], 1),
            "seconds_per_step": step_seconds(run_dir, args.batch_size),
            "final_train_terms": {k: v for k, v in last_train_row(run_dir).items() if k.endswith("loss")},
            "scores": res, "curve": curve, "eval_seconds": round(time.perf_counter() - t0, 1)}
