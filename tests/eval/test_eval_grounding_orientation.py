@@ -10,8 +10,9 @@ world (volume) coordinates, on the patient's left, and its mask next to it. Then
 * ``medvl.load``'s pipeline (``Pipeline.heatmap``, what the viewer draws) must give a map
   over the image region whose peak, mapped back to the file's coordinates, lies in the
   block;
-* the viewer's rendering (``display_plane`` and ``overlay_heatmap``) must tint the block
-  most, and show it on the viewer's right, the patient's left (radiological convention).
+* the viewer's rendering (``display_plane``, ``heat_for_plane`` and ``overlay_heatmap``,
+  what its image panel draws with the map) must tint the block most, and show it on the
+  viewer's right, the patient's left (radiological convention).
 
 Any flip, transpose or axis swap between the file, the model input, the mask, the
 token grid, the upsampled map and the displayed plane moves the peak off the block.
@@ -150,17 +151,17 @@ def test_radiograph_maps_peak_on_the_finding_in_eval_pipeline_and_viewer(tmp_pat
 
 
 def _viewer_tints_the_block(plane: np.ndarray, heat: np.ndarray, block: tuple[slice, slice]) -> None:
-    """The viewer's overlay of ``heat`` on the displayed plane is most tinted inside ``block``.
+    """The viewer's overlay of ``heat`` on the displayed plane is brightest inside ``block``.
 
-    On a white image, ``overlay_heatmap``'s blue channel is ``1 - h`` wherever the
-    relevance ``h`` is at least 0.625 (its colour ramp has no blue there) and above
-    0.375 elsewhere, so its darkest pixel is the map's peak as drawn.
+    On a black plane, ``overlay_heatmap`` draws ``w(h) * colour(h)``: the blend weight
+    and the colour map's lightness (inferno) both rise with the relevance ``h``, so the
+    brightest drawn pixel is the map's peak as the viewer shows it.
     """
     render = pytest.importorskip("medvl_viewer.render")
-    white = np.full(plane.shape, 255, np.uint8)
-    shown = render.overlay_heatmap(white, heat, 1.0, rescale=False)
+    black = np.zeros(plane.shape, np.uint8)
+    shown = render.overlay_heatmap(black, heat, 1.0, rescale=False)
     assert shown.shape == (*plane.shape, 3)
-    r, c = np.unravel_index(np.argmin(shown[..., 2]), plane.shape)
+    r, c = np.unravel_index(np.argmax(shown.astype(int).sum(axis=-1)), plane.shape)
     assert block[0].start <= r < block[0].stop and block[1].start <= c < block[1].stop, (r, c)
     # The patient's left is on the viewer's right.
     assert c > plane.shape[1] / 2
@@ -217,8 +218,10 @@ def test_volume_maps_peak_on_the_finding_in_eval_pipeline_and_viewer(tmp_path: P
         render = pytest.importorskip("medvl_viewer.render")
         k = (BLOCK_3D[2].start + BLOCK_3D[2].stop) // 2
         plane = render.display_plane(ras, k)  # rows -y, columns -x
-        depth = round(k * (nd - 1) / max(SHAPE_3D[2] - 1, 1))
         shown_block = (slice(SHAPE_3D[1] - BLOCK_3D[1].stop, SHAPE_3D[1] - BLOCK_3D[1].start),
                        slice(SHAPE_3D[0] - BLOCK_3D[0].stop, SHAPE_3D[0] - BLOCK_3D[0].start))
         assert plane[shown_block].min() == 1.0  # the displayed plane shows the block there
-        _viewer_tints_the_block(plane, heat.array[depth], shown_block)
+        _viewer_tints_the_block(plane, render.heat_for_plane(heat.array, ras, k), shown_block)
+        # A slice below the block: the map's matching depth is not its peak.
+        low = render.heat_for_plane(heat.array, ras, 2)
+        assert low.max() < heat.array.max()
