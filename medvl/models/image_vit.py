@@ -15,7 +15,6 @@ from medvl.errors import ConfigError
 from medvl.models.config import ImageConfig
 from medvl.models.image2d import parse_options
 from medvl.models.image_base import ImageEncoder, ImageFeatures
-from medvl.models.registry import IMAGE_ENCODERS
 
 
 @dataclass
@@ -75,6 +74,7 @@ class MonaiViTEncoder(ImageEncoder):
         self._grid = tuple(s // cfg.patch_size for s in size)
         self.fixed_size = size
         self.min_size = cfg.patch_size
+        self.lora_targets = ["qkv"]  # the fused attention projection (peft LoRA)
 
     def forward(self, x: torch.Tensor) -> ImageFeatures:
         hidden, _ = self.net(x)  # (B, 1 + N, C), layer-normed
@@ -86,7 +86,6 @@ class MonaiViTEncoder(ImageEncoder):
         )
 
 
-@IMAGE_ENCODERS.register("vit")
 def build_vit(cfg: ImageConfig, spatial_dims: int = 2) -> MonaiViTEncoder:
     """A MONAI ViT sized by ``width``/``depth``/``patch_size`` (ViT-B/16: 768, 12, 16)."""
     return MonaiViTEncoder(cfg, spatial_dims)
@@ -136,6 +135,7 @@ class MonaiSwinEncoder(ImageEncoder):
         self.in_channels = cfg.in_channels
         self.out_dim = cfg.width * 16
         self.min_size = 32
+        self.lora_targets = ["qkv"]
 
     def forward(self, x: torch.Tensor) -> ImageFeatures:
         fmap = self.net(x, normalize=True)[-1]  # (B, 16 * width, *grid), stride 32
@@ -144,7 +144,6 @@ class MonaiSwinEncoder(ImageEncoder):
         return ImageFeatures(pooled=tokens.mean(1), tokens=tokens, grid=grid)
 
 
-@IMAGE_ENCODERS.register("swin")
 def build_swin(cfg: ImageConfig, spatial_dims: int = 2) -> MonaiSwinEncoder:
     """A MONAI Swin Transformer (Swin-T: width 96, depths [2, 2, 6, 2])."""
     return MonaiSwinEncoder(cfg, spatial_dims)

@@ -29,11 +29,21 @@ class MedVLModel(nn.Module):
         saved_text: architecture of a saved text tower (``config.json``), so loading
             a model directory needs neither the original weights nor the network.
         saved_image: architecture of a saved checkpoint-shaped image encoder (``hf-*``).
+        init_state: weights loaded (strictly) before the towers are frozen or get LoRA
+            adapters: how a model starts from a saved or imported directory
+            (``model.init_from``).
 
     Attributes:
         config: the model section as a plain dict (``to_dict`` of :class:`ModelConfig`).
         logit_scale: log of the inverse temperature (init ``log(1/0.07)``); users
             clamp ``logit_scale.exp()`` at 100.
+        logit_bias: SigLIP's learned bias of the image-text logit (only when
+            ``logit_bias_init`` is set).
+        zeroshot: the source model's zero-shot rule (``{"scoring", "ensemble",
+            "prompts"}``), saved as the top-level ``zeroshot`` block of
+            ``config.json``; None = medvl's default.
+        provenance: where an imported model came from (``provenance.json``); None for
+            models trained here from scratch.
     """
 
     def __init__(
@@ -43,27 +53,64 @@ class MedVLModel(nn.Module):
         load_pretrained: bool = True,
         saved_text: dict[str, Any] | None = None,
         saved_image: dict[str, Any] | None = None,
+        init_state: dict[str, torch.Tensor] | None = None,
     ) -> None:
         super().__init__()
-        from medvl.models.image2d import build_image_encoder
-        from medvl.models.registry import TEXT_ENCODERS, ensure_loaded
+        from medvl.models.factory import build_image_encoder, build_text_encoder
+        from medvl.models.tuning import apply_image_tuning, apply_text_tuning
 
-        ensure_loaded()
         self.cfg = cfg
         self.image_encoder = build_image_encoder(
             cfg.image, load_pretrained=load_pretrained, saved=saved_image
         )
-        text_builder = TEXT_ENCODERS.get(cfg.text.name, field="model.text.name")
-        self.text_encoder = text_builder(cfg.text, saved=saved_text)
+        self.text_encoder = build_text_encoder(cfg.text, saved=saved_text)
         d = cfg.embed_dim
-        self.image_head = build_head(cfg.head, self.image_encoder.out_dim, d)
-        self.image_local_head = build_head(cfg.head, self.image_encoder.out_dim, d)
-        self.text_head = build_head(cfg.head, self.text_encoder.out_dim, d)
-        self.text_local_head = build_head(cfg.head, self.text_encoder.out_dim, d)
+        image_kind = cfg.image_head or cfg.head
+        text_kind = cfg.text_head or cfg.head
+        image_dim, text_dim = self.image_encoder.out_dim, self.text_encoder.out_dim
+        field = "model.image_head" if cfg.image_head else "model.head"
+        self.image_head = build_head(image_kind, image_dim, d, bias=cfg.head_bias, field=field)
+        self.image_local_head = build_head(image_kind, image_dim, d, bias=cfg.head_bias, field=field)
+        field = "model.text_head" if cfg.text_head else "model.head"
+        self.text_head = build_head(text_kind, text_dim, d, bias=cfg.head_bias, field=field)
+        self.text_local_head = build_head(text_kind, text_dim, d, bias=cfg.head_bias, field=field)
         self.logit_scale = nn.Parameter(
             torch.tensor(math.log(cfg.logit_scale_init)), requires_grad=cfg.learn_logit_scale
         )
+        if cfg.logit_bias_init is not None:
+            self.logit_bias = nn.Parameter(torch.tensor(float(cfg.logit_bias_init)),
+                                           requires_grad=cfg.learn_logit_scale)
+        if init_state is not None:
+            self._load_init_state(init_state)
+        apply_image_tuning(self.image_encoder, cfg.image)
+        apply_text_tuning(self.text_encoder)
+        self.zeroshot: dict[str, Any] | None = None
+        self.provenance: dict[str, Any] | None = None
         self._text_cache: Any = None  # built on first use, after any weights are loaded
+
+    def _load_init_state(self, state: dict[str, torch.Tensor]) -> None:
+        from medvl.errors import CheckpointError
+        from medvl.models.saving import state_mismatch
+
+        mismatch = state_mismatch(self.state_dict(), state)
+        if mismatch:
+            raise CheckpointError(
+                "the weights of model.init_from do not fit this model: " + mismatch,
+                path=self.cfg.init_from, field="model.init_from",
+                expected="overrides that keep the architecture (freeze, lora_*, ...), "
+                "and a directory saved without LoRA adapters",
+            )
+        super().load_state_dict(state, strict=True)
+
+    def train(self, mode: bool = True) -> MedVLModel:
+        """As :meth:`torch.nn.Module.train`; a frozen image encoder stays in eval mode."""
+        from medvl.models.tuning import frozen_backbone
+
+        super().train(mode)
+        frozen = frozen_backbone(self.image_encoder, self.cfg.image)
+        if frozen is not None:
+            frozen.eval()
+        return self
 
     @property
     def config(self) -> dict[str, Any]:
@@ -197,10 +244,32 @@ def build_model(model_cfg: dict[str, Any] | ModelConfig | None) -> MedVLModel:
         ConfigError: an invalid section (names the dotted key).
         ModelError: configured weights or tokenizer that cannot be loaded.
     """
-    cfg = model_cfg if isinstance(model_cfg, ModelConfig) else from_dict(
-        ModelConfig, model_cfg, where="model"
-    )
-    return MedVLModel(cfg)
+    if isinstance(model_cfg, ModelConfig):
+        if model_cfg.init_from:
+            from medvl.models.saving import start_from_directory
+
+            defaults = to_dict(ModelConfig())
+            return start_from_directory(MedVLModel, _changed(to_dict(model_cfg), defaults))
+        return MedVLModel(model_cfg)
+    if model_cfg and model_cfg.get("init_from"):
+        from medvl.models.saving import start_from_directory
+
+        return start_from_directory(MedVLModel, dict(model_cfg))
+    return MedVLModel(from_dict(ModelConfig, model_cfg, where="model"))
+
+
+def _changed(values: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """The entries of ``values`` that differ from ``defaults`` (nested sections too)."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        base = defaults.get(key)
+        if isinstance(value, dict) and isinstance(base, dict):
+            sub = _changed(value, base)
+            if sub:
+                out[key] = sub
+        elif value != base:
+            out[key] = value
+    return out
 
 
 __all__ = ["MedVLModel", "ModelError", "build_model"]

@@ -33,6 +33,7 @@ FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
+PROVENANCE_NAME = "provenance.json"
 
 
 def _version() -> str:
@@ -66,17 +67,27 @@ def save_model(
 
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
+    section = model.config
+    # where the weights started is provenance, not architecture (and may be a server path)
+    section["init_from"] = None
     config = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "medvl_version": _version(),
-        "model": model.config,
+        "model": section,
         "text_hf_config": model.text_encoder.hf_config(),
         "image_hf_config": _image_arch(model),
     }
     if training is not None:
         config["training"] = training
+    zeroshot = getattr(model, "zeroshot", None)
+    if zeroshot:
+        config["zeroshot"] = zeroshot
     write_text_atomic(out / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True) + "\n")
+    provenance = getattr(model, "provenance", None)
+    if provenance:
+        write_text_atomic(out / PROVENANCE_NAME,
+                          json.dumps(provenance, indent=2, sort_keys=True) + "\n")
     # clone: safetensors refuses tensors that share storage (tied or viewed weights)
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     with atomic_path(out / WEIGHTS_NAME) as tmp:
@@ -203,12 +214,86 @@ def load_model(
             expected="weights saved together with this config",
         )
     model.load_state_dict(state, strict=True)
+    model.zeroshot = data.get("zeroshot") or None
+    model.provenance = read_provenance(directory)
     model.to(map_location)
     model.eval()
     return model
 
 
-__all__ = ["load_model", "read_config", "render_card", "save_model"]
+def read_provenance(directory: str | PathLike[str]) -> dict[str, Any] | None:
+    """``provenance.json`` of a model directory (None when absent: trained here).
+
+    Raises:
+        CheckpointError: the file exists but is not a JSON object.
+    """
+    path = Path(directory) / PROVENANCE_NAME
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"unreadable provenance: {exc}", path=path) from None
+    if not isinstance(data, dict):
+        raise CheckpointError("provenance.json is not a JSON object", path=path)
+    return data
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def start_from_directory(cls: type[MedVLModel], section: dict[str, Any]) -> MedVLModel:
+    """Build the model of ``section`` starting from the directory ``section["init_from"]``.
+
+    The directory's saved model section is the base; the keys given in ``section``
+    override it (tower training options such as ``image.freeze`` or
+    ``text.lora_rank``); its weights are loaded strictly before freezing and LoRA
+    apply. The zero-shot rule and provenance travel with the weights.
+
+    Raises:
+        ConfigError: an override that is not a valid model section.
+        CheckpointError: the directory is not a medvl model, or its weights do not fit
+            the overridden architecture.
+    """
+    directory = Path(section["init_from"])
+    data = read_config(directory)
+    merged = _deep_merge(data.get("model") or {}, section)
+    cfg = from_dict(ModelConfig, merged, where="model")
+    state = _read_weights(directory)
+    saved_text = {"hf_config": data.get("text_hf_config") or {}, "tokenizer_dir": directory}
+    model = cls(cfg, load_pretrained=False, saved_text=saved_text,
+                saved_image=data.get("image_hf_config"), init_state=state)
+    model.zeroshot = data.get("zeroshot") or None
+    provenance = read_provenance(directory)
+    if provenance:
+        provenance = dict(provenance)
+        provenance["conversion"] = (str(provenance.get("conversion") or "").rstrip(". ")
+                                    + "; then fine-tuned with medvl").lstrip("; ")
+    model.provenance = provenance
+    return model
+
+
+def _read_weights(directory: Path) -> dict[str, Any]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    weights = directory / WEIGHTS_NAME
+    if not weights.is_file():
+        raise CheckpointError("model.safetensors is missing", path=directory)
+    try:
+        return load_file(str(weights))
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"unreadable weights: {exc}", path=weights) from None
+
+
+__all__ = ["load_model", "read_config", "read_provenance", "render_card", "save_model", "start_from_directory"]
 
 
 def state_mismatch(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> str:

@@ -112,6 +112,9 @@ class TextEncoder(nn.Module):
     cfg: TextConfig
     tokenizer: Any
     out_dim: int
+    #: ``padding`` of the tokenizer call: ``"longest"`` in the batch, or ``"max_length"``
+    #: for towers trained on fixed-length input (SigLIP)
+    padding: str = "longest"
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """Tokenise reports for :meth:`forward`.
@@ -142,12 +145,17 @@ class TextEncoder(nn.Module):
                         "or model.text.truncation: truncate",
                     )
         enc = self.tokenizer(
-            full, padding=True, truncation=True, max_length=self.cfg.max_length,
-            return_tensors="pt", return_offsets_mapping=bool(prefix),
+            full, padding=self.padding, truncation=True, max_length=self.cfg.max_length,
+            return_tensors="pt", return_offsets_mapping=bool(prefix), return_attention_mask=True,
         )
         rows = []
         cut = len(prefix.rstrip())
         for i in range(len(full)):
+            if not getattr(self.tokenizer, "is_fast", False):
+                # slow (sentencepiece) tokenizers have no word map: word starts by marker
+                marked = self._marker_word_ids(enc["input_ids"][i], enc["attention_mask"][i])
+                rows.append(marked.tolist())
+                continue
             wids = [-1 if w is None else w for w in enc.word_ids(i)]
             if prefix:
                 starts = enc["offset_mapping"][i, :, 0].tolist()

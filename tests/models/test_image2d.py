@@ -7,7 +7,7 @@ import torch
 
 from medvl.errors import ConfigError, ModelError
 from medvl.models.config import ImageConfig
-from medvl.models.image2d import build_image_encoder
+from medvl.models.factory import build_image_encoder
 
 TINY_2D = {
     "resnet10": {"width": 8},

