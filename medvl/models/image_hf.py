@@ -118,8 +118,8 @@ class HFVisionEncoder(ImageEncoder):
         if kind in _CLS_FAMILIES:
             last = [m for m in model.modules() if hasattr(m, "q_proj") and hasattr(m, "k_proj")][-1]
             last.register_forward_pre_hook(self._capture_cls_attention, with_kwargs=True)
-        elif kind == "siglip" and getattr(model.vision_model, "use_head", True):
-            model.vision_model.head.register_forward_pre_hook(self._capture_probe_attention)
+        elif kind == "siglip" and getattr(_inner(model), "use_head", True):
+            _inner(model).head.register_forward_pre_hook(self._capture_probe_attention)
 
     def _capture_cls_attention(self, module: Any, args: tuple, kwargs: dict) -> None:
         """The last layer's [CLS] -> patch attention, from its own projections.
@@ -189,7 +189,7 @@ class HFVisionEncoder(ImageEncoder):
             pooled = hidden[:, 0]
             if kind == "clip":
                 pooled = out.pooler_output  # post_layernorm([CLS])
-                tokens = self.model.vision_model.post_layernorm(tokens)
+                tokens = _inner(self.model).post_layernorm(tokens)
             attn, self._attention = self._attention, None
             return ImageFeatures(pooled=pooled, tokens=tokens, grid=(side_h, side_w), attention=attn)
         if kind == "siglip":
@@ -208,6 +208,12 @@ class HFVisionEncoder(ImageEncoder):
         fmap = out.last_hidden_state  # (B, C, h, w)
         tokens = fmap.flatten(2).transpose(1, 2)
         return ImageFeatures(pooled=out.pooler_output, tokens=tokens, grid=tuple(fmap.shape[2:]))
+
+
+def _inner(model: Any) -> Any:
+    """The vision transformer inside a CLIP/SigLIP vision model (older transformers nest it
+    under ``vision_model``, newer ones do not)."""
+    return getattr(model, "vision_model", model)
 
 
 def _from_pretrained(family: _Family, directory: str) -> Any:
