@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("medvl.recipes.command", "turn a public corpus into a manifest"),
     "deid": ("medvl.io.deid_command", "de-identify DICOM files (PS3.15 basic profile)"),
     "pacs": ("medvl.pacs.command", "list a DICOMweb server's studies; export findings as DICOM SR"),
-    "model": ("medvl.models.command", "list encoders, describe or initialise a model directory"),
+    "model": ("medvl.models.command", "list encoders, import a pretrained model, describe or initialise a model directory"),
     "train": ("medvl.train.command", "train a model from a YAML config"),
     "eval": ("medvl.eval.command", "zero-shot, retrieval, grounding and probe evaluation"),
     "index": ("medvl.index.command", "build or search a case index"),

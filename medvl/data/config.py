@@ -40,7 +40,9 @@ class DataConfig:
             ``None`` resizes the whole volume to ``image_size`` directly.
         fit: how a 2D image meets the ``image_size`` grid. ``"pad"`` (medvl's) fits the
             longer side and zero-pads the shorter, so nothing is cut off; ``"crop"``
-            (CLIP's) resizes the shorter side to the grid and centre-crops the longer.
+            (CLIP's) resizes the shorter side to the grid and centre-crops the longer;
+            ``"stretch"`` (SigLIP's and MedSigLIP's processors) resizes both sides to the
+            grid without keeping the aspect ratio.
         resample: interpolation of the 2D resize. ``"bilinear"`` (medvl's): linear
             when growing, area averaging when shrinking (no aliasing); ``"bicubic"``:
             antialiased bicubic as PIL and CLIP's image processors do it, clipped to [0, 1].
@@ -74,7 +76,7 @@ class DataConfig:
     in_channels: int = 1
     hu_range: list[float] = field(default_factory=lambda: [-1000.0, 1000.0])
     spacing: list[float] | None = None
-    fit: Literal["pad", "crop"] = "pad"
+    fit: Literal["pad", "crop", "stretch"] = "pad"
     resample: Literal["bilinear", "bicubic"] = "bilinear"
     mean: list[float] | None = None
     std: list[float] | None = None

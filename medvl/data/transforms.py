@@ -12,7 +12,8 @@ random part (augmentation), which runs after the cache on every draw:
    on the image left), slices from inferior to superior;
 3. **grid**: 2D keeps the aspect ratio: ``fit: pad`` fits the longest side, then
    zero-pads to ``image_size``; ``fit: crop`` (CLIP's) resizes the shortest side to the
-   grid, then centre-crops; ``resample`` picks bilinear/area or antialiased bicubic.
+   grid, then centre-crops; ``fit: stretch`` (SigLIP's) resizes to the grid ignoring
+   the aspect ratio; ``resample`` picks bilinear/area or antialiased bicubic.
    3D is optionally resampled to ``spacing`` mm and then resized (no spacing) or
    centre-cropped / padded (with spacing) to ``image_size``;
 4. **augmentation** (train split, ``augment: true``): MONAI ``RandAffine`` plus a mild
@@ -217,6 +218,9 @@ class ModelInputTransform:
     def _grid_2d(self, x: np.ndarray) -> np.ndarray:
         h, w = self.size
         rows, cols = x.shape[1], x.shape[2]
+        if self.cfg.fit == "stretch":
+            # SigLIP: both sides meet the grid, the aspect ratio is not kept
+            return _resize(x, (h, w), self.cfg.resample)
         if self.cfg.fit == "crop":
             # CLIP: the shorter side meets the grid, the longer is cut to it around the centre
             # (long side floored as transformers' CLIPImageProcessor does).

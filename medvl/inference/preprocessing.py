@@ -60,7 +60,7 @@ class ImagePreprocessing:
     in_channels: int = 1
     hu_range: list[float] = field(default_factory=lambda: [-1000.0, 1000.0])
     spacing: list[float] | None = None
-    fit: Literal["pad", "crop"] = "pad"
+    fit: Literal["pad", "crop", "stretch"] = "pad"
     resample: Literal["bilinear", "bicubic"] = "bilinear"
     mean: list[float] | None = None
     std: list[float] | None = None

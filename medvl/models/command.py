@@ -6,6 +6,7 @@ Examples::
     medvl model info runs/demo/model
     medvl model init configs/tiny.yaml --out runs/init -o model.text.name=minilm
     medvl model preprocessing runs/old/model --config runs/old/config.yaml
+    medvl model import BiomedCLIP-PubMedBERT_256-vit_base_patch16_224 --out models/biomedclip --licence MIT
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     prep.add_argument("--config", default=None,
                       help="the experiment config it was trained with (default: config.yaml next to the directory)")
     prep.add_argument("--force", action="store_true", help="replace an existing preprocessing.json")
+    from medvl.models.importers.cli import add_import_parser
+
+    add_import_parser(sub)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,6 +48,10 @@ def run(args: argparse.Namespace) -> int:
             for name, row in table.items():
                 print(f"  {name:<{width}}  {row.summary}")
         return 0
+    if args.action == "import":
+        from medvl.models.importers.cli import run_import
+
+        return run_import(args)
     if args.action == "info":
         from medvl.models.saving import read_config
 
@@ -55,7 +63,13 @@ def run(args: argparse.Namespace) -> int:
             "embed_dim": model.get("embed_dim"),
             "image": {k: model["image"].get(k) for k in ("name", "in_channels", "image_size", "volume")},
             "text": {k: model["text"].get(k) for k in ("name", "path", "pooling", "max_length")},
+            "zeroshot": data.get("zeroshot"),
         }
+        from medvl.models.saving import read_provenance
+
+        provenance = read_provenance(args.directory)
+        if provenance:
+            summary["provenance"] = provenance
         print(json.dumps(summary, indent=2))
         return 0
     if args.action == "preprocessing":

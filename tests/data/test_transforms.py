@@ -216,6 +216,23 @@ def test_crop_bicubic_mean_std_equal_transformers_clip_processor() -> None:
     np.testing.assert_allclose(got, ref, atol=1.01 / 255 / min(CLIP_STD))
 
 
+def test_fit_stretch_equals_transformers_siglip_processor() -> None:
+    """SigLIP/MedSigLIP resize to the square grid without keeping the aspect ratio."""
+    from PIL import Image
+    from transformers import SiglipImageProcessorPil
+
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 256, size=(150, 210)).astype(np.uint8)
+    grey[40:110, 60:160] = 230
+    ref = SiglipImageProcessorPil(size={"height": 64, "width": 64}, resample=3)(
+        images=Image.fromarray(grey).convert("RGB"), return_tensors="np")["pixel_values"][0]
+    cfg = _cfg(dims=2, image_size=64, window="none", hu_range=[0, 255], in_channels=3, fit="stretch",
+               resample="bicubic", mean=[0.5] * 3, std=[0.5] * 3)
+    got = ModelInputTransform(cfg)(_image2d(grey.astype(np.float32)))
+    assert got.shape == ref.shape == (3, 64, 64)
+    np.testing.assert_allclose(got, ref, atol=1.01 / 255 / 0.5)
+
+
 def test_bicubic_resize_is_pils_antialiased_bicubic() -> None:
     from PIL import Image
 

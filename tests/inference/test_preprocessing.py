@@ -75,7 +75,7 @@ def test_directory_without_the_file_says_how_to_add_it(tmp_path) -> None:
 @pytest.mark.parametrize("doc, field", [
     ({"format": "other"}, "format"),
     ({"format": "medvl-preprocessing", "format_version": 2}, "format_version"),
-    ({"format": "medvl-preprocessing", "format_version": 1, "image": {"fit": "stretch"}}, "image.fit"),
+    ({"format": "medvl-preprocessing", "format_version": 1, "image": {"fit": "squash"}}, "image.fit"),
     ({"format": "medvl-preprocessing", "format_version": 1, "image": {"in_channels": 3, "mean": [0.5]},
       "text": {}}, "image.std"),
 ])

@@ -14,7 +14,7 @@ and MedSigLIP model cards):
   in training.
 * Preprocessing comes from the directory's ``preprocessor_config.json`` (CLIP: shortest
   side to 224 bicubic, centre crop, OpenAI mean/std; SigLIP/MedSigLIP: resized to
-  448x448 without keeping the aspect ratio, bilinear, mean = std = 0.5).
+  448x448 without keeping the aspect ratio, bicubic (``resample: 3``), mean = std = 0.5).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from medvl.models.importers.base import (
 _DEFAULT_IMAGE = {
     "clip": {"fit": "crop", "resample": "bicubic", "mean": [0.48145466, 0.4578275, 0.40821073],
              "std": [0.26862954, 0.26130258, 0.27577711]},
-    "siglip": {"fit": "stretch", "resample": "bilinear", "mean": [0.5, 0.5, 0.5],
+    "siglip": {"fit": "stretch", "resample": "bicubic", "mean": [0.5, 0.5, 0.5],
                "std": [0.5, 0.5, 0.5]},
 }
 
@@ -118,7 +118,7 @@ def import_hf_clip(src: Path, *, kind: str, workdir: Path | None = None,
         image.update(processor)
     if kind == "siglip":
         notes.append("the MedSigLIP card recommends TensorFlow's bilinear resize (no antialias) to "
-                     "reproduce its evaluations; medvl resizes with its own bilinear filter")
+                     "reproduce its evaluations; medvl follows the processor config instead")
     zeroshot = ({"scoring": "classes", "ensemble": "mean"} if kind == "clip"
                 else {"scoring": "sigmoid", "ensemble": "mean"})
     mapping = ("CLIPVisionModel and CLIPTextModel as medvl's hf-clip towers, visual_projection "

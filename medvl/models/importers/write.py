@@ -49,5 +49,29 @@ def write_imported(imported: Imported, out: Path, *, fmt: str, licence: str | No
         "conversion": record["conversion"],
         "zero_shot_rule": (imported.zeroshot or {}).get("scoring", "none (towers not aligned)"),
     }
-    model.save_pretrained(out, card=card)
+    model.save_pretrained(out, card=card, preprocessing=preprocessing(imported),
+                          training={"loss": None, "local_heads_trained": False,
+                                    "local_heads": "copies of the source's global projections"})
+    return out
+
+
+def preprocessing(imported: Imported) -> Any:
+    """The source's preprocessing as a ``medvl.inference.Preprocessing``.
+
+    The image is read and windowed as medvl always does (file window, MONOCHROME1
+    inverted, grey), then mapped to the source's input: channels repeated to
+    ``in_channels``, fitted to its grid (``fit``, ``resample``) and normalised with its
+    ``mean``/``std``.
+    """
+    from medvl.config import from_dict
+    from medvl.inference.preprocessing import (
+        ImagePreprocessing,
+        Preprocessing,
+        TextPreprocessing,
+    )
+
+    image = from_dict(ImagePreprocessing, {"dims": 2, **imported.image}, where="image")
+    text = from_dict(TextPreprocessing, dict(imported.text), where="text")
+    out = Preprocessing(image=image, text=text)
+    out.data_config()  # cross-field checks (one mean/std per channel...)
     return out

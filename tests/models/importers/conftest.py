@@ -128,3 +128,35 @@ def texts() -> list[str]:
 def processor_json():
     """Writer of ``preprocessor_config.json`` files."""
     return write_processor
+
+
+@pytest.fixture(scope="session")
+def radiograph() -> str:
+    """The real PA chest radiograph pydicom-data ships (CR, MONOCHROME1, 1955 x 1841)."""
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file("RG1_UNCR.dcm", download=False)
+    if path is None:
+        pytest.skip("pydicom-data is not installed")
+    return str(path)
+
+
+@pytest.fixture
+def source_input(radiograph):
+    """Run the real radiograph through an imported model directory's preprocessing and
+    check it is the source model's input: ``in_channels`` identical channels, the
+    source's grid, its mean/std (undone, the values are the [0, 1] window)."""
+    def run(model_dir, *, size: int, mean: list[float], std: list[float]) -> tuple[object, torch.Tensor]:
+        import medvl
+
+        pipe = medvl.load(model_dir)
+        x = pipe.prepare(radiograph)
+        assert tuple(x.shape) == (len(mean), size, size)
+        m = torch.tensor(mean)[:, None, None]
+        s = torch.tensor(std)[:, None, None]
+        grey = x * s + m
+        assert torch.allclose(grey, grey[:1].expand_as(grey), atol=1e-5)  # grey repeated to RGB
+        assert float(grey.min()) >= -1e-5 and float(grey.max()) <= 1 + 1e-5
+        assert float(grey.std()) > 0.05  # an image, not a constant
+        return pipe, x
+    return run

@@ -85,3 +85,16 @@ def test_dinov2_with_a_bert_text_tower(tmp_path, text_layout, bert_tokenizer, pr
     assert "zeroshot" not in config  # towers not aligned: no zero-shot rule
     assert config["model"]["image"]["name"] == "hf-dinov2" and config["model"]["embed_dim"] == 16
     assert "random" in json.loads((out / "provenance.json").read_text())["notes"][0]
+
+
+def test_real_radiograph_through_rad_dino(tmp_path, bert_tokenizer, processor_json, source_input, same_embeddings):
+    from transformers import AutoTokenizer
+
+    dino = _dino(tmp_path / "rad-dino", processor_json)
+    tok = AutoTokenizer.from_pretrained(str(bert_tokenizer))
+    _bert(len(tok)).save_pretrained(tmp_path / "text")
+    tok.save_pretrained(tmp_path / "text")
+    out = import_model(tmp_path / "rad-dino", tmp_path / "m", text=tmp_path / "text")
+    pipe, x = source_input(out, size=28, mean=[0.5307] * 3, std=[0.2583] * 3)  # RAD-DINO's
+    with torch.no_grad():
+        same_embeddings(pipe.model.image_encoder(x[None]).pooled, dino(pixel_values=x[None]).pooler_output)

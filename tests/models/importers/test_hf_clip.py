@@ -174,3 +174,44 @@ def test_a_directory_of_another_family_is_refused(tmp_path, clip_tokenizer):
     _tiny_clip(clip_tokenizer, tmp_path / "src")
     with pytest.raises(CheckpointError, match="'clip' model"):
         build_model({"image": {"name": "hf-dinov2", "in_channels": 3, "pretrained": str(tmp_path / "src")}})
+
+
+def test_real_radiograph_through_clip_and_siglip(tmp_path, clip_tokenizer, siglip_tokenizer, processor_json,
+                                                 source_input, same_embeddings):
+    ref, _ = _tiny_clip(clip_tokenizer, tmp_path / "clip")
+    clip_mean, clip_std = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+    processor_json(tmp_path / "clip", do_center_crop=True, crop_size={"height": 32, "width": 32},
+                   size={"shortest_edge": 32}, resample=3, image_mean=clip_mean, image_std=clip_std)
+    pipe, x = source_input(import_model(tmp_path / "clip", tmp_path / "m1"), size=32, mean=clip_mean, std=clip_std)
+    assert pipe.data_config.fit == "crop" and pipe.data_config.resample == "bicubic"
+    with torch.no_grad():
+        same_embeddings(pipe.model.encode_image(x[None]).embeds, _features(ref.get_image_features(pixel_values=x[None])))
+    ref, _ = _tiny_siglip(siglip_tokenizer, tmp_path / "siglip")
+    processor_json(tmp_path / "siglip", size={"height": 32, "width": 32}, resample=3, image_mean=[0.5] * 3,
+                   image_std=[0.5] * 3)
+    pipe, x = source_input(import_model(tmp_path / "siglip", tmp_path / "m2"), size=32, mean=[0.5] * 3, std=[0.5] * 3)
+    assert pipe.data_config.fit == "stretch"
+    with torch.no_grad():
+        same_embeddings(pipe.model.encode_image(x[None]).embeds, _features(ref.get_image_features(pixel_values=x[None])))
+
+
+def test_cli_import_then_info(tmp_path, clip_tokenizer, capsys):
+    """`medvl model import` as a new user runs it: one line of result, errors as one line, exit 2."""
+    from medvl.cli import main
+
+    _tiny_clip(clip_tokenizer, tmp_path / "src")
+    assert main(["model", "import", str(tmp_path / "src"), "--out", str(tmp_path / "m"),
+                 "--licence", "MIT", "--name", "tiny CLIP"]) == 0
+    out = capsys.readouterr().out
+    assert "tiny CLIP (hf-clip)" in out and "classes" in out and "MIT" in out
+    assert main(["model", "info", str(tmp_path / "m")]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["provenance"]["licence"] == "MIT" and info["zeroshot"]["scoring"] == "classes"
+    # an existing directory is not overwritten; a bad source is one line, exit 2
+    assert main(["model", "import", str(tmp_path / "src"), "--out", str(tmp_path / "m")]) == 2
+    assert "exists" in capsys.readouterr().err
+    assert main(["model", "import", str(tmp_path / "nope"), "--out", str(tmp_path / "m2")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not found" in err[0]
+    assert main(["model", "import", str(tmp_path / "src"), "--out", str(tmp_path / "m3"), "--text", "x"]) == 2
+    assert "takes no option 'text'" in capsys.readouterr().err

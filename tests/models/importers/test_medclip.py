@@ -107,3 +107,12 @@ def test_medclip_needs_the_bert_tokenizer_and_refuses_the_resnet_variant(tmp_pat
                 "text_model.projection_head.weight": torch.zeros(2, 2)}, tmp_path / "resnet.bin")
     with pytest.raises(CheckpointError, match="ResNet"):
         import_model(tmp_path / "resnet.bin", tmp_path / "m2", tokenizer=bert_tokenizer)
+
+
+def test_real_radiograph_through_medclip(tmp_path, medclip, bert_tokenizer, source_input, same_embeddings):
+    ref, _, src = medclip
+    pipe, x = source_input(import_model(src, tmp_path / "m", tokenizer=bert_tokenizer), size=224,
+                           mean=[0.5862785803043838] * 3, std=[0.27950088968644304] * 3)
+    assert pipe.data_config.fit == "pad"
+    with torch.no_grad():
+        same_embeddings(pipe.model.encode_image(x[None]).embeds, ref.encode_image(x[None]))

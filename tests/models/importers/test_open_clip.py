@@ -166,3 +166,13 @@ def test_unsupported_open_clip_layouts_are_named(tmp_path, biomedclip):
     (src / "open_clip_config.json").unlink()
     with pytest.raises(CheckpointError, match="open_clip_config.json"):
         import_model(src / "open_clip_pytorch_model.bin", tmp_path / "m")
+
+
+def test_real_radiograph_through_biomedclip(tmp_path, biomedclip, source_input, same_embeddings):
+    ref, _, src = biomedclip
+    mean = OPEN_CLIP_CONFIG["preprocess_cfg"]["mean"]
+    pipe, x = source_input(import_model(src, tmp_path / "m"), size=32, mean=mean,
+                           std=OPEN_CLIP_CONFIG["preprocess_cfg"]["std"])
+    assert pipe.data_config.fit == "crop" and pipe.data_config.resample == "bicubic"
+    with torch.no_grad():
+        same_embeddings(pipe.model.encode_image(x[None]).embeds, ref.encode_image(x[None]))

@@ -213,3 +213,16 @@ def test_missing_tokenizer_is_a_clear_error(tmp_path, chexzero):
     _, path = chexzero
     with pytest.raises(CheckpointError, match="bpe_simple_vocab_16e6"):
         import_model(path, tmp_path / "m")
+
+
+def test_real_radiograph_through_chexzero(tmp_path, chexzero, clip_bpe_file, source_input, same_embeddings):
+    ref, path = chexzero
+    out = import_model(path, tmp_path / "m", tokenizer=clip_bpe_file)
+    mean, std = [101.48761 / 255] * 3, [83.43944 / 255] * 3  # CheXzero's, on the 0-255 scale
+    pipe, x = source_input(out, size=32, mean=mean, std=std)
+    assert pipe.data_config.fit == "pad"  # CheXzero pads the long side, as medvl does
+    grey = x[0] * std[0] + mean[0]
+    # RG1 is taller (1955) than wide (1841): the long side fits, zero columns pad the sides
+    assert float(grey[:, [0, -1]].abs().max()) < 1e-5 and float(grey[:, 1:-1].std(0).min()) > 0
+    with torch.no_grad():
+        same_embeddings(pipe.model.encode_image(x[None]).embeds, ref.visual(x[None]))
