@@ -17,9 +17,13 @@ class EvalConfig:
     Attributes:
         tasks: which of ``zeroshot``, ``retrieval``, ``grounding``, ``probe`` to run.
         prompts: ``auto`` (built-in set for the split's modality), ``cxr``, ``ct`` or a YAML path.
-        scoring: headline zero-shot scoring, ``softmax`` (positive vs negative prompts,
-            as CheXzero) or ``positive`` (positive prompts only). Every variant is reported.
-        ensemble: how a finding's prompts combine, ``mean`` or ``max``.
+        scoring: headline zero-shot scoring: ``auto`` (the model directory's own rule,
+            ``config.json``'s ``zeroshot``; ``softmax`` when it has none), ``softmax``
+            (positive vs negative prompts, as CheXzero), ``positive`` (positive prompts
+            only), ``classes`` (softmax over the findings, CLIP's) or ``sigmoid`` (with
+            the model's logit_bias, SigLIP's). softmax and positive are also reported.
+        ensemble: how a finding's prompts combine: ``auto`` (the model's rule; ``mean``
+            when it has none), ``mean`` or ``max``.
         n_bootstrap: bootstrap resamples of AUROC confidence intervals.
         confidence: two-sided level of those intervals.
         uncertain: how uncertain (-1) labels count in AUROC and the probe: ``ignore``
@@ -44,8 +48,8 @@ class EvalConfig:
 
     tasks: list[str] = field(default_factory=lambda: ["zeroshot", "retrieval"])
     prompts: str = "auto"
-    scoring: Literal["softmax", "positive"] = "softmax"
-    ensemble: Literal["mean", "max"] = "mean"
+    scoring: Literal["auto", "softmax", "positive", "classes", "sigmoid"] = "auto"
+    ensemble: Literal["auto", "mean", "max"] = "auto"
     n_bootstrap: int = 1000
     confidence: float = 0.95
     uncertain: Literal["ignore", "positive", "negative"] = "ignore"

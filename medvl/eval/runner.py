@@ -66,9 +66,15 @@ def _zeroshot(model: Any, emb: Embeddings, manifest_path: str | Path, cfg: EvalC
     else:
         pos = {f: embed_texts(model, p) for f, p in ps.positive.items()}
         neg = {f: embed_texts(model, p) for f, p in ps.negative.items()}
+    from medvl.inference.zeroshot import ZeroShotRule, model_logit_bias
+
+    rule = pipe.rule if pipe is not None else ZeroShotRule.from_config(getattr(model, "zeroshot", None))
+    scoring = rule.scoring if cfg.scoring == "auto" else cfg.scoring
+    ensemble = rule.ensemble if cfg.ensemble == "auto" else cfg.ensemble
     res = evaluate_zeroshot(
         emb.image, emb.labels, finding_names(), pos, neg,
-        logit_scale=model_logit_scale(model), scoring=cfg.scoring, ensemble=cfg.ensemble,
+        logit_scale=model_logit_scale(model), logit_bias=model_logit_bias(model), scoring=scoring,
+        ensemble=ensemble,
         n_bootstrap=cfg.n_bootstrap, seed=cfg.seed, multiclass=cfg.multiclass,
         multiclass_per_class=cfg.multiclass_per_class, uncertain=cfg.uncertain, confidence=cfg.confidence,
     )
@@ -76,7 +82,7 @@ def _zeroshot(model: Any, emb: Embeddings, manifest_path: str | Path, cfg: EvalC
     if pipe is not None:
         from medvl.eval.calibration import calibration_report
 
-        res["calibration"] = calibration_report(pipe, emb, ps, cfg.scoring, cfg.ensemble)
+        res["calibration"] = calibration_report(pipe, emb, ps, scoring, ensemble)
     return res
 
 

@@ -67,6 +67,7 @@ def evaluate_zeroshot(
     negative: dict[str, np.ndarray],
     *,
     logit_scale: float,
+    logit_bias: float = 0.0,
     scoring: str = "softmax",
     ensemble: str = "mean",
     n_bootstrap: int = 1000,
@@ -85,7 +86,9 @@ def evaluate_zeroshot(
         positive, negative: finding -> prompt embeddings; findings absent from
             ``label_names`` are skipped.
         logit_scale: the model's inverse temperature.
-        scoring, ensemble: the headline variant; every variant is also reported.
+        logit_bias: the model's learned bias (``sigmoid`` scoring).
+        scoring, ensemble: the headline variant; ``softmax`` and ``positive`` with each
+            ensemble are also reported (and the headline's rule, when it is another).
         n_bootstrap: resamples of the AUROC intervals.
         multiclass: classes of the multi-class task (default CheXpert's five, else all).
         multiclass_per_class: at most this many images per class (200 as 5x200).
@@ -103,9 +106,10 @@ def evaluate_zeroshot(
 
     variants: dict[str, float] = {}
     headline: np.ndarray | None = None
-    for sc in SCORINGS:
+    for sc in dict.fromkeys((*SCORINGS, scoring)):
         for ens in ENSEMBLES:
-            s = zeroshot_scores(image, pos, neg, scoring=sc, ensemble=ens, logit_scale=logit_scale)
+            s = zeroshot_scores(image, pos, neg, scoring=sc, ensemble=ens, logit_scale=logit_scale,
+                                logit_bias=logit_bias)
             per = auroc_per_class(lab, s, names, uncertain=uncertain)
             vals = [v for v in per.values() if not np.isnan(v)]
             variants[f"{sc}/{ens}"] = float(np.mean(vals)) if vals else float("nan")

@@ -14,6 +14,12 @@ Rules (:data:`SCORING_RULES`, a table; importers add their source model's rule):
   similarity to the positive and to the negative prompts at the model's temperature,
   i.e. ``sigmoid(scale * (pos - neg))``.
 * ``positive``: the similarity to the positive prompts alone (no negatives).
+* ``classes`` (CLIP, BiomedCLIP, MedCLIP): a softmax over the findings of
+  ``scale * similarity`` to each finding's positive prompts: one distribution over the
+  classes per image (as CLIP's zero-shot classifier), so the scores sum to 1.
+* ``sigmoid`` (SigLIP, MedSigLIP): ``sigmoid(scale * similarity + bias)`` per finding,
+  with the model's learned ``logit_bias``: each finding scored on its own, as SigLIP
+  was trained (its pairwise sigmoid loss).
 
 None of these is a calibrated probability: ``softmax`` scores sit near 0 or 1 because
 the temperature is sharp. ``medvl.inference.calibration`` maps them to probabilities.
@@ -73,10 +79,26 @@ def _softmax_logits(pos: np.ndarray, neg: np.ndarray | None, scale: float, bias:
     return scale * (pos - neg)
 
 
+def _classes_logits(pos: np.ndarray, neg: np.ndarray | None, scale: float, bias: float) -> np.ndarray:
+    return scale * pos
+
+
+def _softmax_over_classes(z: np.ndarray) -> np.ndarray:
+    z = np.asarray(z, dtype=np.float64)
+    e = np.exp(z - z.max(axis=-1, keepdims=True))  # shifted: cannot overflow
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _sigmoid_logits(pos: np.ndarray, neg: np.ndarray | None, scale: float, bias: float) -> np.ndarray:
+    return scale * pos + bias
+
+
 #: scoring rule name -> rule (``classify`` uses the model directory's, see :func:`rule_of`)
 SCORING_RULES: dict[str, ScoringRule] = {
     "softmax": ScoringRule(_softmax_logits, sigmoid, needs_negatives=True, bounded=True),
     "positive": ScoringRule(lambda pos, neg, scale, bias: pos, lambda z: z, needs_negatives=False, bounded=False),
+    "classes": ScoringRule(_classes_logits, _softmax_over_classes, needs_negatives=False, bounded=True),
+    "sigmoid": ScoringRule(_sigmoid_logits, sigmoid, needs_negatives=False, bounded=True),
 }
 
 
@@ -146,11 +168,17 @@ def zeroshot_scores(
 
 
 def model_logit_scale(model: Any) -> float:
-    """``exp(model.logit_scale)`` clamped at 100 (the contract), 100 when the model has none."""
+    """``exp(model.logit_scale)``, 100 when the model has none.
+
+    Clamped at 100 (CLIP's cap, the contract), except for models with a learned
+    ``logit_bias`` (SigLIP): their scale was learned without that cap (MedSigLIP's is
+    above 100) and the bias belongs to the scale as learned.
+    """
     ls = getattr(model, "logit_scale", None)
     if ls is None:
         return 100.0
-    return float(min(math.exp(float(ls.detach().cpu().reshape(-1)[0])), 100.0))
+    scale = math.exp(float(ls.detach().cpu().reshape(-1)[0]))
+    return float(scale if getattr(model, "logit_bias", None) is not None else min(scale, 100.0))
 
 
 def model_logit_bias(model: Any) -> float:

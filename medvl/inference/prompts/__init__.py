@@ -15,7 +15,9 @@ import yaml
 
 from medvl.errors import ConfigError
 
-BUILTIN = ("cxr", "ct")
+#: built-in sets; the modality search takes the first that fits, so the model-specific
+#: ones (CheXzero's label-name pairs) come after medvl's own
+BUILTIN = ("cxr", "ct", "chexzero")
 
 
 @dataclass(frozen=True)

@@ -215,3 +215,59 @@ def test_cli_import_then_info(tmp_path, clip_tokenizer, capsys):
     assert len(err) == 1 and "not found" in err[0]
     assert main(["model", "import", str(tmp_path / "src"), "--out", str(tmp_path / "m3"), "--text", "x"]) == 2
     assert "takes no option 'text'" in capsys.readouterr().err
+
+
+def _prompt_file(tmp_path, findings):
+    """A prompt set of one positive and one negative sentence per finding."""
+    import yaml
+
+    doc = {"name": "two", "modalities": ["CR"], "findings": {
+        f: {"names": [f], "use_templates": False, "positive": [pos], "negative": [neg]}
+        for f, (pos, neg) in findings.items()}}
+    path = tmp_path / "prompts.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+FINDINGS = {"pleural_effusion": ("pleural effusion", "no pleural effusion"),
+            "cardiomegaly": ("mild cardiomegaly", "heart size is normal"),
+            "edema": ("there is pulmonary edema", "no edema")}
+
+
+def test_clip_zero_shot_is_clips_softmax_over_classes(tmp_path, clip_tokenizer, radiograph):
+    """classify's scores are CLIPModel's logits_per_image through a softmax over the findings."""
+    import medvl
+
+    ref, tok = _tiny_clip(clip_tokenizer, tmp_path / "src")
+    pipe = medvl.load(import_model(tmp_path / "src", tmp_path / "m"))
+    prompts = _prompt_file(tmp_path, FINDINGS)
+    result = pipe.classify(radiograph, prompts=str(prompts))
+    assert result.scoring == "classes" and not result.calibrated
+    x = pipe.prepare(radiograph)[None]
+    enc = tok([p for p, _ in FINDINGS.values()], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = ref(pixel_values=x, **enc).logits_per_image.softmax(dim=1)[0]
+    got = torch.tensor([result.scores[f] for f in FINDINGS], dtype=torch.float32)
+    assert torch.allclose(got, expected, atol=1e-4) and abs(float(got.sum()) - 1) < 1e-5
+
+
+def test_siglip_zero_shot_is_sigmoid_with_the_learned_bias(tmp_path, siglip_tokenizer, radiograph):
+    """Each finding: sigmoid(exp(logit_scale) * cos + logit_bias), SiglipModel's own logits,
+    with MedSigLIP-like scale above CLIP's cap of 100 kept."""
+    import medvl
+
+    ref, tok = _tiny_siglip(siglip_tokenizer, tmp_path / "src")
+    with torch.no_grad():
+        ref.logit_bias.fill_(-0.5)  # a bias that leaves the sigmoid informative
+        ref.logit_scale.fill_(math.log(117.0))
+    ref.save_pretrained(tmp_path / "src")
+    pipe = medvl.load(import_model(tmp_path / "src", tmp_path / "m"))
+    result = pipe.classify(radiograph, prompts=str(_prompt_file(tmp_path, FINDINGS)))
+    assert result.scoring == "sigmoid"
+    x = pipe.prepare(radiograph)[None]
+    ids = tok([p for p, _ in FINDINGS.values()], padding="max_length", max_length=16, truncation=True,
+              return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        expected = torch.sigmoid(ref(pixel_values=x, input_ids=ids).logits_per_image[0])
+    got = torch.tensor([result.scores[f] for f in FINDINGS], dtype=torch.float32)
+    assert torch.allclose(got, expected, atol=1e-4)

@@ -226,3 +226,24 @@ def test_real_radiograph_through_chexzero(tmp_path, chexzero, clip_bpe_file, sou
     assert float(grey[:, [0, -1]].abs().max()) < 1e-5 and float(grey[:, 1:-1].std(0).min()) > 0
     with torch.no_grad():
         same_embeddings(pipe.model.encode_image(x[None]).embeds, ref.visual(x[None]))
+
+
+def test_chexzero_zero_shot_is_the_positive_negative_pair(tmp_path, chexzero, clip_bpe_file, radiograph):
+    """CheXzero's rule with its own prompts: per finding exp(pos) / (exp(pos) + exp(neg)) of
+    the "{}" / "no {}" pair (here at the model's scale; CheXzero's has none, same ranking)."""
+    import medvl
+
+    ref, path = chexzero
+    pipe = medvl.load(import_model(path, tmp_path / "m", tokenizer=clip_bpe_file))
+    result = pipe.classify(radiograph)
+    assert result.prompt_set == "chexzero" and result.scoring == "softmax"
+    x = pipe.prepare(radiograph)[None]
+    simple = SimpleTokenizer(clip_bpe_file)
+    scale = float(ref.logit_scale.exp())
+    with torch.no_grad():
+        img = torch.nn.functional.normalize(ref.visual(x), dim=-1)[0]
+        for finding, name in (("pleural_effusion", "pleural effusion"), ("cardiomegaly", "cardiomegaly")):
+            pair = torch.tensor([simple(name, 32), simple("no " + name, 32)])
+            txt = torch.nn.functional.normalize(ref.encode_text(pair), dim=-1)
+            expected = torch.softmax(scale * txt @ img, dim=0)[0]
+            assert result.scores[finding] == pytest.approx(float(expected), abs=1e-4)
