@@ -121,7 +121,7 @@ class DataConfig:
         if self.dims == 3 and (self.fit != "pad" or self.resample != "bilinear"):
             key = "fit" if self.fit != "pad" else "resample"
             raise ConfigError(f"{key} is {getattr(self, key)!r} with dims: 3", field=f"data.{key}",
-                              expected="the default (crop and bicubic apply to 2D images only)")
+                              expected="the default (crop, stretch and bicubic apply to 2D images only)")
         if (self.mean is None) != (self.std is None):
             raise ConfigError("mean and std must be given together", field="data.mean" if self.mean is None
                               else "data.std", expected="both null, or one value per channel each")

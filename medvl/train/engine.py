@@ -155,6 +155,7 @@ def train(
         raise ConfigError(f"unknown validation metric {cfg.monitor!r}", field="train.monitor",
                           expected="one of " + ", ".join(metric_names()))
     seed = cfg.seed if cfg.seed is not None else int(config.get("seed") or 0)
+    config = _with_start_preprocessing(config)
     out = Path(out_dir)
     parts = components or default_components()
     env = D.init_distributed(cfg.device)
@@ -176,6 +177,11 @@ def _train(config, cfg: TrainConfig, seed: int, out: Path, parts: Components, en
     # -- model, loss, data ---------------------------------------------------------------
     seed_everything(seed)  # identical initial weights on every rank (then broadcast anyway)
     model = parts.build_model(config.get("model") or {}).to(device)
+    # CLIP's cap, or a started-from model's own larger scale (SigLIP learned ~117 uncapped)
+    start_scale = getattr(model, "logit_scale", None)
+    max_logit_scale = MAX_LOGIT_SCALE
+    if isinstance(start_scale, torch.Tensor) and (config.get("model") or {}).get("init_from"):
+        max_logit_scale = max(MAX_LOGIT_SCALE, float(start_scale.detach()))
     loss_fn = parts.build_loss(config.get("loss") or {}, model).to(device)
     D.broadcast_parameters([model, loss_fn])
     model.train()
@@ -311,7 +317,7 @@ def _train(config, cfg: TrainConfig, seed: int, out: Path, parts: Components, en
                 lr = step_optimizer(optimizer, scaler, scheduler)
                 if cfg.clamp_logit_scale and isinstance(getattr(model, "logit_scale", None), torch.Tensor):
                     with torch.no_grad():
-                        model.logit_scale.clamp_(0.0, MAX_LOGIT_SCALE)
+                        model.logit_scale.clamp_(0.0, max_logit_scale)
 
                 state.step += 1
                 n_step = sum(m.size for m in micro)
@@ -402,6 +408,24 @@ def _fit_inference(out: Path, config: dict[str, Any], seed: int, env: D.DistEnv,
                       f"OOD reference of {summary['n_reference']} train studies "
                       f"({time.perf_counter() - t0:.1f} s)")
     D.barrier()
+
+
+def _with_start_preprocessing(config: dict[str, Any]) -> dict[str, Any]:
+    """With ``model.init_from``, train on the starting model's own preprocessing.
+
+    The directory's ``preprocessing.json`` (an imported model's: its grid, crop, mean/std)
+    fills the ``data`` section; an explicit setting that contradicts it is a
+    :class:`ConfigError` naming the field, so a fine-tuned model never silently sees
+    inputs its weights were not made for.
+    """
+    start = (config.get("model") or {}).get("init_from") if isinstance(config.get("model"), dict) else None
+    if not start or not (Path(start) / "preprocessing.json").is_file():
+        return config
+    from medvl.config import to_dict
+    from medvl.inference.preprocessing import Preprocessing
+
+    data = Preprocessing.load(start).apply_to(config.get("data"), source=str(Path(start) / "preprocessing.json"))
+    return {**config, "data": to_dict(data)}
 
 
 def _preprocessing(data_section: Any, env: D.DistEnv) -> Any:

@@ -250,7 +250,8 @@ def test_bicubic_resize_is_pils_antialiased_bicubic() -> None:
     ({"mean": [0.5, 0.5], "std": [0.2, 0.2]}, "data.mean"),
     ({"mean": [0.5], "std": [0.0]}, "data.std"),
     ({"dims": 3, "image_size": 8, "fit": "crop"}, "data.fit"),
-    ({"fit": "stretch"}, "data.fit"),
+    ({"dims": 3, "image_size": 8, "fit": "stretch"}, "data.fit"),
+    ({"fit": "squash"}, "data.fit"),
     ({"resample": "nearest"}, "data.resample"),
 ])
 def test_bad_normalisation_and_fit_settings_name_the_field(bad, field) -> None:
