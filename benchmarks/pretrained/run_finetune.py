@@ -249,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
                "model": model_section,
                "loss": {"terms": {"instance": {"weight": 1.0}}},
                "train": {"max_steps": args.steps, "lr": args.lr, "weight_decay": 0.05, "warmup_ratio": 0.05,
-                         "val_every_epoch": 0, "log_every": 10, "progress": False}}
+                         "val_every_epoch": 0, "log_every": 10, "progress": False,
+                         "fit_inference": False}}
         trainable = sum(p.numel() for p in build_model(copy.deepcopy(model_section)).parameters() if p.requires_grad)
         load0 = load_avg()
         print(f"[pretrained] {regime}: {args.steps} steps, {trainable} trainable parameters (load {load0})",
