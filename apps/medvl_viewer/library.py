@@ -1,11 +1,14 @@
-"""The real :class:`~medvl_viewer.backend.ViewerBackend`: calls into medvl.
+"""The real :class:`~medvl_viewer.backend.ViewerBackend`: the one inference path, ``medvl.load``.
 
-Nothing here computes an embedding, a probability or a heatmap itself, nor reads
-negation or laterality: embeddings, zero-shot scores and heatmaps come from the
-library's inference calls, report statements from ``medvl.data.assertions``, searches
-from ``medvl.index.CaseIndex``. What is left here is bookkeeping: caching per query,
-putting numbers in the index's context (percentiles against the indexed cases), and
-collecting the reasons an input is unlike the index into one list of warnings.
+Nothing here preprocesses an image, computes an embedding, a zero-shot score, a
+calibration, an out-of-distribution check or a heatmap, nor reads negation or
+laterality: those are ``medvl.load(dir)`` (:class:`medvl.inference.Pipeline`: ``read``,
+``embed_images``, ``embed_texts``, ``classify``, ``zeroshot``, ``check_image``,
+``check_text``, ``heatmap``) and ``medvl.data.assertions``; searches are
+``medvl.index.CaseIndex.search_vector``. What is left here is bookkeeping: caching per
+query, putting numbers in the index's context (percentiles against the indexed cases,
+for a model without calibration), and collecting the reasons an input is unlike the
+index into one list of warnings.
 
 Torch-heavy imports happen in ``__init__`` and methods, so importing the viewer's
 helpers stays cheap.
@@ -13,14 +16,13 @@ helpers stays cheap.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from medvl.errors import ConfigError, ImageReadError
 from medvl_viewer.backend import (
     UNKNOWN_MODALITIES,
     Case,
@@ -53,12 +55,18 @@ def percentile(value: float, reference: np.ndarray) -> float:
     return float(percentileofscore(np.asarray(reference, dtype=np.float64), float(value), kind="weak"))
 
 
+def _sentence(reason: str) -> str:
+    """A library reason fragment ("CT image given to a model ...") as a sentence."""
+    reason = reason.strip().rstrip(".")
+    return reason[:1].upper() + reason[1:] + "." if reason else ""
+
+
 class LibraryBackend:
-    """Model + index loaded from disk, exposing what the viewer needs.
+    """A model directory (``medvl.load``) and the case index built with it.
 
     Args:
-        index_dir: a folder written by ``medvl.index.build_index``.
-        model_dir: a model directory (``medvl.load`` reads it).
+        index_dir: a folder written by ``medvl index build``.
+        model_dir: a model directory.
 
     Raises:
         CaseIndexError: no index at ``index_dir``, or one built with another model.
@@ -66,96 +74,94 @@ class LibraryBackend:
     """
 
     def __init__(self, index_dir: Path, model_dir: Path) -> None:
-        import torch
-
+        import medvl
         from medvl.index import CaseIndex
-        from medvl.models import MedVLModel
 
-        self._torch = torch
         self.index_dir = Path(index_dir)
         self.model_dir = Path(model_dir)
-        self.model = MedVLModel.from_pretrained(self.model_dir)
-        self.model.eval()
+        self.pipe = medvl.load(self.model_dir)
         self.index = CaseIndex.open(self.index_dir)
-        self.index.check_model(self.model)  # fail at start, not at the first query
+        self.index.check_model(self.pipe.model)  # fail at start, not at the first query
         # One index (one SQLite connection) serves every browser session's thread:
         # its calls are serialised. Model calls outside the index run concurrently.
         self._index_lock = threading.RLock()
-        self._inputs = LRU(16)
+        self._images = LRU(8)
         self._results = LRU(256)
-        self._prompts = LRU(4)
-        self._references = LRU(4)
-        self._provenance = self._read_provenance()
-        data = dict(self.index.info.get("data") or {})
-        self._dims = int(data.get("dims", 2))
+        self._references = LRU(8)
         with self._index_lock:
             from medvl.index import metadata
 
-            n = len(self.index)
-            rows = metadata.fetch_positions(self.index.conn, list(range(n)))
+            rows = metadata.fetch_positions(self.index.conn, list(range(len(self.index))))
         self._modalities = sorted({str(r.get("modality") or "").upper() for r in rows.values()} - {""})
 
     # -- model description -------------------------------------------------------------
-    def _read_provenance(self) -> dict[str, Any] | None:
-        path = self.model_dir / "provenance.json"
-        if not path.is_file():
-            return None
-        try:
-            data = json.loads(path.read_text("utf-8"))
-        except (OSError, ValueError):
-            return None
-        return data if isinstance(data, dict) else None
-
     def model_info(self) -> ModelInfo:
-        p = self._provenance or {}
+        p = self.pipe.provenance or {}
         name = str(p.get("name") or p.get("hub_name") or "") or "trained with medvl"
         source = str(p.get("hub_name") or p.get("source") or "")
-        return ModelInfo(name=name, source=source, licence=str(p.get("licence") or ""), calibrated=False)
+        return ModelInfo(name=name, source=source, licence=str(p.get("licence") or p.get("license") or ""),
+                         calibrated=self.pipe.calibration is not None)
 
     # -- inputs --------------------------------------------------------------------------
-    def _input(self, image_path: Path, frame: int | None = None) -> np.ndarray:
-        """The model input of an image, preprocessed as the indexed studies were."""
-        if frame is None:
-            return self._inputs.get(str(image_path), lambda: self.index.load_query_image(image_path))
-        raise ImageReadError("reading one frame of a 4D image for the model is not supported yet",
-                             path=image_path, field="frame")
+    def _image(self, path: Path, frame: int | None, modality: str | None) -> Any:
+        """The image read as the model's preprocessing reads it; ``modality`` stands in for an unrecorded one."""
 
-    def _image_embedding(self, image_path: Path, frame: int | None = None) -> np.ndarray:
-        from medvl.eval.embed import embed_images
+        def make() -> Any:
+            if frame is None:
+                img = self.pipe.read(Path(path))
+            else:
+                from medvl.io import read_image
 
-        def make() -> np.ndarray:
-            x = self._torch.as_tensor(self._input(image_path, frame)).float()[None]
-            return embed_images(self.model, x)[0]
+                img = read_image(Path(path), frame=frame, **self.pipe.data_config.io.as_kwargs())
+            own = str(getattr(img, "modality", "") or "").upper()
+            if modality and own in UNKNOWN_MODALITIES:
+                img = dataclasses.replace(img, modality=modality.upper())
+            return img
 
-        return self._results.get(("embed", str(image_path), frame), make)
+        return self._images.get((str(path), frame, (modality or "").upper()), make)
+
+    def _key(self, path: Path, frame: int | None, modality: str | None) -> tuple[str, int | None, str]:
+        return str(path), frame, (modality or "").upper()
+
+    def _embedding(self, path: Path, frame: int | None, modality: str | None) -> np.ndarray:
+        key = ("embed", *self._key(path, frame, modality))
+        return self._results.get(key, lambda: self.pipe.embed_images([self._image(path, frame, modality)])[0])
 
     def _text_embeddings(self, texts: list[str]) -> np.ndarray:
-        from medvl.eval.embed import embed_texts
+        return self._results.get(("texts", tuple(texts)), lambda: self.pipe.embed_texts(list(texts)))
 
-        return self._results.get(("texts", tuple(texts)), lambda: embed_texts(self.model, list(texts)))
+    def _classified(self, path: Path, frame: int | None, modality: str | None) -> Any:
+        """``Pipeline.classify`` of the image (scores, calibration, OOD), once per query."""
+        key = ("classify", *self._key(path, frame, modality))
+        return self._results.get(key, lambda: self.pipe.classify(self._image(path, frame, modality)))
+
+    def _fits_model(self, path: Path, frame: int | None, modality: str | None) -> Any:
+        """``Pipeline.check_image`` for an image the model cannot take (dims), without running it."""
+        return self._results.get(("check", *self._key(path, frame, modality)),
+                                 lambda: self.pipe.check_image(self._image(path, frame, modality)))
 
     # -- input checks --------------------------------------------------------------------
-    def _image_warnings(self, image_path: Path, modality: str | None, frame: int | None) -> list[str]:
-        """Reasons an image is unlike the indexed ones (modality, body part, dimensions)."""
-        from medvl.io import read_image
+    def _image_warnings(self, path: Path, frame: int | None, modality: str | None) -> tuple[list[str], bool]:
+        """Why an image is unlike the model's training data or the index; and whether it can be searched."""
+        from medvl.inference.ood import spatial_dims
 
-        image = read_image(image_path, frame=frame) if frame is not None else read_image(image_path)
+        img = self._image(path, frame, modality)
         out: list[str] = []
-        own = str(getattr(image, "modality", "") or "").upper()
-        mod = own if own not in UNKNOWN_MODALITIES else (modality or "").upper()
-        if mod and self._modalities:
+        if spatial_dims(img) != self.pipe.dims:
+            check = self._fits_model(path, frame, modality)
+            return [_sentence(check.reason)], False
+        check = self._classified(path, frame, modality)
+        details = getattr(check, "ood_details", {}) or {}
+        if check.ood:
+            out.append(_sentence(check.ood_reason))
+        mod = str(getattr(img, "modality", "") or "").upper()
+        said = "modality" in details and not details["modality"].get("ok", True)
+        if mod and mod not in UNKNOWN_MODALITIES and self._modalities and not said:
             same = mod in self._modalities or (mod in RADIOGRAPH and RADIOGRAPH & set(self._modalities))
             if not same:
                 article = "an" if mod[:1] in "AEFHILMNORSX" else "a"  # letters said with a vowel: "an MR"
                 out.append(f"It is {article} {mod} image; the index holds {', '.join(self._modalities)} images.")
-        body = str((getattr(image, "tags", {}) or {}).get("BodyPartExamined", "") or "").upper()
-        if body and body not in ("CHEST", "THORAX", "LUNG", "CHEST_TO_PELVIS"):
-            out.append(f"The file records the body part as {body.lower()}; the index holds chest studies.")
-        dims = 3 if getattr(image, "affine", None) is not None else 2
-        if dims != self._dims:
-            kind = {2: "a 2D image", 3: "a 3D volume"}
-            out.append(f"It is {kind[dims]}; the index holds {kind[self._dims]}s.")
-        return out
+        return out, True
 
     def _reference(self, query: str, against: str) -> np.ndarray:
         """The index's own best-match similarities, for putting a query's in context.
@@ -171,9 +177,7 @@ class LibraryBackend:
             n = vectors["image"].shape[0]
             rng = np.random.default_rng(0)
             pick = rng.choice(n, size=min(n, REFERENCE_SAMPLE), replace=False) if n else np.zeros(0, int)
-            source = vectors["image" if query == "image" else "report"][pick]
-            target = vectors[against]
-            sims = source @ target.T  # (S, N)
+            sims = vectors["image" if query == "image" else "report"][pick] @ vectors[against].T  # (S, N)
             if query == "image" or against == "report":
                 sims[np.arange(len(pick)), pick] = -np.inf  # a case is not its own neighbour
             return sims.max(axis=1) if sims.size else np.zeros(0, np.float32)
@@ -193,10 +197,10 @@ class LibraryBackend:
 
     def search_image(self, image_path: Path, k: int, *, modality: str | None = None,
                      exclude: str | None = None, frame: int | None = None) -> SearchResult:
-        warnings = self._image_warnings(image_path, modality, frame)
-        if any("index holds" in w and ("2D" in w or "3D" in w) for w in warnings):
-            return SearchResult([], warnings=warnings)  # the model cannot embed it
-        q = self._image_embedding(image_path, frame)
+        warnings, searchable = self._image_warnings(image_path, frame, modality)
+        if not searchable:
+            return SearchResult([], warnings=warnings)
+        q = self._embedding(image_path, frame, modality)
         hits = [h for h in self._search_vector(q, k + (1 if exclude else 0), "image") if h.study_id != exclude][:k]
         reference = self._reference("image", "image")
         self._context(hits, reference)
@@ -227,91 +231,54 @@ class LibraryBackend:
         reference = self._reference("text", against)
         self._context(hits, reference)
         warnings: list[str] = []
+        check = self.pipe.check_text(text)
+        if check.ood:
+            warnings.append(_sentence(check.reason) + " It does not read like a radiology finding.")
         best = max((h.relative for h in hits if h.relative is not None), default=None)
-        if not query and reference.size >= MIN_REFERENCE and best is not None and best < OOD_PERCENTILE:
+        if not warnings and not query and reference.size >= MIN_REFERENCE and best is not None \
+                and best < OOD_PERCENTILE:
             warnings.append("The text names no finding the viewer knows, and no case matches it better than "
                             "almost every report matches its own case: it may not describe a chest study.")
         return SearchResult(hits, warnings=warnings, reference=_REFERENCE_TEXT["text", against], reranked=reranked)
 
     # -- finding scores ------------------------------------------------------------------
-    def _prompt_embeddings(self, modality: str) -> tuple[list[str], list[np.ndarray], list[np.ndarray]] | None:
-        from medvl.eval.prompts import prompt_set_for_modality
-
-        def make() -> tuple[list[str], list[np.ndarray], list[np.ndarray]] | None:
-            try:
-                prompts = prompt_set_for_modality(modality)
-            except ConfigError:
-                return None  # no prompt set written for this modality (e.g. MR)
-            names = prompts.findings
-            pos = [self._text_embeddings(list(prompts.positive[f])) for f in names]
-            neg = [self._text_embeddings(list(prompts.negative[f])) for f in names]
-            return names, pos, neg
-
-        return self._prompts.get(modality.upper(), make)
-
-    def _margins(self, vectors: np.ndarray, modality: str) -> tuple[list[str], np.ndarray] | None:
-        """Per-finding positive-vs-negative prompt margins ``(N, K)`` (monotone in the score)."""
-        from medvl.eval.zeroshot import zeroshot_scores
-
-        prompts = self._prompt_embeddings(modality)
-        if prompts is None:
-            return None
-        names, pos, neg = prompts
-        # logit_scale 1: the same ranking as the model's softmax, without saturating at 1.0.
-        return names, zeroshot_scores(vectors, pos, neg, logit_scale=1.0)
-
     def finding_scores(self, image_path: Path, modality: str | None = None,
                        frame: int | None = None) -> FindingScores | None:
-        from medvl.io import read_image
-
-        own = str(getattr(read_image(image_path), "modality", "") or "").upper()
-        modality = (own if own not in UNKNOWN_MODALITIES else (modality or "")).upper()
-        if not modality:
+        result = self._classified(image_path, frame, modality)
+        if not result.scores:
             return None
-        query = self._margins(self._image_embedding(image_path, frame)[None], modality)
-        if query is None:
-            return None
-        names, q = query
+        if result.calibrated:
+            return FindingScores(dict(result.scores), "probability", note=(
+                "Calibrated probabilities (fitted on the model's validation split); research use only."))
+        img = self._image(image_path, frame, modality)
+        ps = self.pipe.prompt_set(img)
+        names, logits, _ = self.pipe.zeroshot(self._embedding(image_path, frame, modality)[None], ps)
 
-        def index_margins() -> np.ndarray:
-            vectors = np.asarray(self.index.vectors["image"], dtype=np.float32)
-            got = self._margins(vectors, modality)
-            return got[1] if got else np.zeros((0, len(names)))
+        def index_logits() -> np.ndarray:
+            return self.pipe.zeroshot(np.asarray(self.index.vectors["image"], dtype=np.float32), ps)[1]
 
-        ref = self._results.get(("index-margins", modality), index_margins)
-        values = {name: percentile(q[0, i], ref[:, i]) for i, name in enumerate(names)}
+        # Logits rank exactly as the scores do, without the softmax's saturation at 1.
+        ref = self._results.get(("index-logits", ps.name), index_logits)
+        values = {n: percentile(logits[0, i], ref[:, i]) for i, n in enumerate(names) if n in result.scores}
         return FindingScores(values, "percentile", note=(
-            f"Percentile of this image's score among the {ref.shape[0]:,} indexed cases: "
-            "the model is not calibrated, so these rank cases and are not probabilities of disease."))
+            f"Percentile of this image's score among the {ref.shape[0]:,} indexed cases: the model is not "
+            "calibrated, so these rank cases and are not probabilities of disease."))
 
     # -- heatmaps ------------------------------------------------------------------------
     def heatmap(self, image_path: Path, phrase: str, frame: int | None = None) -> Heatmap:
-        from medvl.eval import phrase_heatmap
-
         def make() -> Heatmap:
-            x = self._input(image_path, frame)
-            heat = phrase_heatmap(self.model, x, phrase, spatial_dims=x.ndim - 1)
-            return Heatmap(heat[self._image_region(image_path, heat.shape)], "local",
-                           "Patch-to-phrase similarity of the model's local embeddings.")
+            img = self._image(image_path, frame, None)
+            heat = self.pipe.heatmap(img, phrase)
+            reason = _sentence(heat.reason)
+            if heat.array is None:
+                return Heatmap(None, None, reason or "No heatmap is available for this model.")
+            array = np.asarray(heat.array, dtype=np.float32)
+            box = getattr(heat, "source_box", None)
+            if array.ndim == 2 and box is not None:
+                array = _place(array, box, np.asarray(img.array).shape[:2])
+            return Heatmap(array, heat.method, reason)
 
         return self._results.get(("heat", str(image_path), frame, phrase), make)
-
-    def _image_region(self, image_path: Path, input_shape: tuple[int, ...]) -> tuple[slice, ...]:
-        """Where the image lies on the model input grid (the rest is padding)."""
-        from medvl.data.dataset import as_data_config
-        from medvl.data.transforms import ModelInputTransform
-        from medvl.io import read_image
-
-        image = read_image(image_path)
-        tf = ModelInputTransform(as_data_config(dict(self.index.info.get("data") or {})))
-        array = np.asarray(image.array)
-        spatial = array.shape[: len(input_shape)]
-        ones = np.ones((1, *spatial), dtype=np.float32)
-        valid = tf.grid(ones, image.spacing if len(input_shape) == 3 else None)[0] >= 0.5
-        if valid.shape != tuple(input_shape) or not valid.any():
-            raise ImageReadError("cannot place the heatmap on the image", path=image_path, field="grid")
-        idx = np.nonzero(valid)
-        return tuple(slice(int(i.min()), int(i.max()) + 1) for i in idx)
 
     # -- highlights ----------------------------------------------------------------------
     def sentence_scores(self, query: Query, sentences: list[str]) -> list[float] | None:
@@ -320,11 +287,29 @@ class LibraryBackend:
         if query.text:
             q = self._text_embeddings([query.text])[0]
         elif query.image_path is not None:
-            q = self._image_embedding(query.image_path)
+            q = self._embedding(query.image_path, None, None)
         else:
             return None
-        s = self._text_embeddings(list(sentences))
-        return (s @ q).astype(float).tolist()
+        return (self._text_embeddings(list(sentences)) @ q).astype(float).tolist()
+
+
+def _place(array: np.ndarray, box: tuple[int, int, int, int], shape: tuple[int, ...]) -> np.ndarray:
+    """A map over part of a radiograph (``box`` rows/cols, e.g. a centre crop) on the whole image grid."""
+    from medvl_viewer.render import resize_map
+
+    r0, r1, c0, c1 = (int(v) for v in box)
+    rows, cols = int(shape[0]), int(shape[1])
+    if (r0, r1, c0, c1) == (0, rows, 0, cols):
+        return array
+    # Keep the map's resolution: one map cell per (r1 - r0) / h rows of the source.
+    h, w = array.shape
+    scale_r, scale_c = h / max(r1 - r0, 1), w / max(c1 - c0, 1)
+    full_h, full_w = max(1, round(rows * scale_r)), max(1, round(cols * scale_c))
+    out = np.zeros((full_h, full_w), np.float32)
+    top, left = round(r0 * scale_r), round(c0 * scale_c)
+    part = resize_map(array, (min(h, full_h - top), min(w, full_w - left)))
+    out[top:top + part.shape[0], left:left + part.shape[1]] = part
+    return out
 
 
 _REFERENCE_TEXT = {

@@ -179,8 +179,10 @@ def test_a_model_that_did_not_build_the_index_is_refused_at_start(
 
     from medvl.models import build_model
 
+    from viewer_pipeline import save_model
+
     torch.manual_seed(1)  # same architecture, other weights
-    build_model(copy.deepcopy(TINY_MODEL)).save_pretrained(tmp_path / "other")
+    save_model(build_model(copy.deepcopy(TINY_MODEL)), tmp_path / "other", {"dims": 2, "image_size": 64})
     monkeypatch.setenv("MEDVL_VIEWER_INDEX", str(tiny_viewer_data.index_dir))
     monkeypatch.setenv("MEDVL_VIEWER_MODEL", str(tmp_path / "other"))
     at = AppTest.from_file(str(VIEWER), default_timeout=TIMEOUT).run()
@@ -207,7 +209,7 @@ def test_an_index_without_a_recorded_model_needs_the_model_argument(tiny_viewer_
 
     model = MedVLModel.from_pretrained(tiny_viewer_data.model_dir).eval()
     build_index(model, tiny_viewer_data.manifest, tmp_path / "index", data_cfg={"dims": 2, "image_size": 64},
-                config={"progress": False})
+                config={"progress": False})  # a bare model: the index records no model folder
     with pytest.raises(ModelError, match=r"\[--model\]: no model given.*expected --model DIR"):
         open_backend(tmp_path / "index", None)
     assert open_backend(tmp_path / "index", tiny_viewer_data.model_dir).model_info().name

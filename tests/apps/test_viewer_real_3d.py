@@ -99,17 +99,23 @@ def test_volume_heatmap_spans_the_whole_volume(tiny_viewer_data_3d, cases):
 
 
 def test_volume_heatmap_drops_the_padding_of_a_resampled_volume(tiny_viewer_data_3d, cases, tmp_path):
+    import shutil
+
     import nibabel as nib
 
-    from medvl_viewer.backend import open_backend
+    import medvl
     from medvl.index import build_index
-    from medvl.models import MedVLModel
+    from medvl.inference.preprocessing import Preprocessing
+    from medvl_viewer.backend import open_backend
 
-    # with data.spacing set, a volume is resampled to 20 mm voxels and padded to 32^3
-    model = MedVLModel.from_pretrained(tiny_viewer_data_3d.model_dir).eval()
-    data_cfg = {"dims": 3, "image_size": [32, 32, 32], "spacing": [20.0, 20.0, 20.0]}
-    build_index(model, tiny_viewer_data_3d.manifest, tmp_path / "index", data_cfg=data_cfg,
-                config={"progress": False}, model_dir=tiny_viewer_data_3d.model_dir)
+    # with data.spacing set, a volume is resampled to 20 mm voxels and padded to 32^3: a
+    # model directory whose preprocessing says so, and an index built with it
+    shutil.copytree(tiny_viewer_data_3d.model_dir, tmp_path / "model")
+    (tmp_path / "model" / "preprocessing.json").unlink()
+    Preprocessing.from_data_config({"dims": 3, "image_size": [32, 32, 32], "spacing": [20.0, 20.0, 20.0]}).save(
+        tmp_path / "model")
+    build_index(medvl.load(tmp_path / "model"), tiny_viewer_data_3d.manifest, tmp_path / "index",
+                config={"progress": False}, model_dir=tmp_path / "model")
     backend = open_backend(tmp_path / "index")
     path = next(p for p in cases.values() if p.name.endswith(".nii.gz"))
     img = nib.as_closest_canonical(nib.load(path))

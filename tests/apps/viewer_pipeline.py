@@ -25,6 +25,20 @@ TINY_MODEL = {
 }
 
 
+def save_model(model, model_dir: Path, data: dict) -> None:
+    """Save an (untrained) model as a complete model directory: weights and its preprocessing."""
+    from medvl.inference.preprocessing import Preprocessing
+
+    model.save_pretrained(model_dir)
+    Preprocessing.from_data_config(data).save(model_dir)
+
+
+def load(model_dir: Path):
+    import medvl
+
+    return medvl.load(model_dir)
+
+
 def build_viewer_data(root: Path, n_cxr: int = 10) -> ViewerData:
     """Generate ``n_cxr`` synthetic radiographs, save a tiny model and index them with it."""
     import torch
@@ -36,8 +50,8 @@ def build_viewer_data(root: Path, n_cxr: int = 10) -> ViewerData:
     manifest = generate_corpus(root / "corpus", n_cxr=n_cxr, n_ct=0, seed=0, image_size=64)
     torch.manual_seed(0)
     model = build_model(copy.deepcopy(TINY_MODEL)).eval()
-    model.save_pretrained(root / "model")
-    build_index(model, manifest, root / "index", data_cfg={"dims": 2, "image_size": 64, "batch_size": 5},
+    save_model(model, root / "model", {"dims": 2, "image_size": 64})
+    build_index(load(root / "model"), manifest, root / "index", data_cfg={"batch_size": 5},
                 config={"progress": False}, model_dir=root / "model")
     return ViewerData(manifest, root / "model", root / "index")
 
@@ -56,7 +70,7 @@ def build_viewer_data_3d(root: Path, n_ct: int = 3) -> ViewerData:
     cfg["image"] = {"name": "resnet10-3d", "width": 8, "in_channels": 1, "volume": "native"}
     torch.manual_seed(0)
     model = build_model(cfg).eval()
-    model.save_pretrained(root / "model")
-    build_index(model, manifest, root / "index", data_cfg={"dims": 3, "image_size": [32, 32, 32], "batch_size": 3},
+    save_model(model, root / "model", {"dims": 3, "image_size": [32, 32, 32]})
+    build_index(load(root / "model"), manifest, root / "index", data_cfg={"batch_size": 3},
                 config={"progress": False}, model_dir=root / "model")
     return ViewerData(manifest, root / "model", root / "index")
