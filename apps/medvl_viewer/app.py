@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -155,6 +156,14 @@ def _keep_widget_values() -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Draw the page for one Streamlit run."""
+    started = time.perf_counter()
+    try:
+        _page(argv)
+    finally:
+        panels.report_time("page", started)
+
+
+def _page(argv: Sequence[str] | None) -> None:
     st.set_page_config(page_title="medvl viewer (research use only)", layout="wide")
     st.warning(panels.RESEARCH_BANNER, icon="⚠️")
     try:

@@ -84,18 +84,18 @@ class SearchResult:
 
 @dataclass
 class FindingScores:
-    """Per-finding scores of one image, in the form the model can back.
+    """Per-finding scores of one image, in the forms the model can back. Never a raw softmax.
 
     Attributes:
-        values: finding -> a calibrated probability in [0, 1] (``kind="probability"``)
-            or the percentile 0-100 of the image's raw score among the indexed cases'
-            (``kind="percentile"``). Never a raw saturated softmax.
-        kind: what ``values`` are.
+        percentiles: finding -> the percentile 0-100 of the image's zero-shot score among
+            the indexed cases' (how it ranks in this index; needs no calibration).
+        probabilities: finding -> a calibrated probability in [0, 1], for the findings the
+            model directory's calibration covers (empty without calibration).
         note: one sentence saying what the numbers are and are not.
     """
 
-    values: dict[str, float]
-    kind: Literal["probability", "percentile"]
+    percentiles: dict[str, float]
+    probabilities: dict[str, float] = field(default_factory=dict)
     note: str = ""
 
 

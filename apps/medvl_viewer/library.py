@@ -247,9 +247,6 @@ class LibraryBackend:
         result = self._classified(image_path, frame, modality)
         if not result.scores:
             return None
-        if result.calibrated:
-            return FindingScores(dict(result.scores), "probability", note=(
-                "Calibrated probabilities (fitted on the model's validation split); research use only."))
         img = self._image(image_path, frame, modality)
         ps = self.pipe.prompt_set(img)
         names, logits, _ = self.pipe.zeroshot(self._embedding(image_path, frame, modality)[None], ps)
@@ -259,10 +256,16 @@ class LibraryBackend:
 
         # Logits rank exactly as the scores do, without the softmax's saturation at 1.
         ref = self._results.get(("index-logits", ps.name), index_logits)
-        values = {n: percentile(logits[0, i], ref[:, i]) for i, n in enumerate(names) if n in result.scores}
-        return FindingScores(values, "percentile", note=(
-            f"Percentile of this image's score among the {ref.shape[0]:,} indexed cases: the model is not "
-            "calibrated, so these rank cases and are not probabilities of disease."))
+        percentiles = {n: percentile(logits[0, i], ref[:, i]) for i, n in enumerate(names) if n in result.scores}
+        calibrated = set(getattr(result, "calibrated_findings", []) or [])
+        probabilities = {f: float(v) for f, v in result.scores.items() if f in calibrated}
+        note = f"Percentile: how this image's score ranks among the {ref.shape[0]:,} indexed cases."
+        if probabilities:
+            note += (" Probability: calibrated on the model's validation split (Platt scaling), for the findings "
+                     "it covers.")
+        else:
+            note += " The model is not calibrated: these rank cases and are not probabilities of disease."
+        return FindingScores(percentiles, probabilities, note=note)
 
     # -- heatmaps ------------------------------------------------------------------------
     def heatmap(self, image_path: Path, phrase: str, frame: int | None = None) -> Heatmap:

@@ -9,6 +9,9 @@ window, slice or heatmap opacity reruns the image alone, not the page.
 from __future__ import annotations
 
 import logging
+import os
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,16 @@ from medvl_viewer.safe_meta import display_facts
 from medvl_viewer.slice_view import slice_view
 
 log = logging.getLogger("medvl.viewer")
+#: With ``MEDVL_VIEWER_TIMING=1`` the page and the image fragment print their server time
+#: to stderr (``benchmarks/viewer/bench_interactions.py`` reads it).
+TIMING = os.environ.get("MEDVL_VIEWER_TIMING") == "1"
+
+
+def report_time(what: str, start: float) -> None:
+    """Print ``medvl-viewer-timing WHAT MS`` to stderr when :data:`TIMING` is on."""
+    if TIMING:
+        print(f"medvl-viewer-timing {what} {1000.0 * (time.perf_counter() - start):.1f}", file=sys.stderr,
+              flush=True)
 
 RESEARCH_BANNER = (
     "**Research use only.** This viewer is not a medical device and must not be used "
@@ -140,6 +153,27 @@ def image_panel(
         heatmaps: offer the heatmap (not for an image the model cannot take).
         what: how the image's text alternative names it ("query image", "best match").
     """
+    started = time.perf_counter()
+    try:
+        _image_panel(catalogue, get_backend, image, key=key, image_path=image_path, frame=frame, modality=modality,
+                     heat_phrase=heat_phrase, heatmaps=heatmaps, what=what)
+    finally:
+        report_time("image", started)
+
+
+def _image_panel(
+    catalogue: Catalogue,
+    get_backend: Callable[[], ViewerBackend | None],
+    image: Any,
+    *,
+    key: str,
+    image_path: Path | None,
+    frame: int | None,
+    modality: str | None,
+    heat_phrase: str,
+    heatmaps: bool,
+    what: str,
+) -> None:
     own = str(getattr(image, "modality", "") or "")
     modality = modality or own or None
     color = _is_color(image)
@@ -236,16 +270,21 @@ def scores_panel(scores: FindingScores | None, info: ModelInfo, *, withheld: str
     if withheld:
         st.caption(f"Finding scores are not shown: {withheld}")
         return
-    if not scores or not scores.values:
+    if not scores or not scores.percentiles:
         st.caption("This model has no finding scores for this kind of image.")
         return
-    rows = sorted(scores.values.items(), key=lambda kv: -kv[1])
-    column = "Probability" if scores.kind == "probability" else "Percentile among indexed cases"
+    prob, pct = scores.probabilities, scores.percentiles
+    # Highest calibrated probability first, then the rest by percentile.
+    names = sorted(pct, key=lambda f: (f not in prob, -prob.get(f, 0.0), -pct[f]))
+    columns: dict[str, list[str]] = {"Finding": [finding_display(f) for f in names]}
+    if prob:
+        columns["Probability"] = [format_score(prob[f], "probability") if f in prob else "not calibrated"
+                                  for f in names]
+    columns["Percentile among indexed cases"] = [format_score(pct[f], "percentile") for f in names]
     # A plain table (HTML, read by screen readers and the browser test), not a canvas grid.
     import pandas as pd
 
-    st.table(pd.DataFrame({"Finding": [finding_display(k) for k, _ in rows],
-                           column: [format_score(v, scores.kind) for _, v in rows]}).set_index("Finding"))
+    st.table(pd.DataFrame(columns).set_index("Finding"))
     st.caption(scores.note)
 
 

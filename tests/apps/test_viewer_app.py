@@ -165,18 +165,21 @@ def test_case_query_shows_its_labels_view_report_in_reading_order_and_other_case
     assert len(_views(at)) == 1 and len(at.image) == 5  # the query image + one thumbnail per hit
 
 
-def test_finding_scores_are_percentiles_or_calibrated_probabilities_never_raw(fake):
+def test_finding_scores_are_percentiles_and_calibrated_probabilities_never_raw(fake):
     at = _app()
     table = at.table[0].value.reset_index()
     assert list(table.columns) == ["Finding", "Percentile among indexed cases"]
     assert list(table["Finding"]) == ["Pleural effusion", "Pneumothorax", "Cardiomegaly"]
     assert list(table["Percentile among indexed cases"]) == ["81st", "40th", "12th"]
-    fake.scores = FindingScores({"pleural_effusion": 0.8134, "cardiomegaly": 0.02}, "probability",
-                                note="Calibrated on the validation split.")
+    fake.scores = FindingScores({"pleural_effusion": 81.0, "cardiomegaly": 2.0, "support_device": 93.0},
+                                {"pleural_effusion": 0.8134, "cardiomegaly": 0.02}, note="Calibrated.")
     at.run()
     table = at.table[0].value.reset_index()
-    assert list(table.columns) == ["Finding", "Probability"]
-    assert list(table["Probability"]) == ["81%", "2%"]
+    assert list(table.columns) == ["Finding", "Probability", "Percentile among indexed cases"]
+    # calibrated findings first by probability; an uncalibrated one says so, in words
+    assert list(table["Finding"]) == ["Pleural effusion", "Cardiomegaly", "Support device"]
+    assert list(table["Probability"]) == ["81%", "2%", "not calibrated"]
+    assert list(table["Percentile among indexed cases"]) == ["81st", "2nd", "93rd"]
 
 
 def test_imported_models_show_name_source_and_licence(fake):

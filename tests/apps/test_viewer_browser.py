@@ -40,12 +40,24 @@ pytestmark = pytest.mark.browser
 
 @pytest.fixture(scope="module")
 def browser_data(tmp_path_factory):
-    """60 synthetic radiographs (two pages of cases), a tiny model with provenance, its index."""
-    from viewer_pipeline import build_viewer_data
+    """60 synthetic radiographs (two pages of cases), a tiny model trained on them for two
+    epochs by ``medvl train`` (so its directory has the calibration and training profile
+    that training writes) and given a ``provenance.json`` as an imported model has, its index."""
+    import medvl
+    from medvl.cli import main
+    from medvl.index import build_index
+    from viewer_pipeline import ViewerData
 
-    data = build_viewer_data(tmp_path_factory.mktemp("viewer-browser"), n_cxr=60)
-    (data.model_dir / "provenance.json").write_text(json.dumps(PROVENANCE))
-    return data
+    root = tmp_path_factory.mktemp("viewer-browser")
+    assert main(["synth", "--out", str(root / "corpus"), "--n-cxr", "60", "--n-ct", "0", "--seed", "3",
+                 "--image-size", "64"]) == 0
+    manifest = root / "corpus" / "manifest.jsonl"
+    assert main(["train", "--config", str(REPO / "configs" / "tiny.yaml"), "--out", str(root / "run"),
+                 f"data.manifest={manifest}", "train.epochs=2"]) == 0
+    model_dir = root / "run" / "model"
+    (model_dir / "provenance.json").write_text(json.dumps(PROVENANCE))
+    build_index(medvl.load(model_dir), manifest, root / "index", config={"progress": False}, model_dir=model_dir)
+    return ViewerData(manifest, model_dir, root / "index")
 
 
 def _settle(page) -> None:
@@ -110,7 +122,9 @@ def walk(url: str, files: dict[str, Path], shots: Path, seen: dict) -> None:
                                      if s in report]
             seen["case_caption"] = page.get_by_text("view · Labels").first.inner_text()
             # 1: scores in one format, model provenance next to the results
-            seen["score_header"] = page.get_by_text("Percentile among indexed cases").count() > 0
+            table = page.get_by_test_id("stTable").first
+            seen["score_header"] = table.locator("th").all_inner_texts()
+            seen["score_values"] = table.locator("td").all_inner_texts()
             seen["model_caption"] = page.get_by_text("Model: ").first.inner_text()
             page.screenshot(path=str(shots / "1-case.png"), full_page=True)
 
@@ -146,6 +160,14 @@ def walk(url: str, files: dict[str, Path], shots: Path, seen: dict) -> None:
             seen["colour_bar"] = page.get_by_test_id("heat-colour-bar").count()
             seen["reranked_note"] = page.get_by_text("Ordered by the reports").count()
             page.screenshot(path=str(shots / "2-text-query.png"), full_page=True)
+            # 2: nonsense text gets a warning above the results
+            box.fill("asdfgh qwerty")
+            box.press("Enter")
+            page.get_by_text("unlike the cases in the index").first.wait_for()
+            _settle(page)
+            seen["nonsense_warning"] = [w for w in _alerts(page, "Warning") if "unlike the cases" in w]
+            seen["nonsense_marks"] = _marked(page)
+            page.screenshot(path=str(shots / "2b-nonsense-text.png"), full_page=True)
 
             # 1 + 6: an upload under a patient-like name; scores, results, no name in the HTML
             page.get_by_text("Uploaded image", exact=True).click()
@@ -162,8 +184,8 @@ def walk(url: str, files: dict[str, Path], shots: Path, seen: dict) -> None:
             seen["upload_kept"] = page.get_by_role("heading", name="Uploaded image").count()
 
             # 2: inputs unlike the index: a CT slice and an MR slice
-            for name, modality in (("ct", "a CT"), ("mr", "an MR")):
-                _upload(page, files[name], f"It is {modality} image")
+            for name in ("ct", "mr"):
+                _upload(page, files[name], "unlike the cases in the index")
                 seen[f"warning_{name}"] = [w for w in _alerts(page, "Warning") if "unlike the cases" in w]
                 seen[f"scores_withheld_{name}"] = page.get_by_text("Finding scores are not shown").count()
                 page.screenshot(path=str(shots / f"4-unlike-index-{name}.png"), full_page=True)
@@ -260,7 +282,12 @@ def test_a_radiologist_s_walk_through_the_viewer(browser_data, tmp_path):
     assert seen["page_2"] == 1
     assert seen["opened"][1] == 1, seen["opened"]
     # 1: scores, provenance
-    assert seen["score_header"]
+    import re
+
+    header = " ".join(seen["score_header"])
+    assert ("Percentile among indexed cases" in header) != ("Probability" in header), header
+    one_format = r"\d{1,3}(st|nd|rd|th)" if "Percentile" in header else r"\d{1,3}%"
+    assert seen["score_values"] and all(re.fullmatch(one_format, v.strip()) for v in seen["score_values"])
     assert seen["model_caption"] == "Model: tiny-clip-test · source: example/tiny-clip · licence: MIT"
     # 3 + 4: highlights state a left effusion and nothing else; heatmap of the query's text
     from medvl.data.assertions import find_assertions, supports
@@ -269,12 +296,15 @@ def test_a_radiologist_s_walk_through_the_viewer(browser_data, tmp_path):
     assert all(supports(query, find_assertions(m)) for m in seen["text_marks"]), seen["text_marks"]
     assert seen["heat_phrase"] == "left pleural effusion" and seen["colour_bar"] >= 1
     assert seen["reranked_note"] == 1
+    assert len(seen["nonsense_warning"]) == 1 and "no words with the training reports" in seen["nonsense_warning"][0]
+    assert seen["nonsense_marks"] == []
     # 6 + 5: upload name off the page; the upload survives a mode switch
     assert seen["upload_name_in_html"] is False and seen["upload_current"].startswith("Current upload: DICOM file")
     assert seen["upload_kept"] == 1
     # 2: a CT slice and an MR slice against a radiograph index: one warning each, no scores
-    for name, modality in (("ct", "a CT"), ("mr", "an MR")):
-        assert len(seen[f"warning_{name}"]) == 1 and f"It is {modality} image" in seen[f"warning_{name}"][0]
+    for name, modality in (("ct", "CT"), ("mr", "MR")):
+        # the model's own guard (modality against its training profile) or the index's
+        assert len(seen[f"warning_{name}"]) == 1 and f"{modality} image" in seen[f"warning_{name}"][0]
         assert seen[f"scores_withheld_{name}"] == 1
     # 5: volume: one message, wheel and keys move the slice, z in mm; 4D: a volume choice
     assert len(seen["volume_info"]) == 1 and seen["volume_errors"] == []

@@ -97,6 +97,7 @@ def test_finding_scores_are_percentiles_among_the_indexed_cases(app):
     expected = {finding_display(f) for f in prompt_set_for_modality("DX").findings}
     assert set(table["Finding"]) == expected
     values = [int(v.rstrip("stndrh")) for v in table["Percentile among indexed cases"]]
+    # an untrained model directory has no calibration: percentiles only, highest first
     assert all(0 <= v <= 100 for v in values) and values == sorted(values, reverse=True)
 
 

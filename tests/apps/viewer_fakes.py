@@ -66,7 +66,7 @@ class FakeLibrary:
         self.loads: list[tuple[str, str]] = []
         self.warnings: list[str] = []
         self.scores: FindingScores | None = FindingScores(
-            {"pleural_effusion": 81.0, "cardiomegaly": 12.4, "pneumothorax": 40.0}, "percentile",
+            {"pleural_effusion": 81.0, "cardiomegaly": 12.4, "pneumothorax": 40.0},
             note="Percentile among the indexed cases.")
         heat = np.zeros((4, 4), dtype=np.float32)
         heat[0, 0] = 1.0  # hot top-left corner
