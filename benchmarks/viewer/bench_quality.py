@@ -86,16 +86,20 @@ def highlight_precision(pipe, reports: list[tuple[str, list[dict]]]) -> dict:
 
     counts = {m: {"marked": 0, "right": 0, "truth": 0, "found": 0, "negated_marked": 0, "other_section_marked": 0}
               for m in ("before", "now")}
+    parsed = [report_statements(report) for report, _ in reports]
+    flat = [s.text for sentences in parsed for s in sentences]
+    flat_emb = pipe.embed_texts(flat)  # each sentence once, for every query
+    offsets = np.cumsum([0] + [len(x) for x in parsed])
     for text, finding, side in queries():
         q_emb = pipe.embed_texts([text])[0]
         query = find_assertions(text)
-        for report, statements in reports:
-            sentences = report_statements(report)
+        for r, (_report, statements) in enumerate(reports):
+            sentences = parsed[r]
             truth_texts = {st["text"] for st in statements
                            if finding in st["findings"] and st["label"] == 1 and side_ok(side, st["laterality"])}
             negated = {st["text"] for st in statements if finding in st["findings"] and st["label"] == 0}
             truth = {i for i, s in enumerate(sentences) if s.main and s.text in truth_texts}
-            sims = pipe.embed_texts([s.text for s in sentences]) @ q_emb
+            sims = flat_emb[offsets[r]:offsets[r + 1]] @ q_emb
             order = np.argsort(-sims, kind="stable")
             before = {int(i) for i in order[:2] if sims[i] > sims.min()}
             now = render.highlight_marks(query, sentences)
