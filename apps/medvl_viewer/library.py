@@ -43,7 +43,7 @@ OOD_PERCENTILE = 1.0
 #: Fewer indexed cases than this give no reliable reference distribution: no distance warning.
 MIN_REFERENCE = 50
 #: Candidates re-ranked by their reports' statements for a text query.
-RERANK_POOL = 50
+RERANK_POOL = 200
 #: Modalities of chest radiographs (an index of CR/DX accepts either).
 RADIOGRAPH = {"CR", "DX"}
 

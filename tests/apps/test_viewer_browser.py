@@ -184,8 +184,8 @@ def walk(url: str, files: dict[str, Path], shots: Path, seen: dict) -> None:
             seen["upload_kept"] = page.get_by_role("heading", name="Uploaded image").count()
 
             # 2: inputs unlike the index: a CT slice and an MR slice
-            for name in ("ct", "mr"):
-                _upload(page, files[name], "unlike the cases in the index")
+            for name, modality in (("ct", "CT"), ("mr", "MR")):
+                _upload(page, files[name], f"{modality} image")
                 seen[f"warning_{name}"] = [w for w in _alerts(page, "Warning") if "unlike the cases" in w]
                 seen[f"scores_withheld_{name}"] = page.get_by_text("Finding scores are not shown").count()
                 page.screenshot(path=str(shots / f"4-unlike-index-{name}.png"), full_page=True)
