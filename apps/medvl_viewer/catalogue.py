@@ -53,8 +53,7 @@ class IndexCatalogue:
     """
 
     def __init__(self, index_dir: Path) -> None:
-        from medvl.index import CaseIndex
-        from medvl.index import metadata
+        from medvl.index import CaseIndex, metadata
 
         self.index = CaseIndex.open(index_dir)
         self._lock = threading.Lock()  # one SQLite connection for every session's thread

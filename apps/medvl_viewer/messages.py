@@ -14,8 +14,10 @@ from medvl.errors import ImageReadError, MedvlError, MissingDecoderError, Series
 from medvl_viewer.uploads import ACCEPTED, UploadError
 
 #: DICOM tag numbers as pydicom and messages print them: (7FE0,0010), (0028, 0010), 7FE00010.
-_TAG = re.compile(r"\(?\b[0-9A-Fa-f]{4},\s*[0-9A-Fa-f]{4}\)?|\b[0-9A-Fa-f]{8}\b|\bgroup\s+[0-9A-Fa-f]{4}\b(?:\s+element)?",
-                  re.IGNORECASE)
+_TAG = re.compile(
+    r"\(?\b[0-9A-Fa-f]{4},\s*[0-9A-Fa-f]{4}\)?|\b[0-9A-Fa-f]{8}\b|\bgroup\s+[0-9A-Fa-f]{4}\b(?:\s+element)?",
+    re.IGNORECASE,
+)
 #: Absolute paths (POSIX or Windows) and file names with an image extension.
 _PATH = re.compile(r"(?:[A-Za-z]:\\|/)[^\s:;,'\"()]+|\b[\w.-]+\.(?:dcm|dicom|ima|nii|gz|zip|png|jpe?g)\b",
                    re.IGNORECASE)

@@ -48,7 +48,7 @@ def _session_dir() -> Path:
 def _open(source: Any, study: Any) -> Any:
     """Fetch and de-identify the study's image series into the session folder (cached there)."""
     from medvl.pacs.cache import IngestCache
-    from medvl.pacs.ingest import IngestOptions, Ingester
+    from medvl.pacs.ingest import Ingester, IngestOptions
 
     root = _session_dir()
     cache = IngestCache(root, root / ".state")

@@ -10,8 +10,8 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Iterable, Sequence
-from typing import Any
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -113,7 +113,7 @@ def fit_plane(plane: np.ndarray, max_side: int) -> np.ndarray:
         return plane
     size = (max(1, round(cols * scale)), max(1, round(rows * scale)))
     img = Image.fromarray(np.ascontiguousarray(plane, dtype=np.float32), mode="F")
-    return np.asarray(img.resize(size, Image.BOX), dtype=np.float32)
+    return np.asarray(img.resize(size, Image.Resampling.BOX), dtype=np.float32)
 
 
 def slice_position_mm(image: Any, slice_index: int) -> float | None:
@@ -150,7 +150,7 @@ def heat_for_plane(heat: np.ndarray, array: np.ndarray, slice_index: int) -> np.
 def resize_map(heat: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Bilinear resize of a coarse 2D map ``(h, w)`` to ``shape`` ``(rows, cols)``."""
     img = Image.fromarray(np.asarray(heat, dtype=np.float32), mode="F")
-    return np.asarray(img.resize((shape[1], shape[0]), Image.BILINEAR), dtype=np.float32)
+    return np.asarray(img.resize((shape[1], shape[0]), Image.Resampling.BILINEAR), dtype=np.float32)
 
 
 #: The heatmap's colour map: perceptually uniform (lightness rises steadily with the
@@ -240,7 +240,7 @@ DISPLAY_MAX_SIDE = 1024
 def thumbnail(image: np.ndarray, max_side: int = 160) -> np.ndarray:
     """Downscale an 8-bit grey or RGB image so its longest side is at most ``max_side``."""
     pil = Image.fromarray(image)
-    pil.thumbnail((max_side, max_side), Image.LANCZOS)
+    pil.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     return np.asarray(pil)
 
 

@@ -25,7 +25,8 @@ export default function(component) {
   if (!root) {
     root = document.createElement('div');
     root.className = 'medvl-slice-view';
-    root.innerHTML = '<img tabindex="0" data-testid="medvl-image"/><div class="medvl-slice-label" aria-live="polite"></div>';
+    root.innerHTML = '<img tabindex="0" data-testid="medvl-image"/>'
+      + '<div class="medvl-slice-label" aria-live="polite"></div>';
     parentElement.appendChild(root);
   }
   const img = root.querySelector('img');

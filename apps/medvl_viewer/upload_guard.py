@@ -21,7 +21,8 @@ export default function(component) {
     if (refused && !sent) { sent = true; setTriggerValue('refused', true); }
   };
   const observer = new MutationObserver(check);
-  observer.observe(document.body, {subtree: true, childList: true, attributes: true, attributeFilter: ['aria-invalid']});
+  observer.observe(document.body,
+                   {subtree: true, childList: true, attributes: true, attributeFilter: ['aria-invalid']});
   check();
   return () => observer.disconnect();
 }

@@ -247,7 +247,7 @@ def nifti_frames(path: Path) -> int:
     import nibabel as nib
 
     try:
-        shape = nib.load(str(path)).shape
+        shape = tuple(nib.load(str(path)).shape)  # type: ignore[attr-defined]
     except Exception:  # noqa: BLE001 - the reader reports a bad file when it is read
         return 1
     return int(shape[3]) if len(shape) >= 4 else 1

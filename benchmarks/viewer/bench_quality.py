@@ -63,7 +63,6 @@ def test_reports(demo: Path) -> list[tuple[str, list[dict]]]:
     Checked: the regenerated FINDINGS and IMPRESSION equal the demo manifest's, report by report.
     """
     from medvl.data.manifest import read_manifest
-
     from medvl.data.synth.config import SynthConfig
     from medvl.data.synth.plan import plan_corpus
     from medvl.data.synth.text import write_other_sections, write_report_statements

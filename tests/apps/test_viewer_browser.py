@@ -43,10 +43,11 @@ def browser_data(tmp_path_factory):
     """60 synthetic radiographs (two pages of cases), a tiny model trained on them for two
     epochs by ``medvl train`` (so its directory has the calibration and training profile
     that training writes) and given a ``provenance.json`` as an imported model has, its index."""
+    from viewer_pipeline import ViewerData
+
     import medvl
     from medvl.cli import main
     from medvl.index import build_index
-    from viewer_pipeline import ViewerData
 
     root = tmp_path_factory.mktemp("viewer-browser")
     assert main(["synth", "--out", str(root / "corpus"), "--n-cxr", "60", "--n-ct", "0", "--seed", "3",

@@ -176,11 +176,9 @@ def test_a_model_that_did_not_build_the_index_is_refused_at_start(
     import copy
 
     import torch
-    from viewer_pipeline import TINY_MODEL
+    from viewer_pipeline import TINY_MODEL, save_model
 
     from medvl.models import build_model
-
-    from viewer_pipeline import save_model
 
     torch.manual_seed(1)  # same architecture, other weights
     save_model(build_model(copy.deepcopy(TINY_MODEL)), tmp_path / "other", {"dims": 2, "image_size": 64})
@@ -203,10 +201,10 @@ def test_without_a_model_argument_the_index_s_model_is_used(tiny_viewer_data, mo
 
 
 def test_an_index_without_a_recorded_model_needs_the_model_argument(tiny_viewer_data, tmp_path):
-    from medvl_viewer.backend import open_backend
     from medvl.errors import ModelError
     from medvl.index import build_index
     from medvl.models import MedVLModel
+    from medvl_viewer.backend import open_backend
 
     model = MedVLModel.from_pretrained(tiny_viewer_data.model_dir).eval()
     build_index(model, tiny_viewer_data.manifest, tmp_path / "index", data_cfg={"dims": 2, "image_size": 64},

@@ -58,8 +58,8 @@ def test_nifti_ct_case_has_slices_ct_windows_and_ct_findings(app, cases):
     # NIfTI records no modality: the index's CT applies (windows, prompt set)
     assert "Modality: CT (not recorded in the file)" in _texts(app)
     assert "lung" in app.selectbox(key=f"preset-case-{study}").options
-    from medvl_viewer.panels import finding_display
     from medvl.eval.prompts import prompt_set_for_modality
+    from medvl_viewer.panels import finding_display
 
     table = app.table[0].value.reset_index()
     assert set(table["Finding"]) == {finding_display(f) for f in prompt_set_for_modality("CT").findings}

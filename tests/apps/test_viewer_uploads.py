@@ -87,7 +87,8 @@ def test_nifti2_gz_is_decompressed_and_readable(tmp_path):
 
 
 def test_nifti_header_detection_matches_nibabel_in_both_byte_orders():
-    for cls, order in [(nib.Nifti1Header, "<"), (nib.Nifti1Header, ">"), (nib.Nifti2Header, "<"), (nib.Nifti2Header, ">")]:
+    headers = [(nib.Nifti1Header, "<"), (nib.Nifti1Header, ">"), (nib.Nifti2Header, "<"), (nib.Nifti2Header, ">")]
+    for cls, order in headers:
         block = cls(endianness=order).binaryblock
         assert is_nifti_header(block), (cls.__name__, order)
     assert not is_nifti_header(b"\0" * 348)

@@ -147,7 +147,8 @@ def write_report_statements(plan: StudyPlan, rng: np.random.Generator) -> tuple[
         impression.append(_statement("impression", _pick(rng, options), [], 0))
     negs = [n for n in plan.negatives if n in bank]
     order = rng.permutation(len(negs)).tolist()
-    sentences.extend(_statement("findings", t, names, 0) for t, names in _negatives([negs[i] for i in order], bank, rng))
+    negatives = _negatives([negs[i] for i in order], bank, rng)
+    sentences.extend(_statement("findings", t, names, 0) for t, names in negatives)
     hedged = [f for f in plan.findings if f.uncertain]
     if not impression and hedged or hedged and rng.random() < 0.5:
         f = hedged[0]
