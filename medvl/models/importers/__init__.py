@@ -67,6 +67,35 @@ FORMATS: dict[str, Format] = {
 }
 
 
+def resolve_source(src: str | os.PathLike[str]) -> tuple[Path, str | None]:
+    """A local path, or a hub name (``google/medsiglip-448``) resolved to its downloaded copy.
+
+    A hub name is fetched with ``huggingface_hub.snapshot_download`` for users with a
+    network; with ``HF_HUB_OFFLINE=1`` only an existing local cache is used.
+
+    Returns:
+        ``(path, hub_name)``; ``hub_name`` is None for a local path.
+
+    Raises:
+        CheckpointError: neither a local path nor an available hub repository.
+    """
+    import re
+
+    path = Path(src)
+    if path.exists() or not re.fullmatch(r"[\w.-]+/[\w.-]+", str(src)):
+        return path, None
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(str(src))), str(src)
+    except Exception as exc:  # noqa: BLE001 - offline, gated, missing: all mean "not available"
+        raise CheckpointError(
+            f"not a local path, and the hub repository is not available: {type(exc).__name__}", path=src,
+            expected="a local directory or file, or a hub name reachable from here "
+            "(with HF_HUB_OFFLINE=1 only the local cache is used)",
+        ) from None
+
+
 def detect_format(src: str | os.PathLike[str]) -> str:
     """The format of ``src`` from its files, its config or its weight names.
 
@@ -171,7 +200,8 @@ def import_model(
     """Import ``src`` as a medvl model directory at ``out``.
 
     Args:
-        src: the source model (directory or weights file).
+        src: the source model: a directory or weights file, or a hub name for users
+            with a network (see :func:`resolve_source`).
         out: the model directory to write (must not exist unless ``overwrite``).
         format: a key of :data:`FORMATS`; detected when omitted.
         licence: the licence or terms of use the user states (recorded, shown by the viewer).
@@ -189,8 +219,10 @@ def import_model(
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise CheckpointError("the output directory exists and is not empty", path=out,
                               field="--out", expected="a new directory (or --overwrite)")
+    local, hub = resolve_source(src)
     with tempfile.TemporaryDirectory() as work:
-        fmt, imported = convert(src, format=format, workdir=Path(work), **options)
+        fmt, imported = convert(local, format=format, workdir=Path(work), **options)
+        hub_name = hub_name or hub
         out.parent.mkdir(parents=True, exist_ok=True)
         # written beside the target, then renamed: a failed import leaves no half directory
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -205,4 +237,4 @@ def import_model(
     return out
 
 
-__all__ = ["FORMATS", "Format", "convert", "detect_format", "import_model"]
+__all__ = ["FORMATS", "Format", "convert", "detect_format", "import_model", "resolve_source"]

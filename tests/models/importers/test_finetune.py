@@ -89,3 +89,26 @@ def test_full_fine_tuning_moves_both_towers(manifest, imported, tmp_path):
 def test_data_settings_that_contradict_the_import_are_refused(manifest, imported, tmp_path):
     with pytest.raises(ConfigError, match="data.image_size"):
         train(_config(manifest, {"init_from": str(imported)}, image_size=64), tmp_path / "run")
+
+
+def test_eval_index_and_search_use_the_import_unchanged(manifest, imported, tmp_path, capsys):
+    """The CLI a user runs on an imported model, with no config of its own: eval scores with
+    the import's rule, the index is built and searched by text and by a real DICOM image."""
+    from pydicom.data import get_testdata_file
+
+    from medvl.cli import main
+
+    assert main(["eval", "--model", str(imported), "--manifest", str(manifest), "--out", str(tmp_path / "eval"),
+                 "eval.n_bootstrap=20", "eval.plots=false"]) == 0
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert results["zeroshot"]["scoring"] == "classes"  # the directory's own rule
+    assert "classes/mean" in results["zeroshot"]["variants"]
+    assert results["retrieval"]["image_to_report"]["gallery_size"] > 0
+    assert main(["index", "build", "--model", str(imported), "--manifest", str(manifest),
+                 "--out", str(tmp_path / "index")]) == 0
+    capsys.readouterr()
+    assert main(["index", "search", str(tmp_path / "index"), "--text", "pleural effusion", "-k", "3", "--json"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 3
+    dicom = get_testdata_file("RG1_UNCR.dcm", download=False)
+    assert main(["index", "search", str(tmp_path / "index"), "--image", str(dicom), "-k", "2", "--json"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 2

@@ -271,3 +271,13 @@ def test_siglip_zero_shot_is_sigmoid_with_the_learned_bias(tmp_path, siglip_toke
         expected = torch.sigmoid(ref(pixel_values=x, input_ids=ids).logits_per_image[0])
     got = torch.tensor([result.scores[f] for f in FINDINGS], dtype=torch.float32)
     assert torch.allclose(got, expected, atol=1e-4)
+
+
+def test_hub_names_resolve_through_the_cache_only_when_offline(tmp_path, monkeypatch):
+    """A hub name is a real loading path for users with a network; offline it is a clear
+    error (no hang), unless the repository is in the local cache."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(CheckpointError, match="hub repository is not available"):
+        import_model("google/medsiglip-448", tmp_path / "m")
+    assert not (tmp_path / "m").exists()
