@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from medvl.atomic import atomic_path, write_text_atomic
 from medvl.config import from_dict
-from medvl.errors import CheckpointError, ConfigError
+from medvl.errors import CheckpointError, ConfigError, MedvlError
 from medvl.models.config import ModelConfig
 
 if TYPE_CHECKING:
@@ -201,8 +201,15 @@ def load_model(
     if not weights.is_file():
         raise CheckpointError("model.safetensors is missing", path=directory)
     saved_text = {"hf_config": data.get("text_hf_config") or {}, "tokenizer_dir": directory}
-    model = cls(cfg, load_pretrained=False, saved_text=saved_text,
-                saved_image=data.get("image_hf_config"))
+    try:
+        model = cls(cfg, load_pretrained=False, saved_text=saved_text,
+                    saved_image=data.get("image_hf_config"))
+    except MedvlError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - e.g. transformers refusing a recorded architecture
+        lines = str(exc).strip().splitlines()
+        raise CheckpointError(f"cannot rebuild the model from config.json: {type(exc).__name__}: "
+                              f"{lines[0] if lines else ''}", path=directory / CONFIG_NAME) from None
     try:
         state = load_file(str(weights), device=str(map_location))
     except (SafetensorError, OSError) as exc:

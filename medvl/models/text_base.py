@@ -60,9 +60,9 @@ def load_tokenizer(path: str | Path, *, field: str = "model.text.tokenizer") -> 
 
     try:
         return AutoTokenizer.from_pretrained(str(path))
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - transformers raises many kinds; all name the path
         raise ModelError(
-            f"cannot load a tokenizer: {exc}".splitlines()[0], path=path, field=field,
+            f"cannot load a tokenizer: {type(exc).__name__}: {exc}".splitlines()[0], path=path, field=field,
             expected="a directory with tokenizer.json or vocab.txt",
         ) from None
 

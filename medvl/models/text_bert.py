@@ -181,9 +181,9 @@ def _load_hf(cfg: TextConfig, path: str | Path) -> HFEncoderText:
         model = AutoModel.from_pretrained(
             str(path), attn_implementation=_attn_impl(cfg), dtype=_DTYPES[cfg.dtype]
         )
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - transformers raises many kinds; all name the path
         raise ModelError(
-            f"cannot load a Hugging Face model: {exc}".splitlines()[0], path=path,
+            f"cannot load a Hugging Face model: {type(exc).__name__}: {exc}".splitlines()[0], path=path,
             field="model.text.path", expected="a local directory with config.json and weights",
         ) from None
     if is_decoder_only(model.config) or getattr(model.config, "is_decoder", False):

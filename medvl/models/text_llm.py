@@ -157,9 +157,9 @@ def build_llm(cfg: TextConfig, *, saved: dict[str, Any] | None = None) -> Decode
         tokenizer = load_tokenizer(cfg.tokenizer or cfg.path)
         try:
             model = AutoModel.from_pretrained(cfg.path, dtype=_DTYPES[cfg.dtype])
-        except (OSError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - transformers raises many kinds; all name the path
             raise ModelError(
-                f"cannot load a decoder model: {exc}".splitlines()[0], path=cfg.path,
+                f"cannot load a decoder model: {type(exc).__name__}: {exc}".splitlines()[0], path=cfg.path,
                 field="model.text.path", expected="a local Hugging Face model directory",
             ) from None
         return DecoderText(cfg, model, tokenizer)

@@ -281,3 +281,25 @@ def test_hub_names_resolve_through_the_cache_only_when_offline(tmp_path, monkeyp
     with pytest.raises(CheckpointError, match="hub repository is not available"):
         import_model("google/medsiglip-448", tmp_path / "m")
     assert not (tmp_path / "m").exists()
+
+
+def test_text_towers_and_saved_directories_name_the_directory_on_any_failure(tmp_path, clip_tokenizer):
+    from medvl.models import build_model
+
+    bad = tmp_path / "broken"
+    bad.mkdir()
+    (bad / "config.json").write_text('{"model_type": "no-such-model"}')
+    for name in ("hf", "hf-clip", "hf-siglip", "llm"):
+        with pytest.raises(ModelError) as err:
+            build_model({"image": {"name": "resnet10", "width": 8},
+                         "text": {"name": name, "path": str(bad), "tokenizer": str(clip_tokenizer)}})
+        assert str(bad) in str(err.value), name
+    # a saved directory whose recorded architecture transformers refuses
+    _tiny_clip(clip_tokenizer, tmp_path / "src")
+    out = import_model(tmp_path / "src", tmp_path / "m")
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["image_hf_config"]["model_type"] = "no-such-model"
+    (out / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError) as err:
+        MedVLModel.from_pretrained(out)
+    assert str(out) in str(err.value)
