@@ -5,9 +5,9 @@
   ``text_projection`` (medvl's text head) maps into the joint space.
 * SigLIP (``SiglipTextModel``): the report feature is the last position's state through
   the tower's own linear ``head`` (its ``pooler_output``); SigLIP has no separate
-  projection. It was trained on text padded to ``max_length`` (64 for MedSigLIP), so
-  this tower always pads to ``max_length``, and it passes the attention mask to the
-  model only when the source tokenizer produces one (``model_input_names``).
+  projection. It was trained on text padded to ``max_length`` (64 for MedSigLIP) and
+  without an attention mask, so this tower always pads to ``max_length`` and gives the
+  model no mask.
 
 Both return per-word features (the final states, word pieces merged) for token-level
 losses, like every medvl text tower.
@@ -49,9 +49,10 @@ class CLIPFamilyText(TextEncoder):
         self.lora_targets = ["q_proj", "v_proj"]
         if kind == "siglip":
             self.padding = "max_length"
-        # SigLIP checkpoints trained without a mask ship tokenizers that return none
-        self.pass_mask = kind == "clip" or "attention_mask" in getattr(
-            tokenizer, "model_input_names", ["attention_mask"])
+        # SigLIP (big_vision, MedSigLIP) was trained on max_length-padded text without a
+        # mask; transformers >= 5's SiglipTokenizer returns one anyway, which would change
+        # the last position's state, so the model never sees it (the word mask still does)
+        self.pass_mask = kind == "clip"
         self.check_max_length()
 
     def vocab_size(self) -> int:

@@ -160,3 +160,22 @@ def source_input(radiograph):
         assert float(grey.std()) > 0.05  # an image, not a constant
         return pipe, x
     return run
+
+
+@pytest.fixture(scope="session")
+def siglip_spm_tokenizer(tmp_path_factory) -> Path:
+    """transformers' own SiglipTokenizer (slow, SentencePiece) on a model trained here:
+    the tokenizer class MedSigLIP ships, with no attention mask and no word map."""
+    import io
+
+    import sentencepiece as spm
+    from transformers import SiglipTokenizer
+
+    out = tmp_path_factory.mktemp("siglip-spm")
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(CORPUS * 20), model_writer=model, vocab_size=50,
+                                   model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+                                   minloglevel=2)
+    (out / "spiece.model").write_bytes(model.getvalue())
+    SiglipTokenizer(vocab_file=str(out / "spiece.model")).save_pretrained(out)
+    return out
