@@ -15,7 +15,7 @@ seed and steps:
 
 Each is evaluated on the test split (image->report and report->image R@K, zero-shot
 mean AUROC with the import's own ``classes`` rule). Results go to ``results.json`` and
-``results.md`` next to this file. Run (about 20-30 minutes on 2 shared cores)::
+``results.md`` next to this file. Run (about 35 minutes on 2 cores under a load of ~12)::
 
     OMP_NUM_THREADS=2 nice -n 15 .venv/bin/python -m benchmarks.pretrained.run_finetune
     OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.pretrained.run_finetune --smoke   # wiring check
@@ -28,6 +28,7 @@ import copy
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 from datetime import datetime, timezone
@@ -59,8 +60,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--n-cxr", type=int, default=600)
     p.add_argument("--synth-size", type=int, default=128)
     p.add_argument("--image-size", type=int, default=64, help="the source model's input side")
-    p.add_argument("--steps", type=int, default=150)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=24)
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=list(REGIMES))
@@ -92,8 +93,6 @@ def load_avg() -> float | None:
 
 def make_source(out: Path, image_size: int, embed_dim: int = 64, seed: int = 0) -> Path:
     """An open_clip checkpoint in BiomedCLIP's layout: random timm ViT, real MiniLM BERT."""
-    import shutil
-
     import torch
     from safetensors.torch import load_file
 
@@ -255,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         load0 = load_avg()
         print(f"[pretrained] {regime}: {args.steps} steps, {trainable} trainable parameters (load {load0})",
               flush=True)
+        if (work / regime).exists():  # a fresh run: no metrics or checkpoints of an earlier one
+            shutil.rmtree(work / regime)
         t0 = time.perf_counter()
         result = train(cfg, work / regime)
         train_s = round(time.perf_counter() - t0, 1)
