@@ -13,7 +13,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export MPLBACKEND := Agg
 
-.PHONY: demo test viewer install clean bench
+.PHONY: demo test lint viewer install clean bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# ruff (defects, imports, pyupgrade) over the repository, mypy over medvl/; settings in pyproject.toml
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
 viewer: $(STAMP)
 	@test -d $(DEMO_OUT)/index || { echo "no index at $(DEMO_OUT)/index: run 'make demo' first"; exit 2; }
 	$(BIN)/medvl viewer --index $(DEMO_OUT)/index
@@ -39,5 +44,6 @@ bench: $(STAMP)
 	@for b in benchmarks/*/bench_*.py benchmarks/recipes/prepare_speed.py; do \
 		echo "== $$b"; OMP_NUM_THREADS=2 $(BIN)/python $$b || exit 1; done
 
+# Only what make itself created: the user's runs/ (trained models, indexes) stay.
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

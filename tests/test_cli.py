@@ -54,6 +54,6 @@ def test_bad_input_is_one_clear_line_exit_2(tmp_path, monkeypatch, capsys, argv,
 
 def test_console_script_reports_errors_without_traceback(tmp_path) -> None:
     proc = subprocess.run([sys.executable, "-m", "medvl.cli", "validate", str(tmp_path / "absent.jsonl")],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "absent.jsonl" in proc.stderr

@@ -64,7 +64,7 @@ class PeakRSS:
             self.peak = max(self.peak, self._proc.memory_info().rss)
             time.sleep(self._interval)
 
-    def __enter__(self) -> PeakRSS:  # noqa: PYI034
+    def __enter__(self) -> PeakRSS:
         self.base = self._proc.memory_info().rss
         self.peak = self.base
         self._thread.start()

@@ -178,7 +178,7 @@ def bench_case_index(n: int, d: int, n_queries: int, seed: int) -> dict[str, Any
                            config={"approximate": mode, "progress": False})
             build_s = time.perf_counter() - t0
             index = CaseIndex.open(root)
-            lat = latencies(lambda qq: index.search_vector(qq[0], k=10), q)
+            lat = latencies(lambda qq, index=index: index.search_vector(qq[0], k=10), q)
             key = "exact" if mode == "never" else "ivf"
             out[key] = {"build_s": build_s, **summary(lat)}
             print(f"  CaseIndex {key}: build {build_s:.1f} s, search_vector p50 {out[key]['p50_ms']:.2f} ms "

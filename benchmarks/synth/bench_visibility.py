@@ -155,7 +155,7 @@ def main() -> None:
         t0 = time.perf_counter()
         aucs = cnn_probe(cnn_images, y, train, args.cnn_epochs, args.seed)
         result["cnn_train_s"] = round(time.perf_counter() - t0, 1)
-        for n, a in zip(names, aucs):
+        for n, a in zip(names, aucs, strict=True):
             result["auroc"][n]["tiny_cnn"] = None if a is None else round(a, 3)  # type: ignore[index]
         result["mean_auroc_tiny_cnn"] = round(float(np.mean([a for a in aucs if a is not None])), 3)
     # Nodules are small and anywhere: a hand-made blob detector (largest Laplacian-of-

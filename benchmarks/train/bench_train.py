@@ -115,7 +115,7 @@ def run_engine(cfg: dict[str, Any], steps: int, out: Path) -> dict[str, Any]:
     rows = rows[2:] or rows  # the first steps pay one-off costs (allocator, cache fill)
     sps = [float(r["samples_per_s"]) for r in rows]
     wait = [float(r["data_wait_frac"]) for r in rows]
-    compute = [x / max(1e-9, 1 - w) for x, w in zip(sps, wait)]  # the same steps without the data waits
+    compute = [x / max(1e-9, 1 - w) for x, w in zip(sps, wait, strict=True)]  # the same steps without the data waits
     return {"samples_per_s": len(sps) / sum(1 / s for s in sps), "data_wait_frac": sum(wait) / len(wait),
             "samples_per_s_compute": len(compute) / sum(1 / s for s in compute),
             "wall_s": wall, "steps": steps, "peak_rss_mb": _peak_rss_mb()}
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
             synth_kw = dict((load_config(demo_path).get("demo") or {}).get("synth") or {})
         results["corpus"] = {"n_cxr": args.n_cxr, **synth_kw}
         manifest = str(generate_corpus(tmp / "corpus", n_cxr=args.n_cxr, n_ct=0, seed=0, **synth_kw))
-        for name, steps in zip(args.configs, args.steps + args.steps[-1:] * len(args.configs)):
+        for name, steps in zip(args.configs, args.steps + args.steps[-1:] * len(args.configs), strict=False):
             cfg, source = load_bench_config(name, manifest)
             print(f"[bench] {name}: {source}, {steps} steps, batch {cfg['data'].get('batch_size')}", flush=True)
             row: dict[str, Any] = {"source": source, "batch_size": cfg["data"].get("batch_size"),

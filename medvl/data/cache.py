@@ -33,7 +33,7 @@ from medvl.errors import ConfigError
 
 
 def _walk_files(p: Path) -> list[Path]:
-    out = []
+    out: list[Path] = []
     for root, dirs, files in os.walk(p):
         dirs.sort()
         out.extend(Path(root) / name for name in sorted(files))

@@ -99,7 +99,7 @@ def check_row(obj: Any, where: str) -> ManifestRow:
             raise ManifestError(
                 f"label value {v!r}", path=where, field=f"labels.{k}", expected="1, 0 or -1"
             )
-    known = {f for f in ManifestRow.__dataclass_fields__}
+    known = set(ManifestRow.__dataclass_fields__)
     extra = set(obj) - known
     if extra:
         raise ManifestError(

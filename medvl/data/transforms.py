@@ -126,15 +126,16 @@ def _resize(array: np.ndarray, size: Sequence[int], resample: str = "bilinear") 
     # area averaging when shrinking avoids aliasing of fine lines; linear when growing.
     shrinking = all(t <= s for t, s in zip(size, array.shape[1:], strict=True))
     mode = "area" if shrinking else ("bilinear" if len(size) == 2 else "trilinear")
-    kw = {} if mode == "area" else {"align_corners": False}
-    out = Resize(spatial_size=size, mode=mode, **kw)(array)
+    kw: dict[str, Any] = {} if mode == "area" else {"align_corners": False}
+    # MONAI annotates Tensor but takes NumPy arrays too (and returns the same kind).
+    out = Resize(spatial_size=size, mode=mode, **kw)(array)  # type: ignore[arg-type]
     return np.asarray(out, dtype=np.float32)
 
 
 def _pad_or_crop(array: np.ndarray, size: Sequence[int]) -> np.ndarray:
     from monai.transforms import ResizeWithPadOrCrop
 
-    out = ResizeWithPadOrCrop(spatial_size=tuple(size), mode="constant")(array)
+    out = ResizeWithPadOrCrop(spatial_size=tuple(size), mode="constant")(array)  # type: ignore[arg-type]
     return np.asarray(out, dtype=np.float32)
 
 

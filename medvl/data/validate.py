@@ -151,9 +151,9 @@ def _check_files(path: Path, rows: list[tuple[int, ManifestRow]], report: Valida
                  read_rows: set[int], reader: Callable[[Path], Any], progress: bool) -> None:
     bar = None
     if progress and len(read_rows) >= 50:  # opening many images takes minutes; show it
-        from medvl.progress import progress
+        from medvl.progress import progress as make_bar
 
-        bar = progress(total=len(read_rows), desc="reading images", unit="image", leave=False)
+        bar = make_bar(total=len(read_rows), desc="reading images", unit="image", leave=False)
     for lineno, row in rows:
         where = f"{path}:{lineno}"
         image = resolve_path(path, row.image)
@@ -329,7 +329,9 @@ def validate_manifest(
     report = ValidationReport(str(path))
     rows = _load_rows(path, report)
     if reader is None:
-        from medvl.io import read_image as reader
+        from medvl.io import read_image
+
+        reader = read_image
     linenos = [n for n, _ in rows]
     read_rows = set(linenos) if full else set(random.Random(seed).sample(linenos, min(sample, len(linenos))))
     _check_files(path, rows, report, read_rows, reader, progress)

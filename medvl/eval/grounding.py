@@ -90,7 +90,7 @@ def annotation_mask(annotation: dict[str, Any], manifest_path: str | Path, image
         raw = (arr > 0).astype(np.float32)
         spacing = img.spacing
     elif annotation.get("box"):
-        box = [int(round(v)) for v in annotation["box"]]
+        box = [round(v) for v in annotation["box"]]
         img = read_image(image_path)
         shape = np.asarray(img.array).shape[:dims]
         raw = np.zeros(shape, np.float32)

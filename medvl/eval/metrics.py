@@ -11,6 +11,7 @@ Label conventions follow the manifest: ``1`` present, ``0`` absent, ``-1`` uncer
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import overload
 
 import numpy as np
 
@@ -305,7 +306,15 @@ def ranks_from_scores(scores: np.ndarray, relevant: np.ndarray) -> np.ndarray:
     return np.where(has, ahead + 1, 0).astype(np.int64)
 
 
-def recall_at_k(ranks: np.ndarray, k: int | Sequence[int]) -> float | dict[int, float]:
+#: Several cut-offs at once (the functions return ``{k: value}`` for these).
+Cutoffs = list[int] | tuple[int, ...] | range
+
+
+@overload
+def recall_at_k(ranks: np.ndarray, k: int) -> float: ...
+@overload
+def recall_at_k(ranks: np.ndarray, k: Cutoffs) -> dict[int, float]: ...
+def recall_at_k(ranks: np.ndarray, k: int | Cutoffs) -> float | dict[int, float]:
     """Fraction of queries whose first relevant item is within the top ``k``.
 
     ``k`` may be a list, giving ``{k: recall}``. Rank-0 queries (no relevant item) are ignored.
@@ -368,11 +377,17 @@ def _agreement(query_labels: np.ndarray, gallery_labels: np.ndarray, mode: str) 
     raise ValueError(f"query labels {q.shape} and gallery labels {g.shape} are not comparable")
 
 
+@overload
+def precision_at_k(scores: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray, k: int, *,
+                   mode: str = ...) -> float: ...
+@overload
+def precision_at_k(scores: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray, k: Cutoffs, *,
+                   mode: str = ...) -> dict[int, float]: ...
 def precision_at_k(
     scores: np.ndarray,
     query_labels: np.ndarray,
     gallery_labels: np.ndarray,
-    k: int | Sequence[int],
+    k: int | Cutoffs,
     *,
     mode: str = "exact",
 ) -> float | dict[int, float]:
@@ -391,8 +406,8 @@ def precision_at_k(
     """
     s = np.asarray(scores)
     agree = _agreement(query_labels, gallery_labels, mode)
-    ks = list(k) if isinstance(k, (list, tuple, range)) else [int(k)]
+    ks = [int(kk) for kk in k] if isinstance(k, (list, tuple, range)) else [int(k)]
     top = topk_indices(s, max(ks))
     hits = np.take_along_axis(agree, top, axis=1)  # (Q, K_max)
-    out = {int(kk): float(hits[:, : min(kk, hits.shape[1])].mean()) if hits.size else float("nan") for kk in ks}
-    return out if isinstance(k, (list, tuple, range)) else out[int(k)]
+    out = {kk: float(hits[:, : min(kk, hits.shape[1])].mean()) if hits.size else float("nan") for kk in ks}
+    return out if isinstance(k, (list, tuple, range)) else out[ks[0]]

@@ -148,6 +148,7 @@ def append_vectors(old: Path | None, new: np.ndarray, target: Path, block: int =
                              expected=f"{old_arr.shape[1]} as the index")
     out = np.lib.format.open_memmap(target, mode="w+", dtype=np.float32, shape=(n_old + new.shape[0], d))
     for lo in range(0, n_old, block):
+        assert old_arr is not None  # n_old > 0
         hi = min(lo + block, n_old)
         out[lo:hi] = old_arr[lo:hi]
     out[n_old:] = new

@@ -123,13 +123,13 @@ def build_approx(vectors: np.ndarray, params: ApproxParams, seed: int = 0) -> An
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     n, d = x.shape
     if params.kind == "hnsw":
-        index = faiss.IndexHNSWFlat(d, params.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = params.ef_construction
-        index.hnsw.efSearch = params.ef_search
-        index.add(x)
-        return index
+        hnsw = faiss.IndexHNSWFlat(d, params.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        hnsw.hnsw.efConstruction = params.ef_construction
+        hnsw.hnsw.efSearch = params.ef_search
+        hnsw.add(x)
+        return hnsw
     if params.kind == "ivf":
-        nlist = params.nlist or max(1, int(round(4 * np.sqrt(n))))
+        nlist = params.nlist or max(1, int(np.rint(4 * np.sqrt(n))))
         nlist = min(nlist, max(1, n // 39))  # faiss wants >= 39 training points per cell
         quantizer = faiss.IndexFlatIP(d)
         index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)

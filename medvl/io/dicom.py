@@ -171,7 +171,7 @@ def image_from_dataset(
         raise ImageReadError(f"decoded {raw.shape} for {frames} frames", path=path, field="NumberOfFrames")
     windows = px.windows_of(ds) or px.windows_of(_group_item(ds, frame or 0, "FrameVOILUTSequence"))
     tags = safe_tags(ds)
-    common = {
+    common: dict[str, Any] = {
         "modality": str(ds.get("Modality") or "OT"), "photometric_interpretation": pi,
         "windows": windows, "tags": tags, "path": path,
         "voi_function": str(ds.get("VOILUTFunction") or "LINEAR").upper(),

@@ -74,7 +74,7 @@ def open_dicom(path: str | Path, *, stop_before_pixels: bool = False,
                 ds = pydicom.dcmread(p, force=True, stop_before_pixels=stop_before_pixels,
                                      defer_size=defer_size)
                 if not any(k in ds for k in ("SOPClassUID", "Rows", "Modality", *PIXEL_KEYWORDS)):
-                    raise InvalidDicomError("no DICOM elements")
+                    raise InvalidDicomError("no DICOM elements") from None
                 if "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
                     # pydicom sets encoding from what it found; record it for decoding
                     ds.file_meta = getattr(ds, "file_meta", None) or pydicom.dataset.FileMetaDataset()
@@ -332,7 +332,7 @@ def windows_of(item: Dataset | None) -> list[tuple[float, float]]:
         widths = _as_list(item.get("WindowWidth"))
     except (TypeError, ValueError):
         return []
-    return [(c, w) for c, w in zip(centers, widths) if w > 0]
+    return [(c, w) for c, w in zip(centers, widths, strict=False) if w > 0]  # extra values of either are ignored
 
 
 def voi_luts_of(ds: Dataset) -> list[VoiLut]:

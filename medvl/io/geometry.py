@@ -152,8 +152,8 @@ def order_slices(
 
 
 def stack_affine_lps(
-    orientation: Sequence[float], first_position: Sequence[float],
-    pixel_spacing: Sequence[float], step: Sequence[float],
+    orientation: Sequence[float] | np.ndarray, first_position: Sequence[float] | np.ndarray,
+    pixel_spacing: Sequence[float] | np.ndarray, step: Sequence[float] | np.ndarray,
 ) -> np.ndarray:
     """Voxel ``(i=column, j=row, k=slice)`` to LPS mm affine of a sorted stack."""
     iop = np.asarray(orientation, dtype=np.float64)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -71,7 +72,7 @@ def image_format(path: str | Path) -> Literal["series", "nifti", "raster", "dico
 
 
 def read_image(
-    path: str | Path,
+    path: str | os.PathLike[str],
     *,
     series_uid: str | None = None,
     frame: int | None = None,

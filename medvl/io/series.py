@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -111,11 +112,11 @@ class SeriesInfo:
     image_type: tuple[str, ...]
 
 
-def _joined(value: object) -> str | None:
+def _joined(value: Any) -> str | None:
     if value in (None, ""):
         return None
     if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        return "\\".join(str(v) for v in value)  # type: ignore[union-attr]
+        return "\\".join(str(v) for v in value)
     return str(value)
 
 
@@ -208,7 +209,7 @@ def read_dicom_series(
             path=d, field="SeriesInstanceUID", expected="one series, or series_uid=<uid>")
     else:
         items = next(iter(groups.values()))
-    opts = {"max_voxels": max_voxels, "allow_nonuniform": allow_nonuniform, "spacing_tolerance": spacing_tolerance}
+    opts: dict[str, Any] = {"max_voxels": max_voxels, "allow_nonuniform": allow_nonuniform, "spacing_tolerance": spacing_tolerance}
     if len(items) == 1:
         f, ds = items[0]
         return image_from_dataset(ds, f, **opts)
@@ -221,7 +222,7 @@ def _check_same(d: Path, items: list[tuple[Path, Dataset]], keyword: str, values
     counts = Counter(values)
     if len(counts) > 1:
         (common, _), (other, _) = counts.most_common(2)
-        bad = next(f.name for (f, _), v in zip(items, values) if v == other)
+        bad = next(f.name for (f, _), v in zip(items, values, strict=True) if v == other)
         raise SeriesError(
             f"slices differ in {keyword}: {dict(counts)} (e.g. {bad} has {other}, most have {common})",
             path=d, field=keyword, expected="the same value in every slice of a series")
@@ -244,7 +245,7 @@ def _assemble(
                                   expected="geometry tags in every slice")
     geoms = [[float(v) for v in ds.ImageOrientationPatient] for _, ds in items]
     first = geoms[0]
-    bad = [n for n, g in zip(names, geoms) if not orientations_match(g, first)]
+    bad = [n for n, g in zip(names, geoms, strict=True) if not orientations_match(g, first)]
     if bad:
         raise SeriesError(
             f"mixed orientations in one series: {len(bad)} of {len(items)} slices "

@@ -15,6 +15,7 @@ This module imports MONAI and torch, so :mod:`medvl.io` loads it lazily.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -243,13 +244,13 @@ class MedvlImageReader(ImageReader):
         super().__init__()
         self.read_options = read_options
 
-    def verify_suffix(self, filename: Sequence[str | Path] | str | Path) -> bool:
-        names = [filename] if isinstance(filename, (str, Path)) else list(filename)
+    def verify_suffix(self, filename: Sequence[str | os.PathLike] | str | os.PathLike) -> bool:
+        names = [filename] if isinstance(filename, (str, os.PathLike)) else list(filename)
         ok = (".dcm", ".dicom", ".nii", ".nii.gz", *RASTER_SUFFIXES)
         return all(Path(n).is_dir() or str(n).lower().endswith(ok) for n in names)
 
-    def read(self, data: Sequence[str | Path] | str | Path, **kwargs: Any) -> list[MedicalImage] | MedicalImage:
-        names = [data] if isinstance(data, (str, Path)) else list(data)
+    def read(self, data: Sequence[str | os.PathLike] | str | os.PathLike, **kwargs: Any) -> list[MedicalImage] | MedicalImage:
+        names = [data] if isinstance(data, (str, os.PathLike)) else list(data)
         images = [read_image(n, **{**self.read_options, **kwargs}) for n in names]
         return images[0] if len(images) == 1 else images
 

@@ -221,6 +221,7 @@ class InstanceLoss(AlignmentTerm):
 
         rows = logits_i2t.shape[0]
         if self.cfg.soft_targets and labels is not None:
+            assert row_labels is not None and all_labels is not None  # both derive from labels
             target = soft_targets(
                 row_labels, all_labels, first,
                 label_temperature=self.cfg.label_temperature,

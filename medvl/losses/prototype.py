@@ -126,6 +126,9 @@ class PrototypeLoss(AlignmentTerm):
         super().__init__()
         self.cfg = cfg
         # Uniform on the sphere; re-normalised every training step anyway.
+        if cfg.embed_dim is None:
+            raise ConfigError("the prototype term needs the embedding size", field=f"{cfg.SECTION}.embed_dim",
+                              expected="an integer (build_loss fills it from the model)")
         self.prototypes = nn.Parameter(l2n(torch.randn(cfg.num_prototypes, cfg.embed_dim)))
 
     def forward(
@@ -142,12 +145,13 @@ class PrototypeLoss(AlignmentTerm):
         Returns:
             ``{"prototype_loss": ...}``.
         """
-        b, d = check_global(image, text)
+        _, d = check_global(image, text)
         if d != self.prototypes.shape[1]:
             raise LossInputError(
                 f"embeddings have size {d} but the prototypes {self.prototypes.shape[1]}",
                 field=f"{self.cfg.SECTION}.embed_dim", expected=f"{d}, the model's embedding size",
             )
+        protos: torch.Tensor
         if self.training:
             # MGCA re-normalises the stored prototypes before every step, so each
             # optimiser update starts from the unit sphere.

@@ -181,6 +181,7 @@ class TokenAlignmentLoss(AlignmentTerm):
         """Context of every query token from the other modality's tokens, ``(B, Q, D)``."""
         if self.cfg.attention == "learned":
             layer = self.word_attention if which == "word" else self.patch_attention
+            assert layer is not None, "built in __init__ for learned attention"
             if query.shape[0] == 0:  # an empty rank: nn.MultiheadAttention cannot reshape 0 rows
                 return query.new_zeros(query.shape)
             dt = layer.in_proj_weight.dtype  # half-precision tokens meet float32 maps

@@ -71,7 +71,8 @@ class FeatureMapEncoder(ImageEncoder):
         return ImageFeatures(pooled=tokens.mean(dim=1), tokens=tokens, grid=grid)
 
 
-def _resnet_features(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+# The feature functions reach into the MONAI network's own submodules by name.
+def _resnet_features(net: Any, x: torch.Tensor) -> torch.Tensor:
     x = net.act(net.bn1(net.conv1(x)))
     if not net.no_max_pool:
         x = net.maxpool(x)
@@ -103,7 +104,7 @@ def build_resnet(cfg: ImageConfig, spatial_dims: int = 2) -> FeatureMapEncoder:
 
 
 
-def _densenet_features(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _densenet_features(net: Any, x: torch.Tensor) -> torch.Tensor:
     return torch.relu(net.features(x))
 
 
@@ -113,7 +114,7 @@ def build_densenet121(cfg: ImageConfig, spatial_dims: int = 2) -> FeatureMapEnco
 
     _no_options(cfg)
     growth = max(cfg.width // 2, 4)
-    net = DenseNet(
+    net: Any = DenseNet(
         spatial_dims=spatial_dims, in_channels=cfg.in_channels, out_channels=1,
         init_features=cfg.width, growth_rate=growth, block_config=(6, 12, 24, 16),
     )
@@ -125,7 +126,7 @@ def build_densenet121(cfg: ImageConfig, spatial_dims: int = 2) -> FeatureMapEnco
     )
 
 
-def _efficientnet_features(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _efficientnet_features(net: Any, x: torch.Tensor) -> torch.Tensor:
     x = net._swish(net._bn0(net._conv_stem(net._conv_stem_padding(x))))
     x = net._blocks(x)
     return net._swish(net._bn1(net._conv_head(net._conv_head_padding(x))))
@@ -136,7 +137,7 @@ def build_efficientnet_b0(cfg: ImageConfig, spatial_dims: int = 2) -> FeatureMap
     from monai.networks.nets import EfficientNetBN
 
     _no_options(cfg)
-    net = EfficientNetBN(
+    net: Any = EfficientNetBN(
         "efficientnet-b0", pretrained=False, spatial_dims=spatial_dims,
         in_channels=cfg.in_channels, num_classes=1000,
     )
@@ -167,7 +168,7 @@ def build_efficientnet_lite0(cfg: ImageConfig, spatial_dims: int = 2) -> Feature
     from monai.networks.nets.efficientnet import EfficientNet
 
     _no_options(cfg)
-    net = EfficientNet(
+    net: Any = EfficientNet(
         _LITE0_BLOCKS, spatial_dims=spatial_dims, in_channels=cfg.in_channels,
         num_classes=1000, image_size=cfg.image_size, drop_connect_rate=0.2,
     )

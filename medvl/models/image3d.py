@@ -48,9 +48,9 @@ def _keep_norm_statistics(module: nn.Module) -> Iterator[None]:
     try:
         yield
     finally:
-        for m, (momentum, tracked) in zip(norms, saved):
+        for m, (momentum, tracked) in zip(norms, saved, strict=True):
             m.momentum = momentum
-            if tracked is not None:
+            if tracked is not None and m.num_batches_tracked is not None:
                 m.num_batches_tracked.copy_(tracked)
 
 

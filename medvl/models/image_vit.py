@@ -8,6 +8,7 @@ token loss with it). Swin returns its last stage's feature map like a CNN.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -66,7 +67,8 @@ class MonaiViTEncoder(ImageEncoder):
         )
         # the [CLS] state is the global feature; medvl's heads replace the classifier
         del self.net.classification_head
-        for block in self.net.blocks[:-1]:
+        blocks: list[Any] = list(self.net.blocks)  # MONAI's TransformerBlocks
+        for block in blocks[:-1]:
             block.attn.save_attn = False  # only the last layer's map is used
         self.spatial_dims = spatial_dims
         self.in_channels = cfg.in_channels
@@ -78,7 +80,8 @@ class MonaiViTEncoder(ImageEncoder):
 
     def forward(self, x: torch.Tensor) -> ImageFeatures:
         hidden, _ = self.net(x)  # (B, 1 + N, C), layer-normed
-        attn = self.net.blocks[-1].attn.att_mat  # (B, heads, 1 + N, 1 + N), detached
+        last: Any = self.net.blocks[-1]
+        attn = last.attn.att_mat  # (B, heads, 1 + N, 1 + N), detached
         cls_to_patch = attn[:, :, 0, 1:].mean(1)  # (B, N)
         cls_to_patch = cls_to_patch / cls_to_patch.sum(-1, keepdim=True)
         return ImageFeatures(

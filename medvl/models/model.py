@@ -173,6 +173,7 @@ class MedVLModel(nn.Module):
         if self._text_cache is None:
             from medvl.models.text_cache import TextFeatureCache
 
+            assert self.cfg.text.cache_dir, "only called when model.text.cache_dir is set"
             self._text_cache = TextFeatureCache(self.cfg.text.cache_dir, self.text_encoder)
         return self._text_cache
 

@@ -131,7 +131,9 @@ def load_image_weights(enc: ImageEncoder, cfg: ImageConfig) -> None:
                 "EfficientNet-Lite0 weights fit only the efficientnet-lite0 encoder",
                 path=src, field="model.image.name", expected="efficientnet-lite0",
             )
-        load_lite0(enc.net, None if src == LITE0_ALIAS else Path(src))
+        net = enc.net
+        assert isinstance(net, torch.nn.Module)
+        load_lite0(net, None if src == LITE0_ALIAS else Path(src))
         return
     hook = getattr(enc, "load_pretrained", None)
     if callable(hook):  # e.g. Hugging Face vision models read their own directories

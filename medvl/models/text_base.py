@@ -159,7 +159,7 @@ class TextEncoder(nn.Module):
             wids = [-1 if w is None else w for w in enc.word_ids(i)]
             if prefix:
                 starts = enc["offset_mapping"][i, :, 0].tolist()
-                wids = [-1 if s < cut else w for w, s in zip(wids, starts)]
+                wids = [-1 if s < cut else w for w, s in zip(wids, starts, strict=True)]
                 first = min((w for w in wids if w >= 0), default=0)
                 wids = [w - first if w >= 0 else -1 for w in wids]
             rows.append(wids)
@@ -252,7 +252,7 @@ class TextEncoder(nn.Module):
         out = torch.full_like(ids, -1)
         word = -1
         row = ids.tolist()
-        for i, (tid, tok) in enumerate(zip(row, self.tokenizer.convert_ids_to_tokens(row))):
+        for i, (tid, tok) in enumerate(zip(row, self.tokenizer.convert_ids_to_tokens(row), strict=True)):
             if not mask[i] or tid in special:
                 continue
             cont = tok.startswith("##") if wordpiece else not tok.startswith(("Ġ", "▁"))
@@ -266,9 +266,9 @@ class TextEncoder(nn.Module):
         out: list[list[str]] = []
         ids = input_ids.tolist()
         wids = word_ids.tolist()
-        for row, wrow in zip(ids, wids):
+        for row, wrow in zip(ids, wids, strict=True):
             pieces: list[list[int]] = [[] for _ in range(n_words)]
-            for tid, w in zip(row, wrow):
+            for tid, w in zip(row, wrow, strict=True):
                 if w >= 0:
                     pieces[w].append(tid)
             out.append(

@@ -151,7 +151,7 @@ class TextFeatureCache:
 
 
 def _collate(entries: list[dict[str, Any]], device: torch.device | str) -> TextFeatures:
-    width = max(max(e["tokens"].shape[0] for e in entries), 1)
+    width = max([1, *(e["tokens"].shape[0] for e in entries)])
     dim = entries[0]["pooled"].shape[0]
     b = len(entries)
     tokens = torch.zeros(b, width, dim)

@@ -68,7 +68,7 @@ def decode_siim_rle(code: str, width: int = 1024, height: int = 1024) -> np.ndar
     if len(values) % 2:
         raise ValueError("odd number of run-length values")
     pos = 0
-    for offset, length in zip(values[0::2], values[1::2]):
+    for offset, length in zip(values[0::2], values[1::2], strict=True):
         pos += offset
         flat[pos : pos + length] = 1
         pos += length

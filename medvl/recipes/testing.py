@@ -29,12 +29,12 @@ REPORT_TEXT = """                                 FINAL REPORT
  COMPARISON:  None.
 
  FINDINGS:
- 
+
  There is a small {side} pleural effusion. The cardiomediastinal silhouette is
  normal. No pneumothorax.
- 
+
  IMPRESSION:
- 
+
  Small {side} pleural effusion.
 """
 
@@ -55,13 +55,13 @@ def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[object
 
 def _tiny_dicom(path: Path, modality: str = "CR", seed: int = 0) -> None:
     from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
     CRImageStorage = "1.2.840.10008.5.1.4.1.1.1"  # Computed Radiography Image Storage
 
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CRImageStorage
+    meta.MediaStorageSOPClassUID = UID(CRImageStorage)
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
@@ -240,7 +240,7 @@ def siim_rle_encode(mask: np.ndarray) -> str:
     changes = np.flatnonzero(padded[1:] != padded[:-1])
     starts, ends = changes[0::2], changes[1::2]
     out, prev = [], 0
-    for s, e in zip(starts, ends):
+    for s, e in zip(starts, ends, strict=True):
         out += [int(s - prev), int(e - s)]
         prev = e
     return " ".join(map(str, out)) if out else "-1"
@@ -280,5 +280,5 @@ def write_siim_tree(root: Path, n: int = 4, real_images: bool = True) -> tuple[P
     with (root / "train-rle.csv").open("w") as fh:
         fh.write("ImageId, EncodedPixels\n")
         for iid, code in rows:
-            fh.write(f"{iid}, {code}\n" if code == "-1" else f"{iid}, {code}\n")
+            fh.write(f"{iid}, {code}\n")
     return root, truth

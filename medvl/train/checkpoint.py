@@ -46,7 +46,9 @@ STATE_FILE = "trainer_state.json"
 def capture_rng(device: torch.device) -> dict[str, Any]:
     """Python, NumPy, torch CPU and CUDA generator states as JSON-able data."""
     py = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state()
+    np_state = np.random.get_state(legacy=True)
+    assert isinstance(np_state, tuple)  # legacy=True: (name, keys, pos, has_gauss, cached)
+    name, keys, pos, has_gauss, cached = np_state
     out: dict[str, Any] = {
         "python": [py[0], list(py[1]), py[2]],
         "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],

@@ -42,6 +42,8 @@ class TrainData:
         seed: run seed (with the epoch it fixes the order).
     """
 
+    dataset: Any  # map-style (has __len__); torch types it as Dataset, which has none
+
     def __init__(self, base: DataLoader, env: D.DistEnv, seed: int) -> None:
         self.dataset = base.dataset
         self.env = env
@@ -134,7 +136,7 @@ class _RecordingLoader(DataLoader):
 class MicroBatchMaker:
     """Turns a collated batch into a :class:`MicroBatch` on the device (None when empty)."""
 
-    def __init__(self, model: torch.nn.Module, device: torch.device) -> None:
+    def __init__(self, model: Any, device: torch.device) -> None:
         self.model = model
         self.device = device
 
@@ -168,7 +170,7 @@ class SkipTracker:
         self.carried: list[dict[str, Any]] = []
 
     def check(self, batches: list[dict[str, Any]], plan: list[list[int]]) -> None:
-        for batch, wanted in zip(batches, plan):
+        for batch, wanted in zip(batches, plan, strict=True):
             # medvl.data's collate carries the records of the studies it dropped.
             self.carried.extend(dict(r) for r in batch.get("skipped") or [])
             index = batch.get("index")

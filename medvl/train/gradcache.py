@@ -94,7 +94,7 @@ class RandState:
                 torch.cuda.set_rng_state(cuda_now, self.device)
 
 
-def encode_pair(model: torch.nn.Module, mb: MicroBatch) -> tuple[EncoderOutput, EncoderOutput]:
+def encode_pair(model: Any, mb: MicroBatch) -> tuple[EncoderOutput, EncoderOutput]:
     """Both towers on one micro-batch."""
     return model.encode_image(mb.image), model.encode_text(**mb.tokens)
 
@@ -127,20 +127,28 @@ def concat_outputs(outs: Sequence[EncoderOutput]) -> EncoderOutput:
     first = outs[0]
     kw: dict[str, Any] = {"embeds": torch.cat([o.embeds for o in outs]), "grid": first.grid}
     if first.local_embeds is not None:
-        n = max(o.local_embeds.shape[1] for o in outs)
-        kw["local_embeds"] = torch.cat([_pad_tokens(o.local_embeds, n, 0.0) for o in outs])
+        # every micro-batch of one tower has the same fields as the first
+        local = [_present(o.local_embeds) for o in outs]
+        n = max(t.shape[1] for t in local)
+        kw["local_embeds"] = torch.cat([_pad_tokens(t, n, 0.0) for t in local])
         if first.local_mask is not None:
-            kw["local_mask"] = torch.cat([_pad_tokens(o.local_mask, n, False) for o in outs])
+            kw["local_mask"] = torch.cat([_pad_tokens(_present(o.local_mask), n, False) for o in outs])
         if first.attention is not None:
-            kw["attention"] = torch.cat([_pad_tokens(o.attention, n, 0.0) for o in outs])
+            kw["attention"] = torch.cat([_pad_tokens(_present(o.attention), n, 0.0) for o in outs])
     if first.words is not None:
         kw["words"] = [w for o in outs for w in (o.words or [[]] * o.embeds.shape[0])]
     return EncoderOutput(**kw)
 
 
+def _present(t: torch.Tensor | None) -> torch.Tensor:
+    if t is None:
+        raise ValueError("micro-batch outputs differ in their fields")
+    return t
+
+
 def _cached_leaves(out: EncoderOutput) -> EncoderOutput:
     """A copy whose differentiable fields are fresh float32 leaves that collect gradient."""
-    changes = {}
+    changes: dict[str, Any] = {}
     for name in DIFF_FIELDS:
         t = getattr(out, name)
         if isinstance(t, torch.Tensor) and t.is_floating_point():
@@ -168,13 +176,14 @@ def _surrogate(out: EncoderOutput, cached: EncoderOutput, start: int) -> torch.T
 
 
 def _labels(mbs: Sequence[MicroBatch]) -> torch.Tensor | None:
-    if any(mb.labels is None for mb in mbs):
+    labels = [mb.labels for mb in mbs]
+    if any(t is None for t in labels):
         return None
-    return torch.cat([mb.labels for mb in mbs])
+    return torch.cat([t for t in labels if t is not None])
 
 
 def contrastive_step(
-    model: torch.nn.Module,
+    model: Any,
     loss_fn: torch.nn.Module,
     micro_batches: Sequence[MicroBatch],
     *,
@@ -220,7 +229,7 @@ def contrastive_step(
         scale(terms["loss"]).backward()
         # Pass 3: push the cached gradient through the towers, one micro-batch at a time.
         start = 0
-        for mb, state in zip(micro_batches, states):
+        for mb, state in zip(micro_batches, states, strict=True):
             with state.replay(), autocast():
                 img, txt = encode_pair(model, mb)
             surrogate = _surrogate(img, img_all, start) + _surrogate(txt, txt_all, start)

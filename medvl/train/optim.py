@@ -27,7 +27,8 @@ def build_optimizer(
         named_params: ``(name, parameter)`` pairs of everything trained (model and loss).
         cfg: the train section.
     """
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     seen: set[int] = set()
     for name, p in named_params:
         if not p.requires_grad or id(p) in seen:
@@ -116,4 +117,4 @@ def step_optimizer(optimizer: torch.optim.Optimizer, scaler: Any, scheduler: Lam
         warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
         scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return lr
+    return float(lr)

@@ -95,7 +95,7 @@ def retrieval_metrics(
 
 @torch.no_grad()
 def embed_split(
-    model: torch.nn.Module,
+    model: Any,  # a dual encoder module: encode_image, encode_text, tokenize
     batches: Iterable[dict[str, Any]],
     device: torch.device,
     autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
@@ -118,7 +118,7 @@ def embed_split(
 
 
 def validate(
-    model: torch.nn.Module,
+    model: Any,  # a dual encoder module
     batches: Iterable[dict[str, Any]],
     device: torch.device,
     autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,

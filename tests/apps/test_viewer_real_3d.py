@@ -95,7 +95,7 @@ def test_volume_heatmap_spans_the_whole_volume(tiny_viewer_data_3d, cases):
     heat = backend.heatmap(path, "nodule").array
     # data.spacing is unset: the volume is resized to the input grid, so no padding to crop
     assert heat.shape == (32, 32, 32)
-    assert np.isfinite(heat).all() and 0.0 <= heat.min() and heat.max() <= 1.0
+    assert np.isfinite(heat).all() and heat.min() >= 0.0 and heat.max() <= 1.0
 
 
 def test_volume_heatmap_drops_the_padding_of_a_resampled_volume(tiny_viewer_data_3d, cases, tmp_path):

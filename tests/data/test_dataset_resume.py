@@ -21,7 +21,7 @@ def _orders(loader) -> list[list[int]]:
     return [b["index"].tolist() for b in loader]
 
 
-@pytest.fixture()
+@pytest.fixture
 def manifest(tmp_path):
     rng = np.random.default_rng(1)
     for i in range(10):

@@ -15,11 +15,11 @@ from medvl.errors import ManifestError
 
 
 def _row(**kw):
-    base = dict(
-        study_id="s1", patient_id="p1", split="train", modality="CR", dims=2,
-        image="img/s1.dcm", report={"findings": "Clear lungs.", "impression": "Normal."},
-        labels={"no_finding": 1},
-    )
+    base = {
+        "study_id": "s1", "patient_id": "p1", "split": "train", "modality": "CR", "dims": 2,
+        "image": "img/s1.dcm", "report": {"findings": "Clear lungs.", "impression": "Normal."},
+        "labels": {"no_finding": 1},
+    }
     base.update(kw)
     return base
 
@@ -51,7 +51,7 @@ def test_invalid_rows_name_line_and_field(tmp_path, row, field) -> None:
     path.write_text(json.dumps(_row()) + "\n" + json.dumps(_row(study_id="s2", **row)) + "\n")
     with pytest.raises(ManifestError) as info:
         read_manifest(path)
-    assert f"m.jsonl:2" in str(info.value)
+    assert "m.jsonl:2" in str(info.value)
     assert info.value.field == field
 
 

@@ -72,7 +72,7 @@ def test_unknown_eval_key_is_a_config_error(fake_corpus: Path, tmp_path: Path) -
 
 
 def test_results_are_reproducible(fake_corpus: Path, tmp_path: Path) -> None:
-    kw = dict(tasks=["zeroshot"], config={**FAST, "plots": False})
+    kw = {"tasks": ["zeroshot"], "config": {**FAST, "plots": False}}
     a = evaluate(FakeModel(noise=0.3), fake_corpus, out_dir=tmp_path / "a", **kw)
     b = evaluate(FakeModel(noise=0.3), fake_corpus, out_dir=tmp_path / "b", **kw)
     assert a["zeroshot"]["per_class"] == b["zeroshot"]["per_class"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 from pathlib import Path
@@ -33,7 +34,7 @@ def test_build_then_search_text_and_image(tmp_path: Path, fake_loader: None) -> 
 
     hits = index.search_text(model, "There is pneumothorax.", k=5)
     assert [h.rank for h in hits] == [1, 2, 3, 4, 5]
-    assert all(a.score >= b.score for a, b in zip(hits, hits[1:]))
+    assert all(a.score >= b.score for a, b in itertools.pairwise(hits))
     # The best image match for "pneumothorax" is a case labelled with it.
     assert hits[0].labels["pneumothorax"] == 1
     assert hits[0].image_path == str((tmp_path / rows[0]["image"]).parent / Path(hits[0].image_path).name)

@@ -62,7 +62,7 @@ def scalar_score(words, wvalid, regions, rvalid, t1, t2, agg="sum", normalize=Tr
         words, regions = [norm(w) for w in words], [norm(v) for v in regions]
     ws = [i for i, ok in enumerate(wvalid) if ok]
     rs = [j for j, ok in enumerate(rvalid) if ok]
-    dot = lambda a, b: sum(x * y for x, y in zip(a, b))  # noqa: E731
+    dot = lambda a, b: sum(x * y for x, y in zip(a, b, strict=True))
     s = {(i, j): dot(words[i], regions[j]) for i in ws for j in rs}
     s_norm = {}
     for j in rs:  # softmax over the words, for each region

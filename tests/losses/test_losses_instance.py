@@ -83,7 +83,7 @@ def test_label_smoothing_matches_hand_computation() -> None:
     def smoothed(logits: list[float], target: int) -> float:
         lse = math.log(sum(math.exp(z) for z in logits))
         q = [eps / 2 + (1 - eps) * (j == target) for j in range(2)]
-        return -sum(qj * (z - lse) for qj, z in zip(q, logits))
+        return -sum(qj * (z - lse) for qj, z in zip(q, logits, strict=True))
 
     i2t = (smoothed([6, 0], 0) + smoothed([8, 10], 1)) / 2
     t2i = (smoothed([6, 8], 0) + smoothed([0, 10], 1)) / 2

@@ -48,7 +48,7 @@ def _norm(x: list[float]) -> list[float]:
 
 
 def _dot(a: list[float], b: list[float]) -> float:
-    return sum(x * y for x, y in zip(a, b))
+    return sum(x * y for x, y in zip(a, b, strict=True))
 
 
 def scalar_half(queries, keys, q_valid, k_valid, weights, tau_a, tau, normalize_ctx=True) -> float:
@@ -57,7 +57,7 @@ def scalar_half(queries, keys, q_valid, k_valid, weights, tau_a, tau, normalize_
     ks = [_norm(k) for k in keys]
     ctx = []
     for q in qs:
-        a = [math.exp(_dot(q, k) / tau_a) if kv else 0.0 for k, kv in zip(ks, k_valid)]
+        a = [math.exp(_dot(q, k) / tau_a) if kv else 0.0 for k, kv in zip(ks, k_valid, strict=True)]
         z = sum(a)
         c = [sum(a[j] * ks[j][d] for j in range(len(ks))) / z for d in range(len(q))]
         ctx.append(_norm(c) if normalize_ctx else c)

@@ -60,7 +60,7 @@ def test_lite0_weights_are_used_by_a_matching_architecture(lite0_grey):
         lite0_grey(_chest_radiograph())
     for h in hooks:
         h.remove()
-    corr = [np.corrcoef(m.numpy(), b._bn2.running_mean.numpy())[0, 1] for m, b in zip(means, blocks)]
+    corr = [np.corrcoef(m.numpy(), b._bn2.running_mean.numpy())[0, 1] for m, b in zip(means, blocks, strict=True)]
     assert np.median(corr) > 0.8
 
 

@@ -55,7 +55,7 @@ def test_chexpert_uncertainty_policies_and_splits(tmp_path) -> None:
     _, zeros = _prepare("chexpert", root, tmp_path, uncertain="zeros")
     _, ignore = _prepare("chexpert", root, tmp_path, uncertain="ignore")
     sid = "chexpert-train-patient00001-study1-view1_frontal"
-    get = lambda rows: next(r for r in rows if r.study_id == sid).labels  # noqa: E731
+    get = lambda rows: next(r for r in rows if r.study_id == sid).labels
     assert get(keep)["support_device"] == -1
     assert get(ones)["support_device"] == 1
     assert get(zeros)["support_device"] == 0

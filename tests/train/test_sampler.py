@@ -21,7 +21,7 @@ def test_each_study_once_per_epoch_across_ranks_and_new_order_each_epoch() -> No
 def test_two_ranks_see_what_one_rank_sees_with_double_batch() -> None:
     one = EpochBatchSampler(40, 8, seed=5)
     two = [EpochBatchSampler(40, 4, rank=r, world_size=2, seed=5) for r in range(2)]
-    for big, a, b in zip(one, *two):
+    for big, a, b in zip(one, *two, strict=True):
         assert big == a + b
 
 

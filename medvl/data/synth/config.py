@@ -70,7 +70,7 @@ class SynthConfig:
         ct = tuple(self.ct_size)
         if len(ct) != 3 or any((not isinstance(v, int)) or v < 16 or v > 1024 for v in ct):
             raise bad("ct_size", "three integers in 16..1024 (x, y, z)")
-        self.ct_size = ct  # type: ignore[assignment]
+        self.ct_size = ct
         if not isinstance(self.workers, int) or self.workers < 1:
             raise bad("workers", "an integer >= 1")
         for name in ("compressed_fraction", "ct_dicom_fraction", "normal_fraction", "uncertain_fraction"):

@@ -31,7 +31,7 @@ GENERATOR_VERSION = 1
 def _ground_truth(plan: StudyPlan) -> list[dict[str, Any]]:
     out = []
     for f in plan.findings:
-        d = {"finding": f.name, "laterality": f.laterality, "zone": f.zone, "uncertain": f.uncertain,
+        d: dict[str, Any] = {"finding": f.name, "laterality": f.laterality, "zone": f.zone, "uncertain": f.uncertain,
              "severity": round(f.severity, 3)}
         if f.devices:
             d["devices"] = list(f.devices)
@@ -63,7 +63,7 @@ def _render_cxr(plan: StudyPlan, cfg: SynthConfig, out: Path) -> dict[str, Any]:
     for f in plan.findings:
         mask = r.masks.get(f.name)
         box = bbox(mask) if mask is not None else None
-        if box is None:
+        if mask is None or box is None:
             continue  # nothing visible was drawn: the report must not claim it
         rel = f"masks/{plan.study_id}_{f.name}.png"
         write_png_mask(out / rel, mask)
@@ -96,7 +96,8 @@ def _render_ct(plan: StudyPlan, cfg: SynthConfig, out: Path) -> dict[str, Any]:
         write_nifti,
     )
 
-    shape = tuple(cfg.ct_size)
+    nx, ny, nz = cfg.ct_size
+    shape = (nx, ny, nz)
     affine = sample_ct_grid(plan.render_seed, shape)
     r = render_ct(sample_ct_anatomy(plan.anatomy_seed), plan.findings, shape=shape, affine=affine,
                   seed=plan.render_seed)
@@ -108,7 +109,7 @@ def _render_ct(plan: StudyPlan, cfg: SynthConfig, out: Path) -> dict[str, Any]:
     for f in plan.findings:
         mask = r.masks.get(f.name)
         box = bbox(mask) if mask is not None else None
-        if box is None:
+        if mask is None or box is None:
             continue
         rel = f"masks/{plan.study_id}_{f.name}.nii.gz"
         write_nifti(out / rel, *reorient_for_storage(mask.astype(np.uint8), affine, orientation))
@@ -229,9 +230,9 @@ def generate_corpus(
 
         progress = sys.stderr.isatty()
     if progress:
-        from medvl.progress import progress
+        from medvl.progress import progress as make_bar
 
-        bar = progress(total=len(jobs), desc="synth", unit="study")
+        bar = make_bar(total=len(jobs), desc="synth", unit="study")
     rows: list[dict[str, Any]] = []
     if cfg.workers > 1 and len(jobs) > 1:
         # "fork" where the platform has it: workers then need no re-import of the

@@ -12,8 +12,12 @@ from __future__ import annotations
 import datetime as _dt
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 #: Modality output value of one unit of attenuation line integral.
 UNITS_PER_ATTENUATION = 1000.0
@@ -71,7 +75,7 @@ def _study_date(patient_id: str, study_number: int) -> str:
 
 
 def _base_dataset(sop_class: str, ts: str, rng: np.random.Generator, *, patient_id: str, study_number: int,
-                  study_uid: str, series_uid: str, modality: str) -> object:
+                  study_uid: str, series_uid: str, modality: str) -> Dataset:
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
 
@@ -190,8 +194,10 @@ def write_radiograph(
             ds.compress(_TS[compression], stored, generate_instance_uid=False)
             ts = _TS[compression]
         except Exception:  # noqa: BLE001 - an encoder failure falls back to uncompressed
+            from pydicom.uid import UID
+
             ds.PixelData = stored.tobytes()
-            ds.file_meta.TransferSyntaxUID = _TS["none"]
+            ds.file_meta.TransferSyntaxUID = UID(_TS["none"])
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
     return StoredRadiograph(photometric, bits, slope, intercept, windows, ts)
@@ -255,7 +261,7 @@ def write_ct_series(
     signed = bool(rng.random() < 0.5)
     intercept = 0.0 if signed else -1024.0
     study_uid, series_uid, frame_uid = seeded_uid(rng), seeded_uid(rng), seeded_uid(rng)
-    names = [f"{int(v):016x}.dcm" for v in rng.integers(0, 2**62, size=nz, dtype=np.int64)]
+    names = [f"{int(v):016x}.dcm" for v in np.asarray(rng.integers(0, 2**62, size=nz, dtype=np.int64))]
     # Scanners number slices from the head or from the feet; neither is the file order.
     from_top = bool(rng.random() < 0.5)
     folder.mkdir(parents=True, exist_ok=True)
