@@ -23,8 +23,7 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from medvl.inference import ClassifyResult, Heatmap, OODResult, Pipeline, Preprocessing, load
 
-_EXPORTS = {name: "medvl.inference" for name in
-            ("load", "Pipeline", "ClassifyResult", "Heatmap", "OODResult", "Preprocessing")}
+_EXPORTS = dict.fromkeys(("load", "Pipeline", "ClassifyResult", "Heatmap", "OODResult", "Preprocessing"), "medvl.inference")
 
 __all__ = ["ClassifyResult", "Heatmap", "OODResult", "Pipeline", "Preprocessing", "__version__", "load"]
 

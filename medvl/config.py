@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import enum
+import os
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -111,7 +112,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_config(path: str | Path, overrides: Iterable[str] = ()) -> dict[str, Any]:
+def load_config(path: str | os.PathLike[str], overrides: Iterable[str] = ()) -> dict[str, Any]:
     """Load an experiment config and apply dotted overrides.
 
     A config may name a base with ``base: other.yaml`` (resolved relative to the file);

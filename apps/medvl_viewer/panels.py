@@ -259,7 +259,7 @@ def format_score(value: float, kind: str) -> str:
     """One format per kind everywhere: ``37%`` for a probability, ``85th`` for a percentile."""
     if kind == "probability":
         return f"{100.0 * value:.0f}%"
-    n = int(round(value))
+    n = round(value)
     suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
     return f"{n}{suffix}"
 

@@ -109,7 +109,7 @@ def check_row(obj: Any, where: str) -> ManifestRow:
     return ManifestRow(**obj)
 
 
-def iter_manifest(path: str | Path) -> Iterator[ManifestRow]:
+def iter_manifest(path: str | os.PathLike[str]) -> Iterator[ManifestRow]:
     """Yield validated rows; a malformed line raises :class:`ManifestError` naming file and line."""
     p = Path(path)
     if not p.is_file():
@@ -127,7 +127,7 @@ def iter_manifest(path: str | Path) -> Iterator[ManifestRow]:
             yield check_row(obj, where)
 
 
-def read_manifest(path: str | Path, split: str | None = None) -> list[ManifestRow]:
+def read_manifest(path: str | os.PathLike[str], split: str | None = None) -> list[ManifestRow]:
     """Read all rows (optionally one split); study ids must be unique."""
     rows = list(iter_manifest(path))
     seen: set[str] = set()

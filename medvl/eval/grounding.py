@@ -24,6 +24,7 @@ import numpy as np
 from medvl.errors import ManifestError
 from medvl.inference.heatmap import (
     QUERY_MODES,
+    HeatmapMethod,
     as_batch,
     heatmap_on_input,
     local_similarity,
@@ -120,7 +121,7 @@ def evaluate_grounding(
     threshold: float = 0.5,
     out_dir: Path | None = None,
     max_figures: int = 4,
-    method: str = "local",
+    method: HeatmapMethod = "local",
 ) -> dict[str, Any]:
     """Pointing game and mask IoU over every annotation with a mask or box in the split.
 

@@ -7,7 +7,7 @@ import json
 import math
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,6 +18,9 @@ from medvl.eval.config import EvalConfig
 from medvl.eval.embed import Embeddings, embed_split, embed_texts
 from medvl.findings import finding_names
 from medvl.inference.zeroshot import model_logit_scale
+
+if TYPE_CHECKING:
+    from medvl.data.config import DataConfig
 
 __all__ = ["evaluate", "model_logit_scale"]
 
@@ -111,7 +114,7 @@ def evaluate(
     *,
     tasks: list[str] | tuple[str, ...] | str,
     out_dir: str | Path,
-    data_cfg: dict[str, Any] | None = None,
+    data_cfg: DataConfig | dict[str, Any] | None = None,
     split: str = "test",
     config: EvalConfig | dict[str, Any] | None = None,
 ) -> dict[str, Any]:

@@ -9,14 +9,17 @@ images are prepared exactly as in training.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from medvl.errors import ModelError
+
+if TYPE_CHECKING:
+    from medvl.data.config import DataConfig
 
 
 def model_device(model: Any) -> Any:
@@ -96,7 +99,7 @@ def _as_dict(cfg: Any) -> dict[str, Any]:
 
 
 def split_batches(
-    data_cfg: dict[str, Any] | None, manifest_path: str | Path, split: str | None
+    data_cfg: DataConfig | dict[str, Any] | None, manifest_path: str | os.PathLike[str], split: str | None
 ) -> tuple[Iterable[dict[str, Any]], Any]:
     """The data room's loader for one split (``None``: every split in turn), unshuffled,
     without augmentation and with whole reports (``text_mode: truncate``).
@@ -138,9 +141,9 @@ def embed_batches(
     images, texts_emb, texts, labels, ids = [], [], [], [], []
     bar = None
     if progress:
-        from medvl.progress import progress
+        from medvl.progress import progress as make_bar
 
-        bar = progress(desc=desc, total=total, unit="study")
+        bar = make_bar(desc=desc, total=total, unit="study")
     for batch in batches:
         sid = list(batch.get("study_id") or [])
         if not sid:
@@ -167,9 +170,9 @@ def embed_batches(
 
 def embed_split(
     model: Any,
-    manifest_path: str | Path,
+    manifest_path: str | os.PathLike[str],
     split: str | None,
-    data_cfg: dict[str, Any] | None = None,
+    data_cfg: DataConfig | dict[str, Any] | None = None,
     *,
     with_text: bool = True,
     progress: bool = False,

@@ -218,8 +218,9 @@ class Pipeline:
         candidates: list[str] = []
         if self.profile is not None:
             candidates += [m for m in self.profile.modalities if m not in ("", "OT")]
-        if image is not None and getattr(image, "modality", ""):
-            candidates.append(str(image.modality))
+        image_modality = str(getattr(image, "modality", "") or "") if image is not None else ""
+        if image_modality:
+            candidates.append(image_modality)
         if modality:
             candidates.append(modality)
         for mod in candidates:
@@ -344,7 +345,9 @@ class Pipeline:
         region, box = self._image_region(img, tuple(heat.shape))
         return Heatmap(minmax(heat[region]), chosen, reason, box)
 
-    def _image_region(self, image: Any, shape: tuple[int, ...]) -> tuple[tuple[slice, ...], tuple[int, ...] | None]:
+    def _image_region(
+        self, image: Any, shape: tuple[int, ...]
+    ) -> tuple[tuple[slice, ...], tuple[int, int, int, int] | None]:
         """Where the image lies on the model-input grid, and (2D) which part of the source it covers."""
         array = np.asarray(image.array)
         spatial = array.shape[: self.dims] if not image.is_color else array.shape[:2]
@@ -354,7 +357,7 @@ class Pipeline:
             return tuple(slice(None) for _ in shape), None
         idx = np.nonzero(valid)
         region = tuple(slice(int(i.min()), int(i.max()) + 1) for i in idx)
-        box = None
+        box: tuple[int, int, int, int] | None = None
         if self.dims == 2:
             rows, cols = spatial
             box = (0, rows, 0, cols)

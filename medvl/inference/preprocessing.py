@@ -284,7 +284,7 @@ def _explicit(data_section: DataConfig | Mapping[str, Any] | None, saved: Mappin
             out["io"] = io
         return out
     given = dict(data_section)
-    merged = {**{k: v for k, v in saved.items()}, **given}
+    merged = {**saved, **given}
     if "io" in given:
         merged["io"] = {**dict(saved.get("io") or {}), **dict(given["io"] or {})}
     cfg = to_dict(from_dict(DataConfig, merged, where="data"))

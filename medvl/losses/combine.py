@@ -40,7 +40,7 @@ from medvl.registry import Registry
 class TermSpec:
     """How to build one term: its config dataclass and the module built from it."""
 
-    config_cls: type
+    config_cls: type[Any]
     build: Callable[[Any], AlignmentTerm]
 
 

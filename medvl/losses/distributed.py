@@ -57,20 +57,20 @@ def _all_gather_padded(x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
         x = torch.cat([x, pad])
     parts = [torch.empty_like(x) for _ in sizes]
     dist.all_gather(parts, x.contiguous())
-    return torch.cat([p[:s] for p, s in zip(parts, sizes)])
+    return torch.cat([p[:s] for p, s in zip(parts, sizes, strict=True)])
 
 
 class _GatherWithGrad(torch.autograd.Function):
     """All-gather whose backward returns this rank's slice of the rank-summed gradient."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, sizes: list[int]) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
         ctx.sizes = sizes
         ctx.rank = dist.get_rank()
         return _all_gather_padded(x, sizes)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor):
         # Every rank's loss may depend on every rank's rows; the gradient of a row is
         # the sum of what all ranks computed for it.
         grad = grad.contiguous().clone()
@@ -186,25 +186,26 @@ def average_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
     dist.all_reduce(has, op=dist.ReduceOp.MAX)  # did any rank produce a gradient?
     world = dist.get_world_size()
     groups: dict[tuple[torch.dtype, torch.device], list[torch.nn.Parameter]] = {}
-    for p, any_rank in zip(params, has.tolist()):
+    for p, any_rank in zip(params, has.tolist(), strict=True):
         if not any_rank:
             continue
         if p.grad is None:
             p.grad = torch.zeros_like(p)
         groups.setdefault((p.grad.dtype, p.grad.device), []).append(p)
     for group in groups.values():
-        bucket: list[torch.nn.Parameter] = []
+        bucket: list[torch.Tensor] = []  # the parameters' .grad tensors
         numel = 0
         for i, p in enumerate(group):
-            bucket.append(p)
+            assert p.grad is not None  # grouped above: this rank has one
+            bucket.append(p.grad)
             numel += p.numel()
             if numel >= _BUCKET_NUMEL or i == len(group) - 1:
-                flat = torch.cat([q.grad.reshape(-1) for q in bucket])  # type: ignore[union-attr]
+                flat = torch.cat([g.reshape(-1) for g in bucket])
                 dist.all_reduce(flat, op=dist.ReduceOp.SUM)
                 flat /= world
                 offset = 0
-                for q in bucket:
-                    n = q.numel()
-                    q.grad.copy_(flat[offset : offset + n].view_as(q.grad))  # type: ignore[union-attr]
+                for g in bucket:
+                    n = g.numel()
+                    g.copy_(flat[offset : offset + n].view_as(g))
                     offset += n
                 bucket, numel = [], 0

@@ -20,7 +20,7 @@ from datetime import date
 from typing import Any, TypeVar
 
 from medvl.errors import ConfigError, PacsError
-from medvl.pacs.config import PacsConfig
+from medvl.pacs.config import PacsConfig, Secret
 from medvl.pacs.identity import identifiers, scrub_text, study_ref
 
 T = TypeVar("T")
@@ -141,7 +141,9 @@ def _session(cfg: PacsConfig) -> Any:
     s.verify = cfg.ca_bundle or cfg.verify
     s.trust_env = False  # no proxy or netrc from the environment: credentials go only where configured
     if cfg.auth == "basic":
-        s.auth = (cfg.username, cfg.password.reveal())  # type: ignore[union-attr]
+        # PacsConfig checks both are given and wraps the password in a Secret
+        assert cfg.username is not None and isinstance(cfg.password, Secret)
+        s.auth = (cfg.username, cfg.password.reveal())
     elif cfg.auth == "bearer":
         s.auth = _Bearer(cfg.token)
     s.headers["User-Agent"] = "medvl-dicomweb"
@@ -255,12 +257,16 @@ class DicomWebSource:
         if lo or hi:
             base["StudyDate"] = f"{lo or ''}-{hi or ''}"
         found: dict[str, StudyInfo] = {}
-        for modality in [m.strip().upper() for m in modalities if m.strip()] or [None]:
+        wanted: list[str | None] = [m.strip().upper() for m in modalities if m.strip()] or [None]
+        for modality in wanted:
             filters = dict(base, **({"ModalitiesInStudy": modality} if modality else {}))
             offset = 0
             while True:
-                page = self.call("search studies", lambda f=filters, o=offset: self.client.search_for_studies(
-                    search_filters=f, fields=STUDY_FIELDS, limit=self.config.page_size, offset=o))
+                def search(f: dict[str, Any] = filters, o: int = offset) -> list[dict[str, Any]]:
+                    return self.client.search_for_studies(
+                        search_filters=f, fields=STUDY_FIELDS, limit=self.config.page_size, offset=o)
+
+                page = self.call("search studies", search)
                 for item in page:
                     info = self._study_info(item)
                     if info is not None:

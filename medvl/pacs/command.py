@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         from medvl.index import CaseIndex
 
         index = CaseIndex.open(args.index)
-    pipeline = medvl.load(args.model)  # type: ignore[attr-defined]
+    pipeline = medvl.load(args.model)
     sr = export_findings_sr(pipeline, args.image, args.out, index=index, k=args.k, store_to=store)
     n = len(sr.ContentSequence)
     print(f"wrote {args.out} (Comprehensive 3D SR, {n} items; research use only)"

@@ -76,7 +76,7 @@ class OrthancServer:
         """The DICOMweb root."""
         return self.base + "/dicom-web"
 
-    def start(self, timeout: float = 30.0) -> OrthancServer:
+    def start(self, timeout: float = 30.0) -> Self:
         """Start the server and wait until it answers.
 
         Raises:
@@ -179,7 +179,7 @@ class LoadedStudy:
 def text_sr(study: Any, sections: dict[str, str], extra_text: str = "") -> Any:
     """A Basic Text SR in the same study/patient as dataset ``study`` holding ``sections``."""
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
     def code(value: str, scheme: str, meaning: str) -> Dataset:
         c = Dataset()
@@ -189,7 +189,7 @@ def text_sr(study: Any, sections: dict[str, str], extra_text: str = "") -> Any:
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.88.11")
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     for kw in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
                "StudyTime", "AccessionNumber", "ReferringPhysicianName", "StudyID", "InstitutionName",
@@ -314,7 +314,7 @@ class FaultProxy:
         assert self._server is not None
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
-    def start(self) -> FaultProxy:
+    def start(self) -> Self:
         proxy = self
         host = self.upstream.split("//", 1)[1]
 

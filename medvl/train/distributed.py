@@ -108,7 +108,7 @@ def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str,
     t = torch.tensor(list(values.values()), dtype=torch.float64, device=device)
     dist.all_reduce(t)
     t /= dist.get_world_size()
-    return dict(zip(values, t.tolist()))
+    return dict(zip(values, t.tolist(), strict=True))
 
 
 def any_rank(flag: bool, device: torch.device) -> bool:

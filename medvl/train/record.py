@@ -33,7 +33,7 @@ class LocalHeadMonitor:
             head = getattr(model, name, None)
             if isinstance(head, torch.nn.Module):
                 self.heads[name] = [p for p in head.parameters() if p.requires_grad]
-        self.trained = {name: False for name in self.heads}
+        self.trained = dict.fromkeys(self.heads, False)
 
     def observe(self) -> None:
         """Look at the current gradients of the heads not yet seen trained."""

@@ -104,7 +104,7 @@ def _ranked(at: AppTest) -> list[str]:
 
 def _upload(at: AppTest, name: str, data: bytes) -> AppTest:
     _mode(at, "Uploaded image")
-    gen = at.session_state["upload_gen"] if "upload_gen" in at.session_state else 0
+    gen = at.session_state.get("upload_gen", 0)
     at.sidebar.file_uploader(key=f"upload-{gen}").set_value((name, data, "application/octet-stream")).run()
     assert not at.exception, at.exception
     return at

@@ -62,7 +62,8 @@ def test_without_streamlit_run_says_which_extra_to_install(tmp_path, monkeypatch
 
 def _python(code: str, cwd: Path) -> str:
     """Run ``code`` in a fresh interpreter outside the checkout (so the repo folder is not on the path)."""
-    proc = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=120,
+                          check=False)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.strip()
 

@@ -61,7 +61,7 @@ def _views(at: AppTest) -> list[dict]:
 
 def _upload(at: AppTest, name: str, data: bytes) -> None:
     at.sidebar.radio(key="mode").set_value("Uploaded image").run()
-    gen = at.session_state["upload_gen"] if "upload_gen" in at.session_state else 0
+    gen = at.session_state.get("upload_gen", 0)
     at.sidebar.file_uploader(key=f"upload-{gen}").set_value((name, data, "application/octet-stream")).run()
 
 

@@ -12,7 +12,7 @@ from pacs_helpers import needs_orthanc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "apps"))
 
-from viewer_fakes import FakeLibrary  # noqa: E402
+from viewer_fakes import FakeLibrary
 
 pytestmark = needs_orthanc
 VIEWER = Path(__file__).resolve().parents[2] / "apps" / "medvl_viewer" / "app.py"
@@ -50,7 +50,7 @@ def _page_text(at) -> str:
 def test_pacs_mode_lists_filters_opens_and_searches_without_identifiers(app_env) -> None:
     from streamlit.testing.v1 import AppTest
 
-    server, studies, fake = app_env
+    _server, studies, fake = app_env
     at = AppTest.from_file(str(VIEWER), default_timeout=60)
     at.run()
     at.sidebar.radio(key="mode").set_value("PACS study").run()

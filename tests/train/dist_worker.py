@@ -13,7 +13,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_fakes import components, tiny_config
 
 from medvl.losses import build_loss
-
 from medvl.train import train
 
 

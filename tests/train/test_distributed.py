@@ -17,7 +17,7 @@ from medvl.train import train
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from dist_worker import dist_config, frozen_prototype_config, real_loss_components
+from dist_worker import dist_config, frozen_prototype_config, real_loss_components  # noqa: E402  (needs sys.path above)
 
 
 def _torchrun(*args: str) -> subprocess.CompletedProcess:
@@ -52,7 +52,7 @@ def test_two_process_run_with_resume_matches_one_process(tmp_path: Path) -> None
     hist = [json.loads((d / "checkpoints/last/trainer_state.json").read_text())["trainer"]["history"]
             for d in (tmp_path / "single", out)]
     assert len(hist[0]) == len(hist[1]) == 2
-    for one, two in zip(*hist):
+    for one, two in zip(*hist, strict=True):
         assert one["n"] == two["n"] == 8
         assert one["i2t_R@5"] == two["i2t_R@5"] and one["t2i_R@1"] == two["t2i_R@1"]
         assert one["train_loss"] == pytest.approx(two["train_loss"], rel=1e-5)

@@ -150,7 +150,7 @@ def write_report_statements(plan: StudyPlan, rng: np.random.Generator) -> tuple[
     negatives = _negatives([negs[i] for i in order], bank, rng)
     sentences.extend(_statement("findings", t, names, 0) for t, names in negatives)
     hedged = [f for f in plan.findings if f.uncertain]
-    if not impression and hedged or hedged and rng.random() < 0.5:
+    if (not impression and hedged) or (hedged and rng.random() < 0.5):
         f = hedged[0]
         impression.append(_statement("impression", _fill(_pick(rng, bank[f.name]["uncertain"]), f, plan.modality, rng),
                                      [f.name], -1, f.laterality))
