@@ -100,7 +100,7 @@ def extract_sections(text: str, *, keep_other: bool = False) -> dict[str, str]:
     # Without a colon only an upper-case heading counts: a wrapped line may hold just "findings".
     matches = [m for m in _HEADING_RE.finditer(text) if m.group(0).rstrip().endswith(":") or m.group(1).isupper()]
     add("preamble", text[: matches[0].start()] if matches else text)
-    for m, nxt in zip(matches, [*matches[1:], None], strict=True):
+    for m, nxt in zip(matches, [*matches[1:], None] if matches else [], strict=True):
         heading = _normalise_space(m.group(1)).upper()
         body = text[m.end(): nxt.start() if nxt else len(text)]
         add(SECTION_ALIASES[heading], body)
