@@ -35,7 +35,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO / "tests" / "apps"))
 
-from viewer_server import CHROMIUM, CHROMIUM_ARGS, streamlit_server  # noqa: E402
+from viewer_server import CHROMIUM, CHROMIUM_ARGS, streamlit_server
 
 WAIT_MS = 120_000
 REPEAT = 5

@@ -176,7 +176,8 @@ def _train(config, cfg: TrainConfig, seed: int, out: Path, parts: Components, en
 
     # -- model, loss, data ---------------------------------------------------------------
     seed_everything(seed)  # identical initial weights on every rank (then broadcast anyway)
-    model = parts.build_model(config.get("model") or {}).to(device)
+    # a dual encoder module (encode_image, encode_text, tokenize, save_pretrained); tests pass fakes
+    model: Any = parts.build_model(config.get("model") or {}).to(device)
     # CLIP's cap, or a started-from model's own larger scale (SigLIP learned ~117 uncapped)
     start_scale = getattr(model, "logit_scale", None)
     max_logit_scale = MAX_LOGIT_SCALE
@@ -264,7 +265,8 @@ def _train(config, cfg: TrainConfig, seed: int, out: Path, parts: Components, en
         row: dict[str, Any] = {"epoch": state.epoch, "step": state.step,
                                "train_loss": state.epoch_loss_sum / max(1, state.epoch_steps)}
         due = val_batches is not None and (state.epoch + 1) % cfg.val_every_epoch == 0
-        metrics = validate(model, val_batches, device, autocast, gather=D.all_gather_objects) if due else {}
+        metrics = validate(model, val_batches, device, autocast, gather=D.all_gather_objects) \
+            if due and val_batches is not None else {}
         metrics = D.all_gather_objects(metrics)[0]  # rank 0's figures decide the best model on every rank
         row.update(metrics)
         state.history.append(row)
@@ -286,7 +288,8 @@ def _train(config, cfg: TrainConfig, seed: int, out: Path, parts: Components, en
     bar = progress(total=total_steps, initial=state.step, disable=not (env.is_main and cfg.progress),
                desc="train", unit="step", dynamic_ncols=True, file=sys.stderr)
     window = {"time": 0.0, "wait": 0.0, "samples": 0}
-    done = (lambda: state.step >= cfg.max_steps) if cfg.max_steps else (lambda: state.epoch >= cfg.epochs)
+    max_steps = cfg.max_steps
+    done = (lambda: state.step >= max_steps) if max_steps else (lambda: state.epoch >= cfg.epochs)
     stop = StopRequest()
     try:
         stop.install()

@@ -265,7 +265,10 @@ def read_image_processor(directory: Path) -> dict[str, Any] | None:
     crop = cfg.get("crop_size")
     out: dict[str, Any] = {"in_channels": 3}
     if cfg.get("do_center_crop") and crop:
-        side = crop.get("height", crop.get("width")) if isinstance(crop, dict) else int(crop)
+        side = crop.get("height", crop.get("width")) if isinstance(crop, dict) else crop
+        if side is None:
+            raise CheckpointError("crop_size has neither height nor width", path=path, field="crop_size",
+                                  expected="an integer or {height, width}")
         out.update(image_size=int(side), fit="crop")
     elif isinstance(size, dict) and "height" in size:
         out.update(image_size=int(size["height"]), fit="stretch")

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from medvl.errors import CheckpointError
-from medvl.models.config import ImageConfig, ModelConfig, TextConfig
+from medvl.models.config import HeadKind, ImageConfig, ModelConfig, TextConfig
 from medvl.models.importers.base import (
     Imported,
     assign,
@@ -72,6 +72,7 @@ def import_hf_clip(src: Path, *, kind: str, workdir: Path | None = None,
     vision_cfg, text_cfg = hf.config.vision_config, hf.config.text_config
     tok_dir = tokenizer_dir(tokenizer, src, what=f"{kind.upper()} text tower")
 
+    head: HeadKind
     if kind == "clip":
         embed_dim = int(hf.config.projection_dim)
         head = "linear"

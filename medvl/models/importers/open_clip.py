@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -47,7 +47,7 @@ from medvl.models.importers.bert import load_bert_weights
 
 CONFIG_NAME = "open_clip_config.json"
 WEIGHT_NAMES = ("open_clip_pytorch_model.bin", "open_clip_model.safetensors", "open_clip_pytorch_model.pt")
-_POOLERS = {"cls_last_hidden_state_pooler": "cls", "mean_pooler": "mean"}
+_POOLERS: dict[str, Literal["cls", "mean"]] = {"cls_last_hidden_state_pooler": "cls", "mean_pooler": "mean"}
 _RESIZE = {"shortest": "crop", "longest": "pad", "squash": "stretch"}
 
 

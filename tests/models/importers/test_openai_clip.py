@@ -100,7 +100,7 @@ def _bytes_to_unicode():
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    return dict(zip(bs, map(chr, cs)))
+    return dict(zip(bs, map(chr, cs), strict=True))
 
 
 class SimpleTokenizer:
