@@ -10,10 +10,27 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+
+
+@dataclass
+class DemoConfig:
+    """The ``demo`` section: the synthetic corpus ``medvl demo`` generates.
+
+    Attributes:
+        n_cxr: chest radiograph studies.
+        n_ct: CT studies.
+        synth: further keyword arguments of ``medvl.data.synth.generate_corpus``
+            (``image_size``, ``workers``...).
+    """
+
+    n_cxr: int = 1000
+    n_ct: int = 20
+    synth: dict[str, Any] = field(default_factory=dict)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,13 +72,16 @@ def _corpus(out: Path, n_cxr: int, n_ct: int, seed: int, synth_kw: dict[str, Any
 
 def run(args: argparse.Namespace) -> int:
     from medvl.config import set_dotted
+    from medvl.experiment import parse_experiment
 
     cfg = _resolve_config(args.config, list(args.overrides))
-    demo = cfg.pop("demo", {}) or {}
-    seed = args.seed if args.seed is not None else int(cfg.get("seed", 0))
-    n_cxr = args.n_cxr if args.n_cxr is not None else int(demo.get("n_cxr", 1000))
-    n_ct = args.n_ct if args.n_ct is not None else int(demo.get("n_ct", 20))
-    synth_kw = dict(demo.get("synth", {}) or {})
+    exp = parse_experiment(cfg, source=args.config)  # a misspelled section stops here, before any work
+    demo = exp.demo
+    cfg.pop("demo", None)
+    seed = args.seed if args.seed is not None else exp.seed
+    n_cxr = args.n_cxr if args.n_cxr is not None else demo.n_cxr
+    n_ct = args.n_ct if args.n_ct is not None else demo.n_ct
+    synth_kw = dict(demo.synth)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}

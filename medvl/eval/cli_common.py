@@ -20,9 +20,16 @@ def find_experiment_config(model_dir: str | Path, config: str | None, overrides:
     """
     from medvl.config import apply_overrides, load_config
 
+    from medvl.experiment import check_top_level
+
     if config:
-        return load_config(config, overrides), config
-    for cand in (Path(model_dir) / "config.yaml", Path(model_dir).parent / "config.yaml"):
-        if cand.is_file():
-            return load_config(cand, overrides), str(cand)
-    return apply_overrides({}, overrides), "defaults"
+        cfg, source = load_config(config, overrides), config
+    else:
+        for cand in (Path(model_dir) / "config.yaml", Path(model_dir).parent / "config.yaml"):
+            if cand.is_file():
+                cfg, source = load_config(cand, overrides), str(cand)
+                break
+        else:
+            cfg, source = apply_overrides({}, overrides), "defaults"
+    check_top_level(cfg, source=source if source != "defaults" else None)  # before any work
+    return cfg, source

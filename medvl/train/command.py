@@ -24,11 +24,15 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from medvl.config import load_config
-    from medvl.train import train
+    from medvl.experiment import parse_experiment
+    from medvl.train import engine, train
 
-    cfg = load_config(args.config, list(args.overrides))
-    out = args.out or cfg.get("output_dir") or str(Path("runs") / Path(args.config).stem)
-    result = train(cfg, out, resume=bool(args.resume))
+    # every section is validated here, so a misspelled one stops the run before any work
+    parts = engine.default_components()
+    exp = parse_experiment(load_config(args.config, list(args.overrides)), source=args.config,
+                           raw_sections=parts.raw_sections)
+    out = args.out or exp.output_dir or str(Path("runs") / Path(args.config).stem)
+    result = train(exp, out, resume=bool(args.resume), components=parts)
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 prints
         last = result.history[-1] if result.history else {}
         shown = ", ".join(f"{k}={v:.3f}" for k, v in last.items()

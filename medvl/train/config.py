@@ -50,7 +50,6 @@ class TrainConfig:
         checkpoint_every_steps: also write the ``last`` checkpoint every this many
             steps (it is always written at the end of each epoch); ``null`` = epochs only.
         monitor: validation metric that picks the best model (higher is better).
-        seed: run seed; ``null`` uses the top-level ``seed`` of the experiment config.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
         progress: show a tqdm progress bar on rank 0.
         clamp_logit_scale: clamp the learnable ``logit_scale`` to ``ln(100)`` after
@@ -77,7 +76,6 @@ class TrainConfig:
     val_every_epoch: int = 1
     checkpoint_every_steps: int | None = None
     monitor: str = "mean_recall"
-    seed: int | None = None
     device: str = "auto"
     progress: bool = True
     clamp_logit_scale: bool = True

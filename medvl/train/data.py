@@ -24,8 +24,9 @@ from medvl.train.gradcache import MicroBatch
 from medvl.train.sampler import EpochBatchSampler
 
 
-def _manifest(config: dict[str, Any]) -> str:
-    manifest = (config.get("data") or {}).get("manifest")
+def _manifest(data: Any) -> str:
+    """The manifest of a data section (a ``DataConfig`` or, for test fakes, a mapping)."""
+    manifest = data.get("manifest") if isinstance(data, dict) else getattr(data, "manifest", None)
     if not manifest:
         raise ConfigError("no manifest to train on", field="data.manifest",
                           expected="the path of a manifest JSONL (e.g. data.manifest=corpus/manifest.jsonl)")
@@ -93,10 +94,10 @@ class TrainData:
             pos += take
 
 
-def build_train_loader(parts: Any, config: dict[str, Any], env: D.DistEnv, seed: int) -> TrainData:
-    """The train split as :class:`TrainData`; a clear error when it is empty."""
-    manifest = _manifest(config)
-    base = parts.build_dataloader(config.get("data") or {}, manifest, "train", shuffle=True,
+def build_train_loader(parts: Any, data: Any, env: D.DistEnv, seed: int) -> TrainData:
+    """The train split of the ``data`` section as :class:`TrainData`; a clear error when it is empty."""
+    manifest = _manifest(data)
+    base = parts.build_dataloader(data, manifest, "train", shuffle=True,
                                   distributed=False, seed=seed)
     if len(base.dataset) == 0:
         raise ConfigError("the train split has no studies", path=manifest, field="split",
@@ -104,9 +105,9 @@ def build_train_loader(parts: Any, config: dict[str, Any], env: D.DistEnv, seed:
     return TrainData(base, env, seed)
 
 
-def build_val_loader(parts: Any, config: dict[str, Any], env: D.DistEnv) -> DataLoader | None:
+def build_val_loader(parts: Any, data: Any, env: D.DistEnv) -> DataLoader | None:
     """This rank's share of the val split in dataset order (no study twice); None when the split is empty."""
-    base = parts.build_dataloader(config.get("data") or {}, _manifest(config), "val", shuffle=False)
+    base = parts.build_dataloader(data, _manifest(data), "val", shuffle=False)
     if len(base.dataset) == 0:
         return None
     if not env.distributed:

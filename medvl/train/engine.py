@@ -21,7 +21,7 @@ import math
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,8 +30,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from medvl.atomic import atomic_path, write_text_atomic
-from medvl.config import from_dict
+from medvl.data.config import DataConfig
 from medvl.errors import ConfigError, TrainingError
+from medvl.experiment import Experiment, parse_experiment
 from medvl.losses.distributed import average_gradients
 from medvl.runinfo import write_run_info
 from medvl.train import distributed as D
@@ -70,15 +71,18 @@ class Components:
     """The builders the engine calls; tests pass small fakes, the CLI the real rooms.
 
     Attributes:
-        build_model: ``model`` section -> dual encoder.
-        build_loss: (``loss`` section, the built model) -> alignment loss; the model is
-            passed so terms with parameters can size them to its embedding.
-        build_dataloader: ``medvl.data.build_dataloader``'s signature.
+        build_model: ``model`` section (a ``ModelConfig``) -> dual encoder.
+        build_loss: (``loss`` section (a ``LossConfig``), the built model) -> alignment
+            loss; the model is passed so terms with parameters can size them to its embedding.
+        build_dataloader: ``medvl.data.build_dataloader``'s signature (``data`` is a ``DataConfig``).
+        raw_sections: sections handed to these builders as plain mappings instead of
+            typed configs (builders that are not medvl's rooms, such as test fakes).
     """
 
-    build_model: Callable[[dict[str, Any]], torch.nn.Module]
-    build_loss: Callable[[dict[str, Any], torch.nn.Module], torch.nn.Module]
+    build_model: Callable[[Any], torch.nn.Module]
+    build_loss: Callable[[Any, torch.nn.Module], torch.nn.Module]
     build_dataloader: Callable[..., DataLoader]
+    raw_sections: tuple[str, ...] = ()
 
 
 def default_components() -> Components:
@@ -87,10 +91,12 @@ def default_components() -> Components:
     from medvl.losses import build_loss
     from medvl.models import build_model
 
-    def loss_for(loss_cfg: dict[str, Any], model: torch.nn.Module) -> torch.nn.Module:
+    def loss_for(loss_cfg: Any, model: torch.nn.Module) -> torch.nn.Module:
+        from medvl.config import to_dict
+
         model_cfg = getattr(model, "config", None)
         embed_dim = model_cfg.get("embed_dim") if isinstance(model_cfg, dict) else None
-        return build_loss(loss_cfg, embed_dim=embed_dim)
+        return build_loss(to_dict(loss_cfg), embed_dim=embed_dim)
 
     return Components(build_model, loss_for, build_dataloader)
 
@@ -120,7 +126,7 @@ def _say(env: D.DistEnv, msg: str) -> None:
 
 
 def train(
-    config: dict[str, Any],
+    config: Experiment | Mapping[str, Any],
     out_dir: str | Path,
     *,
     resume: bool = False,
@@ -130,8 +136,10 @@ def train(
     """Train a dual encoder from an experiment config.
 
     Args:
-        config: the whole experiment config (sections ``data``, ``model``, ``loss``,
-            ``train`` and a top-level ``seed``).
+        config: the experiment, an :class:`~medvl.experiment.Experiment` or the mapping
+            :func:`~medvl.experiment.parse_experiment` validates (unknown top-level keys
+            are refused before any work); the engine uses its typed ``data``, ``model``,
+            ``loss`` and ``train`` sections and the one ``seed``.
         out_dir: run directory; receives ``model/`` (best), ``checkpoints/{last,best}``,
             ``metrics.csv``, ``tensorboard/``, ``skipped.jsonl``, ``config.yaml``, ``run.json``.
         resume: continue from ``out_dir/checkpoints/last`` (model, optimizer, scheduler,
@@ -145,53 +153,53 @@ def train(
         A :class:`TrainResult`.
 
     Raises:
-        ConfigError: invalid ``train`` section or missing ``data.manifest``.
+        ConfigError: an unknown top-level key, an invalid section or a missing ``data.manifest``.
         CheckpointError: ``resume`` with a checkpoint of a different model or loss config.
         TrainingError: a non-finite loss or gradient (the last good state is saved first).
     """
     t_start = time.perf_counter()
-    cfg = from_dict(TrainConfig, config.get("train"), where="train")
+    parts = components or default_components()
+    exp = parse_experiment(config, raw_sections=parts.raw_sections)
+    cfg = exp.train
     if cfg.monitor not in metric_names():
         raise ConfigError(f"unknown validation metric {cfg.monitor!r}", field="train.monitor",
                           expected="one of " + ", ".join(metric_names()))
-    seed = cfg.seed if cfg.seed is not None else int(config.get("seed") or 0)
-    config = _with_start_preprocessing(config)
+    exp = _with_start_preprocessing(exp)
     out = Path(out_dir)
-    parts = components or default_components()
     env = D.init_distributed(cfg.device)
     try:
-        return _train(config, cfg, seed, out, parts, env, resume, on_step, t_start)
+        return _train(exp, cfg, exp.seed, out, parts, env, resume, on_step, t_start)
     finally:
         D.cleanup(env)
 
 
-def _train(config, cfg: TrainConfig, seed: int, out: Path, parts: Components, env: D.DistEnv,
+def _train(exp: Experiment, cfg: TrainConfig, seed: int, out: Path, parts: Components, env: D.DistEnv,
            resume: bool, on_step, t_start: float) -> TrainResult:
     device = env.device
     if cfg.precision != "fp32" and device.type != "cuda":
         _say(env, f"precision {cfg.precision} needs a GPU; training in fp32 on {device.type}")
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        write_run_info(out, config, seed, " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]))
+        write_run_info(out, exp.resolved(), seed, " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]))
 
     # -- model, loss, data ---------------------------------------------------------------
     seed_everything(seed)  # identical initial weights on every rank (then broadcast anyway)
     # a dual encoder module (encode_image, encode_text, tokenize, save_pretrained); tests pass fakes
-    model: Any = parts.build_model(config.get("model") or {}).to(device)
+    model: Any = parts.build_model(exp.model).to(device)
     # CLIP's cap, or a started-from model's own larger scale (SigLIP learned ~117 uncapped)
     start_scale = getattr(model, "logit_scale", None)
     max_logit_scale = MAX_LOGIT_SCALE
-    if isinstance(start_scale, torch.Tensor) and (config.get("model") or {}).get("init_from"):
+    if isinstance(start_scale, torch.Tensor) and _init_from(exp):
         max_logit_scale = max(MAX_LOGIT_SCALE, float(start_scale.detach()))
-    loss_fn = parts.build_loss(config.get("loss") or {}, model).to(device)
+    loss_fn = parts.build_loss(exp.loss, model).to(device)
     D.broadcast_parameters([model, loss_fn])
     model.train()
     loss_fn.train()
-    train_data = build_train_loader(parts, config, env, seed)
-    val_batches = build_val_loader(parts, config, env) if cfg.val_every_epoch > 0 else None
+    train_data = build_train_loader(parts, exp.data, env, seed)
+    val_batches = build_val_loader(parts, exp.data, env) if cfg.val_every_epoch > 0 else None
     make_micro = MicroBatchMaker(model, device)
     local_heads = LocalHeadMonitor(model)
-    preprocessing = _preprocessing(config.get("data"), env)
+    preprocessing = _preprocessing(exp.data, env)
     skips = SkipTracker(train_data, val_batches)
 
     # -- optimizer and schedule ----------------------------------------------------------
@@ -204,7 +212,7 @@ def _train(config, cfg: TrainConfig, seed: int, out: Path, parts: Components, en
     scheduler = build_scheduler(optimizer, cfg, total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and cfg.precision == "fp16")
     autocast = _autocast(cfg.precision, device)
-    fp = fingerprint(config, model, loss_fn)
+    fp = fingerprint(exp.raw, model, loss_fn)  # the sections as written, as checkpoints always recorded them
 
     # -- resume --------------------------------------------------------------------------
     state = TrainState(global_batch_size=train_data.sampler.global_batch_size)
@@ -247,14 +255,14 @@ def _train(config, cfg: TrainConfig, seed: int, out: Path, parts: Components, en
 
     def save_model(metrics: dict[str, float] | None = None) -> None:
         if env.is_main:
-            card = _model_card(config, cfg, state, metrics, len(train_data.dataset),
+            card = _model_card(exp, cfg, state, metrics, len(train_data.dataset),
                                train_data.sampler.global_batch_size * cfg.accum_steps, device)
             params = inspect.signature(model.save_pretrained).parameters
             kwargs: dict[str, Any] = {}
             if "card" in params:
                 kwargs["card"] = card
             if "training" in params:
-                kwargs["training"] = local_heads.record(config.get("loss"))
+                kwargs["training"] = local_heads.record(exp.loss)
             with atomic_path(out / "model") as tmp:
                 model.save_pretrained(tmp, **kwargs)
                 if preprocessing is not None:
@@ -378,7 +386,7 @@ def _train(config, cfg: TrainConfig, seed: int, out: Path, parts: Components, en
         if state.best is None:  # no validation ever picked a model: the model is the last one
             save_model()
         if cfg.fit_inference and preprocessing is not None:
-            _fit_inference(out, config, seed, env, cfg.progress)
+            _fit_inference(out, exp.data, seed, env, cfg.progress)
         skipped = skips.write(out, env)
     finally:
         stop.restore()
@@ -388,7 +396,7 @@ def _train(config, cfg: TrainConfig, seed: int, out: Path, parts: Components, en
                        skipped=skipped, steps=state.step, out_dir=out)
 
 
-def _fit_inference(out: Path, config: dict[str, Any], seed: int, env: D.DistEnv, progress: bool) -> None:
+def _fit_inference(out: Path, data: DataConfig, seed: int, env: D.DistEnv, progress: bool) -> None:
     """Calibration and the OOD profile of the saved model (rank 0; the others wait).
 
     A failure here is reported, not raised: the trained model is already saved, and
@@ -397,11 +405,9 @@ def _fit_inference(out: Path, config: dict[str, Any], seed: int, env: D.DistEnv,
     if env.is_main:
         from medvl.errors import MedvlError
         from medvl.inference.fit import fit_model_dir
-        from medvl.inference.preprocessing import _as_data_config
 
         t0 = time.perf_counter()
         try:
-            data = _as_data_config(config.get("data"))
             summary = fit_model_dir(out / "model", data, str(data.manifest), seed=seed, progress=progress)
         except (MedvlError, OSError, ValueError) as exc:
             _say(env, f"calibration / OOD profile not written ({type(exc).__name__}: {exc}); the model's scores "
@@ -413,7 +419,14 @@ def _fit_inference(out: Path, config: dict[str, Any], seed: int, env: D.DistEnv,
     D.barrier()
 
 
-def _with_start_preprocessing(config: dict[str, Any]) -> dict[str, Any]:
+def _init_from(exp: Experiment) -> str | None:
+    """The model directory training starts from (``model.init_from``), if any."""
+    model = exp.model
+    start = model.get("init_from") if isinstance(model, dict) else getattr(model, "init_from", None)
+    return str(start) if start else None
+
+
+def _with_start_preprocessing(exp: Experiment) -> Experiment:
     """With ``model.init_from``, train on the starting model's own preprocessing.
 
     The directory's ``preprocessing.json`` (an imported model's: its grid, crop, mean/std)
@@ -421,14 +434,17 @@ def _with_start_preprocessing(config: dict[str, Any]) -> dict[str, Any]:
     :class:`ConfigError` naming the field, so a fine-tuned model never silently sees
     inputs its weights were not made for.
     """
-    start = (config.get("model") or {}).get("init_from") if isinstance(config.get("model"), dict) else None
-    if not start or not (Path(start) / "preprocessing.json").is_file():
-        return config
-    from medvl.config import to_dict
+    import dataclasses
+
+    start = _init_from(exp)
+    if not start or not isinstance(exp.data, DataConfig) or not (Path(start) / "preprocessing.json").is_file():
+        return exp
     from medvl.inference.preprocessing import Preprocessing
 
-    data = Preprocessing.load(start).apply_to(config.get("data"), source=str(Path(start) / "preprocessing.json"))
-    return {**config, "data": to_dict(data)}
+    # the data section as written: its keys are the user's explicit settings
+    data = Preprocessing.load(start).apply_to(exp.raw.get("data") or {},
+                                              source=str(Path(start) / "preprocessing.json"))
+    return dataclasses.replace(exp, data=data)
 
 
 def _preprocessing(data_section: Any, env: D.DistEnv) -> Any:
@@ -461,16 +477,17 @@ def _scalars(terms: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def _model_card(config: dict[str, Any], cfg: TrainConfig, state: TrainState, metrics: dict[str, float] | None,
+def _model_card(exp: Experiment, cfg: TrainConfig, state: TrainState, metrics: dict[str, float] | None,
                 n_train: int, effective_batch: int, device: torch.device) -> dict[str, str]:
     """Model-card fields (``medvl.models`` fills its template with them)."""
-    manifest = (config.get("data") or {}).get("manifest")
+    data = exp.data
+    manifest = data.get("manifest") if isinstance(data, dict) else getattr(data, "manifest", None)
     card = {
         "training_data": f"{manifest}: train split, {n_train} studies",
         "training": (f"{state.step} optimizer steps (epoch {state.epoch}), effective batch {effective_batch} "
                      f"(all negatives), AdamW lr {cfg.lr:g} with warmup and cosine, weight decay "
                      f"{cfg.weight_decay:g}, precision {cfg.precision if device.type == 'cuda' else 'fp32'}, "
-                     f"seed {cfg.seed if cfg.seed is not None else config.get('seed')}"),
+                     f"seed {exp.seed}"),
     }
     if metrics:
         shown = ", ".join(f"{k} {metrics[k]:.3f}" for k in ("i2t_R@1", "i2t_R@5", "t2i_R@1", "t2i_R@5") if k in metrics)

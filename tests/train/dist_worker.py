@@ -36,7 +36,8 @@ def frozen_prototype_config() -> dict:
 def real_loss_components():
     base = components()
     return type(base)(build_model=base.build_model, build_dataloader=base.build_dataloader,
-                      build_loss=lambda cfg, model: build_loss(cfg, embed_dim=int(model.config.get("dim", 8))))
+                      build_loss=lambda cfg, model: build_loss(cfg, embed_dim=int(model.config.get("dim", 8))),
+                      raw_sections=base.raw_sections)
 
 
 if __name__ == "__main__":

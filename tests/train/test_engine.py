@@ -286,6 +286,7 @@ def test_a_loss_without_a_total_is_a_clear_error(tmp_path: Path) -> None:
             return terms
 
     parts = components()
-    parts = Components(parts.build_model, lambda cfg, model: NoTotal(cfg), parts.build_dataloader)
+    parts = Components(parts.build_model, lambda cfg, model: NoTotal(cfg), parts.build_dataloader,
+                       raw_sections=parts.raw_sections)
     with pytest.raises(TrainingError, match="no total under 'loss'"):
         train(tiny_config(), tmp_path / "run", components=parts)

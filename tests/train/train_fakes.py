@@ -209,7 +209,7 @@ class FakeLoss(nn.Module):
 
 def components() -> Components:
     return Components(build_model=FakeModel, build_loss=lambda cfg, model: FakeLoss(cfg),
-                      build_dataloader=build_dataloader)
+                      build_dataloader=build_dataloader, raw_sections=("data", "model", "loss"))
 
 
 def tiny_config(**train: Any) -> dict[str, Any]:
