@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("medvl.train.command", "train a model from a YAML config"),
     "eval": ("medvl.eval.command", "zero-shot, retrieval, grounding and probe evaluation"),
     "index": ("medvl.index.command", "build or search a case index"),
+    "embed": ("medvl.inference.command", "embeddings of a manifest, folder or DICOM series to Parquet"),
     "demo": ("medvl.demo", "synth -> train -> eval -> index on the synthetic corpus"),
     "viewer": ("medvl_viewer.command", "serve the Streamlit case-retrieval viewer on a case index"),
 }
