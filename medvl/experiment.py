@@ -135,7 +135,7 @@ def parse_experiment(config: Mapping[str, Any] | Experiment, *, source: str | No
         raise ConfigError(f"the config is a {type(config).__name__}", path=source,
                           expected="a mapping of sections")
     check_top_level(config, source=source)
-    raw = {k: v for k, v in config.items()}
+    raw = dict(config)
     seed = config.get("seed", 0)
     if seed is None:
         seed = 0

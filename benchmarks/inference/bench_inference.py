@@ -262,7 +262,7 @@ def write_md(res: dict[str, Any], path: Path) -> None:
               f"{_fmt(txt['off_domain_queries']['flag_rate'])} |", "",
               f"Files: {real['n_files']}, readable by medvl: {real['n_readable']} (unreadable: "
               + ", ".join(f"{k} {v}" for k, v in real["unreadable"].items()) + "). "
-              f"First failing check on flagged non-chest files: "
+              "First failing check on flagged non-chest files: "
               + ", ".join(f"{k} {v}" for k, v in nc["first_check"].items()) + ". "
               f"Not flagged: {', '.join(nc['not_flagged']) or 'none'}.", "",
               "Real chest radiographs: " + "; ".join(

@@ -19,7 +19,6 @@ def find_experiment_config(model_dir: str | Path, config: str | None, overrides:
         ``(config, where it came from)``.
     """
     from medvl.config import apply_overrides, load_config
-
     from medvl.experiment import check_top_level
 
     if config:

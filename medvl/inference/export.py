@@ -62,7 +62,7 @@ def _hashed(rel: str) -> str:
     return "file-" + hashlib.sha1(rel.encode()).hexdigest()[:16]
 
 
-def manifest_items(manifest: str | PathLike[str], split: str | None, dims: int) -> list[Item]:
+def manifest_items(manifest: str | Path, split: str | None, dims: int) -> list[Item]:
     """The manifest's rows (of one split), in order; rows of the other dimensionality are skipped items."""
     from medvl.data.manifest import read_manifest, resolve_path
 
