@@ -1,4 +1,4 @@
-# The two commands a new user runs: `make demo` and `make test`.
+# The two commands a new user runs: `make demo` and `make test` (`make demo-ct`: the CT version).
 # Both create .venv when it is missing and (re)install only when pyproject.toml changed.
 
 PYTHON ?= python3
@@ -7,13 +7,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EXTRAS := decoders,faiss,assets,viewer,dev
 DEMO_OUT ?= runs/demo
+DEMO_CT_OUT ?= runs/demo-ct
 
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export MPLBACKEND := Agg
 
-.PHONY: demo test lint viewer install clean bench
+.PHONY: demo demo-ct test lint viewer install clean bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +28,10 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/medvl demo --out $(DEMO_OUT)
+
+# The same steps on synthetic chest CT volumes with a 3D image tower (configs/demo_ct.yaml).
+demo-ct: $(STAMP)
+	$(BIN)/medvl demo --ct --out $(DEMO_CT_OUT)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

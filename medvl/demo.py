@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+#: ``medvl demo --ct`` (``make demo-ct``): synthetic chest CTs and a 3D model.
+CT_CONFIG = DEFAULT_CONFIG.with_name("demo_ct.yaml")
 
 
 @dataclass
@@ -36,20 +38,26 @@ class DemoConfig:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     parser.add_argument("--config", default=None, help="experiment config (default configs/demo.yaml)")
+    parser.add_argument("--ct", action="store_true",
+                        help="the CT demo: configs/demo_ct.yaml (synthetic CT volumes, a 3D image tower)")
     parser.add_argument("--n-cxr", type=int, default=None, help="chest radiograph studies (default from config)")
     parser.add_argument("--n-ct", type=int, default=None, help="CT studies (default from config)")
     parser.add_argument("--seed", type=int, default=None, help="seed for corpus and training (default from config)")
     parser.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. train.epochs=2")
 
 
-def _resolve_config(path: str | None, overrides: list[str]) -> dict[str, Any]:
+def _resolve_config(path: str | None, overrides: list[str], *, ct: bool = False) -> dict[str, Any]:
     from medvl.config import load_config
     from medvl.errors import ConfigError
 
+    if path is not None and ct:
+        raise ConfigError("--ct and --config both choose the config", field="--ct",
+                          expected="one of them (--ct is --config configs/demo_ct.yaml)")
     if path is None:
-        if not DEFAULT_CONFIG.is_file():
-            raise ConfigError("configs/demo.yaml not found next to the package; pass --config", path=DEFAULT_CONFIG)
-        path = str(DEFAULT_CONFIG)
+        default = CT_CONFIG if ct else DEFAULT_CONFIG
+        if not default.is_file():
+            raise ConfigError(f"configs/{default.name} not found next to the package; pass --config", path=default)
+        path = str(default)
     return load_config(path, overrides)
 
 
@@ -74,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     from medvl.config import set_dotted
     from medvl.experiment import parse_experiment
 
-    cfg = _resolve_config(args.config, list(args.overrides))
+    cfg = _resolve_config(args.config, list(args.overrides), ct=bool(getattr(args, "ct", False)))
     exp = parse_experiment(cfg, source=args.config)  # a misspelled section stops here, before any work
     demo = exp.demo
     cfg.pop("demo", None)
@@ -131,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
     timings["index_s"] = time.perf_counter() - t0
 
     summary = _summary(rows, used, n_split, results, timings, out, result)
+    summary["trained_on"] = "CT volumes (3D)" if dims == 3 else "chest radiographs (2D)"
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     _print_table(summary)
     return 0
@@ -180,6 +189,7 @@ def _print_table(s: dict[str, Any]) -> None:
     c = s["corpus"]
     lines = [
         ("corpus", f"{c['studies']} studies ({c['cxr']} CXR, {c['ct']} CT)"),
+        ("trained on", str(s.get("trained_on", ""))),
         ("train / val / test", "{train} / {val} / {test}".format(**c["used_for_training"])),
         ("synth time", f"{s['timings_s']['synth_s']} s"),
         ("training time", f"{s['timings_s']['train_s']} s"),
@@ -192,4 +202,6 @@ def _print_table(s: dict[str, Any]) -> None:
     print("\n== medvl demo summary (research use only) ==")
     for k, v in lines:
         print(f"  {k:<{w}}  {v}")
-    print("\nNext: `make viewer` to browse the index.")
+    index = Path(s["outputs"]["index"])
+    hint = "make viewer" if index == Path("runs/demo/index") else f"make viewer DEMO_OUT={index.parent}"
+    print(f"\nNext: `{hint}` to browse the index.")
