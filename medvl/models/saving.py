@@ -18,7 +18,7 @@ from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medvl.atomic import atomic_path, write_text_atomic
+from medvl.atomic import atomic_path, recover_dir, write_text_atomic
 from medvl.config import from_dict
 from medvl.errors import CheckpointError, ConfigError, MedvlError
 from medvl.models.config import ModelConfig
@@ -156,6 +156,8 @@ def read_config(directory: str | PathLike[str]) -> dict[str, Any]:
         CheckpointError: missing or unreadable file, or another format.
     """
     path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        recover_dir(directory)  # a save killed while replacing the folder: put the complete version back
     if not path.is_file():
         raise CheckpointError(
             "not a medvl model directory: config.json is missing", path=directory,

@@ -13,8 +13,9 @@ A checkpoint is a directory (``checkpoints/last`` or ``checkpoints/best``):
 =========================  =====================================================
 
 No pickle is written or read: a checkpoint from someone else cannot run code. The
-directory is replaced in one rename (:func:`medvl.atomic.atomic_path`), so an
-interrupted save leaves the previous checkpoint intact.
+directory is replaced by :func:`medvl.atomic.atomic_path`: a save killed at any point
+leaves a complete checkpoint (the previous or the new one) that
+:func:`medvl.atomic.recover_dir` puts back in place, as ``train --resume`` does first.
 """
 
 from __future__ import annotations

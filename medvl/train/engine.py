@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from medvl.atomic import atomic_path, write_text_atomic
+from medvl.atomic import atomic_path, recover_dir, write_text_atomic
 from medvl.data.config import DataConfig
 from medvl.errors import ConfigError, TrainingError
 from medvl.experiment import Experiment, parse_experiment
@@ -218,8 +218,17 @@ def _train(exp: Experiment, cfg: TrainConfig, seed: int, out: Path, parts: Compo
     state = TrainState(global_batch_size=train_data.sampler.global_batch_size)
     last_dir, best_dir = out / "checkpoints" / "last", out / "checkpoints" / "best"
     resumed_at: int | None = None
-    if resume and last_dir.is_dir():
-        doc = load_checkpoint(last_dir, model=model, loss_fn=loss_fn, optimizer=optimizer,
+    if env.is_main:
+        # a kill while a checkpoint or the model was being replaced leaves the newest complete
+        # version in a staging folder: put it back in place (and drop stale staging) first
+        for folder in (last_dir, best_dir, out / "model"):
+            recover_dir(folder)
+    D.barrier()
+    resume_from = last_dir if last_dir.is_dir() else best_dir if best_dir.is_dir() else None
+    if resume and resume_from is not None:
+        if resume_from == best_dir:
+            _say(env, f"--resume: no checkpoint in {last_dir}; resuming from {best_dir}")
+        doc = load_checkpoint(resume_from, model=model, loss_fn=loss_fn, optimizer=optimizer,
                               scheduler=scheduler, scaler=scaler, fingerprint=fp)
         state = TrainState.from_json(doc["trainer"])
         before = doc["scheduler"].get("lr_lambdas", [{}])[0] or {}
@@ -231,11 +240,11 @@ def _train(exp: Experiment, cfg: TrainConfig, seed: int, out: Path, parts: Compo
         rng = doc["rng"]
         restore_rng(rng[env.rank % len(rng)], device)
         resumed_at = state.step
-        _say(env, f"resumed from {last_dir} at step {state.step} (epoch {state.epoch}, "
+        _say(env, f"resumed from {resume_from} at step {state.step} (epoch {state.epoch}, "
                   f"batch {state.batch_in_epoch} of {batches_per_epoch})")
     else:
-        if resume:
-            _say(env, f"--resume: no checkpoint in {last_dir}; starting fresh")
+        if resume:  # nothing complete to resume from (recover_dir kept any complete version)
+            _say(env, f"--resume: no checkpoint in {last_dir.parent}; starting fresh")
         elif last_dir.is_dir():
             _say(env, f"{out} holds an earlier run; starting fresh over it (use --resume to continue it)")
         if env.is_main:  # a fresh run must not inherit the checkpoints or events of an earlier one

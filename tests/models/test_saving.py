@@ -90,3 +90,19 @@ def test_loading_a_wrong_directory_is_a_clear_error(trained_like, tmp_path):
     (tmp_path / "config.json").write_text('{"format": "something-else"}')
     with pytest.raises(CheckpointError, match="format"):
         MedVLModel.from_pretrained(tmp_path)
+
+
+def test_a_model_directory_caught_mid_replacement_still_loads(trained_like, tmp_path):
+    """Training killed while replacing run/model: the complete new version waits in a staging
+    folder and the old one is parked; loading puts the new one back in place."""
+    import os
+
+    trained_like.save_pretrained(tmp_path / "new")
+    (tmp_path / "old").mkdir()
+    staging = tmp_path / ".model.staging-kill"
+    staging.mkdir()
+    os.replace(tmp_path / "new", staging / "model")  # step 1 done: complete
+    os.replace(tmp_path / "old", staging / "old")  # step 2 done: 'model' is gone
+    loaded = MedVLModel.from_pretrained(tmp_path / "model")
+    assert loaded.config == trained_like.config
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
