@@ -47,6 +47,8 @@ REMOVE_KEYWORDS: tuple[str, ...] = (
     "RequestingPhysician", "PersonName",
     "IssuerOfPatientID", "PatientTelephoneNumbers", "PatientAddress", "CountryOfResidence",
     "RegionOfResidence", "MilitaryRank", "BranchOfService", "Occupation",
+    # X in Table E.1-1: other identifiers of the same patient (record numbers of other systems)
+    "OtherPatientIDs", "OtherPatientIDsSequence",
 )
 # Emptied (Z) rather than left with dicognito's realistic dummy values. PatientID keeps
 # its pseudonym: corpora need it for patient-level splits.
@@ -57,7 +59,7 @@ EMPTY_KEYWORDS: tuple[str, ...] = ("PatientName", "PatientBirthDate", "PatientSe
 
 # Elements that must carry no identifying value after de-identification (used by checks).
 IDENTIFYING_KEYWORDS: tuple[str, ...] = (
-    "PatientName", "PatientBirthDate", "OtherPatientIDs", "OtherPatientNames",
+    "PatientName", "PatientBirthDate", "OtherPatientIDs", "OtherPatientIDsSequence", "OtherPatientNames",
     "PatientAddress", "PatientTelephoneNumbers", "InstitutionName", "InstitutionAddress",
     "ReferringPhysicianName", "PerformingPhysicianName", "OperatorsName", "StudyDescription",
     "SeriesDescription", "PatientAge", "AccessionNumber", "StationName", "DeviceSerialNumber",
@@ -75,8 +77,12 @@ class DeidReport:
     """What :func:`deidentify` did.
 
     Attributes:
-        written: output files, relative to the output folder.
+        written: output files, relative to the output folder (one per input written).
         skipped: ``{"file": input path, "reason": ...}`` for files not written.
+        collisions: ``{"file": input path, "output": ..., "same_uid_as": ...}`` for inputs
+            whose SOP Instance UID an earlier input of the run already had (the same
+            object in another encoding, or a copy): each is written under its own name,
+            ``<uid>-2.dcm``..., and keeps the UID.
         check_pixels: written files of modalities that often carry burned-in text
             (US, SC, XC, ES, OT) whose BurnedInAnnotation is not ``NO``: their pixels
             should be reviewed or cleaned (PS3.15 Clean Pixel Data option).
@@ -84,6 +90,7 @@ class DeidReport:
 
     written: list[str] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
+    collisions: list[dict[str, str]] = field(default_factory=list)
     check_pixels: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, object]:
@@ -93,6 +100,7 @@ class DeidReport:
             key = item["reason"].split(":")[0]
             reasons[key] = reasons.get(key, 0) + 1
         return {"written": len(self.written), "skipped": len(self.skipped), "skip_reasons": reasons,
+                "same_sop_instance_uid": len(self.collisions),
                 "check_pixels_for_burned_in_text": self.check_pixels,
                 "profile": "DICOM PS3.15 Basic Application Level Confidentiality Profile (dicognito + medvl)"}
 
@@ -179,13 +187,53 @@ def residual_identifiers(ds: Dataset, originals: Iterable[str] = ()) -> list[str
     return found
 
 
-def _complete_file_meta(ds: Dataset) -> None:
-    """Fill the file meta a Part 10 file needs from the dataset (pre-Part 10 inputs lack it)."""
+NO_SOP_UIDS = "no SOP Class or Instance UID"
+
+
+def _complete_file_meta(ds: Dataset) -> str | None:
+    """Make the file meta a Part 10 file needs agree with the (de-identified) data set.
+
+    Pre-Part 10 inputs lack the meta; damaged ones have empty or missing elements. The
+    SOP UIDs come from the data set (after pseudonymisation, so the meta never keeps an
+    original UID); a missing transfer syntax is the encoding the file was read in.
+
+    Returns:
+        None, or why the object cannot be written as a Part 10 file.
+    """
     meta = ds.file_meta
-    for meta_kw, kw in (("MediaStorageSOPClassUID", "SOPClassUID"),
-                        ("MediaStorageSOPInstanceUID", "SOPInstanceUID")):
-        if meta_kw not in meta and kw in ds:
-            setattr(meta, meta_kw, ds[kw].value)
+    sop_class, sop_instance = str(ds.get("SOPClassUID") or ""), str(ds.get("SOPInstanceUID") or "")
+    if not sop_class or not sop_instance:
+        return (f"{NO_SOP_UIDS}: not a storable DICOM object, so no valid Part 10 file can be written "
+                "(PS3.10 needs both in the file meta)")
+    meta.MediaStorageSOPClassUID = pydicom.uid.UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = pydicom.uid.UID(sop_instance)
+    if not str(meta.get("TransferSyntaxUID") or ""):
+        implicit, little = getattr(ds, "original_encoding", (None, None))
+        if implicit is None:
+            implicit, little = ds.is_implicit_VR, ds.is_little_endian
+        meta.TransferSyntaxUID = (pydicom.uid.ImplicitVRLittleEndian if implicit
+                                  else pydicom.uid.ExplicitVRLittleEndian if little
+                                  else pydicom.uid.ExplicitVRBigEndian)
+    return None
+
+
+def _check_output(src: Path, dst: Path) -> None:
+    """Refuse an output that is a file, or that overlaps the input (originals and
+    de-identified copies mixed in one tree, and outputs re-read as inputs)."""
+    from medvl.errors import ConfigError
+
+    s, d = src.resolve(), dst.resolve()
+    for p in (d, *d.parents):
+        if p.exists() and not p.is_dir():
+            raise ConfigError(f"output {p} exists and is not a folder", path=dst, field="output",
+                              expected="a new or existing folder")
+    if s.is_dir():
+        overlap = d == s or s in d.parents or d in s.parents
+    else:  # one file: only its own folder (or one above) would mix copies with the original
+        overlap = d == s.parent or d in s.parent.parents
+    if overlap:
+        raise ConfigError("the output folder overlaps the input folder", path=dst, field="output",
+                          expected="a folder outside the input, which does not contain it")
 
 
 def _iter_inputs(src: Path) -> list[Path]:
@@ -227,8 +275,10 @@ def deidentify(
     s, d = Path(src), Path(dst)
     if not s.exists():
         raise ImageReadError("input not found", path=s)
+    _check_output(s, d)
     anonymizer = _make_anonymizer(seed)
     report = DeidReport()
+    taken: dict[str, str] = {}  # output names of this run (lower case: case-insensitive file systems)
     for f in _iter_inputs(s):
         try:
             ds = open_dicom(f)  # also files without the DICM preamble
@@ -244,15 +294,25 @@ def deidentify(
             continue
         try:
             deidentify_dataset(ds, anonymizer, dates=dates)
-            rel = Path(str(ds.get("StudyInstanceUID", "nostudy"))) / str(ds.get("SeriesInstanceUID", "noseries")) \
-                / f"{ds.get('SOPInstanceUID', f'obj{len(report.written)}')}.dcm"
-            _complete_file_meta(ds)
+            refusal = _complete_file_meta(ds)
+            if refusal:
+                report.skipped.append({"file": str(f), "reason": refusal})
+                continue
+            folder = Path(str(ds.get("StudyInstanceUID") or "nostudy")) / str(ds.get("SeriesInstanceUID") or "noseries")
+            uid = str(ds.SOPInstanceUID)
+            rel, n = folder / f"{uid}.dcm", 1
+            while str(rel).lower() in taken:
+                n += 1
+                rel = folder / f"{uid}-{n}.dcm"
             with atomic_path(d / rel) as tmp:
                 # a proper Part 10 file (preamble + meta) even when the input had none
                 ds.save_as(tmp, enforce_file_format=True)
         except Exception as exc:  # noqa: BLE001 - one bad file must not stop a corpus
             report.skipped.append({"file": str(f), "reason": f"cannot de-identify: {type(exc).__name__}: {exc}"})
             continue
+        if n > 1:
+            report.collisions.append({"file": str(f), "output": str(rel), "same_uid_as": taken[str(folder / f"{uid}.dcm").lower()]})
+        taken[str(rel).lower()] = str(rel)
         report.written.append(str(rel))
         if str(ds.get("Modality", "")) in BURNED_IN_PRONE and str(ds.get("BurnedInAnnotation", "")).upper() != "NO":
             report.check_pixels.append(str(rel))

@@ -27,6 +27,9 @@ def run(args: argparse.Namespace) -> int:
     for item in report.skipped:
         print(f"skipped {item['file']}: {item['reason']}")
     print(f"de-identified {len(report.written)} file(s) into {args.output}; skipped {len(report.skipped)}")
+    if report.collisions:
+        print(f"note: {len(report.collisions)} input(s) had the SOP Instance UID of an earlier input (the same "
+              "object in another encoding, or a copy); each was written under its own name (<uid>-2.dcm, ...)")
     if report.check_pixels:
         print(f"warning: {len(report.check_pixels)} written file(s) of modalities that often show patient "
               "text in the pixels (US, SC, ...) are not flagged BurnedInAnnotation=NO; review them "
