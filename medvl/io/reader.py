@@ -24,6 +24,9 @@ class ReadOptions:
     Attributes:
         max_voxels: refuse images with more values than this, before decoding.
         allow_nonuniform: resample uneven slice gaps instead of raising.
+        allow_gaps: a series folder may hold unreadable slices (empty or truncated files):
+            they are left out, the gap is resampled, and ``tags["missing_slices"]`` says
+            where it is; without it such a file is an error naming it.
         spacing_tolerance: allowed relative deviation of a slice gap from the median.
         nonfinite: NIfTI NaN/inf voxels: ``"zero"`` (replace), ``"keep"`` or ``"error"``.
         recursive: look for series files in sub-folders too.
@@ -31,6 +34,7 @@ class ReadOptions:
 
     max_voxels: int | None = DEFAULT_MAX_VOXELS
     allow_nonuniform: bool = False
+    allow_gaps: bool = False
     spacing_tolerance: float = 0.01
     nonfinite: Literal["zero", "keep", "error"] = "zero"
     recursive: bool = False
@@ -78,6 +82,7 @@ def read_image(
     frame: int | None = None,
     max_voxels: int | None = DEFAULT_MAX_VOXELS,
     allow_nonuniform: bool = False,
+    allow_gaps: bool = False,
     spacing_tolerance: float = 0.01,
     nonfinite: Literal["zero", "keep", "error"] = "zero",
     recursive: bool = False,
@@ -96,6 +101,9 @@ def read_image(
         frame: one frame of a multi-frame DICOM or one volume of a 4D NIfTI.
         max_voxels: refuse images with more values than this (None: no limit).
         allow_nonuniform: resample uneven slice spacing instead of raising.
+        allow_gaps: series folders only: leave out slices that cannot be read (empty or
+            truncated files) instead of raising; the volume is resampled over the gap and
+            ``tags["missing_slices"]`` / ``tags["unreadable_slices"]`` say what is missing.
         spacing_tolerance: allowed relative deviation of slice gaps.
         nonfinite: NIfTI only: NaN/inf voxels become 0 (``"zero"``), stay (``"keep"``)
             or raise (``"error"``); an all-NaN volume always raises.
@@ -111,7 +119,8 @@ def read_image(
         raise ImageReadError("file or directory not found", path=p)
     try:
         return _dispatch(p, series_uid=series_uid, frame=frame, max_voxels=max_voxels,
-                         allow_nonuniform=allow_nonuniform, spacing_tolerance=spacing_tolerance,
+                         allow_nonuniform=allow_nonuniform, allow_gaps=allow_gaps,
+                         spacing_tolerance=spacing_tolerance,
                          nonfinite=nonfinite, recursive=recursive, modality=modality)
     except MedvlError:
         raise
@@ -131,14 +140,14 @@ def read_image(
 
 
 def _dispatch(p: Path, *, series_uid: str | None, frame: int | None, max_voxels: int | None,
-              allow_nonuniform: bool, spacing_tolerance: float, nonfinite: str,
+              allow_nonuniform: bool, allow_gaps: bool, spacing_tolerance: float, nonfinite: str,
               recursive: bool, modality: str | None) -> MedicalImage:
     kind = image_format(p)
     if kind == "series":
         from medvl.io.series import read_dicom_series
 
         return read_dicom_series(p, series_uid=series_uid, max_voxels=max_voxels,
-                                 allow_nonuniform=allow_nonuniform,
+                                 allow_nonuniform=allow_nonuniform, allow_gaps=allow_gaps,
                                  spacing_tolerance=spacing_tolerance, recursive=recursive)
     if kind == "nifti":
         from medvl.io.nifti import read_nifti

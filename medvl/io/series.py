@@ -42,10 +42,28 @@ def _list_files(directory: Path, recursive: bool) -> list[Path]:
 READ_WHOLE_BYTES = 768 * 2**20
 
 
+def _meant_as_dicom(path: Path) -> bool:
+    """Whether a file that did not read as DICOM was meant to be one: empty, named like
+    one, or starting with a (zero) preamble. Notes, thumbnails and checksums are not."""
+    if path.name.lower().endswith((".dcm", ".dicom", ".ima")):
+        return True
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(128)
+    except OSError:
+        return True
+    return len(head) == 0 or head == bytes(len(head))
+
+
 def scan_series(
     directory: str | Path, *, recursive: bool = False, load_pixels: bool | None = False,
+    unreadable: list[tuple[Path, str]] | None = None,
 ) -> tuple[dict[str, list[tuple[Path, Dataset]]], int]:
     """Read the headers of every DICOM image file in a directory, grouped by series.
+
+    A file that cannot be read although it was meant to be a slice (empty, truncated,
+    corrupt header) is an error naming it, so a series never comes back a slice short
+    without saying so; pass ``unreadable`` to collect them instead.
 
     Args:
         directory: the folder.
@@ -53,10 +71,15 @@ def scan_series(
         load_pixels: read pixel data now (one pass per file); ``False`` defers it
             (read when a slice is decoded); ``None`` decides by the folder's size
             (:data:`READ_WHOLE_BYTES`).
+        unreadable: if given, damaged files are appended here as ``(path, reason)``
+            instead of raising.
 
     Returns:
         ``({series_uid: [(path, dataset), ...]}, number of files skipped)``;
         non-DICOM files and DICOM objects without pixel data are skipped.
+
+    Raises:
+        SeriesError: a damaged file (unless ``unreadable`` collects it).
     """
     d = Path(directory)
     groups: dict[str, list[tuple[Path, Dataset]]] = defaultdict(list)
@@ -69,12 +92,17 @@ def scan_series(
         try:
             ds = px.open_dicom(f, defer_size=defer)
         except ImageReadError as exc:
-            if exc.message.startswith(("not a DICOM file", "file is empty")):
+            if exc.message.startswith("not a DICOM file") and not _meant_as_dicom(f):
                 skipped += 1  # notes, thumbnails, checksums next to the slices
                 continue
             # a damaged slice must not silently become a "missing slice"
+            if unreadable is not None:
+                unreadable.append((f, exc.message))
+                continue
             raise SeriesError(f"damaged DICOM file {f.name} in series folder: {exc.message}",
-                              path=d, expected="every DICOM file in the folder readable") from None
+                              path=d, field="allow_gaps",
+                              expected="every DICOM file in the folder readable, "
+                                       "or allow_gaps=True to read the series without it") from None
         if not any(k in ds for k in px.PIXEL_KEYWORDS):
             skipped += 1
             continue
@@ -169,6 +197,7 @@ def read_dicom_series(
     series_uid: str | None = None,
     max_voxels: int | None = None,
     allow_nonuniform: bool = False,
+    allow_gaps: bool = False,
     spacing_tolerance: float = 0.01,
     recursive: bool = False,
 ) -> MedicalImage:
@@ -180,18 +209,27 @@ def read_dicom_series(
         max_voxels: refuse volumes with more voxels than this, before decoding.
         allow_nonuniform: resample uneven slice gaps (e.g. a missing slice) onto a
             uniform grid at the median gap instead of raising.
+        allow_gaps: leave out files that cannot be read (empty, truncated) instead of
+            raising; the volume is resampled over the gaps they leave and the result
+            says what is missing: ``tags["unreadable_slices"]`` (how many files) and
+            ``tags["missing_slices"]`` (``{"after_slice", "position_mm", "count"}`` per
+            gap, slices counted from the first in stack order; a slice missing at an
+            end of the stack leaves no gap to find).
         spacing_tolerance: allowed relative deviation of a gap from the median.
         recursive: also look in sub-folders.
 
     Raises:
         SeriesError: several series and no selector, mixed orientations or sizes,
-            duplicated or missing slice positions, missing geometry tags.
+            duplicated or missing slice positions, missing geometry tags, a damaged
+            file (without ``allow_gaps``).
         ImageReadError: a slice cannot be decoded (names the file).
     """
     d = Path(directory)
     if not d.is_dir():
         raise ImageReadError("directory not found", path=d)
-    groups, skipped = scan_series(d, recursive=recursive, load_pixels=None)
+    unreadable: list[tuple[Path, str]] = []
+    groups, skipped = scan_series(d, recursive=recursive, load_pixels=None,
+                                  unreadable=unreadable if allow_gaps else None)
     if not groups:
         raise SeriesError("no DICOM image files in directory", path=d,
                           expected="a folder holding one DICOM series")
@@ -209,13 +247,33 @@ def read_dicom_series(
             path=d, field="SeriesInstanceUID", expected="one series, or series_uid=<uid>")
     else:
         items = next(iter(groups.values()))
-    opts: dict[str, Any] = {"max_voxels": max_voxels, "allow_nonuniform": allow_nonuniform, "spacing_tolerance": spacing_tolerance}
+    # a gap left by an unreadable slice makes the spacing uneven: resampled, and said so
+    opts: dict[str, Any] = {"max_voxels": max_voxels, "allow_nonuniform": allow_nonuniform or bool(unreadable),
+                            "spacing_tolerance": spacing_tolerance}
     if len(items) == 1:
         f, ds = items[0]
-        return image_from_dataset(ds, f, **opts)
-    image = _assemble(d, items, **opts)
+        image = image_from_dataset(ds, f, **opts)
+    else:
+        image = _assemble(d, items, **opts)
     image.tags["skipped_files"] = skipped
+    if allow_gaps:
+        image.tags["unreadable_slices"] = len(unreadable)
+        image.tags.setdefault("missing_slices", [])
     return image
+
+
+def _gaps(distances: np.ndarray) -> list[dict[str, Any]]:
+    """Where slices are missing: gaps of about two or more typical steps between neighbours."""
+    steps = np.diff(np.asarray(distances, dtype=np.float64))
+    if steps.size < 2:
+        return []
+    typical = float(np.median(steps))
+    out = []
+    for k, step in enumerate(steps):
+        count = round(step / typical) - 1 if typical > 0 else 0
+        if count >= 1 and step > 1.5 * typical:
+            out.append({"after_slice": k, "position_mm": round(float(distances[k]) + typical, 3), "count": count})
+    return out
 
 
 def _check_same(d: Path, items: list[tuple[Path, Dataset]], keyword: str, values: list) -> None:
@@ -258,6 +316,7 @@ def _assemble(
     positions = np.array([[float(v) for v in ds.ImagePositionPatient] for _, ds in items])
     order = order_slices(first, positions, where=d, names=names,
                          spacing_tolerance=spacing_tolerance, allow_nonuniform=allow_nonuniform)
+    missing = _gaps(order.distances)
     f0, ds0 = items[int(order.order[0])]
     rows, cols, _, samples = px.pixel_geometry(ds0, f0)
     px.check_size(rows * cols * len(items) * samples, max_voxels, d, f"{rows}x{cols}x{len(items)} slices")
@@ -292,6 +351,8 @@ def _assemble(
         del ds.PixelData  # frees the encoded bytes and pydicom's cached array as we go
     tags = safe_tags(ds0)
     tags.update(n_slices=n, spacing_source=pixel_spacing_of(ds0)[1], geometry="series positions")
+    if missing:
+        tags["missing_slices"] = missing
     volume = stack.transpose(2, 1, 0)  # (i=col, j=row, k) view
     if plan is not None:
         array, affine = volume.transpose(plan.axes), plan.affine
