@@ -9,6 +9,7 @@ one frame as 2D instead.
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -92,12 +93,21 @@ def _group_item(ds: Dataset, frame: int, sequence: str) -> Dataset | None:
     return None
 
 
-def pixel_spacing_of(ds: Dataset, frame: int = 0) -> tuple[tuple[float, float], str]:
+#: Largest pixel or slice spacing taken as real, in mm (a metre per pixel is no image).
+MAX_SPACING_MM = 1000.0
+
+
+def pixel_spacing_of(ds: Dataset, frame: int = 0, path: Path | None = None) -> tuple[tuple[float, float], str]:
     """``((row_spacing, col_spacing), source)`` in mm, looking where each IOD keeps it.
 
     Projection radiographs often carry only ImagerPixelSpacing, measured at the
     detector; divided by EstimatedRadiographicMagnificationFactor it approximates the
     size in the patient (PS3.3 C.8.11.7), and the source says so.
+
+    Raises:
+        ImageReadError: a spacing that is infinite, NaN or absurd (above
+            :data:`MAX_SPACING_MM`), naming the tag; unreadable or non-positive values
+            fall through to the next source (the result then says ``"assumed"``).
     """
     measures = _group_item(ds, frame, "PixelMeasuresSequence")
     for item, key in ((measures, "PixelSpacing"), (ds, "PixelSpacing"), (ds, "ImagerPixelSpacing")):
@@ -106,20 +116,24 @@ def pixel_spacing_of(ds: Dataset, frame: int = 0) -> tuple[tuple[float, float], 
                 r, c = (float(v) for v in item.get(key))
             except (TypeError, ValueError):
                 continue
+            if not (math.isfinite(r) and math.isfinite(c)) or max(r, c) > MAX_SPACING_MM:
+                raise ImageReadError(f"{key} {list(item.get(key))!r} is not a usable spacing", path=path,
+                                     field=key, expected=f"two finite spacings in mm, at most {MAX_SPACING_MM:g}")
             if r > 0 and c > 0:
                 if key == "ImagerPixelSpacing":
                     try:
                         mag = float(ds.get("EstimatedRadiographicMagnificationFactor") or 0)
                     except (TypeError, ValueError):
                         mag = 0.0
-                    if mag > 0:
+                    if mag > 0 and math.isfinite(mag):
                         return (r / mag, c / mag), "ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor"
                 return (r, c), key
     return (1.0, 1.0), "assumed"
 
 
-def _frame_rescale(ds: Dataset, frame: int) -> tuple[float, float] | None:
-    return px.rescale_of(_group_item(ds, frame, "PixelValueTransformationSequence")) or px.rescale_of(ds)
+def _frame_rescale(ds: Dataset, frame: int, path: Path) -> tuple[float, float] | None:
+    return px.rescale_of(_group_item(ds, frame, "PixelValueTransformationSequence"), path) \
+        or px.rescale_of(ds, path)
 
 
 def read_dicom_file(
@@ -177,7 +191,8 @@ def image_from_dataset(
         "voi_function": str(ds.get("VOILUTFunction") or "LINEAR").upper(),
         "voi_luts": px.voi_luts_of(ds) if pi != "RGB" else [],
     }
-    dose = float(ds.DoseGridScaling) if ds.get("Modality") == "RTDOSE" and ds.get("DoseGridScaling") else None
+    dose = px.tag_float(ds, "DoseGridScaling", 1.0, path, positive=True) \
+        if ds.get("Modality") == "RTDOSE" and ds.get("DoseGridScaling") not in (None, "") else None
     if frames == 1 or frame is not None:
         index = frame or 0
         stored = raw
@@ -188,10 +203,10 @@ def image_from_dataset(
             tags["color_bits"] = 8 * stored.dtype.itemsize if str(ds.get("PhotometricInterpretation", "")) \
                 .strip().upper() == "PALETTE COLOR" else int(ds.get("BitsStored") or 8)
         else:
-            arr = px.modality_lut(stored, ds, _frame_rescale(ds, index))
+            arr = px.modality_lut(stored, ds, _frame_rescale(ds, index, path))
             if dose is not None:
                 arr *= np.float32(dose)
-        spacing, source = pixel_spacing_of(ds, index)
+        spacing, source = pixel_spacing_of(ds, index, path)
         tags["spacing_source"] = source
         return MedicalImage(array=arr, spacing=spacing, affine=None, **common)
     return _volume_from_frames(ds, path, raw, common, dose=dose,
@@ -230,7 +245,7 @@ def _volume_from_frames(
     allow_nonuniform: bool, spacing_tolerance: float,
 ) -> MedicalImage:
     frames = raw.shape[0]
-    rescales = [_frame_rescale(ds, i) for i in range(frames)]
+    rescales = [_frame_rescale(ds, i, path) for i in range(frames)]
     if ds.get("ModalityLUTSequence") or len(set(rescales)) == 1:
         values = px.modality_lut(raw, ds, rescales[0])
     else:
@@ -239,14 +254,15 @@ def _volume_from_frames(
             values[i] = px.modality_lut(raw[i], ds, r)
     if dose is not None:
         values *= np.float32(dose)
-    spacing, source = pixel_spacing_of(ds, 0)
+    spacing, source = pixel_spacing_of(ds, 0, path)
     tags = common["tags"]
     tags["spacing_source"] = source
     geometry = _frame_geometry(ds, frames)
     stack = values.transpose(2, 1, 0)  # (frames, rows, cols) -> (i=col, j=row, k=frame)
     if geometry is None:
         # No positions: keep the frame order and say so (a warning and a tag, never silent).
-        between = float(ds.get("SpacingBetweenSlices") or ds.get("SliceThickness") or 1.0)
+        key = "SpacingBetweenSlices" if ds.get("SpacingBetweenSlices") not in (None, "") else "SliceThickness"
+        between = px.tag_float(ds, key, 1.0, path, positive=True, limit=MAX_SPACING_MM)
         warnings.warn(f"{path}: multi-frame file has no per-frame geometry; frames kept in "
                       "file order with an assumed axial orientation", stacklevel=3)
         tags["geometry"] = "assumed: no per-frame position/orientation in file"

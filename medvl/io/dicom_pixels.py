@@ -8,6 +8,7 @@ that skip bad studies) never see a raw ``KeyError`` from inside pydicom.
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -148,7 +149,11 @@ def pixel_geometry(ds: Dataset, path: Path) -> tuple[int, int, int, int]:
         _int_tag(ds, "BitsStored", path)
         _int_tag(ds, "PixelRepresentation", path)
     samples = _int_tag(ds, "SamplesPerPixel", path, required=False) or 1
-    frames = _int_tag(ds, "NumberOfFrames", path, required=False) or 1
+    n_frames = _int_tag(ds, "NumberOfFrames", path, required=False)
+    if n_frames is not None and n_frames < 1:  # 0 would pass as 1 and skip the multi-frame checks
+        raise ImageReadError(f"NumberOfFrames {n_frames}", path=path, field="NumberOfFrames",
+                             expected="an integer >= 1 (or no NumberOfFrames for one frame)")
+    frames = n_frames or 1
     if not rows or not cols or rows < 0 or cols < 0 or frames < 1:
         raise ImageReadError(f"empty image ({rows} x {cols} x {frames} frames)", path=path,
                              field="Rows", expected="positive Rows, Columns and NumberOfFrames")
@@ -286,18 +291,48 @@ def rescale(arr: np.ndarray, slope: float, intercept: float) -> np.ndarray:
     return out
 
 
-def _float(value: Any, default: float) -> float:
-    try:
-        return float(value) if value not in (None, "") else default
-    except (TypeError, ValueError):
+#: Largest |RescaleSlope| / |RescaleIntercept| taken as real: far beyond any modality's
+#: units, and small enough that stored values times it stay finite in float32.
+MAX_RESCALE = 1e12
+
+
+def tag_float(item: Dataset, keyword: str, default: float, path: Path | None, *,
+              positive: bool = False, limit: float = MAX_RESCALE) -> float:
+    """A numeric tag as a finite float, or ``default`` when absent or empty.
+
+    Raises:
+        ImageReadError: the value is not a number, not finite (NaN, inf, 1e400), zero or
+            negative where ``positive``, or beyond ``limit`` in magnitude; names the tag.
+    """
+    value = item.get(keyword)
+    if value is None or value == "":
         return default
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise ImageReadError(f"{keyword} {value!r} is not a number", path=path, field=keyword,
+                             expected="a decimal number") from None
+    if not math.isfinite(out) or abs(out) > limit or (positive and out <= 0):
+        want = f"a finite number in (0, {limit:g}]" if positive else f"a finite number within +-{limit:g}"
+        raise ImageReadError(f"{keyword} {value!r} is not a usable value", path=path, field=keyword,
+                             expected=want)
+    return out
 
 
-def rescale_of(item: Dataset | None) -> tuple[float, float] | None:
-    """``(slope, intercept)`` from a dataset or functional-group item, or None."""
+def rescale_of(item: Dataset | None, path: Path | None = None) -> tuple[float, float] | None:
+    """``(slope, intercept)`` from a dataset or functional-group item, or None.
+
+    Raises:
+        ImageReadError: a slope or intercept that is not a finite, sensible number (a
+            slope of 0 would flatten the image), naming the tag.
+    """
     if item is None or ("RescaleSlope" not in item and "RescaleIntercept" not in item):
         return None
-    return _float(item.get("RescaleSlope"), 1.0), _float(item.get("RescaleIntercept"), 0.0)
+    slope = tag_float(item, "RescaleSlope", 1.0, path)
+    if slope == 0.0:
+        raise ImageReadError("RescaleSlope 0 maps every pixel to the intercept", path=path,
+                             field="RescaleSlope", expected="a non-zero slope")
+    return slope, tag_float(item, "RescaleIntercept", 0.0, path)
 
 
 def modality_lut(arr: np.ndarray, ds: Dataset, rescale_pair: tuple[float, float] | None) -> np.ndarray:

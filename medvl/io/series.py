@@ -8,6 +8,7 @@ comes from the positions, not from SliceThickness.
 
 from __future__ import annotations
 
+import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,9 +155,10 @@ def _info(uid: str, items: list[tuple[Path, Dataset]]) -> SeriesInfo:
     def num(kw: str, cast):
         try:
             v = ds.get(kw)
-            return cast(v) if v not in (None, "") else None
+            out = cast(v) if v not in (None, "") else None
         except (TypeError, ValueError):
             return None
+        return None if isinstance(out, float) and not math.isfinite(out) else out
 
     iop = ds.get("ImageOrientationPatient")
     try:
@@ -311,7 +313,7 @@ def _assemble(
             expected="one ImageOrientationPatient per series")
     _check_same(d, items, "Rows", [int(ds.get("Rows") or 0) for _, ds in items])
     _check_same(d, items, "Columns", [int(ds.get("Columns") or 0) for _, ds in items])
-    spacings = [pixel_spacing_of(ds)[0] for _, ds in items]
+    spacings = [pixel_spacing_of(ds, 0, f)[0] for f, ds in items]
     _check_same(d, items, "PixelSpacing", [tuple(round(v, 4) for v in s) for s in spacings])
     positions = np.array([[float(v) for v in ds.ImagePositionPatient] for _, ds in items])
     order = order_slices(first, positions, where=d, names=names,
@@ -343,7 +345,7 @@ def _assemble(
             target[...] = px.modality_lut(raw, ds, None)[in_plane]
         else:  # rescale in place: no temporary per slice
             target[...] = raw[in_plane]
-            slope, intercept = px.rescale_of(ds) or (1.0, 0.0)
+            slope, intercept = px.rescale_of(ds, f) or (1.0, 0.0)
             if slope != 1.0:
                 target *= np.float32(slope)
             if intercept != 0.0:
