@@ -16,6 +16,58 @@ from medvl.io.image import MedicalImage
 
 NonFinite = Literal["zero", "keep", "error"]
 
+#: deflate cannot compress better than about 1032:1, so a .nii.gz smaller than
+#: 1/1032 of the data its header claims cannot hold it
+MAX_DEFLATE_RATIO = 1032
+#: when reading would allocate more than this, a .nii.gz is decompressed once (without
+#: keeping the output) to check it holds what its header claims, before allocating
+STREAM_CHECK_BYTES = 256 * 2**20
+
+
+def _gzip_length(path: Path, want: int) -> int:
+    """Decompressed length of a gzip file, reading no further than ``want`` bytes."""
+    import gzip
+    import zlib
+
+    n = 0
+    try:
+        with gzip.open(path, "rb") as fh:
+            while n < want:
+                chunk = fh.read(min(16 * 2**20, want - n))
+                if not chunk:
+                    break
+                n += len(chunk)
+    except (OSError, EOFError, zlib.error):
+        pass  # a truncated or corrupt stream holds what was read before the damage
+    return n
+
+
+def _check_data_size(img: nib.Nifti1Image | nib.Nifti2Image, path: Path, shape: tuple[int, ...]) -> None:
+    """Refuse a header that claims more data than the file can hold, before allocating it.
+
+    A damaged or hostile header can claim 800^3 voxels on a 1 kB file; nibabel would
+    allocate the whole array (gigabytes) before finding the data short.
+    """
+    header = img.header
+    try:
+        need = int(header["vox_offset"]) + math.prod(shape) * header.get_data_dtype().itemsize
+    except (TypeError, ValueError, KeyError):
+        return  # nibabel reads what it can and reports the rest
+    size = path.stat().st_size
+    gz = path.name.lower().endswith(".gz")
+    if gz:
+        allocated = max(need, 4 * math.prod(shape[:3]))  # the file's data, then one float32 volume
+        holds = size * MAX_DEFLATE_RATIO >= need and (
+            allocated <= STREAM_CHECK_BYTES or _gzip_length(path, need) >= need)
+    else:
+        holds = size >= need
+    if not holds:
+        raise ImageReadError(
+            f"the header claims {'x'.join(map(str, shape))} voxels ({need:,} bytes with its offset) but the "
+            f"file {'cannot hold them' if gz else f'has {size:,} bytes'}: truncated, or a damaged header",
+            path=path, field="dim", expected="a header that matches the data in the file",
+        )
+
 
 def read_nifti(
     path: str | Path,
@@ -66,6 +118,7 @@ def read_nifti(
         raise ImageReadError(f"frame {frame} out of range", path=p, field="dim",
                              expected=f"0 <= frame < {n_vol}")
     check_size(math.prod(shape[:3]), max_voxels, p, "x".join(map(str, shape[:3])))
+    _check_data_size(img, p, shape)
     try:
         canon = nib.as_closest_canonical(img)
         if len(shape) >= 4:
