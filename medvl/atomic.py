@@ -183,6 +183,27 @@ def _commit_dir(target: Path, tmp: Path, root: Path) -> None:
     _fsync_path(target.parent)
 
 
+def check_output_folder(path: str | os.PathLike[str], *, field: str = "--out") -> Path:
+    """Check that ``path`` can be (or already is) a folder before any work is done.
+
+    Raises:
+        ConfigError: ``path``, or a folder above it, exists and is not a folder (a file
+            where an output folder should go would otherwise surface as a
+            ``FileExistsError`` traceback after the work).
+    """
+    from medvl.errors import ConfigError
+
+    p = Path(path)
+    for q in (p, *p.parents):
+        if q.exists() or q.is_symlink():
+            if not q.is_dir():
+                what = "the output" if q == p else f"{q}, a folder above the output,"
+                raise ConfigError(f"{what} exists and is not a folder", path=p, field=field,
+                                  expected="a new or existing folder")
+            break
+    return p
+
+
 def write_text_atomic(target: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` to ``target`` atomically."""
     with atomic_path(target) as tmp:

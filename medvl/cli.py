@@ -76,6 +76,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MedvlError as exc:
         print(f"medvl {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        # A file system refusal the command did not foresee (a file where a folder should
+        # be, no permission, disk full) is the user's to fix: one line, not a traceback.
+        print(f"medvl {args.command}: error: {exc.strerror or exc}"
+              + (f": {exc.filename}" if exc.filename else ""), file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"medvl {args.command}: interrupted", file=sys.stderr)
         return 130

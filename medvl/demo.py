@@ -79,6 +79,7 @@ def _corpus(out: Path, n_cxr: int, n_ct: int, seed: int, synth_kw: dict[str, Any
 
 
 def run(args: argparse.Namespace) -> int:
+    from medvl.atomic import check_output_folder
     from medvl.config import set_dotted
     from medvl.experiment import parse_experiment
 
@@ -90,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     n_cxr = args.n_cxr if args.n_cxr is not None else demo.n_cxr
     n_ct = args.n_ct if args.n_ct is not None else demo.n_ct
     synth_kw = dict(demo.synth)
-    out = Path(args.out)
+    out = check_output_folder(args.out)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
 

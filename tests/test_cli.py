@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydicom.data import get_testdata_file
 
 from medvl.cli import COMMANDS, main
 
@@ -57,3 +58,58 @@ def test_console_script_reports_errors_without_traceback(tmp_path) -> None:
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "absent.jsonl" in proc.stderr
+
+
+CT = str(get_testdata_file("CT_small.dcm", download=False))
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "--config", "{repo}/configs/tiny.yaml", "--out", "{file}"],
+        ["eval", "--model", "{tmp}/model", "--manifest", "{tmp}/m.jsonl", "--out", "{file}"],
+        ["index", "build", "--model", "{tmp}/model", "--manifest", "{tmp}/m.jsonl", "--out", "{file}"],
+        ["deid", CT, "{file}"],
+        ["synth", "--out", "{file}/corpus", "--n-cxr", "2", "--n-ct", "0"],
+        ["model", "init", "{repo}/configs/tiny.yaml", "--out", "{file}"],
+    ],
+    ids=["train", "eval", "index-build", "deid", "synth", "model-init"],
+)
+def test_output_path_that_is_a_file_is_one_line_exit_2(tmp_path, capsys, argv) -> None:
+    """Before, these ran (some for minutes) and ended in a FileExistsError/NotADirectoryError traceback."""
+    (tmp_path / "taken").write_text("a file the user keeps")
+    args = [a.format(tmp=tmp_path, repo=REPO, file=tmp_path / "taken") for a in argv]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a folder" in err[0] and str(tmp_path / "taken") in err[0]
+    assert (tmp_path / "taken").read_text() == "a file the user keeps"
+
+
+def test_validate_fails_on_an_empty_manifest(tmp_path, capsys) -> None:
+    (tmp_path / "m.jsonl").write_text("\n\n")
+    assert main(["validate", str(tmp_path / "m.jsonl")]) == 2
+    assert "no rows" in capsys.readouterr().out
+
+
+def test_model_init_with_an_empty_config_refuses_and_with_an_empty_section_says_so(tmp_path, capsys) -> None:
+    (tmp_path / "empty.yaml").write_text("")
+    assert main(["model", "init", str(tmp_path / "empty.yaml"), "--out", str(tmp_path / "m")]) == 2
+    assert "no model section" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+    (tmp_path / "defaults.yaml").write_text("model: {}\n")
+    assert main(["model", "init", str(tmp_path / "defaults.yaml"), "--out", str(tmp_path / "m")]) == 0
+    out = capsys.readouterr().out
+    assert "every setting is the default" in out and "image encoder" in out
+    assert (tmp_path / "m" / "config.json").is_file()
+
+
+def test_an_unforeseen_file_system_error_is_one_line(tmp_path, capsys, monkeypatch) -> None:
+    import medvl.data.validate as validate
+
+    def refuse(*_a, **_k):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "m.jsonl"))
+
+    monkeypatch.setattr(validate, "validate_manifest", refuse)
+    assert main(["validate", str(tmp_path / "m.jsonl")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"medvl validate: error: Permission denied: {tmp_path / 'm.jsonl'}"]

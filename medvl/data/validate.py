@@ -328,6 +328,9 @@ def validate_manifest(
     path = Path(manifest_path)
     report = ValidationReport(str(path))
     rows = _load_rows(path, report)
+    if not rows and not report.problems:  # nothing to train or evaluate on is not "OK"
+        report.problems.append(Problem("error", "schema", str(path), None,
+                                       "the manifest has no rows (empty file or only blank lines)"))
     if reader is None:
         from medvl.io import read_image
 

@@ -31,16 +31,16 @@ def _fmt(v: Any) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
+    from medvl.atomic import check_output_folder
     from medvl.eval.cli_common import find_experiment_config
     from medvl.eval.runner import evaluate
     from medvl.inference import load
     from medvl.runinfo import write_run_info
 
+    out = check_output_folder(args.out)
     cfg, source = find_experiment_config(args.model, args.config, list(args.overrides))
     pipe = load(args.model, data=cfg.get("data"), override_preprocessing=args.override_preprocessing)
-    out = Path(args.out)
     print(f"[eval] model {args.model} (its preprocessing.json); batching from {source}; split {args.split}")
     res = evaluate(pipe, args.manifest, tasks=args.tasks, out_dir=out, split=args.split, config=cfg.get("eval"))
     write_run_info(out, cfg, (cfg.get("eval") or {}).get("seed", 0),

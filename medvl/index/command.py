@@ -45,11 +45,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
+    from medvl.atomic import check_output_folder
     from medvl.eval.cli_common import find_experiment_config
     from medvl.index import storage
     from medvl.index.build import build_index
     from medvl.inference import load
 
+    check_output_folder(args.out)
     cfg, source = find_experiment_config(args.model, args.config, list(args.overrides))
     pipe = load(args.model, data=cfg.get("data"), override_preprocessing=args.override_preprocessing)
     print(f"[index] model {args.model} (its preprocessing.json); batching from {source}")

@@ -74,17 +74,29 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.action == "preprocessing":
         return _write_preprocessing(args)
+    from medvl.atomic import check_output_folder
     from medvl.config import load_config
+    from medvl.errors import ConfigError
     from medvl.inference.preprocessing import Preprocessing
     from medvl.models import build_model
 
+    check_output_folder(args.out)
     cfg = load_config(args.config, args.override)
+    if "model" not in cfg:  # an empty file (or a typo'd section name) must not quietly give a default model
+        raise ConfigError("the config has no model section, so nothing says which model to build",
+                          path=args.config, field="model",
+                          expected="a 'model:' section (an empty one, 'model: {}', builds the defaults)")
     preprocessing = Preprocessing.from_data_config(cfg.get("data"))
     model = build_model(cfg.get("model"))
     model.save_pretrained(args.out, card={"training_data": "none (untrained initialisation)"},
                           preprocessing=preprocessing, training={"loss": None, "local_heads_trained": False})
     n = sum(p.numel() for p in model.parameters())
-    print(f"wrote {args.out} ({n / 1e6:.1f}M parameters)")
+    built = model.config
+    image, text = built.get("image") or {}, built.get("text") or {}
+    defaults = " (the model section is empty: every setting is the default)" if not cfg.get("model") else ""
+    print(f"wrote {args.out}: untrained {image.get('name')} image encoder ({image.get('image_size')} px), "
+          f"{text.get('name')} text encoder, {built.get('embed_dim')}-d embeddings, "
+          f"{n / 1e6:.1f}M parameters{defaults}")
     return 0
 
 

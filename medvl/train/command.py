@@ -23,6 +23,7 @@ def run(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
+    from medvl.atomic import check_output_folder
     from medvl.config import load_config
     from medvl.experiment import parse_experiment
     from medvl.train import engine, train
@@ -32,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
     exp = parse_experiment(load_config(args.config, list(args.overrides)), source=args.config,
                            raw_sections=parts.raw_sections)
     out = args.out or exp.output_dir or str(Path("runs") / Path(args.config).stem)
+    check_output_folder(out)
     result = train(exp, out, resume=bool(args.resume), components=parts)
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 prints
         last = result.history[-1] if result.history else {}

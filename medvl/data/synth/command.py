@@ -43,7 +43,10 @@ def run(args: argparse.Namespace) -> int:
     """Generate the corpus; bad arguments raise :class:`ConfigError` (exit code 2)."""
     if not args.out:
         raise ConfigError("no output folder given", field="--out", expected="--out DIR")
+    from medvl.atomic import check_output_folder
     from medvl.data.synth.corpus import generate_corpus
+
+    check_output_folder(args.out)
 
     t0 = time.perf_counter()
     manifest = generate_corpus(
