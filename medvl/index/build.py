@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
@@ -160,20 +161,31 @@ def build_index(
                 return CaseIndex.open(root, config=cfg)
             model_info = {"fingerprint": fingerprint, "config": getattr(model, "config", None),
                           "dir": str(Path(model_dir).resolve()) if model_dir else old_info.get("model", {}).get("dir")}
-            history = {"manifest": str(manifest_path.resolve()), "split": split, "skipped": skipped}
+            # Image paths are stored relative to the corpus root (the first manifest's folder),
+            # and the root relative to the index: a corpus moved with its index keeps working,
+            # one moved alone is found again with CaseIndex.open(..., corpus_root=), and no
+            # absolute path (with a user or patient name in it) is kept in the index.
+            corpus_rel = old_info.get("corpus_root") or _relpath(manifest_path.parent, root)
+            corpus = Path(os.path.abspath(root / corpus_rel))
+            history = {"manifest": _relpath(manifest_path, corpus), "split": split, "skipped": skipped}
             _write_version(root, staged, old_dir, old_info, emb.image, emb.text,
-                           [_case(by_id[s], manifest_path) for s in emb.study_ids], cfg,
+                           [_case(by_id[s], manifest_path, corpus) for s in emb.study_ids], cfg,
                            model_info=model_info, data=data, history=history,
-                           preprocessing=preprocessing or old_info.get("preprocessing"))
+                           preprocessing=preprocessing or old_info.get("preprocessing"), corpus_root=corpus_rel)
     return CaseIndex.open(root, config=cfg)
 
 
-def _case(row: Any, manifest_path: Path) -> dict[str, Any]:
-    """What the index stores of a manifest row: never the patient id."""
+def _relpath(path: Path, start: Path) -> str:
+    """``path`` relative to ``start`` (both made absolute without resolving links), POSIX style."""
+    return Path(os.path.relpath(os.path.abspath(path), os.path.abspath(start))).as_posix()
+
+
+def _case(row: Any, manifest_path: Path, corpus: Path) -> dict[str, Any]:
+    """What the index stores of a manifest row: never the patient id, nor an absolute path."""
     from medvl.data.manifest import resolve_path
 
     return {"study_id": row.study_id, "split": row.split, "modality": row.modality, "dims": row.dims,
-            "view": row.view, "image": str(resolve_path(manifest_path, row.image)),
+            "view": row.view, "image": _relpath(resolve_path(manifest_path, row.image), corpus),
             "report": row.report_text, "labels": dict(row.labels)}
 
 
@@ -207,6 +219,7 @@ def _write_version(
     root: Path, staged: Path, old_dir: Path | None, old_info: dict[str, Any], image: np.ndarray,
     report: np.ndarray, cases: list[dict[str, Any]], cfg: IndexConfig, *, model_info: dict[str, Any],
     data: dict[str, Any], history: dict[str, Any], preprocessing: dict[str, Any] | None = None,
+    corpus_root: str | None = None,
 ) -> Path:
     """Stage old + new vectors, metadata and approximate indexes, then commit the version.
 
@@ -239,6 +252,7 @@ def _write_version(
         "data": data,
         "preprocessing": preprocessing,
         "approximate": approx,
+        "corpus_root": corpus_root or old_info.get("corpus_root"),
         "history": list(old_info.get("history", [])) + [entry],
     })
     return storage.commit(root, staged, keep_versions=cfg.keep_versions)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 from dataclasses import asdict, dataclass, field
@@ -30,7 +31,8 @@ class Hit:
         study_id: the study.
         score: cosine similarity to the query.
         report_text: the study's report (sections joined).
-        image_path: absolute path of the study's image.
+        image_path: path of the study's image, to read it (the corpus root joined with ``image_ref``).
+        image_ref: the image as the index stores it, relative to the corpus root.
         labels: finding -> 1 / 0 / -1 as in the manifest.
         modality, view, split: from the manifest row.
     """
@@ -41,6 +43,7 @@ class Hit:
     report_text: str
     image_path: str
     labels: dict[str, int] = field(default_factory=dict)
+    image_ref: str = ""
     modality: str | None = None
     view: str | None = None
     split: str | None = None
@@ -72,11 +75,14 @@ class CaseIndex:
     commits a newer version does not change what this object sees.
     """
 
-    def __init__(self, root: Path, version: Path, config: IndexConfig) -> None:
+    def __init__(self, root: Path, version: Path, config: IndexConfig, corpus_root: str | Path | None = None) -> None:
         self.root = root
         self.version_dir = version
         self.config = config
         self.info = storage.read_info(version)
+        recorded = self.info.get("corpus_root")  # relative to the index; absent in older indexes (absolute paths)
+        self.corpus_root: Path | None = Path(corpus_root) if corpus_root is not None \
+            else (root / recorded if recorded else None)
         self.vectors: dict[str, np.ndarray] = {}
         for t in storage.TARGETS:
             try:
@@ -96,8 +102,16 @@ class CaseIndex:
         self._checked: weakref.WeakSet[Any] = weakref.WeakSet()
 
     @classmethod
-    def open(cls, path: str | Path, *, config: IndexConfig | dict[str, Any] | None = None) -> CaseIndex:
+    def open(cls, path: str | Path, *, config: IndexConfig | dict[str, Any] | None = None,
+             corpus_root: str | Path | None = None) -> CaseIndex:
         """Open the live version of the index at ``path``.
+
+        Args:
+            path: the index folder.
+            config: index settings.
+            corpus_root: where the corpus (the folder of the manifest it was built from) is
+                now, when it was moved without the index; by default the place recorded
+                relative to the index.
 
         Raises:
             CaseIndexError: no index there, or its files are corrupt.
@@ -109,7 +123,7 @@ class CaseIndex:
         version = storage.current_dir(root) if root.is_dir() else None
         if version is None:
             raise CaseIndexError("no case index here", path=root, expected="a folder written by `medvl index build`")
-        return cls(root, version, cfg)
+        return cls(root, version, cfg, corpus_root=corpus_root)
 
     # -- description -------------------------------------------------------------
     def __len__(self) -> int:
@@ -290,9 +304,11 @@ class CaseIndex:
         return tf(read_image(p, **tf.cfg.io.as_kwargs()))
 
     def _hit(self, case: dict[str, Any], rank: int, score: float) -> Hit:
+        ref = case["image"]
+        path = os.path.normpath(self.corpus_root / ref) if self.corpus_root is not None else ref  # absolute refs stay
         return Hit(rank=rank, study_id=case["study_id"], score=score, report_text=case["report"],
-                   image_path=case["image"], labels=case["labels"], modality=case["modality"],
-                   view=case["view"], split=case["split"])
+                   image_path=path, labels=case["labels"], modality=case["modality"],
+                   view=case["view"], split=case["split"], image_ref=ref)
 
     def close(self) -> None:
         self.conn.close()

@@ -39,6 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--against", default="image", choices=["image", "report"],
                    help="rank cases by their images (default) or by their reports")
     s.add_argument("--json", action="store_true", help="print hits as JSON lines")
+    s.add_argument("--corpus-root", default=None,
+                   help="where the corpus is now, if it was moved without the index (default: as recorded)")
 
     i = sub.add_parser("info", help="describe an index: cases, dimension, model, versions, history")
     i.add_argument("index", help="index folder")
@@ -77,7 +79,7 @@ def _search(args: argparse.Namespace) -> int:
     from medvl.index.case_index import CaseIndex
     from medvl.inference import load
 
-    index = CaseIndex.open(args.index)
+    index = CaseIndex.open(args.index, corpus_root=args.corpus_root)
     model_dir = args.model or (index.info.get("model") or {}).get("dir")
     if not model_dir:
         raise CaseIndexError("the index does not record its model folder", path=args.index, field="--model",
