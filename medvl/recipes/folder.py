@@ -16,8 +16,10 @@ column           required   meaning
 ``findings``,    these      or the sections as separate columns
 ``impression``
 ``patient_id``   advised    pseudonymous patient id; without it each study is
-                            its own patient (a warning says so)
-``study_id``     no         default: the image path
+                            its own patient (a warning says so), with the id
+                            ``p-`` + a hash of the image path (not the path:
+                            file and folder names may carry patient names)
+``study_id``     no         default: ``s-`` + the same hash
 ``split``        no         train / val / test; default: by patient hash 80/10/10
 ``modality``     no         default: the DICOM Modality tag; ``OT`` for NIfTI/PNG
 ``view``         no         view position for radiographs
@@ -27,6 +29,7 @@ other columns    no         labels: cells 1, 0, -1 or blank
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,9 +76,11 @@ class OwnFolder(Recipe):
                 raise DatasetRecipeError("empty report", path=where, field="report",
                                          expected="text in 'report' or 'findings'/'impression'")
             patient = (r.get("patient_id") or "").strip()
-            study = (r.get("study_id") or "").strip() or rel
+            # Never the path itself: folder and file names often carry the patient's name.
+            key = hashlib.sha256(Path(rel).as_posix().encode("utf-8")).hexdigest()[:16]
+            study = (r.get("study_id") or "").strip() or f"s-{key}"
             if not patient:
-                patient = study
+                patient = f"p-{key}"
                 if not warned:
                     warnings.warn(f"{table}: no patient_id column values; each study is its own patient, "
                                   "so splits cannot keep a patient's studies together", stacklevel=2)

@@ -184,3 +184,27 @@ def test_image_only_corpus_passes_validate(tmp_path, capsys) -> None:
     out = tmp_path / "m.jsonl"
     assert main(["prepare", "chexpert", "--root", str(root), "--out", str(out)]) == 0
     assert main(["validate", str(out), "--full"]) == 0, capsys.readouterr().out
+
+
+def test_own_folder_without_patient_ids_derives_ids_that_are_not_paths(tmp_path) -> None:
+    """Before, patient_id and study_id were the image path, e.g. 'Doe_Jane/chest.dcm'."""
+    from medvl.recipes.testing import _tiny_dicom
+
+    root = tmp_path / "mine"
+    _tiny_dicom(root / "Doe_Jane" / "chest.dcm")
+    _tiny_dicom(root / "Roe_Richard" / "chest.dcm")
+    (root / "reports.csv").write_text(
+        "image,report\n"
+        'Doe_Jane/chest.dcm,"IMPRESSION: Normal chest."\n'
+        'Roe_Richard/chest.dcm,"IMPRESSION: Edema."\n'
+    )
+    with pytest.warns(UserWarning, match="each study is its own patient"):
+        _, rows = _prepare("folder", root, tmp_path)
+    for r in rows:
+        for value in (r.patient_id, r.study_id):
+            assert "Doe" not in value and "Roe" not in value and "/" not in value and "chest" not in value
+    assert len({r.patient_id for r in rows}) == 2 and len({r.study_id for r in rows}) == 2
+    # the same file gets the same ids on a rerun (stable splits)
+    with pytest.warns(UserWarning, match="each study is its own patient"):
+        _, again = _prepare("folder", root, tmp_path / "again")
+    assert [(r.patient_id, r.study_id, r.split) for r in rows] == [(r.patient_id, r.study_id, r.split) for r in again]
