@@ -14,8 +14,9 @@ state the query's findings highlighted, a phrase heatmap over the image and find
 scores. The app holds no model code: everything goes through :mod:`medvl_viewer.backend`.
 
 Start-up order: the index's metadata opens in a fraction of a second and the first
-image is drawn with it; the model (torch, MONAI, transformers: many seconds on a cold
-start) loads in a background thread meanwhile, and the results follow when it is ready.
+image is drawn with it; only then does the model (torch, MONAI, transformers: most of a
+cold start) start loading, in a background thread, so it does not compete with the first
+image; the results follow when it is ready.
 """
 
 from __future__ import annotations
@@ -95,32 +96,42 @@ def backend_future(index_dir: str, model_dir: str) -> Future[ViewerBackend]:
 
 
 class BackendHandle:
-    """The model backend when a panel needs it: waits for the background load, once per page run.
+    """The model backend when a panel needs it: loads in the background, waits once per page run.
 
-    A failed load becomes one message on the page (and the next page run tries again).
+    The load starts when a panel first asks for the model, or at the end of the page run
+    (:meth:`start`), so it does not compete with drawing the first image. A failed load
+    becomes one message on the page; it is not retried on every widget change (a wrong
+    model or index stays wrong until the server is restarted).
     """
 
     def __init__(self, index_dir: str, model_dir: str) -> None:
         self._args = (index_dir, model_dir)
-        self._future = backend_future(index_dir, model_dir)
+        self._future: Future[ViewerBackend] | None = None
         self._failed = False
 
+    def start(self) -> Future[ViewerBackend]:
+        """Start loading the model in the background (once per server process)."""
+        if self._future is None:
+            self._future = backend_future(*self._args)
+        return self._future
+
     def ready(self) -> bool:
-        """Whether the model has loaded (without waiting)."""
-        return self._future.done() and self._future.exception() is None
+        """Whether the model has loaded (without waiting or starting the load)."""
+        f = self._future
+        return f is not None and f.done() and f.exception() is None
 
     def get(self) -> ViewerBackend | None:
         """The backend, waiting for it; ``None`` (and one message) if it cannot be loaded."""
         if self._failed:
             return None
-        if not self._future.done():
+        future = self.start()
+        if not future.done():
             with st.spinner("Loading the model (only on the first visit after a start) ..."):
-                self._future.exception()  # waits
-        exc = self._future.exception()
+                future.exception()  # waits
+        exc = future.exception()
         if exc is None:
-            return self._future.result()
+            return future.result()
         self._failed = True
-        backend_future.clear()  # the next page run tries again
         if isinstance(exc, MedvlError):
             st.error(f"Cannot open the model: {_plain(exc)}")
         else:
@@ -201,6 +212,7 @@ def _page(argv: Sequence[str] | None) -> None:
         pacs_mode.query_by_pacs(page)
     else:
         modes.query_by_text(page)
+    handle.start()  # a mode that needed no model yet: load it now, after the page is drawn
     if handle.ready():
         model_box.caption(panels.model_caption(handle.get().model_info()))  # type: ignore[union-attr]
 

@@ -66,21 +66,32 @@ def settle(page) -> None:
 
 
 def interaction(page, timings: Timings, action, expect=None) -> dict:
-    """Run ``action``, wait for the rerun, return server times by kind and the browser-seen latency."""
+    """Run ``action``; return the server time of the rerun it caused and the browser-seen latency.
+
+    The server time is read from the timing lines the rerun printed (``image`` alone: a
+    fragment rerun; ``page``: a full one, whose time includes the image's); the browser
+    latency runs from the action to the end of the rerun on the page.
+    """
     settle(page)
-    time.sleep(0.3)
-    timings.take()
+    time.sleep(0.5)
+    timings.take()  # anything left from before
     t0 = time.perf_counter()
     action()
     if expect is not None:
         expect()
-    time.sleep(0.15)  # the rerun starts after the widget's debounce
+    lines: list[tuple[str, float]] = []
+    deadline = time.perf_counter() + 30
+    while not lines and time.perf_counter() < deadline:  # until the server finished the rerun
+        time.sleep(0.02)
+        lines = timings.take()
     settle(page)
     seen = time.perf_counter() - t0
-    time.sleep(0.2)
-    lines = timings.take()
-    return {"kinds": sorted({w for w, _ in lines}), "server_ms": round(sum(ms for w, ms in lines if w == (
-        "page" if any(w == "page" for w, _ in lines) else "image")), 1), "browser_s": round(seen, 3)}
+    time.sleep(0.5)
+    lines += timings.take()
+    kinds = sorted({w for w, _ in lines})
+    which = "page" if "page" in kinds else "image"
+    return {"kinds": kinds, "server_ms": round(sum(ms for w, ms in lines if w == which), 1),
+            "browser_s": round(seen, 3)}
 
 
 def summary(runs: list[dict]) -> dict:
