@@ -168,7 +168,8 @@ def search_and_show(page: Page, left: Any, right: Any, path: Path, modality: str
             return
         show_warnings(page, result.warnings)
         panels.results_panel(page.catalogue, backend, result.hits, query, query_assertions=query_assertions,
-                             highlight=not (result.warnings and not query_assertions), reference=result.reference)
+                             highlight=not (result.warnings and not query_assertions), reference=result.reference,
+                             doubtful=bool(result.warnings))
     with left:
         _scores_and_warnings(page, backend, result, path, modality, frame)
 
@@ -314,12 +315,14 @@ def query_by_text(page: Page) -> None:
             st.subheader(f"Best match: {render.markdown_escape(top.study_id)}")
             image = read_for_display(page, top.image_path, "The image of the best match")
             if image is not None:
+                # No map of a query flagged as unlike the index: it would look like evidence.
                 panels.image_panel(page.catalogue, page.handle.get, image, key=f"text-{top.study_id}",
                                    image_path=top.image_path, modality=effective_modality(image, top.modality),
-                                   heat_phrase=text, what=f"image of case {top.study_id}")
+                                   heat_phrase="" if result.warnings else text,
+                                   what=f"image of case {top.study_id}")
     with right:
         if result.reranked:
             st.caption("Ordered by the reports' statements of the searched findings (side and negation), "
                        "then by similarity.")
         panels.results_panel(page.catalogue, backend, result.hits, Query(text=text), query_assertions=query,
-                             highlight=not result.warnings, reference=result.reference)
+                             highlight=not result.warnings, reference=result.reference, doubtful=bool(result.warnings))

@@ -24,7 +24,7 @@ from medvl_viewer.backend import Case, Catalogue, FindingScores, ModelInfo, Quer
 from medvl_viewer.catalogue import LRU
 from medvl_viewer.messages import failure_message
 from medvl_viewer.safe_meta import display_facts
-from medvl_viewer.slice_view import slice_view
+from medvl_viewer.slice_view import png_data_uri, slice_view
 
 log = logging.getLogger("medvl.viewer")
 #: With ``MEDVL_VIEWER_TIMING=1`` the page and the image fragment print their server time
@@ -48,6 +48,8 @@ FILE_LUT = "VOI LUT in file"
 
 #: Display planes (downscaled to the page's size, physical units) by image, frame and slice.
 _PLANES = LRU(64)
+#: Encoded images (PNG data URIs) by image, slice and window, and heatmap layers by phrase.
+_ENCODED = LRU(128)
 
 
 def show_failure(what: str, exc: BaseException) -> None:
@@ -93,8 +95,14 @@ def _plane(image: Any, image_id: tuple[Any, ...], slice_index: int) -> np.ndarra
         render.display_plane(np.asarray(image.array), slice_index), render.DISPLAY_MAX_SIDE))
 
 
-def _grey_plane(catalogue: Catalogue, image: Any, plane: np.ndarray, key: str, modality: str | None) -> np.ndarray:
-    """Window controls (preset, level, width) and the windowed 8-bit plane."""
+def _grey_plane(catalogue: Catalogue, image: Any, image_id: tuple[Any, ...], index: int, key: str,
+                modality: str | None) -> tuple[str, tuple[int, int]]:
+    """Window controls (preset, level, width); the windowed plane as a PNG data URI and its shape.
+
+    The encoded plane is memoised per image, slice and window: a change of the heatmap's
+    opacity or phrase re-sends it without windowing or encoding it again.
+    """
+    plane = _plane(image, image_id, index)
     invert = str(getattr(image, "photometric_interpretation", "")).upper() == "MONOCHROME1"
     choices = window_choices(image, catalogue.window_presets(modality))
     names = list(choices)
@@ -103,18 +111,23 @@ def _grey_plane(catalogue: Catalogue, image: Any, plane: np.ndarray, key: str, m
         names.insert(0, FILE_LUT)
     c0, c1, c2 = st.columns([2, 1, 1])
     preset = c0.selectbox("Window", names, index=0, key=f"preset-{key}")
+    shape = (int(plane.shape[0]), int(plane.shape[1]))
     if preset == FILE_LUT:
         from medvl.io import apply_voi_lut_table, invert_monochrome1
 
-        out = apply_voi_lut_table(plane, luts[0])
-        return render.to_uint8(invert_monochrome1(out) if invert else out)
+        def by_lut() -> str:
+            out = apply_voi_lut_table(plane, luts[0])
+            return png_data_uri(render.to_uint8(invert_monochrome1(out) if invert else out))
+
+        return _ENCODED.get((*image_id, index, FILE_LUT), by_lut), shape
     center0, width0 = choices[preset]
     # The preset is part of the key: choosing a preset resets level/width to it.
     center = c1.number_input("Level", value=float(center0), step=10.0, key=f"level-{key}-{preset}")
     width = c2.number_input("Width", value=float(width0), min_value=1.0, step=10.0, key=f"width-{key}-{preset}")
     # The file's VOI function (e.g. SIGMOID) goes with the file's windows only.
     function = getattr(image, "voi_function", "LINEAR") if preset.startswith("File window") else "LINEAR"
-    return render.window_to_uint8(plane, center, width, invert=invert, function=function)
+    return _ENCODED.get((*image_id, index, float(center), float(width), invert, function), lambda: png_data_uri(
+        render.window_to_uint8(plane, center, width, invert=invert, function=function))), shape
 
 
 def _sync_slice(view_key: str, slice_key: str) -> None:
@@ -191,9 +204,10 @@ def _image_panel(
     image_id = (key, str(image_path), frame)
     if color:  # RGB photographs / secondary captures: no window applies
         shown = render.thumbnail(render.to_uint8(array.astype(np.float64) / 255.0), render.DISPLAY_MAX_SIDE)
+        src, shape = _ENCODED.get((*image_id, "colour"), lambda: png_data_uri(shown)), shown.shape[:2]
     else:
-        shown = _grey_plane(catalogue, image, _plane(image, image_id, index), key, modality)
-    note = ""
+        src, shape = _grey_plane(catalogue, image, image_id, index, key, modality)
+    note, layer, opacity = "", None, 0.0
     if image_path is not None and heatmaps and not color:
         h1, h2 = st.columns([3, 1])
         phrase = h1.text_input("Heatmap phrase", value=heat_phrase, key=f"phrase-{key}",
@@ -212,12 +226,13 @@ def _image_panel(
                 if heat2d is not None:
                     # One scale over the whole image or volume: a slice the phrase does
                     # not concern stays untinted.
-                    shown = render.overlay_heatmap(shown, heat2d, opacity, rescale=False)
+                    layer = _ENCODED.get((*image_id, index, "heat", phrase.strip()), lambda: png_data_uri(
+                        render.heat_layer(heat2d, shape)))
                     note = heat.reason
             elif heat is not None:
                 st.info(heat.reason or "No heatmap is available for this model.")
-    slice_view(shown, key=view_key, slice_index=index, n_slices=n, label=slice_label(image, index, n),
-               alt=f"{what}{', ' + slice_label(image, index, n) if n > 1 else ''}",
+    slice_view(src, key=view_key, slice_index=index, n_slices=n, label=slice_label(image, index, n),
+               alt=f"{what}{', ' + slice_label(image, index, n) if n > 1 else ''}", heat=layer, opacity=opacity,
                on_slice=lambda: _sync_slice(view_key, slice_key))
     if note:
         st.html(render.colour_bar_html("low relevance", "high relevance"))
@@ -362,15 +377,20 @@ def results_panel(
     query_assertions: list[Any],
     highlight: bool = True,
     reference: str = "",
+    doubtful: bool = False,
 ) -> None:
-    """Ranked hits: thumbnail, study id, match, labels, report with highlights, "open as query"."""
+    """Ranked hits: thumbnail, study id, match, labels, report with highlights, "open as query".
+
+    With ``doubtful`` (the query was flagged as unlike the index) no match percentile is
+    shown: a "typical match" figure next to that warning would contradict it.
+    """
     from medvl.data.assertions import report_statements
 
     st.subheader(f"Top {len(hits)} similar cases")
     if not hits:
         st.info("No cases found.")
         return
-    if reference:
+    if reference and not doubtful:
         st.caption(reference)
     for rank, hit in enumerate(hits, start=1):
         with st.container(border=True):
@@ -383,10 +403,10 @@ def results_panel(
             left.button("Open as query", key=f"open-{rank}-{hit.study_id}", on_click=_open_as_query,
                         args=(hit.study_id,), width="stretch")
             match = ""
-            if hit.relative is not None:
+            if hit.relative is not None and not doubtful:
                 match = f" · match {format_score(hit.relative, 'percentile')} percentile"
             if hit.score is not None:
-                match += f" (cosine {hit.score:.3f})"
+                match += f" (cosine {hit.score:.3f})" if match else f" · cosine {hit.score:.3f}"
             right.markdown(f"**#{rank} · {render.markdown_escape(hit.study_id)}**{match}")
             facts = [f for f in (hit.modality, f"{hit.view} view" if hit.view else None,
                                  labels_caption(hit.labels) or None) if f]

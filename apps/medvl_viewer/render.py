@@ -216,6 +216,24 @@ def overlay_heatmap(grey: np.ndarray, heat: np.ndarray, opacity: float, *, resca
     return np.rint(np.clip(out, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
+#: Longest side of the heatmap layer sent to the page (the browser scales it up, bilinear).
+HEAT_LAYER_SIDE = 256
+
+
+def heat_layer(heat: np.ndarray, shape: tuple[int, int], max_side: int = HEAT_LAYER_SIDE) -> np.ndarray:
+    """A 2D relevance map in [0, 1] as the 8-bit layer the page paints over an image of ``shape``.
+
+    The map is resized (bilinear, like :func:`overlay_heatmap`) to the image's aspect with
+    its longest side at most ``max_side``; values are clipped to [0, 1] (one scale across
+    a volume's slices) and quantised to 0..255.
+    """
+    rows, cols = int(shape[0]), int(shape[1])
+    scale = min(1.0, max_side / max(rows, cols))
+    size = (max(1, round(rows * scale)), max(1, round(cols * scale)))
+    return to_uint8(np.clip(resize_map(np.clip(np.nan_to_num(np.asarray(heat, np.float32)), 0.0, 1.0), size),
+                            0.0, 1.0))
+
+
 def colour_bar_html(low: str = "low", high: str = "high", *, name: str = HEATMAP_CMAP, stops: int = 11) -> str:
     """A horizontal colour bar of the heatmap's colour map with its end labels, as HTML.
 

@@ -238,6 +238,7 @@ def test_an_input_unlike_the_index_gets_one_warning_above_the_results_and_no_sco
     warnings = [w.value for w in at.warning if "unlike the cases in the index" in w.value]
     assert len(warnings) == 1 and "MR image" in warnings[0]
     assert not at.table  # no finding scores for such an input
+    assert all(r.endswith(")") is False and "percentile" not in r for r in _ranked(at))
     assert any("Finding scores are not shown" in c.value for c in at.caption)
 
 
@@ -418,6 +419,9 @@ def test_nonsense_text_gets_a_warning_and_no_highlights(fake):
     at.sidebar.text_input(key="query_text").set_value("asdfgh qwerty").run()
     assert any("unlike the cases in the index" in w.value for w in at.warning)
     assert not any("<mark>" in m.value for m in at.markdown)
+    # no "typical match" figure and no heatmap next to that warning: they would contradict it
+    assert not any("percentile" in r for r in _ranked(at)) and _ranked(at)[0].endswith("cosine 0.000")
+    assert not [c for c in fake.calls if c[0] == "heatmap"]
 
 
 def test_no_heatmap_means_one_plain_sentence(fake):
@@ -428,18 +432,22 @@ def test_no_heatmap_means_one_plain_sentence(fake):
     assert "heat-colour-bar" not in _whole_page(at)
 
 
-def test_heatmap_opacity_and_position_on_the_shown_image(fake):
+def test_heatmap_layer_position_and_opacity_reach_the_image(fake):
     at = _mode(_app(), "Free text")
     at.sidebar.text_input(key="query_text").set_value("effusion").run()
+    view = _views(at)[0]
+    image = _pixels({"src": view["src"]})
+    layer = _pixels({"src": view["heat"]})
+    # the layer covers the image with its aspect; the fake map is hot in its top-left cell,
+    # so the layer's hot part lies in the image's top-left quarter
+    assert abs(layer.shape[0] / layer.shape[1] - image.shape[0] / image.shape[1]) < 0.02
+    rows, cols = np.nonzero(layer > 255 * 0.2)
+    assert rows.size and rows.max() < layer.shape[0] / 2 and cols.max() < layer.shape[1] / 2
+    assert view["opacity"] == 0.35 and view["floor"] == 0.2 and len(view["lut"]) == 256
     key = next(s.key for s in at.slider if s.key and s.key.startswith("opacity-"))
-    at.slider(key=key).set_value(0.0).run()
-    plain = _pixels(_views(at)[0]).astype(int)
     at.slider(key=key).set_value(1.0).run()
-    tinted = _pixels(_views(at)[0]).astype(int)
-    changed = np.abs(tinted - plain).sum(axis=-1) > 30
-    rows, cols = np.nonzero(changed)
-    # the fake map is hot in its top-left cell: the tint lies in the image's top-left quarter
-    assert changed.any() and rows.max() < plain.shape[0] / 2 and cols.max() < plain.shape[1] / 2
+    again = _views(at)[0]
+    assert again["opacity"] == 1.0 and again["src"] == view["src"] and again["heat"] == view["heat"]
 
 
 def test_model_is_loaded_once_across_modes(fake):

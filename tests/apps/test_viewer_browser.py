@@ -37,6 +37,15 @@ PROVENANCE = {"name": "tiny-clip-test", "source": "hf-hub:example/tiny-clip", "l
 
 pytestmark = pytest.mark.browser
 
+#: The heatmap canvas's size, first hottest pixel (row-major) and its alpha.
+PAINTED = """c => {
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  let best = -1, at = 0;
+  for (let i = 0; i < c.width * c.height; i++) { if (d[4 * i + 3] > best) { best = d[4 * i + 3]; at = i; } }
+  return {w: c.width, h: c.height, x: at % c.width, y: Math.floor(at / c.width), alpha: best,
+          rgb: [d[4 * at], d[4 * at + 1], d[4 * at + 2]], display: getComputedStyle(c).display};
+}"""
+
 
 @pytest.fixture(scope="module")
 def browser_data(tmp_path_factory):
@@ -160,6 +169,11 @@ def walk(url: str, files: dict[str, Path], shots: Path, seen: dict) -> None:
             seen["heat_phrase"] = page.get_by_label("Heatmap phrase").first.input_value()
             seen["colour_bar"] = page.get_by_test_id("heat-colour-bar").count()
             seen["reranked_note"] = page.get_by_text("Ordered by the reports").count()
+            seen["best_match"] = page.get_by_text("Best match:").first.inner_text().split(": ", 1)[1].strip()
+            # 4: what the page painted over the image: the heatmap layer's size and hottest pixel
+            seen["canvas"] = page.get_by_test_id("medvl-heat").first.evaluate(PAINTED)
+            seen["image_size"] = page.get_by_test_id("medvl-image").first.evaluate(
+                "i => [i.naturalHeight, i.naturalWidth]")
             page.screenshot(path=str(shots / "2-text-query.png"), full_page=True)
             # 2: nonsense text gets a warning above the results
             box.fill("asdfgh qwerty")
@@ -296,6 +310,29 @@ def test_a_radiologist_s_walk_through_the_viewer(browser_data, tmp_path):
     query = find_assertions("left pleural effusion")
     assert all(supports(query, find_assertions(m)) for m in seen["text_marks"]), seen["text_marks"]
     assert seen["heat_phrase"] == "left pleural effusion" and seen["colour_bar"] >= 1
+    # 4: the page paints the library's map where the library put it: the canvas's hottest
+    # pixel is the reference layer's (same size, same place, inferno's top colour, alpha
+    # opacity x 255), so no flip or transpose happens between server and screen
+    import numpy as np
+
+    from medvl.index import CaseIndex
+    from medvl_viewer import render
+    from medvl_viewer.library import LibraryBackend
+
+    index = CaseIndex.open(browser_data.index_dir)
+    path = Path(index.get(seen["best_match"]).image_path)
+    index.close()
+    heat = LibraryBackend(browser_data.index_dir, browser_data.model_dir).heatmap(path, "left pleural effusion")
+    layer = render.heat_layer(heat.array, tuple(seen["image_size"]))
+    # the alpha the painter must give each pixel: opacity x clip((h - floor) / (1 - floor)), rounded
+    alpha = np.floor(255 * render.DEFAULT_OPACITY * np.clip((layer / 255 - 0.2) / 0.8, 0, 1) + 0.5)
+    y, x = np.unravel_index(int(np.argmax(alpha)), layer.shape)  # the first of the hottest, as the page's scan
+    canvas = seen["canvas"]
+    assert canvas["display"] == "block" and (canvas["h"], canvas["w"]) == layer.shape
+    assert (canvas["y"], canvas["x"]) == (y, x) and canvas["alpha"] == alpha.max()
+    top = np.rint(render.colormap_lut()[layer[y, x]] * 255)
+    # canvases store premultiplied alpha: colours read back may be off by a unit or two
+    assert np.abs(np.asarray(canvas["rgb"]) - top).max() <= 3, (canvas["rgb"], top)
     assert seen["reranked_note"] == 1
     assert len(seen["nonsense_warning"]) == 1 and "no words with the training reports" in seen["nonsense_warning"][0]
     assert seen["nonsense_marks"] == []
