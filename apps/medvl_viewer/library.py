@@ -42,6 +42,8 @@ REFERENCE_SAMPLE = 2000
 OOD_PERCENTILE = 1.0
 #: Fewer indexed cases than this give no reliable reference distribution: no distance warning.
 MIN_REFERENCE = 50
+#: Fewer zero-shot prompt phrases than this give no reference for text queries.
+MIN_PHRASES = 20
 #: Candidates re-ranked by their reports' statements for a text query.
 RERANK_POOL = 200
 #: Modalities of chest radiographs (an index of CR/DX accepts either).
@@ -166,20 +168,25 @@ class LibraryBackend:
     def _reference(self, query: str, against: str) -> np.ndarray:
         """The index's own best-match similarities, for putting a query's in context.
 
-        ``image`` queries: each sampled case's image against every other case's image.
-        ``text`` queries: each sampled case's report against the images (``against``)
-        or the other reports, its best match. A real query of the index's kind usually
-        lands inside this distribution; an unrelated one far below it.
+        ``image`` queries: each sampled case's image against every other case's image, its
+        best match. ``text`` queries: each of the model's zero-shot prompts (short finding
+        phrases such as "left pleural effusion", present and absent) against the images or
+        the reports (``against``), its best match: a short query is compared with short
+        phrases, not with whole reports. A real query of the index's kind usually lands
+        inside this distribution; an unrelated one far below it.
         """
 
         def make() -> np.ndarray:
-            vectors = {t: np.asarray(v, dtype=np.float32) for t, v in self.index.vectors.items()}
-            n = vectors["image"].shape[0]
+            target = np.asarray(self.index.vectors[against], dtype=np.float32)
+            if query == "text":
+                _, pos, neg = self.pipe.prompt_embeddings(self.pipe.prompt_set())
+                phrases = np.concatenate([*pos, *neg]).astype(np.float32)
+                return (phrases @ target.T).max(axis=1) if target.size else np.zeros(0, np.float32)
+            n = target.shape[0]
             rng = np.random.default_rng(0)
             pick = rng.choice(n, size=min(n, REFERENCE_SAMPLE), replace=False) if n else np.zeros(0, int)
-            sims = vectors["image" if query == "image" else "report"][pick] @ vectors[against].T  # (S, N)
-            if query == "image" or against == "report":
-                sims[np.arange(len(pick)), pick] = -np.inf  # a case is not its own neighbour
+            sims = target[pick] @ target.T  # (S, N)
+            sims[np.arange(len(pick)), pick] = -np.inf  # a case is not its own neighbour
             return sims.max(axis=1) if sims.size else np.zeros(0, np.float32)
 
         return self._references.get((query, against), make)
@@ -235,10 +242,10 @@ class LibraryBackend:
         if check.ood:
             warnings.append(_sentence(check.reason) + " It does not read like a radiology finding.")
         best = max((h.relative for h in hits if h.relative is not None), default=None)
-        if not warnings and not query and reference.size >= MIN_REFERENCE and best is not None \
+        if not warnings and not query and reference.size >= MIN_PHRASES and best is not None \
                 and best < OOD_PERCENTILE:
-            warnings.append("The text names no finding the viewer knows, and no case matches it better than "
-                            "almost every report matches its own case: it may not describe a chest study.")
+            warnings.append("The text names no finding the viewer knows, and its best match is weaker than almost "
+                            "every finding phrase's best match in this index: it may not describe a chest study.")
         return SearchResult(hits, warnings=warnings, reference=_REFERENCE_TEXT["text", against], reranked=reranked)
 
     # -- finding scores ------------------------------------------------------------------
@@ -318,8 +325,8 @@ def _place(array: np.ndarray, box: tuple[int, int, int, int], shape: tuple[int, 
 _REFERENCE_TEXT = {
     ("image", "image"): "Match percentile: where the similarity stands among each indexed case's similarity "
                         "to its own nearest neighbour (50 = a typical nearest match in this index).",
-    ("text", "image"): "Match percentile: where the similarity stands among each indexed report's similarity "
-                       "to its best-matching image (50 = a typical best match in this index).",
-    ("text", "report"): "Match percentile: where the similarity stands among each indexed report's similarity "
-                        "to its nearest other report.",
+    ("text", "image"): "Match percentile: where the similarity stands among the best image matches of the model's "
+                       "finding phrases (e.g. 'left pleural effusion') in this index (50 = a typical best match).",
+    ("text", "report"): "Match percentile: where the similarity stands among the best report matches of the model's "
+                        "finding phrases in this index (50 = a typical best match).",
 }

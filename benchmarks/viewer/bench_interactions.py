@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -39,6 +40,7 @@ sys.path.insert(0, str(REPO / "tests" / "apps"))
 from viewer_server import CHROMIUM, CHROMIUM_ARGS, streamlit_server
 
 WAIT_MS = 120_000
+TIMING = re.compile(r"medvl-viewer-timing (page|image) ([0-9.]+)")
 REPEAT = 5
 
 
@@ -52,12 +54,8 @@ class Timings:
     def take(self) -> list[tuple[str, float]]:
         text = self.log.read_text(errors="replace")
         new, self.offset = text[self.offset:], len(text)
-        out = []
-        for line in new.splitlines():
-            if line.startswith("medvl-viewer-timing "):
-                _, what, ms = line.split()
-                out.append((what, float(ms)))
-        return out
+        # Lines of other loggers may interleave with ours: find the marks anywhere.
+        return [(m.group(1), float(m.group(2))) for m in TIMING.finditer(new)]
 
 
 def settle(page) -> None:
