@@ -199,7 +199,7 @@ def _page(argv: Sequence[str] | None) -> None:
     st.markdown(landing_line(catalogue))
     st.sidebar.title("medvl viewer")
     mode = st.sidebar.radio("Query by", MODES, key="mode")
-    k = st.sidebar.slider("Number of results", 1, 20, min(max(args.k, 1), 20), key="k")
+    k = st.sidebar.slider("Number of results", 1, modes.MAX_RESULTS, min(max(args.k, 1), modes.MAX_RESULTS), key="k")
     model_box = st.sidebar.container()
     warnings = st.container()  # above the results: what makes this query's results doubtful
     page = modes.Page(catalogue=catalogue, handle=handle, k=k, warnings=warnings,

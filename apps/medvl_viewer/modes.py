@@ -39,6 +39,9 @@ UPLOAD_LABEL = "the uploaded file"
 TEXT_TARGETS = {"images": "image", "reports": "report"}
 #: Cases per page of the case list.
 PER_PAGE = 50
+#: The most results the page shows (the sidebar slider's end): fetched at once, their
+#: thumbnails made in the background, so asking for more results costs no new search.
+MAX_RESULTS = 20
 
 
 @dataclass
@@ -162,7 +165,10 @@ def search_and_show(page: Page, left: Any, right: Any, path: Path, modality: str
         return
     with right:
         try:
-            result = backend.search_image(path, page.k, modality=modality, exclude=exclude, frame=frame)
+            result = backend.search_image(path, max(page.k, MAX_RESULTS), modality=modality, exclude=exclude,
+                                          frame=frame)
+            shown, more = result.hits[:page.k], result.hits[page.k:]
+            result.hits = shown
         except Exception as exc:  # noqa: BLE001 - see panels.show_failure
             panels.show_failure("The search failed", exc)
             return
@@ -170,6 +176,7 @@ def search_and_show(page: Page, left: Any, right: Any, path: Path, modality: str
         panels.results_panel(page.catalogue, backend, result.hits, query, query_assertions=query_assertions,
                              highlight=not (result.warnings and not query_assertions), reference=result.reference,
                              doubtful=bool(result.warnings))
+        panels.prefetch_thumbnails(page.catalogue, more)
     with left:
         _scores_and_warnings(page, backend, result, path, modality, frame)
 
@@ -302,7 +309,9 @@ def query_by_text(page: Page) -> None:
     if backend is None:
         return
     try:
-        result = backend.search_text(text, page.k, TEXT_TARGETS[target], use_reports=use_reports)
+        result = backend.search_text(text, max(page.k, MAX_RESULTS), TEXT_TARGETS[target], use_reports=use_reports)
+        more = result.hits[page.k:]
+        result.hits = result.hits[:page.k]
     except Exception as exc:  # noqa: BLE001 - see panels.show_failure
         panels.show_failure("The search failed", exc)
         return
@@ -326,3 +335,4 @@ def query_by_text(page: Page) -> None:
                        "then by similarity.")
         panels.results_panel(page.catalogue, backend, result.hits, Query(text=text), query_assertions=query,
                              highlight=not result.warnings, reference=result.reference, doubtful=bool(result.warnings))
+        panels.prefetch_thumbnails(page.catalogue, more)

@@ -13,6 +13,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -61,13 +62,18 @@ def show_failure(what: str, exc: BaseException) -> None:
     st.error(failure_message(what, exc))
 
 
-def window_choices(image: Any, presets: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
-    """Windows offered for ``image``: those stored in the file, the modality presets, auto."""
+def window_choices(image: Any, presets: dict[str, tuple[float, float]],
+                   auto: tuple[float, float] | None = None) -> dict[str, tuple[float, float]]:
+    """Windows offered for ``image``: those stored in the file, the modality presets, auto.
+
+    ``auto`` is the automatic window when already known (it costs a percentile pass
+    over the whole image, so the image panel memoises it).
+    """
     choices: dict[str, tuple[float, float]] = {}
     for i, (center, width) in enumerate(getattr(image, "windows", None) or []):
         choices[f"File window {i + 1}"] = (float(center), max(float(width), 1.0))
     choices.update(presets)
-    choices[AUTO] = render.auto_window(image.array)
+    choices[AUTO] = auto if auto is not None else render.auto_window(image.array)
     return choices
 
 
@@ -104,7 +110,8 @@ def _grey_plane(catalogue: Catalogue, image: Any, image_id: tuple[Any, ...], ind
     """
     plane = _plane(image, image_id, index)
     invert = str(getattr(image, "photometric_interpretation", "")).upper() == "MONOCHROME1"
-    choices = window_choices(image, catalogue.window_presets(modality))
+    auto = _ENCODED.get((*image_id, "auto-window"), lambda: render.auto_window(image.array))
+    choices = window_choices(image, catalogue.window_presets(modality), auto)
     names = list(choices)
     luts = getattr(image, "voi_luts", None) or []
     if luts:  # a file's VOI LUT takes precedence over its windows, as in a PACS
@@ -328,13 +335,28 @@ def case_report(case: Case) -> None:
     st.markdown(render.report_html(report_statements(case.report)), unsafe_allow_html=True)
 
 
-@st.cache_data(show_spinner=False, max_entries=512)
-def _thumbnail(_catalogue: Catalogue, path: str, catalogue_id: int) -> np.ndarray | None:
-    try:
-        return _make_thumbnail(_catalogue.read_image(Path(path)))
-    except Exception as exc:  # noqa: BLE001 - a missing thumbnail must not break the list
-        log.warning("a thumbnail is unavailable: %s", type(exc).__name__)
-        return None
+#: Thumbnails of hits by catalogue and image path (shared by every session).
+_THUMBS = LRU(1024)
+#: Makes the thumbnails of the hits just below the shown ones, so more results appear at once.
+_PREFETCH = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medvl-viewer-thumbs")
+
+
+def _thumbnail(catalogue: Catalogue, path: str) -> np.ndarray | None:
+    def make() -> np.ndarray | None:
+        try:
+            return _make_thumbnail(catalogue.read_image(Path(path)))
+        except Exception as exc:  # noqa: BLE001 - a missing thumbnail must not break the list
+            log.warning("a thumbnail is unavailable: %s", type(exc).__name__)
+            return None
+
+    return _THUMBS.get((id(catalogue), path), make)
+
+
+def prefetch_thumbnails(catalogue: Catalogue, hits: list[Case]) -> None:
+    """Make the thumbnails of ``hits`` in the background (the next "more results" is then quick)."""
+    for hit in hits:
+        if hit.image_path is not None:
+            _PREFETCH.submit(_thumbnail, catalogue, str(hit.image_path))
 
 
 def _make_thumbnail(image: Any) -> np.ndarray:
@@ -395,7 +417,7 @@ def results_panel(
     for rank, hit in enumerate(hits, start=1):
         with st.container(border=True):
             left, right = st.columns([1, 3])
-            thumb = _thumbnail(catalogue, str(hit.image_path), id(catalogue)) if hit.image_path else None
+            thumb = _thumbnail(catalogue, str(hit.image_path)) if hit.image_path else None
             if thumb is not None:
                 left.image(thumb, width="stretch")
             else:

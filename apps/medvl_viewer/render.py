@@ -55,13 +55,23 @@ def to_uint8(display: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(np.asarray(display, dtype=np.float64), 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
+#: Values :func:`auto_window` looks at, at most (a strided sample of larger images).
+AUTO_WINDOW_SAMPLE = 1 << 21
+
+
 def auto_window(array: np.ndarray, low: float = 0.5, high: float = 99.5) -> tuple[float, float]:
     """A window spanning the ``low``..``high`` percentiles, for images with no window.
+
+    A volume or detector-sized image is sampled with a fixed stride down to
+    :data:`AUTO_WINDOW_SAMPLE` values (a display window needs no exact percentile).
 
     Returns:
         ``(center, width)`` with width at least 1.
     """
-    finite = np.asarray(array, dtype=np.float64)
+    flat = np.asarray(array).reshape(-1)
+    if flat.size > AUTO_WINDOW_SAMPLE:
+        flat = flat[:: -(-flat.size // AUTO_WINDOW_SAMPLE)]
+    finite = flat.astype(np.float64)
     finite = finite[np.isfinite(finite)]
     if finite.size == 0:
         return 0.0, 1.0
