@@ -271,3 +271,16 @@ def test_markdown_escape_shows_ids_literally():
     assert render.markdown_escape("SYN-CXR000001") == "SYN\\-CXR000001"
     assert render.markdown_escape("a_b*c<d>") == "a\\_b\\*c\\<d\\>"
     assert render.markdown_escape("plain") == "plain"
+
+
+def test_a_centre_crop_map_is_placed_on_the_whole_radiograph():
+    # A model that centre-crops (CLIP's "crop" fit) sees rows 100..300 of a 400 x 200
+    # image: its map covers that band only, and the viewer draws it there.
+    from medvl_viewer.library import _place
+
+    heat = np.ones((8, 8), np.float32)
+    full = _place(heat, (100, 300, 0, 200), (400, 200))
+    assert full.shape == (16, 8)  # the map's own resolution, over the whole image
+    rows = np.nonzero(full.max(axis=1) > 0.5)[0]
+    assert (rows.min(), rows.max()) == (4, 11)  # rows 100..300 of 400 -> cells 4..11 of 16
+    assert _place(heat, (0, 400, 0, 200), (400, 200)) is heat  # a padded fit covers it all
