@@ -41,16 +41,19 @@ def test_header_claiming_800_cubed_voxels_on_a_tiny_file_is_refused(tmp_path: Pa
     assert info.value.field == "dim" and "800x800x800" in str(info.value)
 
 
-# Run in a child so its peak memory (ru_maxrss) is its own.
+# Run in a child so its peak memory is its own. VmHWM (the peak of the child's own address
+# space), not ru_maxrss: Linux carries the forking parent's peak into ru_maxrss across exec,
+# so a large pytest process made this fail in the full suite.
 CHILD = """
-import resource, sys
+import sys
 from medvl.errors import ImageReadError
 from medvl.io import read_image
 try:
     read_image(sys.argv[1])
 except ImageReadError:
     pass
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+with open("/proc/self/status") as f:
+    print(next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")))
 """
 
 
