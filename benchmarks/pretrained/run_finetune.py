@@ -229,6 +229,16 @@ def main(argv: list[str] | None = None) -> int:
         (results_dir / "results.json").write_text(json.dumps(report, indent=2, default=float))
         write_markdown(report, results_dir / "results.md")
 
+    # an interrupted run resumes: finished measurements of the same settings are kept
+    previous = results_dir / "results.json"
+    done: dict[str, dict[str, Any]] = {}
+    if previous.is_file():
+        old = json.loads(previous.read_text())
+        same = {k: v for k, v in old.get("settings", {}).items() if k != "regimes"} == \
+            {k: v for k, v in report["settings"].items() if k != "regimes"}
+        if same:
+            done = {r["name"]: r for r in old.get("runs", [])}
+            report["resumed_from"] = old.get("date_utc")
     manifest = make_corpus(work, args.n_cxr, args.synth_size, args.seed)
     from medvl.data.manifest import read_manifest
 
@@ -238,9 +248,15 @@ def main(argv: list[str] | None = None) -> int:
     imported = work / "imported"
     import_model(src, imported, format="open-clip", text_config=src / "text_config.json",
                  licence="synthetic benchmark model", overwrite=True)
-    report["runs"].append({"name": "imported (start)", **score(medvl.load(imported), manifest, work / "eval_start")})
+    start = done.get("imported (start)") or {"name": "imported (start)",
+                                              **score(medvl.load(imported), manifest, work / "eval_start")}
+    report["runs"].append(start)
     save()
     for regime in args.regimes:
+        if f"fine-tuned: {regime}" in done:
+            print(f"[pretrained] {regime}: kept from the interrupted run", flush=True)
+            report["runs"].append(done[f"fine-tuned: {regime}"])
+            continue
         model_section = copy.deepcopy(REGIMES[regime]) | {"init_from": str(imported)}
         cfg = {"seed": args.seed,
                "data": {"manifest": str(manifest), "batch_size": args.batch_size, "num_workers": 0,
