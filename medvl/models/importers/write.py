@@ -46,6 +46,9 @@ def write_imported(imported: Imported, out: Path, *, fmt: str, licence: str | No
                         f"licence: {record['licence']}",
         "limitations": "; ".join(imported.notes) or "see the source model's card",
         "source_format": fmt,
+        "source_files": record["source"],
+        "hub_name": record["hub_name"] or "not recorded",
+        "licence": record["licence"],
         "conversion": record["conversion"],
         "zero_shot_rule": (imported.zeroshot or {}).get("scoring", "none (towers not aligned)"),
     }
