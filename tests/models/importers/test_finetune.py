@@ -112,3 +112,18 @@ def test_eval_index_and_search_use_the_import_unchanged(manifest, imported, tmp_
     dicom = get_testdata_file("RG1_UNCR.dcm", download=False)
     assert main(["index", "search", str(tmp_path / "index"), "--image", str(dicom), "-k", "2", "--json"]) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) == 2
+    folder = tmp_path / "dicoms"
+    folder.mkdir()
+    (folder / "cr.dcm").write_bytes(Path(dicom).read_bytes())
+    assert main(["embed", "--model", str(imported), "--folder", str(folder), "--out", str(tmp_path / "emb"),
+                 "--no-progress"]) == 0
+    import pyarrow.parquet as pq
+
+    import medvl
+
+    rows = [v for f in sorted((tmp_path / "emb").rglob("*.parquet"))
+            for v in pq.read_table(f, columns=["image_embedding"]).column("image_embedding").to_pylist()]
+    assert len(rows) == 1
+    expected = medvl.load(imported).embed_images([dicom])[0]
+    got = torch.tensor(rows[0], dtype=torch.float32)
+    assert torch.allclose(got, torch.from_numpy(expected), atol=1e-5)
