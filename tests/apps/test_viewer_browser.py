@@ -118,6 +118,7 @@ def _slice_label(page) -> str:
 
 def walk(url: str, files: dict[str, Path], shots: Path, seen: dict) -> None:
     """Drive the viewer at ``url`` through points 1-7; fill ``seen`` with what was observed."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
     from playwright.sync_api import sync_playwright
 
     shots.mkdir(parents=True, exist_ok=True)
@@ -205,6 +206,13 @@ def walk(url: str, files: dict[str, Path], shots: Path, seen: dict) -> None:
             page.get_by_text("Free text", exact=True).click()
             _settle(page)
             page.get_by_text("Uploaded image", exact=True).click()
+            # the click's rerun may not have begun when _settle looks: wait for the held upload's panel
+            # (a lost upload shows the "Upload ... in the sidebar" prompt instead and the wait times out)
+            kept = page.get_by_role("heading", name="Uploaded image").first
+            try:
+                kept.wait_for(timeout=WAIT_MS)
+            except PlaywrightTimeoutError:
+                pass
             _settle(page)
             seen["upload_kept"] = page.get_by_role("heading", name="Uploaded image").count()
 
