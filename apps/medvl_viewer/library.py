@@ -109,12 +109,7 @@ class LibraryBackend:
         """The image read as the model's preprocessing reads it; ``modality`` stands in for an unrecorded one."""
 
         def make() -> Any:
-            if frame is None:
-                img = self.pipe.read(Path(path))
-            else:
-                from medvl.io import read_image
-
-                img = read_image(Path(path), frame=frame, **self.pipe.data_config.io.as_kwargs())
+            img = self.pipe.read(Path(path), frame=frame)
             own = str(getattr(img, "modality", "") or "").upper()
             if modality and own in UNKNOWN_MODALITIES:
                 img = dataclasses.replace(img, modality=modality.upper())

@@ -9,7 +9,8 @@ On a trained run (default ``runs/demo``, written by ``make demo``):
 * **OOD flag rates**: ``Pipeline.check_image`` on every test-split study (in
   distribution), on every real DICOM file shipped with pydicom and pydicom-data that
   medvl can read (the chest radiographs ``RG1_*`` apart: non-chest), with the first
-  reason per file; and ``check_text`` on the test reports' sentences and on off-domain queries;
+  reason per file; and ``Pipeline.check_text`` (the query prepared as training reports were)
+  on the test reports' sentences and on off-domain queries;
 * **embed throughput**: ``medvl embed``'s ``embed_items`` on the test split against the
   bare ``Pipeline.embed_images`` loop, in the same process (a ratio: the machine is shared);
 * **fit cost**: ``fit_model_dir`` (end-of-training calibration + profile) on a copy of the
@@ -18,7 +19,7 @@ On a trained run (default ``runs/demo``, written by ``make demo``):
 Writes ``results.json`` and ``results.md`` next to this file with the machine and load.
 Run (after ``make demo``)::
 
-    OMP_NUM_THREADS=2 nice -n 15 .venv/bin/python benchmarks/inference/bench_inference.py --run runs/demo
+    nice -n 15 env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/inference/bench_inference.py --run runs/demo
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import json
 import os
 import platform
 import shutil
+import sys
 import tempfile
 import time
 import warnings
@@ -93,7 +95,6 @@ def calibration_part(pipe: Any, manifest: Path) -> tuple[dict[str, Any], Any]:
 def ood_part(pipe: Any, manifest: Path, emb: Any) -> dict[str, Any]:
     from medvl.data.manifest import read_manifest, resolve_path
     from medvl.errors import MedvlError
-    from medvl.inference.ood import check_text
 
     rows = {r.study_id: r for r in read_manifest(manifest, split="test") if r.dims == pipe.dims}
     t0 = time.perf_counter()
@@ -157,12 +158,12 @@ def ood_part(pipe: Any, manifest: Path, emb: Any) -> dict[str, Any]:
         },
         "text": {
             "test_report_sentences": {"n": len(sentences),
-                                      "flag_rate": sum(check_text(t, pipe.profile).ood for t in sentences)
+                                      "flag_rate": sum(pipe.check_text(t).ood for t in sentences)
                                       / max(1, len(sentences))},
             "off_domain_queries": {"n": len(OFF_DOMAIN_QUERIES),
-                                   "flag_rate": sum(check_text(t, pipe.profile).ood for t in OFF_DOMAIN_QUERIES)
+                                   "flag_rate": sum(pipe.check_text(t).ood for t in OFF_DOMAIN_QUERIES)
                                    / len(OFF_DOMAIN_QUERIES),
-                                   "not_flagged": [t for t in OFF_DOMAIN_QUERIES if not check_text(t, pipe.profile).ood]},
+                                   "not_flagged": [t for t in OFF_DOMAIN_QUERIES if not pipe.check_text(t).ood]},
         },
         "per_file": per_file,
     }
@@ -226,13 +227,25 @@ def _fmt(v: Any, nd: int = 3) -> str:
     return "n/a" if v is None else (f"{v:.{nd}f}" if isinstance(v, float) else str(v))
 
 
-def write_md(res: dict[str, Any], path: Path) -> None:
-    cal, ood, emb, fit = res["calibration"], res["ood"], res["embed"], res["fit"]
+def render_md(res: dict[str, Any]) -> str:
+    """The results as Markdown; a partial run renders the parts it has."""
+    head = ["# Inference benchmark", "", f"Run: `{res['run']}`; machine: {res['machine']['processor']}, "
+            f"{res['machine']['cpu_count']} CPUs, load {res['machine']['load_average_1min_start']} at start, "
+            f"{res['machine']['load_average_1min_end']} at end; torch {res['machine']['torch']}, "
+            f"OMP_NUM_THREADS={res['machine']['omp_num_threads']}. Command: `{res.get('command', '')}`.", ""]
+    if res.get("partial"):
+        missing = [k for k in ("calibration", "ood", "embed", "fit") if k not in res]
+        head += [f"**Partial results**: not yet measured: {', '.join(missing)}.", ""]
+    parts = [_md_calibration, _md_ood, _md_embed, _md_fit]
+    keys = ["calibration", "ood", "embed", "fit"]
+    body = [line for key, part in zip(keys, parts, strict=True) if key in res for line in part(res)]
+    return "\n".join(head + body)
+
+
+def _md_calibration(res: dict[str, Any]) -> list[str]:
+    cal = res["calibration"]
     m = cal.get("mean", {})
-    lines = ["# Inference benchmark", "", f"Run: `{res['run']}`; machine: {res['machine']['processor']}, "
-             f"{res['machine']['cpu_count']} CPUs, load {res['machine']['load_average_1min_start']} at start, "
-             f"{res['machine']['load_average_1min_end']} at end; torch {res['machine']['torch']}.", "",
-             "## Calibration (synthetic test split; fitted on val)", "",
+    lines = ["## Calibration (synthetic test split; fitted on val)", "",
              f"{cal.get('n_test_studies')} test studies, prompt set `{cal.get('prompt_set')}`, "
              f"{len(cal.get('findings', []))} calibrated findings.", "",
              "| finding | n | positives | ECE before | ECE after | Brier before | Brier after | AUROC before | AUROC after |",
@@ -246,9 +259,14 @@ def write_md(res: dict[str, Any], path: Path) -> None:
                  f"{_fmt(m.get('auroc_after'))} |")
     if cal.get("uncalibrated"):
         lines += ["", "Uncalibrated: " + "; ".join(f"{k} ({v})" for k, v in cal["uncalibrated"].items())]
+    return lines + [""]
+
+
+def _md_ood(res: dict[str, Any]) -> list[str]:
+    ood = res["ood"]
     ind, real, txt = ood["in_distribution_test_split"], ood["real_dicoms"], ood["text"]
     nc = real["non_chest"]
-    lines += ["", "## Out-of-distribution flag", "",
+    return ["## Out-of-distribution flag", "",
               "| input | n | flagged | rate |", "|---|---|---|---|",
               f"| synthetic test split (in distribution) | {ind['n']} | {ind['flagged']} | {_fmt(ind['flag_rate'])} |",
               f"| real non-chest DICOMs (pydicom + pydicom-data, readable) | {nc['n']} | {nc['flagged']} | "
@@ -269,18 +287,34 @@ def write_md(res: dict[str, Any], path: Path) -> None:
                   f"{c['file']}: {'flagged - ' + c['reason'] if c['ood'] else 'not flagged'} "
                   f"(header checks {'failed' if c['header_flag'] else 'passed'})" for c in real["chest"]), "",
               f"In-distribution reasons: {ind['reasons'] or 'none'}; check_image {ind['seconds_per_image'] * 1000:.0f} "
-              "ms per image (read + prepare + embed + checks).", "",
-              "## `medvl embed` throughput", "",
+              "ms per image (read + prepare + embed + checks).", ""]
+
+
+def _md_embed(res: dict[str, Any]) -> list[str]:
+    emb = res["embed"]
+    return ["## `medvl embed` throughput", "",
               f"{emb['n_items']} test studies, 2 interleaved rounds, median: image only {_fmt(emb['image_items_per_s'], 1)} "
               f"items/s, image + report {_fmt(emb['image_report_items_per_s'], 1)} items/s; image-only / bare "
               f"`Pipeline.embed_images` loop = {_fmt(emb['image_vs_baseline_ratio'], 2)} (same process, same load). "
-              f"Largest difference of a written vector from the bare loop's: {emb['max_abs_diff_vs_baseline']:.2e}.", "",
-              "## End-of-training fit cost", "",
+              f"Largest difference of a written vector from the bare loop's: {emb['max_abs_diff_vs_baseline']:.2e}.", ""]
+
+
+def _md_fit(res: dict[str, Any]) -> list[str]:
+    fit = res["fit"]
+    return ["## End-of-training fit cost", "",
               f"`fit_model_dir` (calibration on {fit['n_validation']} val studies, profile, reference of "
               f"{fit['n_reference']} train studies): {_fmt(fit['fit_seconds'], 1)} s; the run trained for "
               f"{_fmt(fit['train_seconds_of_run'], 1)} s (ratio {_fmt(fit['fit_over_train'], 3)}; both under "
               "this machine's load).", ""]
-    path.write_text("\n".join(lines))
+
+
+def _save(res: dict[str, Any], out: Path) -> None:
+    """``results.json`` and ``results.md``, written atomically; a partial run says which parts it has."""
+    from medvl.atomic import write_text_atomic
+
+    res["machine"]["load_average_1min_end"] = round(os.getloadavg()[0], 2)
+    write_text_atomic(out / "results.json", json.dumps(res, indent=2, default=str) + "\n")
+    write_text_atomic(out / "results.md", render_md(res))
 
 
 def main() -> int:
@@ -293,22 +327,25 @@ def main() -> int:
 
     run = Path(args.run)
     manifest = run / "corpus" / "manifest.jsonl"
-    res: dict[str, Any] = {"run": str(args.run), "machine": _machine()}
+    out = Path(args.out)
+    res: dict[str, Any] = {"run": str(args.run), "machine": _machine(), "partial": True,
+                           "command": " ".join(["python", *sys.argv])}
     pipe = medvl.load(run / "model", data={"batch_size": 32})
     t0 = time.perf_counter()
     res["calibration"], emb = calibration_part(pipe, manifest)
+    _save(res, out)  # each part lands as it is measured (marked partial until the last)
     print(f"calibration: {json.dumps(res['calibration'].get('mean'))}", flush=True)
     res["ood"] = ood_part(pipe, manifest, emb)
+    _save(res, out)
     print(f"ood: test {res['ood']['in_distribution_test_split']['flag_rate']:.3f}, non-chest "
           f"{res['ood']['real_dicoms']['non_chest']['flag_rate']:.3f}", flush=True)
     res["embed"] = embed_part(pipe, manifest, args.embed_items)
+    _save(res, out)
     print(f"embed: {res['embed']['image_items_per_s']:.1f} items/s", flush=True)
     res["fit"] = fit_part(run)
     res["seconds"] = time.perf_counter() - t0
-    res["machine"]["load_average_1min_end"] = round(os.getloadavg()[0], 2)
-    out = Path(args.out)
-    (out / "results.json").write_text(json.dumps(res, indent=2, default=str))
-    write_md(res, out / "results.md")
+    res["partial"] = False
+    _save(res, out)
     print((out / "results.md").read_text())
     return 0
 

@@ -252,10 +252,10 @@ class CaseIndex:
 
         net = model.model if isinstance(model, Pipeline) else model
         self.check_model(net)
-        if isinstance(model, Pipeline) and not isinstance(image, (np.ndarray, torch.Tensor)):
-            x: Any = model.prepare(image)
-        else:
-            x = self.load_query_image(image) if isinstance(image, (str, Path)) else image
+        if isinstance(image, (np.ndarray, torch.Tensor)):
+            x: Any = image
+        else:  # the one preprocessing path: the directory's own, or the one the index recorded
+            x = (model if isinstance(model, Pipeline) else self.recorded_pipeline(net)).prepare(image)
         t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).float()
         dims = int((self.info.get("data") or {}).get("dims", t.ndim - 1))
         if t.ndim == dims + 1:
@@ -288,20 +288,29 @@ class CaseIndex:
                 self.search_image(pipeline, img, k, against=against)
         return SearchResult(hits, check.ood, check.reason)
 
+    def recorded_pipeline(self, model: Any = None) -> Any:
+        """A :class:`medvl.inference.Pipeline` of ``model`` with the preprocessing this index recorded.
+
+        For a bare model (not loaded with ``medvl.load``): query images then go through
+        ``Pipeline.prepare``, the one "preprocess a file as training did", exactly as the
+        indexed studies were prepared.
+        """
+        from medvl.inference.pipeline import Pipeline
+        from medvl.inference.preprocessing import Preprocessing
+
+        recorded = self.info.get("preprocessing")
+        if recorded:
+            pre = Preprocessing.from_json(recorded, path=self.version_dir / "info.json")
+        else:  # an index built before the model directories carried their preprocessing
+            pre = Preprocessing.from_data_config(self.info.get("data") or {})
+        return Pipeline(model, pre)
+
     def load_query_image(self, path: str | Path) -> np.ndarray:
         """Read and preprocess a query image as the indexed studies were (the recorded preprocessing)."""
-        from medvl.inference.preprocessing import Preprocessing
-        from medvl.io import read_image
-
         p = Path(path)
         if not p.exists():
             raise CaseIndexError("query image not found", path=p, field="image")
-        recorded = self.info.get("preprocessing")
-        if recorded:
-            tf = Preprocessing.from_json(recorded, path=self.version_dir / "info.json").transform()
-        else:  # an index built before the model directories carried their preprocessing
-            tf = Preprocessing.from_data_config(self.info.get("data") or {}).transform()
-        return tf(read_image(p, **tf.cfg.io.as_kwargs()))
+        return self.recorded_pipeline().prepare(p).numpy()
 
     def _hit(self, case: dict[str, Any], rank: int, score: float) -> Hit:
         ref = case["image"]

@@ -91,15 +91,16 @@ def fit_model_dir(
 
 
 def _header_facts(pipe: Any, profile: Any, rows: list[Any], manifest: Any, n: int, seed: int) -> None:
-    """Modality, body part, photometric kind and spacing of a seeded sample of training images."""
+    """Modality, body part, photometric kind, spacing and size of a seeded sample of training images."""
     from medvl.data.manifest import resolve_path
     from medvl.errors import MedvlError
-    from medvl.inference.ood import body_part, declared_modality, header_spacing, photometric_kind
+    from medvl.inference.ood import body_part, declared_modality, header_spacing, photometric_kind, physical_extent
 
     order = np.random.default_rng(seed).permutation(len(rows))[:n]
     parts: Counter[str] = Counter()
     photometric: Counter[str] = Counter()
     spacings: list[float] = []
+    extents: list[float] = []
     read = 0
     for i in order:
         try:
@@ -117,10 +118,14 @@ def _header_facts(pipe: Any, profile: Any, rows: list[Any], manifest: Any, n: in
         sp = header_spacing(img)
         if sp is not None:
             spacings.append(sp)
+        size = physical_extent(img)
+        if size is not None:
+            extents.append(size)
     profile.n_sampled = read
     profile.body_parts = dict(parts)
     profile.photometric = dict(photometric)
     profile.spacing_mm = [float(min(spacings)), float(max(spacings))] if spacings else None
+    profile.extent_mm = [float(min(extents)), float(max(extents))] if extents else None
 
 
 def _vocabulary(rows: list[Any], cfg: DataConfig) -> list[str]:

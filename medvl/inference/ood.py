@@ -1,8 +1,8 @@
 """Out-of-distribution guard: is this input like what the model was trained on?
 
 The model directory records what the model saw (``training_profile.json``: modalities,
-body parts, 2D/3D, photometric kinds, pixel-spacing range, study count, the training
-reports' vocabulary) and a reference distribution in embedding space
+body parts, 2D/3D, photometric kinds, pixel-spacing range, physical size range, study
+count, the training reports' vocabulary) and a reference distribution in embedding space
 (``ood_reference.safetensors``: image embeddings of training studies, and a threshold on
 the mean cosine similarity to the ``k`` nearest of them, set on the validation split).
 
@@ -15,7 +15,14 @@ the order the checks are listed below; ``details`` carries every check's outcome
 3. ``body_part``: a DICOM Body Part Examined the model never saw;
 4. ``photometric``: colour given to a model trained on greyscale (or the reverse);
 5. ``spacing``: a pixel spacing (from the header) outside half to twice the training range;
-6. ``embedding``: far from every training image (below the validation threshold).
+6. ``size``: a physical size (the longest side in mm: pixels times header spacing) outside
+   half to twice the training range: a 2 cm MR patch or a 2 m whole-body scan given to a
+   chest model. Sizes in pixels are not compared: the model resamples every image to its
+   own grid, so a 3,000-pixel film and a 512-pixel one of the same chest are alike to it;
+7. ``embedding``: far from every training image (below the validation threshold).
+
+The header checks (5, 6) judge only files whose header gives a spacing (DICOM pixel
+spacing, NIfTI affine); PNG/JPEG and DICOM files without one are left to the others.
 
 :func:`check_text` flags a free-text query whose content words never occur in the
 training reports. What the guard does **not** promise: an input that passes is not
@@ -41,14 +48,15 @@ from medvl.errors import CheckpointError
 PROFILE_NAME = "training_profile.json"
 REFERENCE_NAME = "ood_reference.safetensors"
 FORMAT = "medvl-training-profile"
-FORMAT_VERSION = 1
+#: 2: ``extent_mm`` (physical size range); version 1 files load with it unset
+FORMAT_VERSION = 2
 #: the embedding check compares an image with the mean similarity to this many nearest training images
 K_NEIGHBOURS = 5
 #: the share of validation images the embedding threshold may flag
 VAL_QUANTILE = 0.01
 #: a vocabulary word must occur in at least this many training reports (one-off words, names, stay out)
 MIN_REPORTS_PER_WORD = 2
-#: the spacing check allows this factor below the smallest and above the largest training spacing
+#: the spacing and size checks allow this factor below the smallest and above the largest training value
 SPACING_FACTOR = 2.0
 #: Body Part Examined spellings that mean the same region
 BODY_PART_SYNONYMS = {"THORAX": "CHEST", "LUNG": "CHEST", "LUNGS": "CHEST", "CHEST_LUNG": "CHEST"}
@@ -82,6 +90,7 @@ class TrainingProfile:
         body_parts: Body Part Examined -> count over the header sample ({} when none recorded).
         photometric: ``greyscale`` / ``colour`` -> count over the sample.
         spacing_mm: ``[min, max]`` of the smallest pixel spacing in the sample (headers only), or None.
+        extent_mm: ``[min, max]`` of the longest physical side (mm) in the sample (headers only), or None.
         n_sampled: images read for the header facts.
         vocabulary: words occurring in at least :data:`MIN_REPORTS_PER_WORD` training reports.
         embedding: ``{"k", "threshold", "quantile", "n_reference", "n_validation", "validation_flag_rate"}``.
@@ -93,6 +102,7 @@ class TrainingProfile:
     body_parts: dict[str, int] = field(default_factory=dict)
     photometric: dict[str, int] = field(default_factory=dict)
     spacing_mm: list[float] | None = None
+    extent_mm: list[float] | None = None
     n_sampled: int = 0
     vocabulary: list[str] = field(default_factory=list)
     embedding: dict[str, Any] | None = None
@@ -170,13 +180,30 @@ def declared_modality(image: Any) -> str:
     return str(tags.get("Modality") or "").strip().upper()
 
 
+def _header_spacings(image: Any) -> list[float] | None:
+    """The spacing per spatial axis when the header gives one: a DICOM pixel spacing tag or a
+    NIfTI affine (None when the reader assumed 1 mm: PNG/JPEG, DICOM without the tag)."""
+    tags = getattr(image, "tags", {}) or {}
+    nifti = str(tags.get("format", "")).startswith("NIfTI")
+    if tags.get("spacing_source", "affine" if nifti else "assumed") == "assumed":
+        return None
+    sp = [float(s) for s in getattr(image, "spacing", ())]
+    return sp if sp and all(np.isfinite(s) and s > 0 for s in sp) else None
+
+
 def header_spacing(image: Any) -> float | None:
     """The smallest pixel spacing in mm when the header gives one (None when assumed)."""
-    tags = getattr(image, "tags", {}) or {}
-    if tags.get("spacing_source", "assumed") == "assumed":
+    sp = _header_spacings(image)
+    return min(sp) if sp else None
+
+
+def physical_extent(image: Any) -> float | None:
+    """The longest side of the image in mm (pixels times header spacing; None when the spacing is assumed)."""
+    sp = _header_spacings(image)
+    shape = np.shape(getattr(image, "array", ()))[:spatial_dims(image)]
+    if not sp or len(shape) != len(sp):
         return None
-    sp = [float(s) for s in getattr(image, "spacing", ()) if s]
-    return min(sp) if sp and min(sp) > 0 else None
+    return float(max(n * s for n, s in zip(shape, sp, strict=True)))
 
 
 def spatial_dims(image: Any) -> int:
@@ -238,6 +265,14 @@ def check_image(
         details["spacing"] = {"value": sp, "ok": ok, "trained": [lo, hi]}
         if not ok:
             reasons.append(f"pixel spacing {sp:.3g} mm, far from the training images' {lo:.3g}-{hi:.3g} mm")
+    size = physical_extent(image)
+    if size is not None and profile.extent_mm:
+        lo, hi = profile.extent_mm
+        ok = lo / SPACING_FACTOR <= size <= hi * SPACING_FACTOR
+        details["size"] = {"value": round(size, 1), "ok": ok, "trained": [lo, hi]}
+        if not ok:
+            reasons.append(f"an image {size:.0f} mm across given to a model trained on images {lo:.0f}-{hi:.0f} mm "
+                           f"across ({trained})")
     emb = profile.embedding or {}
     if similarity is not None and emb.get("threshold") is not None:
         thr = float(emb["threshold"])

@@ -126,8 +126,12 @@ class Pipeline:
         """2 for a radiograph model, 3 for a volume model."""
         return int(self.data_config.dims)
 
-    def read(self, image: ImageInput) -> MedicalImage:
+    def read(self, image: ImageInput, *, frame: int | None = None) -> MedicalImage:
         """Read a path with the preprocessing's reader options (a :class:`MedicalImage` passes through).
+
+        Args:
+            image: a path or a read image.
+            frame: one frame of a multi-frame file (``read_image``'s ``frame``), for a path.
 
         Raises:
             ImageReadError: the file cannot be read.
@@ -141,7 +145,7 @@ class Pipeline:
                               expected="a path (DICOM file, series folder, NIfTI, PNG) or a MedicalImage")
         from medvl.io import read_image
 
-        return read_image(Path(image), **self.data_config.io.as_kwargs())
+        return read_image(Path(image), frame=frame, **self.data_config.io.as_kwargs())
 
     def prepare(self, image: ImageInput) -> torch.Tensor:
         """The model input of one image, float32 ``(C, *image_size)``: the one preprocessing path.
@@ -393,10 +397,21 @@ class Pipeline:
         return check_image(img, model_dims=self.dims, profile=self.profile, similarity=sim)
 
     def check_text(self, text: str) -> OODResult:
-        """Whether a free-text query shares any content word with the training reports."""
+        """Whether a free-text query shares any content word with the training reports.
+
+        The query is judged as the model reads it: prepared like the training reports
+        (:meth:`prepare_text`: abbreviation expansion, word budget, case), since the
+        vocabulary was collected from reports prepared that way ("PTX" is checked as
+        "pneumothorax" when the model was trained with abbreviations expanded).
+        """
+        from medvl.errors import ReportError
         from medvl.inference.ood import check_text
 
-        return check_text(text, self.profile)
+        try:
+            prepared = self.prepare_text(text)
+        except ReportError:  # empty or blank: nothing to compare, flagged below as having no content words
+            prepared = ""
+        return check_text(prepared, self.profile)
 
     def image_similarity_to_training(self, embeddings: np.ndarray) -> np.ndarray | None:
         """Mean similarity ``(N,)`` of image embeddings to their nearest training images (None without a reference)."""

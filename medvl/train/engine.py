@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import json
 import math
 import shutil
 import sys
@@ -29,7 +28,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from medvl.atomic import atomic_path, recover_dir, write_text_atomic
+from medvl.atomic import atomic_path, recover_dir
 from medvl.data.config import DataConfig
 from medvl.errors import ConfigError, TrainingError
 from medvl.experiment import Experiment, parse_experiment
@@ -58,7 +57,14 @@ from medvl.train.optim import (
     step_optimizer,
     unscale_and_clip,
 )
-from medvl.train.record import LocalHeadMonitor
+from medvl.train.record import (
+    LocalHeadMonitor,
+    fit_inference,
+    model_card,
+    model_preprocessing,
+    say,
+    stop_nonfinite,
+)
 from medvl.train.signals import StopRequest
 from medvl.train.state import TrainResult, TrainState
 from medvl.train.validation import metric_names, validate
@@ -118,13 +124,6 @@ def _autocast(precision: str, device: torch.device) -> Callable[[], contextlib.A
     return lambda: torch.autocast(device_type="cuda", dtype=dtype)
 
 
-def _say(env: D.DistEnv, msg: str) -> None:
-    if env.is_main:
-        from tqdm import tqdm
-
-        tqdm.write(f"[medvl train] {msg}", file=sys.stderr)
-
-
 def train(
     config: Experiment | Mapping[str, Any],
     out_dir: str | Path,
@@ -177,7 +176,7 @@ def _train(exp: Experiment, cfg: TrainConfig, seed: int, out: Path, parts: Compo
            resume: bool, on_step, t_start: float) -> TrainResult:
     device = env.device
     if cfg.precision != "fp32" and device.type != "cuda":
-        _say(env, f"precision {cfg.precision} needs a GPU; training in fp32 on {device.type}")
+        say(env, f"precision {cfg.precision} needs a GPU; training in fp32 on {device.type}")
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_run_info(out, exp.resolved(), seed, " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]))
@@ -199,7 +198,7 @@ def _train(exp: Experiment, cfg: TrainConfig, seed: int, out: Path, parts: Compo
     val_batches = build_val_loader(parts, exp.data, env) if cfg.val_every_epoch > 0 else None
     make_micro = MicroBatchMaker(model, device)
     local_heads = LocalHeadMonitor(model)
-    preprocessing = _preprocessing(exp.data, env)
+    preprocessing = model_preprocessing(exp.data, env)
     skips = SkipTracker(train_data, val_batches)
 
     # -- optimizer and schedule ----------------------------------------------------------
@@ -227,7 +226,7 @@ def _train(exp: Experiment, cfg: TrainConfig, seed: int, out: Path, parts: Compo
     resume_from = last_dir if last_dir.is_dir() else best_dir if best_dir.is_dir() else None
     if resume and resume_from is not None:
         if resume_from == best_dir:
-            _say(env, f"--resume: no checkpoint in {last_dir}; resuming from {best_dir}")
+            say(env, f"--resume: no checkpoint in {last_dir}; resuming from {best_dir}")
         doc = load_checkpoint(resume_from, model=model, loss_fn=loss_fn, optimizer=optimizer,
                               scheduler=scheduler, scaler=scaler, fingerprint=fp)
         state = TrainState.from_json(doc["trainer"])
@@ -235,18 +234,18 @@ def _train(exp: Experiment, cfg: TrainConfig, seed: int, out: Path, parts: Compo
         scheduler = build_scheduler(optimizer, cfg, total_steps, start_step=state.step)
         after = scheduler.lr_lambdas[0].__dict__
         if before and (before != after or doc["scheduler"].get("base_lrs", [cfg.lr])[0] != cfg.lr):
-            _say(env, f"learning-rate schedule changed on resume: {before} -> {after}, peak lr {cfg.lr}")
+            say(env, f"learning-rate schedule changed on resume: {before} -> {after}, peak lr {cfg.lr}")
         state.batch_in_epoch = train_data.position_from(state)
         rng = doc["rng"]
         restore_rng(rng[env.rank % len(rng)], device)
         resumed_at = state.step
-        _say(env, f"resumed from {resume_from} at step {state.step} (epoch {state.epoch}, "
+        say(env, f"resumed from {resume_from} at step {state.step} (epoch {state.epoch}, "
                   f"batch {state.batch_in_epoch} of {batches_per_epoch})")
     else:
         if resume:  # nothing complete to resume from (recover_dir kept any complete version)
-            _say(env, f"--resume: no checkpoint in {last_dir.parent}; starting fresh")
+            say(env, f"--resume: no checkpoint in {last_dir.parent}; starting fresh")
         elif last_dir.is_dir():
-            _say(env, f"{out} holds an earlier run; starting fresh over it (use --resume to continue it)")
+            say(env, f"{out} holds an earlier run; starting fresh over it (use --resume to continue it)")
         if env.is_main:  # a fresh run must not inherit the checkpoints or events of an earlier one
             for stale in ("checkpoints", "tensorboard"):
                 shutil.rmtree(out / stale, ignore_errors=True)
@@ -264,7 +263,7 @@ def _train(exp: Experiment, cfg: TrainConfig, seed: int, out: Path, parts: Compo
 
     def save_model(metrics: dict[str, float] | None = None) -> None:
         if env.is_main:
-            card = _model_card(exp, cfg, state, metrics, len(train_data.dataset),
+            card = model_card(exp, cfg, state, metrics, len(train_data.dataset),
                                train_data.sampler.global_batch_size * cfg.accum_steps, device)
             params = inspect.signature(model.save_pretrained).parameters
             kwargs: dict[str, Any] = {}
@@ -289,7 +288,7 @@ def _train(exp: Experiment, cfg: TrainConfig, seed: int, out: Path, parts: Compo
         state.history.append(row)
         if metrics:
             logger.log(state.step, state.epoch, "val", metrics)
-            _say(env, f"epoch {state.epoch} val: " + ", ".join(
+            say(env, f"epoch {state.epoch} val: " + ", ".join(
                 f"{k}={v:.3f}" for k, v in metrics.items() if k.startswith(("i2t_R", "mean"))))
         value = metrics.get(cfg.monitor)
         if value is not None and math.isfinite(value) and (state.best is None or value > state.best):
@@ -324,7 +323,7 @@ def _train(exp: Experiment, cfg: TrainConfig, seed: int, out: Path, parts: Compo
                 terms = _scalars(step_loss.terms)
                 if D.any_rank(not all(math.isfinite(v) for v in terms.values()), device):
                     state.batch_in_epoch -= len(group)  # resume retries this step
-                    _stop_nonfinite(out, env, state, terms, micro, "loss", save, last_dir)
+                    stop_nonfinite(out, env, state, terms, micro, "loss", save, last_dir)
                 step_loss.backward()
                 average_gradients(params)  # grad stays None where no rank produced one
                 local_heads.observe()
@@ -332,7 +331,7 @@ def _train(exp: Experiment, cfg: TrainConfig, seed: int, out: Path, parts: Compo
                 if not math.isfinite(grad_norm) and not scaler.is_enabled():
                     optimizer.zero_grad(set_to_none=True)
                     state.batch_in_epoch -= len(group)
-                    _stop_nonfinite(out, env, state, {**terms, "grad_norm": grad_norm}, micro, "gradient",
+                    stop_nonfinite(out, env, state, {**terms, "grad_norm": grad_norm}, micro, "gradient",
                                     save, last_dir)
                 lr = step_optimizer(optimizer, scaler, scheduler)
                 if cfg.clamp_logit_scale and isinstance(getattr(model, "logit_scale", None), torch.Tensor):
@@ -395,7 +394,7 @@ def _train(exp: Experiment, cfg: TrainConfig, seed: int, out: Path, parts: Compo
         if state.best is None:  # no validation ever picked a model: the model is the last one
             save_model()
         if cfg.fit_inference and preprocessing is not None:
-            _fit_inference(out, exp.data, seed, env, cfg.progress)
+            fit_inference(out, exp.data, seed, env, cfg.progress)
         skipped = skips.write(out, env)
     finally:
         stop.restore()
@@ -403,29 +402,6 @@ def _train(exp: Experiment, cfg: TrainConfig, seed: int, out: Path, parts: Compo
         logger.close()
     return TrainResult(model_dir=out / "model", history=state.history, seconds=time.perf_counter() - t_start,
                        skipped=skipped, steps=state.step, out_dir=out)
-
-
-def _fit_inference(out: Path, data: DataConfig, seed: int, env: D.DistEnv, progress: bool) -> None:
-    """Calibration and the OOD profile of the saved model (rank 0; the others wait).
-
-    A failure here is reported, not raised: the trained model is already saved, and
-    without these files it is still usable (scores marked uncalibrated, no OOD profile).
-    """
-    if env.is_main:
-        from medvl.errors import MedvlError
-        from medvl.inference.fit import fit_model_dir
-
-        t0 = time.perf_counter()
-        try:
-            summary = fit_model_dir(out / "model", data, str(data.manifest), seed=seed, progress=progress)
-        except (MedvlError, OSError, ValueError) as exc:
-            _say(env, f"calibration / OOD profile not written ({type(exc).__name__}: {exc}); the model's scores "
-                      "stay marked uncalibrated")
-        else:
-            _say(env, f"calibrated {len(summary['calibrated'])} finding(s) on {summary['n_validation']} val studies; "
-                      f"OOD reference of {summary['n_reference']} train studies "
-                      f"({time.perf_counter() - t0:.1f} s)")
-    D.barrier()
 
 
 def _init_from(exp: Experiment) -> str | None:
@@ -456,22 +432,6 @@ def _with_start_preprocessing(exp: Experiment) -> Experiment:
     return dataclasses.replace(exp, data=data)
 
 
-def _preprocessing(data_section: Any, env: D.DistEnv) -> Any:
-    """The ``preprocessing.json`` of the model directory, from the ``data`` section.
-
-    None (with a warning) when the section is not a medvl ``data`` section, as with the
-    engine's test fakes: the model directory then cannot be loaded by ``medvl.load``.
-    """
-    from medvl.inference.preprocessing import Preprocessing
-
-    try:
-        return Preprocessing.from_data_config(data_section)
-    except ConfigError as exc:
-        _say(env, f"the data section is not a medvl data section ({exc}); the model directory gets no "
-                  "preprocessing.json")
-        return None
-
-
 def _scalars(terms: dict[str, Any]) -> dict[str, float]:
     """The loss terms as floats, checking the loss kept its side of the contract."""
     if "loss" not in terms:
@@ -484,40 +444,3 @@ def _scalars(terms: dict[str, Any]) -> dict[str, float]:
                                 expected="a scalar")
         out[k] = float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
     return out
-
-
-def _model_card(exp: Experiment, cfg: TrainConfig, state: TrainState, metrics: dict[str, float] | None,
-                n_train: int, effective_batch: int, device: torch.device) -> dict[str, str]:
-    """Model-card fields (``medvl.models`` fills its template with them)."""
-    data = exp.data
-    manifest = data.get("manifest") if isinstance(data, dict) else getattr(data, "manifest", None)
-    card = {
-        "training_data": f"{manifest}: train split, {n_train} studies",
-        "training": (f"{state.step} optimizer steps (epoch {state.epoch}), effective batch {effective_batch} "
-                     f"(all negatives), AdamW lr {cfg.lr:g} with warmup and cosine, weight decay "
-                     f"{cfg.weight_decay:g}, precision {cfg.precision if device.type == 'cuda' else 'fp32'}, "
-                     f"seed {exp.seed}"),
-    }
-    if metrics:
-        shown = ", ".join(f"{k} {metrics[k]:.3f}" for k in ("i2t_R@1", "i2t_R@5", "t2i_R@1", "t2i_R@5") if k in metrics)
-        card["metrics"] = (f"validation split ({int(metrics.get('n', 0))} studies), image<->report retrieval: "
-                           f"{shown} (epoch {state.epoch}, step {state.step}; selected on {cfg.monitor})")
-    return card
-
-
-def _stop_nonfinite(out: Path, env: D.DistEnv, state: TrainState, terms: dict[str, float], micro,
-                    what: str, save: Callable[[Path], None], last_dir: Path) -> None:
-    """Save the last good state, record the step's studies and raise :class:`TrainingError`."""
-    studies = [s for per_rank in D.all_gather_objects([sid for m in micro for sid in m.study_id])
-               for s in per_rank]
-    save(last_dir)
-    report = {"step": state.step + 1, "epoch": state.epoch, "what": what, "terms": terms, "study_ids": studies}
-    if env.is_main:
-        write_text_atomic(out / "nonfinite.json", json.dumps(report, indent=2))
-    shown = ", ".join(studies[:8]) + (f" and {len(studies) - 8} more" if len(studies) > 8 else "")
-    bad = ", ".join(f"{k}={v}" for k, v in terms.items() if not math.isfinite(v))
-    raise TrainingError(
-        f"non-finite {what} at step {state.step + 1} (epoch {state.epoch}): {bad}; studies in the batch: "
-        f"{shown}. The last good state is in {last_dir} (resume with --resume after fixing the cause)",
-        path=out / "nonfinite.json", field=what, expected="finite values (lower train.lr, check these studies)",
-    )

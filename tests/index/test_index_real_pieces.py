@@ -46,6 +46,16 @@ def test_query_by_file_finds_the_same_study_with_a_reloaded_model(corpus: Path, 
         assert hits[0].study_id == row.study_id
         assert hits[0].score == pytest.approx(1.0, abs=1e-4)
         assert hits[0].report_text == row.report_text
+    # a read image goes through the same one preprocessing path (Pipeline.prepare with the
+    # preprocessing the index recorded) as a file does
+    from medvl.io import read_image
+
+    img = read_image(resolve_path(corpus, rows[1].image))
+    top = index.search_image(reloaded, img, k=1)[0]
+    assert top.study_id == rows[1].study_id and top.score == pytest.approx(1.0, abs=1e-4)
+    np = pytest.importorskip("numpy")
+    np.testing.assert_allclose(index.load_query_image(resolve_path(corpus, rows[1].image)),
+                               index.recorded_pipeline().prepare(img).numpy())
     text_hits = index.search_text(reloaded, "Right pleural effusion.", k=4, against="report")
     assert len(text_hits) == 4 and text_hits[0].score >= text_hits[-1].score
 

@@ -17,13 +17,14 @@ from medvl.inference.ood import (
 from medvl.io.image import MedicalImage
 
 PROFILE = TrainingProfile(n_studies=1200, dims=2, modalities={"CR": 700, "DX": 500}, body_parts={"CHEST": 120},
-                          photometric={"greyscale": 128}, spacing_mm=[0.14, 0.2], n_sampled=128,
+                          photometric={"greyscale": 128}, spacing_mm=[0.14, 0.2], extent_mm=[300.0, 430.0],
+                          n_sampled=128,
                           vocabulary=["cardiomegaly", "effusion", "left", "pleural", "right"],
                           embedding={"k": 5, "threshold": 0.8, "quantile": 0.01})
 
 
 def _img(modality="CR", *, part="CHEST", photometric="MONOCHROME1", spacing=0.16, dicom=True,
-         shape=(32, 32)) -> MedicalImage:
+         shape=(2200, 2000)) -> MedicalImage:  # 352 x 320 mm, like a chest film
     tags = {"Modality": modality, "BodyPartExamined": part, "spacing_source": "PixelSpacing"} if dicom \
         else {"spacing_source": "assumed"}
     arr = np.zeros(shape + ((3,) if photometric == "RGB" else ()), np.float32)
@@ -34,7 +35,8 @@ def test_a_chest_radiograph_like_the_training_data_passes_every_check() -> None:
     r = check_image(_img(), model_dims=2, profile=PROFILE, similarity=0.9)
     assert not r.ood and r.reason == ""
     assert all(d["ok"] for d in r.details.values()) and set(r.details) == {
-        "dims", "modality", "body_part", "photometric", "spacing", "embedding"}
+        "dims", "modality", "body_part", "photometric", "spacing", "size", "embedding"}
+    assert r.details["size"] == {"value": 352.0, "ok": True, "trained": [300.0, 430.0]}
     assert not check_image(_img(part="THORAX"), model_dims=2, profile=PROFILE).ood  # a synonym of CHEST
 
 
@@ -44,7 +46,10 @@ def test_a_chest_radiograph_like_the_training_data_passes_every_check() -> None:
     (_img("CR", part="CSPINE"), "body part CSPINE given to a model trained on CR/DX chest"),
     (_img("OT", part="", photometric="RGB"), "OT image given"),
     (_img("CR", photometric="RGB"), "colour image given to a model trained on greyscale images"),
-    (_img("CR", spacing=0.7), "pixel spacing 0.7 mm, far from the training images' 0.14-0.2 mm"),
+    (_img("CR", spacing=0.7, shape=(500, 500)), "pixel spacing 0.7 mm, far from the training images' 0.14-0.2 mm"),
+    # same spacing as training, but 20 mm across (an MR-sized patch labelled CR CHEST)
+    (_img("CR", shape=(125, 100)), "an image 20 mm across given to a model trained on images 300-430 mm across"),
+    (_img("CR", spacing=0.2, shape=(9000, 9000)), "an image 1800 mm across given"),
 ])
 def test_each_header_check_flags_with_its_reason(image, words) -> None:
     r = check_image(image, model_dims=2, profile=PROFILE, similarity=0.9)
@@ -54,7 +59,7 @@ def test_each_header_check_flags_with_its_reason(image, words) -> None:
 def test_files_without_headers_are_judged_by_embedding_not_by_modality() -> None:
     png = _img(dicom=False, photometric="MONOCHROME2")
     near = check_image(png, model_dims=2, profile=PROFILE, similarity=0.85)
-    assert not near.ood and "modality" not in near.details and "spacing" not in near.details
+    assert not near.ood and not {"modality", "spacing", "size"} & set(near.details)
     far = check_image(png, model_dims=2, profile=PROFILE, similarity=0.42)
     assert far.ood and far.reason.startswith("far from every training image (similarity 0.420")
 
@@ -64,6 +69,27 @@ def test_dims_check_needs_no_profile() -> None:
     r = check_image(vol, model_dims=2, profile=None)
     assert r.ood and r.reason == "a 3D volume given to a model trained on 2D radiographs"
     assert not check_image(_img(), model_dims=2, profile=None).ood
+
+
+def test_size_and_spacing_bounds_are_half_and_twice_the_training_range() -> None:
+    inside = [_img(shape=(938, 938)), _img(shape=(5375, 5375))]  # 150.1 mm and 860 mm
+    outside = [_img(shape=(937, 937)), _img(shape=(5376, 5376))]  # 149.9 mm and 860.2 mm
+    assert [check_image(i, model_dims=2, profile=PROFILE).details["size"]["ok"] for i in inside] == [True, True]
+    assert [check_image(i, model_dims=2, profile=PROFILE).details["size"]["ok"] for i in outside] == [False, False]
+
+
+def test_nifti_spacing_comes_from_its_affine_and_is_judged() -> None:
+    profile = TrainingProfile(n_studies=40, dims=3, modalities={"CT": 40}, photometric={"greyscale": 40},
+                              spacing_mm=[0.7, 0.9], extent_mm=[340.0, 400.0])
+
+    def vol(tags):
+        return MedicalImage(np.zeros((64, 64, 40), np.float32), (5.0, 5.0, 5.0), np.diag([5.0, 5, 5, 1]), "OT",
+                            "MONOCHROME2", tags=tags)
+
+    r = check_image(vol({"format": "NIfTI-1"}), model_dims=3, profile=profile)
+    assert r.details["spacing"]["value"] == 5.0 and r.details["size"]["value"] == 320.0
+    assert r.ood and r.reason.startswith("pixel spacing 5 mm")
+    assert not {"spacing", "size"} & set(check_image(vol({}), model_dims=3, profile=profile).details)
 
 
 def test_neighbour_similarity_equals_brute_force() -> None:
@@ -98,6 +124,18 @@ def test_profile_round_trip_with_reference(tmp_path) -> None:
     back, back_ref = TrainingProfile.load(tmp_path)
     assert back == PROFILE and np.array_equal(back_ref, ref)
     assert TrainingProfile.load(tmp_path / "none") == (None, None)
+    # a version-1 profile (before the size range) still loads, with no size check
+    import json
+
+    doc = json.loads((tmp_path / PROFILE_NAME).read_text())
+    doc.pop("extent_mm")
+    (tmp_path / PROFILE_NAME).write_text(json.dumps({**doc, "format_version": 1}))
+    v1, _ = TrainingProfile.load(tmp_path)
+    assert v1.extent_mm is None and v1.spacing_mm == PROFILE.spacing_mm
+    assert "size" not in check_image(_img(shape=(10, 10)), model_dims=2, profile=v1).details
+    (tmp_path / PROFILE_NAME).write_text(json.dumps({**doc, "format_version": 3}))
+    with pytest.raises(CheckpointError, match="format_version"):
+        TrainingProfile.load(tmp_path)
     (tmp_path / PROFILE_NAME).write_text('{"format": "something else"}')
     with pytest.raises(CheckpointError, match="format"):
         TrainingProfile.load(tmp_path)

@@ -88,6 +88,18 @@ def test_text_queries_outside_the_report_vocabulary_are_flagged(model: medvl.Pip
     assert model.check_text("glioblastoma multiforme").ood
 
 
+def test_text_queries_are_checked_as_the_model_reads_them(model: medvl.Pipeline) -> None:
+    """The vocabulary comes from reports prepared with the model's text preprocessing
+    (abbreviations expanded): a query is judged after the same preparation."""
+    assert model.preprocessing.text.expand_abbreviations
+    vocab = set(model.profile.vocabulary)
+    assert "pneumothorax" in vocab and "ptx" not in vocab
+    r = model.check_text("PTX")
+    assert not r.ood and r.details["vocabulary"]["known"] == ["pneumothorax"]
+    blank = model.check_text("   ")
+    assert blank.ood and "no content words" in blank.reason
+
+
 def test_heatmap_of_an_instance_only_model_is_the_cam_map(model: medvl.Pipeline) -> None:
     h = model.heatmap(_file("RG1_UNCR.dcm"), "right pleural effusion")
     assert h.method == "cam" and "never trained" in h.reason
