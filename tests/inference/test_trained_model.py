@@ -83,6 +83,32 @@ def test_real_non_chest_dicoms_are_flagged_with_the_reason(model: medvl.Pipeline
     assert r.ood and words in r.reason
 
 
+def test_spacing_and_size_are_judged_on_real_files_whose_header_gives_a_spacing(model: medvl.Pipeline,
+                                                                                 tmp_path: Path) -> None:
+    import pydicom
+
+    profile = model.profile
+    # the synthetic films: 128 px at 2.8 mm (the synthesiser keeps a 358 mm field of view)
+    assert profile.spacing_mm == pytest.approx([2.8, 2.8]) and profile.extent_mm == pytest.approx([358.4, 358.4])
+    mr = model.check_image(_file("MR_small.dcm"))  # 64 px x 0.3125 mm: 20 mm across
+    assert mr.details["size"] == {"value": 20.0, "ok": False, "trained": profile.extent_mm}
+    assert not mr.details["spacing"]["ok"]
+    nm = model.check_image(_file("JPEG2000.dcm"))  # NM whole body, 1024 px x 2.26 mm
+    assert nm.details["spacing"]["ok"] and nm.details["size"] == {"value": 2314.2, "ok": False,
+                                                                  "trained": profile.extent_mm}
+    # the real chest CR records no usable spacing (PixelSpacing 0): not judged, not flagged for it
+    assert not {"spacing", "size"} & set(model.check_image(_file("RG1_UNCR.dcm")).details)
+    # the same film with a spacing in its header: 1955 px x 0.18 mm = 352 mm, a chest's size;
+    # at 0.02 mm it would be 39 mm across
+    ds = pydicom.dcmread(_file("RG1_UNCR.dcm"))
+    for spacing, size_ok in ((0.18, True), (0.02, False)):
+        ds.PixelSpacing = [spacing, spacing]
+        ds.save_as(tmp_path / "rg1.dcm")
+        r = model.check_image(tmp_path / "rg1.dcm")
+        assert r.details["size"]["ok"] is size_ok and r.details["size"]["value"] == pytest.approx(1955 * spacing)
+        assert r.details["modality"]["ok"] and r.details["body_part"]["ok"]
+
+
 def test_text_queries_outside_the_report_vocabulary_are_flagged(model: medvl.Pipeline) -> None:
     assert not model.check_text("right pleural effusion").ood
     assert model.check_text("glioblastoma multiforme").ood
