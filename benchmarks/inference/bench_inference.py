@@ -120,6 +120,8 @@ def ood_part(pipe: Any, manifest: Path, emb: Any) -> dict[str, Any]:
         first = next((k for k, v in check.details.items() if not v.get("ok", True)), None)
         rec.update(readable=True, chest=chest, modality=img.modality, body_part=tags.get("BodyPartExamined"),
                    ood=check.ood, first_check=first, reason=check.reason,
+                   failing=[k for k, v in check.details.items() if not v.get("ok", True)],
+                   judged=sorted(check.details),
                    header_flag=any(not v.get("ok", True) for k, v in check.details.items() if k != "embedding"),
                    embedding_flag=not check.details.get("embedding", {}).get("ok", True)
                    if "embedding" in check.details else None)
@@ -129,12 +131,20 @@ def ood_part(pipe: Any, manifest: Path, emb: Any) -> dict[str, Any]:
     chest = [r for r in readable if r["chest"]]
     emb_judged = [r for r in non_chest if r["embedding_flag"] is not None]
 
-    sentences = []
+    # report sentences as queries: those of the sections the model was trained on (in
+    # distribution), and, apart, those of the other sections (indication, comparison...)
+    from medvl.data.reports import split_sentences
+
+    trained_sections = set(pipe.data_config.sections)
+    sentences: dict[bool, list[str]] = {True: [], False: []}
     for s in emb.study_ids:
-        for part in " ".join(str(v) for v in rows[s].report.values()).split("."):
-            if part.strip():
-                sentences.append(part.strip())
-    sentences = list(dict.fromkeys(sentences))
+        for section, text in rows[s].report.items():
+            sentences[section in trained_sections] += split_sentences(str(text))
+    sentences = {k: list(dict.fromkeys(v)) for k, v in sentences.items()}
+
+    def text_rate(texts: list[str]) -> dict[str, Any]:
+        flagged = [t for t in texts if pipe.check_text(t).ood]
+        return {"n": len(texts), "flag_rate": len(flagged) / max(1, len(texts)), "flagged": flagged[:20]}
     return {
         "in_distribution_test_split": {
             "n": len(test_flags), "flagged": sum(r.ood for r in test_flags),
@@ -152,14 +162,16 @@ def ood_part(pipe: Any, manifest: Path, emb: Any) -> dict[str, Any]:
                                               / max(1, len(emb_judged))),
                 "n_embedding_judged": len(emb_judged),
                 "first_check": dict(Counter(r["first_check"] for r in non_chest if r["ood"])),
+                "failing_checks": dict(Counter(k for r in non_chest for k in r["failing"])),
+                "judged_by": dict(Counter(k for r in non_chest for k in r["judged"])),
                 "not_flagged": [r["file"] for r in non_chest if not r["ood"]],
             },
             "chest": [{k: r[k] for k in ("file", "ood", "reason", "header_flag")} for r in chest],
         },
         "text": {
-            "test_report_sentences": {"n": len(sentences),
-                                      "flag_rate": sum(pipe.check_text(t).ood for t in sentences)
-                                      / max(1, len(sentences))},
+            "sections_trained_on": sorted(trained_sections),
+            "test_report_sentences": text_rate(sentences[True]),
+            "other_section_sentences": text_rate(sentences[False]),
             "off_domain_queries": {"n": len(OFF_DOMAIN_QUERIES),
                                    "flag_rate": sum(pipe.check_text(t).ood for t in OFF_DOMAIN_QUERIES)
                                    / len(OFF_DOMAIN_QUERIES),
@@ -233,6 +245,11 @@ def render_md(res: dict[str, Any]) -> str:
             f"{res['machine']['cpu_count']} CPUs, load {res['machine']['load_average_1min_start']} at start, "
             f"{res['machine']['load_average_1min_end']} at end; torch {res['machine']['torch']}, "
             f"OMP_NUM_THREADS={res['machine']['omp_num_threads']}. Command: `{res.get('command', '')}`.", ""]
+    demo = res.get("demo") or {}
+    if demo.get("make_demo_wall") or demo.get("timings_s"):
+        t = demo.get("timings_s") or {}
+        head += [f"The run: `make demo` took {demo.get('make_demo_wall') or 'n/a'} wall time "
+                 f"(its own timings: " + ", ".join(f"{k[:-2]} {v:.0f} s" for k, v in t.items()) + ").", ""]
     if res.get("partial"):
         missing = [k for k in ("calibration", "ood", "embed", "fit") if k not in res]
         head += [f"**Partial results**: not yet measured: {', '.join(missing)}.", ""]
@@ -274,14 +291,19 @@ def _md_ood(res: dict[str, Any]) -> list[str]:
               f"| ... by the header checks alone | {nc['n']} | | {_fmt(nc['header_checks_flag_rate'])} |",
               f"| ... by the embedding check alone | {nc['n_embedding_judged']} | | "
               f"{_fmt(nc['embedding_check_flag_rate'])} |",
-              f"| test-report sentences as text queries | {txt['test_report_sentences']['n']} | | "
+              f"| test-report sentences as text queries ({'/'.join(txt['sections_trained_on'])}: the sections "
+              f"the model was trained on) | {txt['test_report_sentences']['n']} | | "
               f"{_fmt(txt['test_report_sentences']['flag_rate'])} |",
+              f"| ... sentences of the other sections (indication, comparison: never in its training text) | "
+              f"{txt['other_section_sentences']['n']} | | {_fmt(txt['other_section_sentences']['flag_rate'])} |",
               f"| off-domain text queries | {txt['off_domain_queries']['n']} | | "
               f"{_fmt(txt['off_domain_queries']['flag_rate'])} |", "",
               f"Files: {real['n_files']}, readable by medvl: {real['n_readable']} (unreadable: "
               + ", ".join(f"{k} {v}" for k, v in real["unreadable"].items()) + "). "
               "First failing check on flagged non-chest files: "
               + ", ".join(f"{k} {v}" for k, v in nc["first_check"].items()) + ". "
+              "Every failing check (a file can fail several; out of the files each check could judge): "
+              + ", ".join(f"{k} {v}/{nc['judged_by'].get(k, 0)}" for k, v in nc["failing_checks"].items()) + ". "
               f"Not flagged: {', '.join(nc['not_flagged']) or 'none'}.", "",
               "Real chest radiographs: " + "; ".join(
                   f"{c['file']}: {'flagged - ' + c['reason'] if c['ood'] else 'not flagged'} "
@@ -322,6 +344,8 @@ def main() -> int:
     parser.add_argument("--run", default=str(REPO / "runs" / "demo"), help="a run folder (model/, corpus/)")
     parser.add_argument("--embed-items", type=int, default=200, help="test studies for the throughput part")
     parser.add_argument("--out", default=str(HERE), help="where results.json / results.md go")
+    parser.add_argument("--demo-wall", default=None,
+                        help="how long `make demo` took to write the run, as measured (e.g. '6m07s, load 3.7'); recorded")
     args = parser.parse_args()
     import medvl
 
@@ -330,6 +354,9 @@ def main() -> int:
     out = Path(args.out)
     res: dict[str, Any] = {"run": str(args.run), "machine": _machine(), "partial": True,
                            "command": " ".join(["python", *sys.argv])}
+    summary = run / "summary.json"
+    res["demo"] = {"make_demo_wall": args.demo_wall,
+                   "timings_s": json.loads(summary.read_text()).get("timings_s") if summary.is_file() else None}
     pipe = medvl.load(run / "model", data={"batch_size": 32})
     t0 = time.perf_counter()
     res["calibration"], emb = calibration_part(pipe, manifest)

@@ -24,8 +24,8 @@ the order the checks are listed below; ``details`` carries every check's outcome
 The header checks (5, 6) judge only files whose header gives a spacing (DICOM pixel
 spacing, NIfTI affine); PNG/JPEG and DICOM files without one are left to the others.
 
-:func:`check_text` flags a free-text query whose content words never occur in the
-training reports. What the guard does **not** promise: an input that passes is not
+:func:`check_text` flags a free-text query most of whose content words (half or more)
+never occur in the training reports. What the guard does **not** promise: an input that passes is not
 known to be in distribution (a chest film with an unusual artefact can embed close to
 training images), and a flagged input is not necessarily unusable.
 """
@@ -56,6 +56,8 @@ K_NEIGHBOURS = 5
 VAL_QUANTILE = 0.01
 #: a vocabulary word must occur in at least this many training reports (one-off words, names, stay out)
 MIN_REPORTS_PER_WORD = 2
+#: a text query is flagged when fewer than this share of its content words occur in the training reports
+MIN_KNOWN_SHARE = 0.5
 #: the spacing and size checks allow this factor below the smallest and above the largest training value
 SPACING_FACTOR = 2.0
 #: Body Part Examined spellings that mean the same region
@@ -264,15 +266,15 @@ def check_image(
         ok = lo / SPACING_FACTOR <= sp <= hi * SPACING_FACTOR
         details["spacing"] = {"value": sp, "ok": ok, "trained": [lo, hi]}
         if not ok:
-            reasons.append(f"pixel spacing {sp:.3g} mm, far from the training images' {lo:.3g}-{hi:.3g} mm")
+            reasons.append(f"pixel spacing {sp:.3g} mm, far from the training images' {_span(lo, hi, '.3g')} mm")
     size = physical_extent(image)
     if size is not None and profile.extent_mm:
         lo, hi = profile.extent_mm
         ok = lo / SPACING_FACTOR <= size <= hi * SPACING_FACTOR
         details["size"] = {"value": round(size, 1), "ok": ok, "trained": [lo, hi]}
         if not ok:
-            reasons.append(f"an image {size:.0f} mm across given to a model trained on images {lo:.0f}-{hi:.0f} mm "
-                           f"across ({trained})")
+            reasons.append(f"an image {size:.0f} mm across given to a model trained on images "
+                           f"{_span(lo, hi, '.0f')} mm across ({trained})")
     emb = profile.embedding or {}
     if similarity is not None and emb.get("threshold") is not None:
         thr = float(emb["threshold"])
@@ -283,6 +285,12 @@ def check_image(
             reasons.append(f"far from every training image (similarity {similarity:.3f} to the nearest; "
                            f"{share:.0f}% of validation images are above {thr:.3f})")
     return OODResult(bool(reasons), reasons[0] if reasons else "", details)
+
+
+def _span(lo: float, hi: float, fmt: str) -> str:
+    """``"0.14-0.2"``, or one value when both ends print the same."""
+    a, b = format(lo, fmt), format(hi, fmt)
+    return a if a == b else f"{a}-{b}"
 
 
 def neighbour_similarity(embeddings: np.ndarray, reference: np.ndarray, k: int = K_NEIGHBOURS,
@@ -325,19 +333,32 @@ def report_vocabulary(texts: Iterable[str], min_reports: int = MIN_REPORTS_PER_W
 
 
 def check_text(text: str, profile: TrainingProfile | None) -> OODResult:
-    """Flag a query none of whose content words occurs in the training reports."""
+    """Flag a query most of whose content words never occur in the training reports.
+
+    Flagged when fewer than :data:`MIN_KNOWN_SHARE` of its content words are in the
+    vocabulary: a query sharing no word, and also one that shares only a common word
+    ("renal calculus in the lower pole" shares "lower" with chest reports), since the
+    text encoder never learnt what the rest of it means. ``text`` should be prepared as
+    the training reports were (:meth:`Pipeline.check_text` does that).
+    """
     if profile is None or not profile.vocabulary:
         return OODResult(False, "", {"vocabulary": {"ok": True, "checked": False}})
     vocab = set(profile.vocabulary)
     words = content_words(text)
     known = [w for w in words if w in vocab]
     unknown = [w for w in words if w not in vocab]
-    ok = bool(known)
-    details = {"vocabulary": {"ok": ok, "known": known, "unknown": unknown}}
+    share = len(known) / len(words) if words else 0.0
+    ok = bool(words) and share >= MIN_KNOWN_SHARE
+    details = {"vocabulary": {"ok": ok, "known": known, "unknown": unknown, "known_share": round(share, 3)}}
     if ok:
         return OODResult(False, "", details)
-    why = ("the query has no content words" if not words
-           else "the query shares no words with the training reports")
+    if not words:
+        why = "the query has no content words"
+    elif not known:
+        why = "the query shares no words with the training reports"
+    else:
+        shown = ", ".join(unknown[:6]) + (", ..." if len(unknown) > 6 else "")
+        why = f"most of the query's words ({shown}) never occur in the training reports"
     return OODResult(True, why, details)
 
 

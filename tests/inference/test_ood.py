@@ -88,7 +88,10 @@ def test_nifti_spacing_comes_from_its_affine_and_is_judged() -> None:
 
     r = check_image(vol({"format": "NIfTI-1"}), model_dims=3, profile=profile)
     assert r.details["spacing"]["value"] == 5.0 and r.details["size"]["value"] == 320.0
-    assert r.ood and r.reason.startswith("pixel spacing 5 mm")
+    assert r.ood and r.reason == "pixel spacing 5 mm, far from the training images' 0.7-0.9 mm"
+    one = TrainingProfile(**{**profile.__dict__, "spacing_mm": [5.0, 5.0], "extent_mm": [40.0, 40.0]})
+    assert check_image(vol({"format": "NIfTI-1"}), model_dims=3, profile=one).reason.startswith(
+        "an image 320 mm across given to a model trained on images 40 mm across (CT volumes (40 studies))")
     assert not {"spacing", "size"} & set(check_image(vol({}), model_dims=3, profile=profile).details)
 
 
@@ -111,6 +114,14 @@ def test_text_queries_are_checked_against_the_training_vocabulary() -> None:
     assert r.details["vocabulary"]["unknown"] == ["glioblastoma", "temporal", "lobe"]
     assert check_text("the of and", PROFILE).reason == "the query has no content words"
     assert not check_text("anything", None).ood  # no profile: nothing to compare with
+    # sharing one common word is not enough: most of the query must be words the model was trained on
+    r = check_text("effusion of the left knee joint with fluid", PROFILE)  # 2 of 5 known
+    assert r.ood and r.reason == "most of the query's words (knee, joint, fluid) never occur in the training reports"
+    assert r.details["vocabulary"]["known_share"] == 0.4
+    # a misspelt word among known ones is not flagged; half known is enough
+    assert not check_text("right pleural efusion", PROFILE).ood
+    half = check_text("pleural efusion", PROFILE)
+    assert not half.ood and half.details["vocabulary"]["known_share"] == 0.5
 
 
 def test_vocabulary_keeps_words_of_at_least_two_reports() -> None:
