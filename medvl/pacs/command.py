@@ -5,6 +5,7 @@ Examples::
     medvl pacs studies --url http://127.0.0.1:8042/dicom-web --modality CR --since 2024-01-01
     medvl pacs sr --model runs/demo/model --index runs/demo/index --image CASE.dcm --out findings.sr.dcm
     medvl pacs sr ... --store --url https://pacs/dicom-web     # STOW-RS, only when asked
+    medvl pacs sr ... --allow-ood        # export an image the model flags as out of distribution
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             p.add_argument("-k", type=int, default=5, help="similar cases referenced")
             p.add_argument("--out", required=True, help="SR file to write")
             p.add_argument("--store", action="store_true", help="also store the SR on the server (STOW-RS)")
+            p.add_argument("--allow-ood", action="store_true",
+                           help="export even when the model flags the image as out of distribution "
+                                "(the SR says so); refused by default")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
 
         index = CaseIndex.open(args.index)
     pipeline = medvl.load(args.model)
-    sr = export_findings_sr(pipeline, args.image, args.out, index=index, k=args.k, store_to=store)
+    sr = export_findings_sr(pipeline, args.image, args.out, index=index, k=args.k, store_to=store,
+                            allow_ood=args.allow_ood)
     n = len(sr.ContentSequence)
     print(f"wrote {args.out} (Comprehensive 3D SR, {n} items; research use only)"
           + ("; stored on the server" if store else ""))

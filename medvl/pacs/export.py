@@ -4,6 +4,12 @@ The one path both ``medvl pacs sr`` and the viewer's PACS mode take: score the i
 with the public inference API (``medvl.load(dir).classify``), search the case index,
 build the SR (:func:`medvl.pacs.sr.findings_sr`), write it atomically, and only when
 ``store_to`` is given, send it with STOW-RS.
+
+An image the model's out-of-distribution guard flags (``classify(...).ood``: a modality,
+body part or appearance unlike its training data) is refused: scores on it mean little
+and an SR would carry them into the patient's record. ``allow_ood=True`` (``--allow-ood``)
+exports anyway; the SR then says, in every finding group, that the input is outside the
+model's training distribution and why.
 """
 
 from __future__ import annotations
@@ -49,6 +55,10 @@ def similar_cases(hits: Sequence[Any]) -> list[SimilarCase]:
     return out
 
 
+class OutOfDistributionError(MedvlError):
+    """The model flags the image as outside its training distribution; no SR was written."""
+
+
 def export_findings_sr(
     pipeline: Any,
     image: str | Path,
@@ -58,6 +68,8 @@ def export_findings_sr(
     k: int = 5,
     evidence: Sequence[Any] | None = None,
     store_to: Any = None,
+    allow_ood: bool = False,
+    result: Any = None,
 ) -> Any:
     """Score ``image``, find similar cases, write the SR to ``out``; store it when ``store_to`` is set.
 
@@ -70,13 +82,25 @@ def export_findings_sr(
         evidence: headers the SR is attached to (default: those of ``image``); the
             viewer passes the source study's headers so the SR files with it.
         store_to: a :class:`~medvl.pacs.client.DicomWebSource` to STOW the SR to.
+        allow_ood: export an image the model flags as out of distribution (the SR says so).
+        result: ``pipeline.classify(image)`` when the caller has it already (the viewer).
 
     Returns:
         the SR dataset.
+
+    Raises:
+        OutOfDistributionError: the model flags the image and ``allow_ood`` is False
+            (nothing written, nothing stored).
     """
     from medvl.atomic import atomic_path
 
-    result = pipeline.classify(image)
+    result = pipeline.classify(image) if result is None else result
+    if bool(getattr(result, "ood", False)) and not allow_ood:
+        reason = str(getattr(result, "ood_reason", "") or "the model's guard flags it")
+        raise OutOfDistributionError(
+            f"the model flags this image as out of distribution ({reason.rstrip('.')}); no SR written",
+            path=Path(image).name, expected="an image like the model's training data, or --allow-ood "
+            "to export anyway (the SR then says the input is out of distribution)")
     hits = index.search_image(pipeline.model, image, k) if index is not None else []
     name = Path(str(getattr(pipeline, "model_dir", "") or "model")).name
     sr = findings_sr(

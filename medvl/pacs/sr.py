@@ -33,6 +33,8 @@ from medvl.errors import MedvlError
 SCHEME = "99MEDVL"  # a private coding scheme ("99" prefix, PS3.16 section 8.2)
 RESEARCH_NOTE = "Research use only, not for diagnostic use"
 SERIES_DESCRIPTION = "medvl zero-shot findings - RESEARCH USE ONLY"
+#: appended to the series description when the model flagged the input (``--allow-ood``)
+OOD_SUFFIX = " - OOD INPUT"  # 64 characters at most in all (LO)
 
 
 @dataclass
@@ -164,7 +166,7 @@ def findings_sr(
             finding_type=_code("similar-case", "Similar case retrieved from the case index"),
             algorithm_id=algo,
             measurements=[Measurement(name=similar_name, value=float(case.score), unit=unit)],
-            qualitative_evaluations=[intended],
+            qualitative_evaluations=extra,
             source_images=[SourceImageForMeasurementGroup(c, i) for c, i in case.instances]))
     device = ObserverContext(
         observer_type=codes.DCM.Device,
@@ -180,7 +182,8 @@ def findings_sr(
     sr = Comprehensive3DSR(
         evidence=all_evidence, content=report, series_instance_uid=hd.UID(), series_number=series_number,
         sop_instance_uid=hd.UID(), instance_number=1, manufacturer="medvl (research software)",
-        is_complete=False, is_final=False, is_verified=False, series_description=SERIES_DESCRIPTION,
+        is_complete=False, is_final=False, is_verified=False,
+        series_description=SERIES_DESCRIPTION + (OOD_SUFFIX if ood else ""),
     )
     sr.PreliminaryFlag = "PRELIMINARY"
     return sr

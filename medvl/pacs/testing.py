@@ -225,8 +225,13 @@ def _identify(ds: Any, i: int, institution: str, other_ids: bool = False) -> lis
     ds.StudyDescription = f"CHEST for DOE{i:03d} JANE"
     ids = [f"DOE{i:03d}", pid, acc, "19580214", institution, "HOUSE"]
     if other_ids:
+        from pydicom.dataset import Dataset
+
         ds.OtherPatientIDs = f"OLD{500000 + i}"
-        ids.append(f"OLD{500000 + i}")
+        item = Dataset()
+        item.PatientID, item.IssuerOfPatientID, item.TypeOfPatientID = f"SEQ{300000 + i}", "OLDRIS", "TEXT"
+        ds.OtherPatientIDsSequence = [item]
+        ids += [f"OLD{500000 + i}", f"SEQ{300000 + i}"]
     return ids
 
 
@@ -241,7 +246,7 @@ def load_synthetic(server: OrthancServer, workdir: str | Path, *, n_cxr: int = 6
 
     Args:
         corrupt_ct_slice: truncate the pixel data of this slice of the first CT series.
-        other_ids: also set OtherPatientIDs (an old MRN).
+        other_ids: also set OtherPatientIDs and OtherPatientIDsSequence (old MRNs).
     """
     import pydicom
 
@@ -276,6 +281,44 @@ def load_synthetic(server: OrthancServer, workdir: str | Path, *, n_cxr: int = 6
             server.upload(path)
         loaded.append(LoadedStudy(str(first.StudyInstanceUID), row.modality, report,  # type: ignore[union-attr]
                                   dict(row.labels), ids, len(files), files))
+    return loaded
+
+
+def load_real_files(server: OrthancServer, workdir: str | Path, names: list[str], *, first: int = 100,
+                    sr_reports: dict[str, dict[str, str]] | None = None) -> list[LoadedStudy]:
+    """Store real files shipped with ``pydicom`` / ``pydicom-data`` on ``server``, each made
+    identifiable as :func:`load_synthetic` does (with OtherPatientIDs); pixels and UIDs as shipped.
+
+    Args:
+        names: test file names, e.g. ``["CT_small.dcm", "MR_small.dcm", "RG1_UNCR.dcm"]``.
+        first: number of the first made-up patient (keeps ids apart from the synthetic ones).
+        sr_reports: file name -> report sections to store as a text SR in its study.
+
+    Raises:
+        FileNotFoundError: a file is not installed (``pip install pydicom-data``).
+    """
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    out = Path(workdir) / "real"
+    out.mkdir(parents=True, exist_ok=True)
+    loaded = []
+    for i, name in enumerate(names, start=first):
+        src = get_testdata_file(name, download=False)
+        if src is None:
+            raise FileNotFoundError(f"{name} is not installed (pydicom / pydicom-data)")
+        ds = pydicom.dcmread(src)
+        ids = _identify(ds, i, "ST EXAMPLE GENERAL HOSPITAL", other_ids=True)
+        path = out / name
+        ds.save_as(path, enforce_file_format=True)
+        server.upload(path)
+        report = (sr_reports or {}).get(name, {})
+        if report:
+            sr = text_sr(ds, report, extra_text=f" Discussed with DOE{i:03d} JANE (MRN{900000 + i}).")
+            sr_path = out / f"{name}.sr.dcm"
+            sr.save_as(sr_path, enforce_file_format=True)
+            server.upload(sr_path)
+        loaded.append(LoadedStudy(str(ds.StudyInstanceUID), str(ds.Modality), report, {}, ids, 1, [path]))
     return loaded
 
 

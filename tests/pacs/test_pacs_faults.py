@@ -204,16 +204,32 @@ def test_interrupted_ingest_resumes_and_manifest_never_holds_half_a_study(fault_
 
 
 def test_other_patient_ids_never_leak(tmp_path) -> None:
-    """OtherPatientIDs (an old MRN) must never reach the output: the study is either
-    ingested with it removed, or refused by the residual-identifier check."""
+    """OtherPatientIDs and OtherPatientIDsSequence (old MRNs) never reach the output: the
+    de-identification removes both, so the studies are ingested (not refused) and neither
+    element nor any of their values is in a cached file, the manifest or the cache's state."""
+    import pydicom
+
     with OrthancServer() as server:
         studies = load_synthetic(server, tmp_path / "data", n_cxr=2, n_ct=0, seed=3, other_ids=True)
+        # the server holds both elements, so they really are sent to the ingest
+        for s in studies:
+            src = pydicom.dcmread(s.files[0], stop_before_pixels=True)
+            assert src.OtherPatientIDs and src.OtherPatientIDsSequence[0].PatientID
+            meta = server.rest("GET", f"/dicom-web/studies/{s.study_uid}/metadata")
+            assert any("00101000" in m and "00101002" in m for m in meta)
         out = tmp_path / "o"
         assert main(["prepare", "dicomweb", "--url", server.url, "--out", str(out)]) == 0
     blob = all_bytes(out)
     for s in studies:
+        assert any(n.startswith("OLD") for n in s.identifiers) and any(n.startswith("SEQ") for n in s.identifiers)
         for needle in s.identifiers:
             assert needle.encode() not in blob, needle
     rows, skipped = read_manifest(out / "manifest.jsonl"), _refs(out)
-    assert len(rows) + len(skipped) == 2
-    assert all("OtherPatientIDs" in r for r in skipped.values())
+    assert len(rows) == 2 and not skipped, skipped
+    files = sorted((out / "images").rglob("*.dcm"))
+    assert len(files) == 2
+    for f in files:
+        ds = pydicom.dcmread(f)
+        assert "OtherPatientIDs" not in ds and "OtherPatientIDsSequence" not in ds, f
+        assert (0x0010, 0x1000) not in ds and (0x0010, 0x1002) not in ds
+    assert main(["validate", str(out / "manifest.jsonl")]) == 0

@@ -176,30 +176,6 @@ def test_index_and_search_on_the_ingested_studies(indexed) -> None:
             assert needle.lower().encode() not in blob, needle
 
 
-class _ZeroShot:
-    """``medvl.load(dir)`` plus ``classify`` while the inference room's classify is not on main
-    yet: its one preprocessing path and the zero-shot scorer the viewer uses today (uncalibrated)."""
-
-    def __init__(self, pipeline) -> None:
-        self.pipeline, self.model, self.model_dir = pipeline, pipeline.model, pipeline.model_dir
-
-    def classify(self, image):
-        from types import SimpleNamespace
-
-        from medvl.eval.zeroshot import classify_image
-
-        x = self.pipeline.prepare(image)
-        return SimpleNamespace(scores=classify_image(self.model, x, modality="CR"), calibrated=False,
-                               ood=False, ood_reason="")
-
-
-def _pipeline(model: Path):
-    import medvl
-
-    pipe = medvl.load(model)
-    return pipe if hasattr(pipe, "classify") else _ZeroShot(pipe)
-
-
 def test_sr_export_holds_findings_and_deidentified_similar_cases_and_is_stored_only_when_asked(
         indexed, tmp_path) -> None:
     from medvl.index import CaseIndex
@@ -211,7 +187,9 @@ def test_sr_export_holds_findings_and_deidentified_similar_cases_and_is_stored_o
     server, studies, out, model, index = indexed
     rows = [r for r in read_manifest(out / "manifest.jsonl") if r.dims == 2]
     image = resolve_path(out / "manifest.jsonl", rows[0].image)
-    pipe = _pipeline(model)
+    import medvl
+
+    pipe = medvl.load(model)
     before = len(server.rest("GET", "/instances"))
     export_findings_sr(pipe, image, tmp_path / "a.sr.dcm", index=CaseIndex.open(index), k=3)
     assert len(server.rest("GET", "/instances")) == before  # written to a file only
