@@ -221,9 +221,13 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, *, where: str = "") 
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - names)
     if unknown:
+        import difflib
+
         prefix = f"{where}." if where else ""
+        close = difflib.get_close_matches(str(unknown[0]), sorted(names), n=1, cutoff=0.6)
+        hint = f"; did you mean {prefix + close[0]!r}?" if close else ""
         raise ConfigError(
-            f"unknown key{'s' if len(unknown) > 1 else ''} " + ", ".join(prefix + u for u in unknown),
+            f"unknown key{'s' if len(unknown) > 1 else ''} " + ", ".join(prefix + u for u in unknown) + hint,
             field=prefix + unknown[0],
             expected="one of " + ", ".join(sorted(names)),
         )

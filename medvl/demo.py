@@ -58,6 +58,9 @@ def _resolve_config(path: str | None, overrides: list[str], *, ct: bool = False)
         if not default.is_file():
             raise ConfigError(f"configs/{default.name} not found next to the package; pass --config", path=default)
         path = str(default)
+    from medvl.experiment import check_overrides
+
+    check_overrides(overrides)  # an override's own mistake is named as the override's, not the file's
     return load_config(path, overrides)
 
 

@@ -21,6 +21,7 @@ name from the table :data:`SECTIONS` (this module sits below them all).
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
 from collections.abc import Iterable, Mapping
@@ -78,6 +79,43 @@ def check_top_level(config: Mapping[str, Any], *, source: str | None = None) -> 
     if isinstance(train, Mapping) and "seed" in train:
         raise ConfigError("train.seed is gone: a run has one seed", path=source, field="train.seed",
                           expected="the top-level 'seed: N'")
+
+
+def check_overrides(overrides: Iterable[str]) -> None:
+    """Check the keys of command-line overrides (``train.epochs=3``) before they meet a config file.
+
+    A misspelt section or key in an override is then reported as the override's, with a
+    suggestion, rather than as the config file's (which does not hold it).
+
+    Raises:
+        ConfigError: an override that is not ``key=value``, an unknown top-level section,
+            ``train.seed``, or an unknown key of a section.
+    """
+    from medvl.config import apply_overrides
+
+    items = list(overrides)
+    if not items:
+        return
+    given = apply_overrides({}, items)  # also refuses an item that is not key=value
+    for item in items:
+        key = item.partition("=")[0].strip()
+        top, _, rest = key.partition(".")
+        try:
+            check_top_level({top: given.get(top)} if top in SECTIONS else {top: None})
+            if top in SECTIONS and rest:
+                if top == "train" and rest.split(".")[0] == "seed":
+                    check_top_level({"train": {"seed": 0}})
+                names = [f.name for f in dataclasses.fields(section_class(top)) if f.init]
+                sub = rest.split(".")[0]
+                if sub not in names:
+                    close = difflib.get_close_matches(sub, sorted(names), n=1, cutoff=0.6)
+                    hint = f"; did you mean '{top}.{close[0]}'?" if close else ""
+                    raise ConfigError(f"unknown key {top}.{sub}{hint}", field=f"{top}.{sub}",
+                                      expected="one of " + ", ".join(sorted(names)))
+        except ConfigError as exc:
+            exc.message = f"in the command-line override {item!r}: {exc.message}"
+            exc.args = (str(exc),)
+            raise
 
 
 @dataclass

@@ -93,3 +93,12 @@ def test_yaml_scientific_notation_is_a_float(tmp_path) -> None:
     (tmp_path / "c.yaml").write_text("train: {lr: 1e-4}\n")
     cfg = load_config(tmp_path / "c.yaml")
     assert from_dict(Outer, {"lr": cfg["train"]["lr"]}).lr == pytest.approx(1e-4)
+
+
+def test_an_unknown_key_in_a_section_suggests_the_nearest_one() -> None:
+    with pytest.raises(ConfigError) as err:
+        from_dict(Outer, {"epocs": 3}, where="train")
+    assert err.value.field == "train.epocs" and "did you mean 'train.epochs'?" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        from_dict(Outer, {"zzz": 3}, where="train")
+    assert "did you mean" not in str(err.value)

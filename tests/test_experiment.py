@@ -80,3 +80,27 @@ def test_commands_exit_2_before_any_work(tmp_path, capsys, command) -> None:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "did you mean 'train'" in err[0]
     assert not out.exists()
+
+
+@pytest.mark.parametrize("command", [
+    ["train", "--config", "{cfg}", "--out", "{out}"],
+    ["demo", "--config", "{cfg}", "--out", "{out}"],
+    ["eval", "--model", "{out}", "--manifest", "m.jsonl", "--config", "{cfg}", "--out", "{out}"],
+    ["index", "build", "--model", "{out}", "--manifest", "m.jsonl", "--config", "{cfg}", "--out", "{out}"],
+])
+@pytest.mark.parametrize("override, said", [
+    ("trian.epochs=3", "[trian]: in the command-line override 'trian.epochs=3': unknown top-level section "
+                       "'trian'; did you mean 'train'?"),
+    ("train.epocs=3", "[train.epocs]: in the command-line override 'train.epocs=3': unknown key train.epocs; "
+                      "did you mean 'train.epochs'?"),
+    ("train.seed=3", "in the command-line override 'train.seed=3': train.seed is gone"),
+])
+def test_a_misspelt_override_is_named_as_the_override_not_the_config_file(tmp_path, capsys, command, override,
+                                                                         said) -> None:
+    cfg = tmp_path / "good.yaml"
+    cfg.write_text("seed: 0\ntrain: {epochs: 1}\n")
+    out = tmp_path / "out"
+    assert main([a.format(cfg=cfg, out=out) for a in command] + [override]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and said in err[0] and "good.yaml" not in err[0]
+    assert not out.exists()

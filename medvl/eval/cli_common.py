@@ -19,8 +19,9 @@ def find_experiment_config(model_dir: str | Path, config: str | None, overrides:
         ``(config, where it came from)``.
     """
     from medvl.config import apply_overrides, load_config
-    from medvl.experiment import check_top_level
+    from medvl.experiment import check_overrides, check_top_level
 
+    check_overrides(overrides)  # an override's own mistake is named as the override's, not the file's
     if config:
         cfg, source = load_config(config, overrides), config
     else:

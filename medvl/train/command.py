@@ -25,9 +25,10 @@ def run(args: argparse.Namespace) -> int:
 
     from medvl.atomic import check_output_folder
     from medvl.config import load_config
-    from medvl.experiment import parse_experiment
+    from medvl.experiment import check_overrides, parse_experiment
     from medvl.train import engine, train
 
+    check_overrides(args.overrides)  # an override's own mistake is named as the override's
     # every section is validated here, so a misspelled one stops the run before any work
     parts = engine.default_components()
     exp = parse_experiment(load_config(args.config, list(args.overrides)), source=args.config,
