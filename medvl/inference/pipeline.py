@@ -71,12 +71,17 @@ class ClassifyResult:
     ood_details: dict[str, Any] = field(default_factory=dict)
 
     def __str__(self) -> str:
-        kind = "calibrated probability" if self.calibrated else "uncalibrated score (not a probability)"
+        mixed = bool(self.calibrated_findings) and not self.calibrated
+        if self.calibrated:
+            kind = "calibrated probabilities"
+        elif mixed:
+            kind = "calibrated probabilities, except those marked * (uncalibrated scores, not probabilities)"
+        else:
+            kind = "uncalibrated scores (not probabilities)"
         lines = [f"zero-shot findings, {kind}; research use only, not a diagnosis:"]
         width = max((len(k) for k in self.scores), default=0)
-        lines += [f"  {k:<{width}}  {v:.3f}" for k, v in self.scores.items()]
-        if self.calibrated_findings and not self.calibrated:
-            lines.append("  calibrated: " + ", ".join(self.calibrated_findings) + "; the others are raw scores")
+        cal = set(self.calibrated_findings)
+        lines += [f"  {k:<{width}}  {v:.3f}" + ("*" if mixed and k not in cal else "") for k, v in self.scores.items()]
         lines.append(f"out of distribution: {self.ood_reason}" if self.ood else "in distribution: no check failed")
         return "\n".join(lines)
 

@@ -55,7 +55,7 @@ def test_classify_ranks_present_findings_first_and_says_uncalibrated() -> None:
     assert r.calibrated is False and r.calibrated_findings == [] and r.scores == r.raw_scores
     assert r.ood is False and r.ood_reason == ""  # no profile: only the dims check ran
     text = str(r)
-    assert "uncalibrated score (not a probability)" in text and "research use only" in text
+    assert "uncalibrated scores (not probabilities)" in text and "research use only" in text
     sub = pipe.classify(_image({"edema"}), findings=["edema", "nodule"])
     assert list(sub.scores) == ["edema", "nodule"] and sub.scores["edema"] > sub.scores["nodule"]
 

@@ -69,6 +69,11 @@ def test_calibrated_findings_are_the_ones_the_directory_calibrated(model: medvl.
     assert r.calibrated == (set(r.calibrated_findings) == set(r.scores))
     for f in r.calibrated_findings:
         assert r.scores[f] != r.raw_scores[f]
+    # printed: each score says whether it is a probability
+    lines = {line.split()[0]: line for line in str(r).splitlines()[1:] if line.startswith("  ")}
+    assert set(lines) == set(r.scores)
+    for f, line in lines.items():
+        assert line.endswith("*") == (not r.calibrated and f not in r.calibrated_findings), line
 
 
 @pytest.mark.parametrize("name, words", [
