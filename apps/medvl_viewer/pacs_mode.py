@@ -128,3 +128,79 @@ def query_by_pacs(page: Any) -> None:
         return
     modes.search_and_show(page, left, right, path, modality, query=Query(image_path=path),
                           query_assertions=modes.query_statements(case))
+    with left:
+        export_section(page, source, study, path)
+
+
+# -- results back as DICOM, only when asked ----------------------------------------------
+
+def _export(backend: Any, path: Path, out: Path, k: int, allow_ood: bool, *, evidence: Any = None,
+            store_to: Any = None) -> None:
+    """``medvl.pacs.export.export_findings_sr`` with the viewer's loaded model and index."""
+    import contextlib
+
+    from medvl.pacs.export import export_findings_sr
+
+    lock = getattr(backend, "_index_lock", None) or contextlib.nullcontext()
+    with lock:
+        export_findings_sr(backend.pipe, path, out, index=backend.index, k=k, allow_ood=allow_ood,
+                           evidence=evidence, store_to=store_to)
+
+
+def export_section(page: Any, source: Any, study: Any, path: Path) -> None:
+    """"Export findings as DICOM SR": the SR is built only when the button is pressed.
+
+    The file offered for download is built from the session's de-identified copy (its
+    patient module is the pseudonymous one; similar cases are referenced by the index's
+    de-identified UIDs). Storing on the server (STOW-RS) is offered only when the
+    configuration allows it (``store: true`` / ``MEDVL_PACS_STORE=1``) and happens only on
+    its own button: that SR is attached to the source study's headers (WADO-RS metadata,
+    which never reach the page) so the PACS files it with the patient, and is not kept.
+    An image the model flags as out of distribution is refused unless the box is ticked.
+    """
+    from medvl.errors import MedvlError
+
+    st.markdown("---")
+    backend = page.backend()
+    if getattr(backend, "pipe", None) is None or getattr(backend, "index", None) is None:
+        st.caption("Export findings as DICOM SR: available once the model has loaded.")
+        return
+    allow_ood = st.checkbox("Export even if the model flags this image as out of distribution (the SR says so)",
+                            key="pacs_allow_ood")
+    held = st.session_state.get("pacs_sr")
+    if held is not None and held[0] != study.ref:
+        held = st.session_state["pacs_sr"] = None
+    if st.button("Export findings as DICOM SR", key="pacs_export"):
+        out = _session_dir() / "export" / f"{study.ref}-findings.sr.dcm"
+        try:
+            with st.spinner("Scoring the image and building the SR ..."):
+                _export(backend, path, out, page.k, allow_ood)
+            held = st.session_state["pacs_sr"] = (study.ref, out.read_bytes())
+        except MedvlError as exc:
+            held = st.session_state["pacs_sr"] = None
+            st.error(f"No SR exported: {exc.message}")
+        finally:
+            out.unlink(missing_ok=True)
+    if held is None:
+        st.caption("Zero-shot findings and similar cases as a DICOM Comprehensive SR (TID 1500), "
+                   "research use only; built and sent only when you ask.")
+        return
+    st.download_button("Download the SR (DICOM file)", data=held[1], file_name=f"{study.ref}-findings.sr.dcm",
+                       mime="application/dicom", key="pacs_download")
+    st.caption(f"SR of study {study.ref} ready ({len(held[1]):,} bytes, de-identified; research use only).")
+    if not source.config.store:
+        st.caption("Storing results on the PACS is off (store: true in the PACS config or MEDVL_PACS_STORE=1).")
+        return
+    if st.button("Store the SR on the PACS (STOW-RS)", key="pacs_store"):
+        out = _session_dir() / "export" / f"{study.ref}-stow.sr.dcm"
+        try:
+            from medvl.pacs.export import source_evidence
+
+            with st.spinner("Storing the SR on the PACS ..."):
+                _export(backend, path, out, page.k, allow_ood, evidence=source_evidence(source, study),
+                        store_to=source)
+            st.success(f"SR stored on the PACS with study {study.ref}.")
+        except MedvlError as exc:
+            st.error(f"SR not stored: {exc.message}")
+        finally:
+            out.unlink(missing_ok=True)

@@ -348,6 +348,14 @@ class DicomWebSource:
         return self.call("fetch series", lambda: self.client.retrieve_series(
             study.uid, series.uid, media_types=ORIGINAL_SYNTAX), ref=study.ref)
 
+    def series_headers(self, study: StudyInfo, series: SeriesInfo) -> list[Any]:
+        """The series' instance headers (WADO-RS metadata) as pixel-free pydicom datasets."""
+        from pydicom import Dataset
+
+        items = self.call("fetch series metadata", lambda: self.client.retrieve_series_metadata(
+            study.uid, series.uid), ref=study.ref)
+        return [Dataset.from_json(m, bulk_data_uri_handler=lambda *_a: b"") for m in items]
+
     # -- STOW-RS ----------------------------------------------------------------------
 
     def store(self, datasets: Iterable[Any]) -> int:

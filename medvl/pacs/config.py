@@ -86,6 +86,8 @@ class PacsConfig:
         max_instances: refuse (skip) a study whose chosen series has more instances.
         max_study_mb: stop fetching (skip) a study whose data passes this size.
         page_size: studies asked for per QIDO request.
+        store: the viewer may offer to store an exported SR on this server (STOW-RS);
+            off by default, and even then it is sent only when the user asks.
     """
 
     url: str = ""
@@ -100,6 +102,7 @@ class PacsConfig:
     max_instances: int = 2000
     max_study_mb: float = 4096.0
     page_size: int = 100
+    store: bool = False
 
     def __post_init__(self) -> None:
         for name in SECRET_FIELDS:
@@ -188,6 +191,11 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
         value = env.get(ENV_PREFIX + key)
         if value:
             out[name] = value
+    store = env.get(ENV_PREFIX + "STORE", "").strip().lower()
+    if store:
+        if store not in ("1", "true", "yes", "0", "false", "no"):
+            raise ConfigError(f"not a yes/no value: {store!r}", field=ENV_PREFIX + "STORE", expected="1 or 0")
+        out["store"] = store in ("1", "true", "yes")
     return out
 
 

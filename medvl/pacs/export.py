@@ -44,6 +44,20 @@ def image_headers(path: str | Path, limit: int = 2048) -> list[Any]:
     return heads
 
 
+def source_evidence(source: Any, study: Any, modalities: Sequence[str] = ()) -> list[Any]:
+    """Headers (WADO-RS metadata, no pixels) of the source series the ingest takes from
+    ``study``: the evidence an SR stored back to the server is attached to, so that it files
+    with the patient's study there. They carry the patient's identifiers: use them only for
+    an SR sent to that server, never for a file or a page.
+
+    Raises:
+        PacsError: the server cannot be asked.
+    """
+    from medvl.pacs.ingest import choose_series
+
+    return list(source.series_headers(study, choose_series(source.series(study), modalities)))
+
+
 def similar_cases(hits: Sequence[Any]) -> list[SimilarCase]:
     """Index hits (``rank``, ``score``, ``study_id``, ``image_path``) as SR references."""
     out = []

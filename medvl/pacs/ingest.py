@@ -215,17 +215,7 @@ class Ingester:
     # -- one study ------------------------------------------------------------------
 
     def _choose_series(self, study: StudyInfo, series: list[SeriesInfo]) -> SeriesInfo:
-        wanted = {m.upper() for m in self.options.modalities}
-        images = [s for s in series if s.modality.upper() not in NON_IMAGE
-                  and (not wanted or s.modality.upper() in wanted)]
-        if not images:
-            what = "/".join(sorted(wanted)) if wanted else "image"
-            raise StudyRefused(f"no {what} series in the study")
-        # Cross-sectional modalities: the series with most instances is the volume
-        # (scouts and dose reports are small); radiographs: the first series.
-        if images[0].modality.upper() in PLANAR:
-            return images[0]
-        return max(images, key=lambda s: (s.n_instances or 0, -(s.number or 0)))
+        return choose_series(series, self.options.modalities)
 
     def _report(self, study: StudyInfo, series: list[SeriesInfo]) -> tuple[dict[str, str], dict[str, int]]:
         if self.reports is not None:
@@ -360,6 +350,24 @@ class Ingester:
                 pbar.close()
                 result.outcomes = [outcomes[i] for i in sorted(outcomes)]
         return result
+
+
+def choose_series(series: Sequence[SeriesInfo], modalities: Sequence[str] = ()) -> SeriesInfo:
+    """The study's image series the manifest takes: the first radiograph series, or for
+    cross-sectional modalities the one with most instances (scouts and dose reports are small).
+
+    Raises:
+        StudyRefused: no image series (of ``modalities`` when given).
+    """
+    wanted = {m.upper() for m in modalities}
+    images = [s for s in series if s.modality.upper() not in NON_IMAGE
+              and (not wanted or s.modality.upper() in wanted)]
+    if not images:
+        what = "/".join(sorted(wanted)) if wanted else "image"
+        raise StudyRefused(f"no {what} series in the study")
+    if images[0].modality.upper() in PLANAR:
+        return images[0]
+    return max(images, key=lambda s: (s.n_instances or 0, -(s.number or 0)))
 
 
 def _as_completed(futures: dict[Future[StudyOutcome], int]) -> Any:

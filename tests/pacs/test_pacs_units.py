@@ -123,3 +123,16 @@ def test_check_pixels_finds_truncated_data() -> None:
     rle = pydicom.dcmread(get_testdata_file("MR_small_RLE.dcm", download=False))
     assert check_pixels(rle) == ""  # compressed: left to the decoder
     assert np.asarray(rle.pixel_array).shape == (64, 64)
+
+
+def test_storing_results_is_off_unless_configured(tmp_path) -> None:
+    url = "http://127.0.0.1:1/dicom-web"
+    assert load_pacs_config(env={"MEDVL_PACS_URL": url}).store is False
+    assert load_pacs_config(env={"MEDVL_PACS_URL": url, "MEDVL_PACS_STORE": "1"}).store is True
+    assert load_pacs_config(env={"MEDVL_PACS_URL": url, "MEDVL_PACS_STORE": "no"}).store is False
+    cfg = tmp_path / "pacs.yaml"
+    cfg.write_text(f"url: {url}\nstore: true\n")
+    assert load_pacs_config(cfg, env={}).store is True
+    with pytest.raises(ConfigError) as err:
+        load_pacs_config(env={"MEDVL_PACS_URL": url, "MEDVL_PACS_STORE": "maybe"})
+    assert err.value.field == "MEDVL_PACS_STORE"
