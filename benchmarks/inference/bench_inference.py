@@ -9,7 +9,8 @@ On a trained run (default ``runs/demo``, written by ``make demo``):
 * **OOD flag rates**: ``Pipeline.check_image`` on every test-split study (in
   distribution), on every real DICOM file shipped with pydicom and pydicom-data that
   medvl can read (the chest radiographs ``RG1_*`` apart: non-chest), with the first
-  reason per file; and ``Pipeline.check_text`` (the query prepared as training reports were)
+  reason per file (and how each check alone does: the header checks, the embedding
+  check, the image-feature check); and ``Pipeline.check_text`` (the query prepared as training reports were)
   on the test reports' sentences and on off-domain queries;
 * **embed throughput**: ``medvl embed``'s ``embed_items`` on the test split against the
   bare ``Pipeline.embed_images`` loop, in the same process (a ratio: the machine is shared);
@@ -122,14 +123,18 @@ def ood_part(pipe: Any, manifest: Path, emb: Any) -> dict[str, Any]:
                    ood=check.ood, first_check=first, reason=check.reason,
                    failing=[k for k, v in check.details.items() if not v.get("ok", True)],
                    judged=sorted(check.details),
-                   header_flag=any(not v.get("ok", True) for k, v in check.details.items() if k != "embedding"),
+                   header_flag=any(not v.get("ok", True) for k, v in check.details.items()
+                                   if k not in ("embedding", "features")),
                    embedding_flag=not check.details.get("embedding", {}).get("ok", True)
-                   if "embedding" in check.details else None)
+                   if "embedding" in check.details else None,
+                   features_flag=not check.details.get("features", {}).get("ok", True)
+                   if "features" in check.details else None)
         per_file.append(rec)
     readable = [r for r in per_file if r["readable"]]
     non_chest = [r for r in readable if not r["chest"]]
     chest = [r for r in readable if r["chest"]]
     emb_judged = [r for r in non_chest if r["embedding_flag"] is not None]
+    feat_judged = [r for r in non_chest if r["features_flag"] is not None]
 
     # report sentences as queries: those of the sections the model was trained on (in
     # distribution), and, apart, those of the other sections (indication, comparison...)
@@ -161,12 +166,16 @@ def ood_part(pipe: Any, manifest: Path, emb: Any) -> dict[str, Any]:
                 "embedding_check_flag_rate": (sum(bool(r["embedding_flag"]) for r in emb_judged)
                                               / max(1, len(emb_judged))),
                 "n_embedding_judged": len(emb_judged),
+                "features_check_flag_rate": (sum(bool(r["features_flag"]) for r in feat_judged)
+                                             / max(1, len(feat_judged))),
+                "n_features_judged": len(feat_judged),
                 "first_check": dict(Counter(r["first_check"] for r in non_chest if r["ood"])),
                 "failing_checks": dict(Counter(k for r in non_chest for k in r["failing"])),
                 "judged_by": dict(Counter(k for r in non_chest for k in r["judged"])),
                 "not_flagged": [r["file"] for r in non_chest if not r["ood"]],
             },
-            "chest": [{k: r[k] for k in ("file", "ood", "reason", "header_flag")} for r in chest],
+            "chest": [{k: r[k] for k in ("file", "ood", "reason", "header_flag", "embedding_flag", "features_flag")}
+                      for r in chest],
         },
         "text": {
             "sections_trained_on": sorted(trained_sections),
@@ -291,6 +300,8 @@ def _md_ood(res: dict[str, Any]) -> list[str]:
               f"| ... by the header checks alone | {nc['n']} | | {_fmt(nc['header_checks_flag_rate'])} |",
               f"| ... by the embedding check alone | {nc['n_embedding_judged']} | | "
               f"{_fmt(nc['embedding_check_flag_rate'])} |",
+              f"| ... by the image-feature check alone | {nc.get('n_features_judged', 0)} | | "
+              f"{_fmt(nc.get('features_check_flag_rate'))} |",
               f"| test-report sentences as text queries ({'/'.join(txt['sections_trained_on'])}: the sections "
               f"the model was trained on) | {txt['test_report_sentences']['n']} | | "
               f"{_fmt(txt['test_report_sentences']['flag_rate'])} |",

@@ -18,13 +18,14 @@ from medvl.lazy import lazy_exports
 if TYPE_CHECKING:
     from medvl.inference.heatmap import Heatmap
     from medvl.inference.ood import OODResult
-    from medvl.inference.pipeline import ClassifyResult, Pipeline, load
+    from medvl.inference.pipeline import Pipeline, load
     from medvl.inference.preprocessing import Preprocessing
+    from medvl.inference.result import ClassifyResult
 
 _EXPORTS = {
     "load": "medvl.inference.pipeline",
     "Pipeline": "medvl.inference.pipeline",
-    "ClassifyResult": "medvl.inference.pipeline",
+    "ClassifyResult": "medvl.inference.result",
     "Preprocessing": "medvl.inference.preprocessing",
     "Heatmap": "medvl.inference.heatmap",
     "OODResult": "medvl.inference.ood",

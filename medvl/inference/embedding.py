@@ -54,6 +54,29 @@ def embed_images(model: Any, image: Any) -> np.ndarray:
     return unit_rows(out.embeds)
 
 
+def embed_images_and_features(model: Any, image: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    """Unit-norm global embeddings ``(B, D)`` and unit-norm image features ``(B, F)``, one forward pass.
+
+    The features are what the model's global image head receives (the backbone's pooled
+    output, before the projection into the shared space): the out-of-distribution guard
+    measures distances there, where a contrastive projection has not yet collapsed the
+    directions training did not need. ``None`` for a model without an ``image_head``.
+    """
+    import torch
+
+    head = getattr(model, "image_head", None)
+    seen: list[Any] = []
+    hook = head.register_forward_hook(lambda _m, inp, _out: seen.append(inp[0])) \
+        if isinstance(head, torch.nn.Module) else None
+    try:
+        embeds = embed_images(model, image)
+    finally:
+        if hook is not None:
+            hook.remove()
+    feats = unit_rows(seen[-1].reshape(len(embeds), -1)) if seen else None
+    return embeds, feats
+
+
 def embed_texts(model: Any, texts: list[str], batch_size: int = 64) -> np.ndarray:
     """Unit-norm global embeddings ``(N, D)`` of texts (as given: no preparation), in batches."""
     import torch
@@ -79,6 +102,8 @@ class Embeddings:
         labels: ``(N, K)`` float32 over ``finding_names()`` order (1, 0, -1, NaN).
         study_ids: study id per row.
         skipped: studies the dataset could not read (``{"study_id", "path", "error"}``).
+        features: ``(N, F)`` unit-norm image features (:func:`embed_images_and_features`)
+            when asked for and the model has them, else None.
     """
 
     image: np.ndarray
@@ -87,6 +112,7 @@ class Embeddings:
     labels: np.ndarray
     study_ids: list[str]
     skipped: list[dict[str, Any]] = field(default_factory=list)
+    features: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.study_ids)
@@ -133,12 +159,15 @@ def embed_batches(
     desc: str = "embedding",
     total: int | None = None,
     max_studies: int | None = None,
+    with_features: bool = False,
 ) -> Embeddings:
     """Run the model over batches (``image``, ``text``, ``labels``, ``study_id``) and gather.
 
     Empty batches (every study unreadable) are skipped, as the contract allows.
+    ``with_features`` also gathers the image features (:func:`embed_images_and_features`).
     """
     images, texts_emb, texts, labels, ids = [], [], [], [], []
+    feats: list[np.ndarray] = []
     bar = None
     if progress:
         from medvl.progress import progress as make_bar
@@ -148,7 +177,13 @@ def embed_batches(
         sid = list(batch.get("study_id") or [])
         if not sid:
             continue
-        images.append(embed_images(model, batch["image"]))
+        if with_features:
+            emb, f = embed_images_and_features(model, batch["image"])
+            images.append(emb)
+            if f is not None:
+                feats.append(f)
+        else:
+            images.append(embed_images(model, batch["image"]))
         if with_text:
             texts_emb.append(embed_texts(model, list(batch["text"])))
         texts.extend(batch["text"])
@@ -165,7 +200,8 @@ def embed_batches(
         return Embeddings(np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32), [], np.zeros((0, 0), np.float32), [])
     image = np.concatenate(images)
     text = np.concatenate(texts_emb) if with_text else np.zeros((len(ids), 0), np.float32)
-    return Embeddings(image, text, texts, np.concatenate(labels), ids)
+    features = np.concatenate(feats) if with_features and len(feats) == len(images) else None
+    return Embeddings(image, text, texts, np.concatenate(labels), ids, features=features)
 
 
 def embed_split(
@@ -177,10 +213,12 @@ def embed_split(
     with_text: bool = True,
     progress: bool = False,
     max_studies: int | None = None,
+    with_features: bool = False,
 ) -> Embeddings:
     """Embeddings of one split of a manifest through the data room's loader.
 
-    ``max_studies`` stops after the first that many studies (in manifest order).
+    ``max_studies`` stops after the first that many studies (in manifest order);
+    ``with_features`` also gathers the image features (:func:`embed_images_and_features`).
     """
     batches, datasets = split_batches(data_cfg, manifest_path, split)
     sizes = [len(ds) for ds in datasets if hasattr(ds, "__len__")]
@@ -188,7 +226,8 @@ def embed_split(
     if total is not None and max_studies is not None:
         total = min(total, max_studies)
     emb = embed_batches(model, batches, with_text=with_text, progress=progress,
-                        desc=f"embedding {split or 'all splits'}", total=total, max_studies=max_studies)
+                        desc=f"embedding {split or 'all splits'}", total=total, max_studies=max_studies,
+                        with_features=with_features)
     for ds in datasets:
         emb.skipped.extend(list(getattr(ds, "skipped", []) or []))
     return emb

@@ -5,7 +5,8 @@
 * ``calibration.json``: Platt scaling per finding of the directory's zero-shot rule,
   fitted on the validation split (``medvl.inference.calibration``);
 * ``training_profile.json`` + ``ood_reference.safetensors``: what the model was trained
-  on and the embedding reference with its threshold (``medvl.inference.ood``).
+  on, the embedding reference and the image-feature reference with their thresholds
+  (``medvl.inference.ood``).
 
 Everything goes through :func:`medvl.load` on the directory just written, so the
 calibration and the reference are computed with exactly the preprocessing and scoring
@@ -71,12 +72,14 @@ def fit_model_dir(
     pipe.profile = profile  # the prompt set follows the trained modalities
 
     cfg = pipe.data_config
-    val = embed_split(pipe.model, manifest, "val", cfg, with_text=False, progress=progress)
+    val = embed_split(pipe.model, manifest, "val", cfg, with_text=False, progress=progress, with_features=True)
     train = embed_split(pipe.model, manifest, "train", cfg, with_text=False, progress=progress,
-                        max_studies=max_reference)
+                        max_studies=max_reference, with_features=True)
     summary: dict[str, Any] = {"n_validation": len(val), "n_reference": len(train)}
     _embedding_reference(profile, train.image, val.image, summary)
-    profile.save(model_dir, reference=train.image if len(train) else None)
+    _feature_reference(profile, train.features, val.features, summary)
+    profile.save(model_dir, reference=train.image if len(train) else None,
+                 features=train.features if profile.features else None)
 
     if len(val):
         cal = _calibration(pipe, val)
@@ -163,6 +166,26 @@ def _embedding_reference(profile: Any, reference: np.ndarray, val: np.ndarray, s
                          "validation_flag_rate": float(np.mean(sims < threshold))}
     summary["ood_threshold"] = threshold
     summary["validation_flag_rate"] = profile.embedding["validation_flag_rate"]
+
+
+def _feature_reference(profile: Any, reference: np.ndarray | None, val: np.ndarray | None,
+                       summary: dict[str, Any]) -> None:
+    """The image-feature check's threshold: the distance 99 % of validation images stay under."""
+    from medvl.inference.ood import VAL_QUANTILE, FeatureModel
+
+    profile.features = None
+    if reference is None or len(reference) < 2:
+        return
+    fm = FeatureModel(reference)
+    if val is not None and len(val):
+        dist, source = fm.distance(val), "validation"
+    else:  # no held-out split: the reference itself (optimistic; recorded as such)
+        dist, source = fm.distance(reference), "training"
+    threshold = float(np.quantile(dist, 1 - VAL_QUANTILE))
+    profile.features = {"threshold": threshold, "quantile": VAL_QUANTILE, "shrinkage": fm.shrinkage,
+                        "dim": int(reference.shape[1]), "n_reference": len(reference), "n_validation": len(dist),
+                        "threshold_from": source, "validation_flag_rate": float(np.mean(dist > threshold))}
+    summary["feature_threshold"] = threshold
 
 
 def _calibration(pipe: Any, val: Any) -> Any:

@@ -4,7 +4,8 @@ The model directory records what the model saw (``training_profile.json``: modal
 body parts, 2D/3D, photometric kinds, pixel-spacing range, physical size range, study
 count, the training reports' vocabulary) and a reference distribution in embedding space
 (``ood_reference.safetensors``: image embeddings of training studies, and a threshold on
-the mean cosine similarity to the ``k`` nearest of them, set on the validation split).
+the mean cosine similarity to the ``k`` nearest of them, set on the validation split; and
+the same studies' image features, with a threshold on the Mahalanobis distance to them).
 
 :func:`check_image` flags an input outside it, with the first reason that applies, in
 the order the checks are listed below; ``details`` carries every check's outcome:
@@ -19,7 +20,13 @@ the order the checks are listed below; ``details`` carries every check's outcome
    half to twice the training range: a 2 cm MR patch or a 2 m whole-body scan given to a
    chest model. Sizes in pixels are not compared: the model resamples every image to its
    own grid, so a 3,000-pixel film and a 512-pixel one of the same chest are alike to it;
-7. ``embedding``: far from every training image (below the validation threshold).
+7. ``embedding``: far from every training image (below the validation threshold);
+8. ``features``: unlike the training images in the model's image features (the input of
+   its global image head, before the projection): Mahalanobis distance to their mean,
+   with a Ledoit-Wolf shrunk covariance, above what 99 % of validation images stay under.
+   The projection of a contrastive model trained on a narrow corpus keeps few directions
+   (the demo model's: an effective rank of about 3), so unlike images can land near
+   training ones in the shared space (check 7) while their features still tell them apart.
 
 The header checks (5, 6) judge only files whose header gives a spacing (DICOM pixel
 spacing, NIfTI affine); PNG/JPEG and DICOM files without one are left to the others.
@@ -48,8 +55,9 @@ from medvl.errors import CheckpointError
 PROFILE_NAME = "training_profile.json"
 REFERENCE_NAME = "ood_reference.safetensors"
 FORMAT = "medvl-training-profile"
-#: 2: ``extent_mm`` (physical size range); version 1 files load with it unset
-FORMAT_VERSION = 2
+#: 2: ``extent_mm`` (physical size range); 3: ``features`` (the image-feature check). Older files load
+#: with those unset
+FORMAT_VERSION = 3
 #: the embedding check compares an image with the mean similarity to this many nearest training images
 K_NEIGHBOURS = 5
 #: the share of validation images the embedding threshold may flag
@@ -96,6 +104,8 @@ class TrainingProfile:
         n_sampled: images read for the header facts.
         vocabulary: words occurring in at least :data:`MIN_REPORTS_PER_WORD` training reports.
         embedding: ``{"k", "threshold", "quantile", "n_reference", "n_validation", "validation_flag_rate"}``.
+        features: ``{"threshold", "quantile", "shrinkage", "dim", "n_reference", "n_validation",
+            "validation_flag_rate"}`` of the image-feature check, or None.
     """
 
     n_studies: int
@@ -108,6 +118,7 @@ class TrainingProfile:
     n_sampled: int = 0
     vocabulary: list[str] = field(default_factory=list)
     embedding: dict[str, Any] | None = None
+    features: dict[str, Any] | None = None
 
     def describe(self) -> str:
         """E.g. ``"CR/DX chest radiographs (1,200 studies)"``."""
@@ -117,16 +128,20 @@ class TrainingProfile:
         return f"{mods} {parts + ' ' if parts else ''}{kind} ({self.n_studies:,} studies)"
 
     # -- files ---------------------------------------------------------------------
-    def save(self, directory: str | PathLike[str], reference: np.ndarray | None = None) -> Path:
-        """Write ``training_profile.json`` (and ``ood_reference.safetensors`` when given)."""
+    def save(self, directory: str | PathLike[str], reference: np.ndarray | None = None,
+             features: np.ndarray | None = None) -> Path:
+        """Write ``training_profile.json`` (and ``ood_reference.safetensors`` when given: the
+        reference embeddings under ``image``, their image features under ``features``)."""
         out = Path(directory)
         if reference is not None:
             import torch
             from safetensors.torch import save_file
 
+            tensors = {"image": torch.from_numpy(np.ascontiguousarray(reference, np.float32))}
+            if features is not None:
+                tensors["features"] = torch.from_numpy(np.ascontiguousarray(features, np.float32))
             with atomic_path(out / REFERENCE_NAME) as tmp:
-                save_file({"image": torch.from_numpy(np.ascontiguousarray(reference, np.float32))}, str(tmp),
-                          metadata={"format": FORMAT})
+                save_file(tensors, str(tmp), metadata={"format": FORMAT})
         doc = {"format": FORMAT, "format_version": FORMAT_VERSION, **asdict(self)}
         write_text_atomic(out / PROFILE_NAME, json.dumps(doc, indent=2, sort_keys=True) + "\n")
         return out / PROFILE_NAME
@@ -162,6 +177,43 @@ class TrainingProfile:
 
             reference = np.asarray(load_file(str(ref_path))["image"], dtype=np.float32)
         return profile, reference
+
+
+    @staticmethod
+    def load_features(directory: str | PathLike[str]) -> np.ndarray | None:
+        """The reference studies' image features (``None`` when the directory has none)."""
+        ref_path = Path(directory) / REFERENCE_NAME
+        if not ref_path.is_file():
+            return None
+        from safetensors.numpy import load_file
+
+        tensors = load_file(str(ref_path))
+        return np.asarray(tensors["features"], dtype=np.float32) if "features" in tensors else None
+
+
+class FeatureModel:
+    """Mean and shrunk precision of training image features; Mahalanobis distances to them.
+
+    The covariance is Ledoit-Wolf shrunk towards a scaled identity (its shrinkage chosen
+    from the data), so it stays invertible with fewer studies than feature dimensions.
+
+    Args:
+        features: ``(N, F)`` unit-norm features of the reference (training) studies.
+    """
+
+    def __init__(self, features: np.ndarray) -> None:
+        from sklearn.covariance import LedoitWolf
+
+        x = np.asarray(features, dtype=np.float64)
+        lw = LedoitWolf().fit(x)
+        self.mean = lw.location_
+        self.precision = lw.precision_
+        self.shrinkage = float(lw.shrinkage_)
+
+    def distance(self, features: np.ndarray) -> np.ndarray:
+        """Mahalanobis distance ``(N,)`` of unit-norm feature rows to the reference."""
+        d = np.asarray(features, dtype=np.float64) - self.mean
+        return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", d, self.precision, d), 0.0))
 
 
 # -- facts of one image ----------------------------------------------------------------
@@ -220,6 +272,7 @@ def check_image(
     model_dims: int,
     profile: TrainingProfile | None,
     similarity: float | None = None,
+    feature_distance: float | None = None,
 ) -> OODResult:
     """Run every check on a read image (see the module docstring for the order).
 
@@ -229,6 +282,8 @@ def check_image(
         profile: the training profile (None: only the ``dims`` check runs).
         similarity: mean cosine similarity of the image's embedding to its nearest
             training images (:func:`neighbour_similarity`); None skips that check.
+        feature_distance: Mahalanobis distance of the image's features to the training
+            images' (:class:`FeatureModel`); None skips that check.
     """
     details: dict[str, Any] = {}
     reasons: list[str] = []
@@ -284,6 +339,15 @@ def check_image(
             share = 100 * (1 - float(emb.get("quantile", VAL_QUANTILE)))
             reasons.append(f"far from every training image (similarity {similarity:.3f} to the nearest; "
                            f"{share:.0f}% of validation images are above {thr:.3f})")
+    feat = profile.features or {}
+    if feature_distance is not None and feat.get("threshold") is not None:
+        thr = float(feat["threshold"])
+        ok = feature_distance <= thr
+        details["features"] = {"value": round(float(feature_distance), 3), "ok": ok, "threshold": round(thr, 3)}
+        if not ok:
+            share = 100 * (1 - float(feat.get("quantile", VAL_QUANTILE)))
+            reasons.append(f"unlike the training images in the model's image features (distance "
+                           f"{feature_distance:.1f}; {share:.0f}% of validation images are within {thr:.1f})")
     return OODResult(bool(reasons), reasons[0] if reasons else "", details)
 
 

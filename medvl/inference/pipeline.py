@@ -14,7 +14,6 @@ import json
 import logging
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
@@ -27,6 +26,7 @@ from medvl.inference.heatmap import Heatmap
 from medvl.inference.ood import OODResult, TrainingProfile
 from medvl.inference.preprocessing import Preprocessing
 from medvl.inference.prompts import PromptSet
+from medvl.inference.result import ClassifyResult
 from medvl.inference.zeroshot import ZeroShotRule
 
 if TYPE_CHECKING:
@@ -40,50 +40,6 @@ log = logging.getLogger(__name__)
 
 #: what the pipeline accepts as an image: a path (DICOM file, series folder, NIfTI, PNG) or a read image
 ImageInput = Union[str, "PathLike[str]", "MedicalImage"]
-
-
-@dataclass
-class ClassifyResult:
-    """Zero-shot finding scores of one image.
-
-    Attributes:
-        scores: finding -> score, in the prompt set's order. Calibrated probabilities
-            where ``calibrated_findings`` says so; otherwise uncalibrated scores, which
-            are **not** probabilities.
-        calibrated: True only when every returned score is a calibrated probability.
-        ood: the image is outside what the model was trained on (``ood_reason`` says why).
-        ood_reason: a plain sentence, "" when in distribution.
-        calibrated_findings: the findings whose score is a calibrated probability.
-        raw_scores: the rule's uncalibrated scores (equal to ``scores`` when uncalibrated).
-        scoring, ensemble, prompt_set: how the scores were made.
-        ood_details: every OOD check's outcome.
-    """
-
-    scores: dict[str, float]
-    calibrated: bool
-    ood: bool
-    ood_reason: str
-    calibrated_findings: list[str] = field(default_factory=list)
-    raw_scores: dict[str, float] = field(default_factory=dict)
-    scoring: str = "softmax"
-    ensemble: str = "mean"
-    prompt_set: str = ""
-    ood_details: dict[str, Any] = field(default_factory=dict)
-
-    def __str__(self) -> str:
-        mixed = bool(self.calibrated_findings) and not self.calibrated
-        if self.calibrated:
-            kind = "calibrated probabilities"
-        elif mixed:
-            kind = "calibrated probabilities, except those marked * (uncalibrated scores, not probabilities)"
-        else:
-            kind = "uncalibrated scores (not probabilities)"
-        lines = [f"zero-shot findings, {kind}; research use only, not a diagnosis:"]
-        width = max((len(k) for k in self.scores), default=0)
-        cal = set(self.calibrated_findings)
-        lines += [f"  {k:<{width}}  {v:.3f}" + ("*" if mixed and k not in cal else "") for k, v in self.scores.items()]
-        lines.append(f"out of distribution: {self.ood_reason}" if self.ood else "in distribution: no check failed")
-        return "\n".join(lines)
 
 
 class Pipeline:
@@ -117,6 +73,7 @@ class Pipeline:
         self._prompts: dict[tuple[str, str], tuple[list[str], list[np.ndarray], list[np.ndarray]]] = {}
         self._lock = threading.Lock()  # the viewer calls from several threads
         self._model_id: str | None = None
+        self._features: Any = None  # FeatureModel once fitted; False when the directory has none
         source = str(self.model_dir / "preprocessing.json") if self.model_dir else "preprocessing.json"
         self.data_config = preprocessing.apply_to(data, override=override_preprocessing, source=source)
         from medvl.data.transforms import ModelInputTransform
@@ -284,7 +241,7 @@ class Pipeline:
         """
         img = self.read(image)
         x = self.prepare(img)
-        emb = self._embed_prepared(x[None])
+        emb, feats = self._encode_prepared(x[None])
         ps = self.prompt_set(img, prompts)
         names, logits, scores = self.zeroshot(emb, ps, scoring=scoring, ensemble=ensemble)
         wanted = list(names) if findings is None else self._check_findings(findings, names)
@@ -302,7 +259,7 @@ class Pipeline:
                 calibrated.append(f)
             else:
                 out[f] = raw[f]
-        ood = self._check_read(img, emb[0])
+        ood = self._check_read(img, emb[0], None if feats is None else feats[0])
         return ClassifyResult(scores=out, calibrated=bool(out) and len(calibrated) == len(out), ood=ood.ood,
                               ood_reason=ood.reason, calibrated_findings=calibrated, raw_scores=raw,
                               scoring=used_scoring, ensemble=used_ensemble, prompt_set=ps.name,
@@ -390,16 +347,33 @@ class Pipeline:
         img = self.read(image)
         if spatial_dims(img) != self.dims:
             return self._check_read(img, None)
-        return self._check_read(img, self._embed_prepared(self.prepare(img)[None])[0])
+        emb, feats = self._encode_prepared(self.prepare(img)[None])
+        return self._check_read(img, emb[0], None if feats is None else feats[0])
 
-    def _check_read(self, img: Any, embedding: np.ndarray | None) -> OODResult:
+    def _check_read(self, img: Any, embedding: np.ndarray | None, features: np.ndarray | None = None) -> OODResult:
         from medvl.inference.ood import K_NEIGHBOURS, check_image, neighbour_similarity
 
         sim = None
         if embedding is not None and self.reference is not None and len(self.reference):
             k = int((self.profile.embedding or {}).get("k", K_NEIGHBOURS)) if self.profile else K_NEIGHBOURS
             sim = float(neighbour_similarity(embedding[None], self.reference, k)[0])
-        return check_image(img, model_dims=self.dims, profile=self.profile, similarity=sim)
+        dist = None
+        fm = self._feature_model()
+        if features is not None and fm is not None:
+            dist = float(fm.distance(features[None])[0])
+        return check_image(img, model_dims=self.dims, profile=self.profile, similarity=sim, feature_distance=dist)
+
+    def _feature_model(self) -> Any:
+        """The training images' feature distribution (fitted once, on first use), or None."""
+        from medvl.inference.ood import FeatureModel, TrainingProfile
+
+        if self._features is None and self.model_dir is not None and self.profile is not None \
+                and self.profile.features:
+            with self._lock:
+                if self._features is None:
+                    ref = TrainingProfile.load_features(self.model_dir)
+                    self._features = FeatureModel(ref) if ref is not None and len(ref) > 1 else False
+        return self._features or None
 
     def check_text(self, text: str) -> OODResult:
         """Whether a free-text query shares any content word with the training reports.
@@ -441,6 +415,12 @@ class Pipeline:
         from medvl.inference.embedding import embed_images
 
         return embed_images(self.model, batch)
+
+    def _encode_prepared(self, batch: Any) -> tuple[np.ndarray, np.ndarray | None]:
+        """Embeddings and image features of a prepared batch (one forward pass)."""
+        from medvl.inference.embedding import embed_images_and_features
+
+        return embed_images_and_features(self.model, batch)
 
     @property
     def embed_dim(self) -> int:

@@ -8,6 +8,7 @@ import pytest
 from medvl.errors import CheckpointError
 from medvl.inference.ood import (
     PROFILE_NAME,
+    FeatureModel,
     TrainingProfile,
     check_image,
     check_text,
@@ -20,7 +21,8 @@ PROFILE = TrainingProfile(n_studies=1200, dims=2, modalities={"CR": 700, "DX": 5
                           photometric={"greyscale": 128}, spacing_mm=[0.14, 0.2], extent_mm=[300.0, 430.0],
                           n_sampled=128,
                           vocabulary=["cardiomegaly", "effusion", "left", "pleural", "right"],
-                          embedding={"k": 5, "threshold": 0.8, "quantile": 0.01})
+                          embedding={"k": 5, "threshold": 0.8, "quantile": 0.01},
+                          features={"threshold": 12.0, "quantile": 0.01})
 
 
 def _img(modality="CR", *, part="CHEST", photometric="MONOCHROME1", spacing=0.16, dicom=True,
@@ -32,10 +34,10 @@ def _img(modality="CR", *, part="CHEST", photometric="MONOCHROME1", spacing=0.16
 
 
 def test_a_chest_radiograph_like_the_training_data_passes_every_check() -> None:
-    r = check_image(_img(), model_dims=2, profile=PROFILE, similarity=0.9)
+    r = check_image(_img(), model_dims=2, profile=PROFILE, similarity=0.9, feature_distance=8.0)
     assert not r.ood and r.reason == ""
     assert all(d["ok"] for d in r.details.values()) and set(r.details) == {
-        "dims", "modality", "body_part", "photometric", "spacing", "size", "embedding"}
+        "dims", "modality", "body_part", "photometric", "spacing", "size", "embedding", "features"}
     assert r.details["size"] == {"value": 352.0, "ok": True, "trained": [300.0, 430.0]}
     assert not check_image(_img(part="THORAX"), model_dims=2, profile=PROFILE).ood  # a synonym of CHEST
 
@@ -62,6 +64,29 @@ def test_files_without_headers_are_judged_by_embedding_not_by_modality() -> None
     assert not near.ood and not {"modality", "spacing", "size"} & set(near.details)
     far = check_image(png, model_dims=2, profile=PROFILE, similarity=0.42)
     assert far.ood and far.reason.startswith("far from every training image (similarity 0.420")
+
+
+def test_images_unlike_the_training_features_are_flagged_even_when_their_embedding_is_close() -> None:
+    png = _img(dicom=False, photometric="MONOCHROME2")
+    r = check_image(png, model_dims=2, profile=PROFILE, similarity=0.95, feature_distance=20.5)
+    assert r.ood and r.reason == ("unlike the training images in the model's image features (distance 20.5; "
+                                  "99% of validation images are within 12.0)")
+    assert r.details["embedding"]["ok"] and r.details["features"] == {"value": 20.5, "ok": False, "threshold": 12.0}
+    assert not check_image(png, model_dims=2, profile=PROFILE, similarity=0.95, feature_distance=12.0).ood
+
+
+def test_feature_distance_is_mahalanobis_to_the_training_features() -> None:
+    """Same Euclidean offset, very different distance: along a direction the training
+    features barely vary, an offset is far; the reference is numpy's own covariance."""
+    rng = np.random.default_rng(3)
+    ref = rng.normal(size=(20000, 3)) * np.array([1.0, 0.1, 0.5])
+    fm = FeatureModel(ref)
+    probes = np.array([[0.5, 0.0, 0.0], [0.0, 0.5, 0.0], [0.0, 0.0, 0.5]])
+    inv = np.linalg.inv(np.cov(ref.T))
+    expected = [np.sqrt((p - ref.mean(0)) @ inv @ (p - ref.mean(0))) for p in probes]
+    np.testing.assert_allclose(fm.distance(probes), expected, rtol=0.02)
+    assert fm.distance(probes)[1] > 4.5 and fm.distance(probes)[0] < 0.6
+    assert 0.0 <= fm.shrinkage < 0.01  # plenty of samples: little shrinkage
 
 
 def test_dims_check_needs_no_profile() -> None:
@@ -131,20 +156,24 @@ def test_vocabulary_keeps_words_of_at_least_two_reports() -> None:
 
 def test_profile_round_trip_with_reference(tmp_path) -> None:
     ref = np.eye(3, dtype=np.float32)
-    PROFILE.save(tmp_path, reference=ref)
+    feats = np.arange(12, dtype=np.float32).reshape(3, 4)
+    PROFILE.save(tmp_path, reference=ref, features=feats)
     back, back_ref = TrainingProfile.load(tmp_path)
     assert back == PROFILE and np.array_equal(back_ref, ref)
+    assert np.array_equal(TrainingProfile.load_features(tmp_path), feats)
+    assert TrainingProfile.load_features(tmp_path / "none") is None
     assert TrainingProfile.load(tmp_path / "none") == (None, None)
     # a version-1 profile (before the size range) still loads, with no size check
     import json
 
     doc = json.loads((tmp_path / PROFILE_NAME).read_text())
     doc.pop("extent_mm")
+    doc.pop("features")
     (tmp_path / PROFILE_NAME).write_text(json.dumps({**doc, "format_version": 1}))
     v1, _ = TrainingProfile.load(tmp_path)
     assert v1.extent_mm is None and v1.spacing_mm == PROFILE.spacing_mm
     assert "size" not in check_image(_img(shape=(10, 10)), model_dims=2, profile=v1).details
-    (tmp_path / PROFILE_NAME).write_text(json.dumps({**doc, "format_version": 3}))
+    (tmp_path / PROFILE_NAME).write_text(json.dumps({**doc, "format_version": 4}))
     with pytest.raises(CheckpointError, match="format_version"):
         TrainingProfile.load(tmp_path)
     (tmp_path / PROFILE_NAME).write_text('{"format": "something else"}')

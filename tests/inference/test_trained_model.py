@@ -34,6 +34,11 @@ def test_training_wrote_every_inference_file(trained: Path) -> None:
     profile = json.loads((model_dir / "training_profile.json").read_text())
     assert set(profile["modalities"]) <= {"CR", "DX"} and profile["body_parts"] == {"CHEST": profile["n_sampled"]}
     assert profile["dims"] == 2 and profile["n_studies"] > 50 and profile["embedding"]["threshold"] > 0
+    assert profile["features"]["threshold"] > 0 and profile["features"]["n_reference"] == profile["n_studies"]
+    from safetensors.numpy import load_file
+
+    ref = load_file(str(model_dir / "ood_reference.safetensors"))
+    assert ref["features"].shape == (profile["n_studies"], profile["features"]["dim"])
     cal = json.loads((model_dir / "calibration.json").read_text())
     assert cal["method"] == "platt" and cal["fitted_on"]["split"] == "val"
     assert set(cal["findings"]) | set(cal["uncalibrated"]) == set(medvl.load(model_dir).prompt_set().findings)
@@ -60,7 +65,8 @@ def test_the_readme_example_runs_on_a_real_chest_radiograph(trained: Path) -> No
     assert details["modality"] == {"value": "CR", "ok": True}
     assert details["body_part"] == {"value": "CHEST", "ok": True}
     assert details["dims"]["ok"] and details["photometric"]["ok"]
-    assert not result.ood or result.ood_reason.startswith("far from every training image")
+    assert not result.ood or result.ood_reason.startswith(("far from every training image",
+                                                           "unlike the training images in the model's image features"))
 
 
 def test_calibrated_findings_are_the_ones_the_directory_calibrated(model: medvl.Pipeline) -> None:
@@ -135,6 +141,24 @@ def test_heatmap_of_an_instance_only_model_is_the_cam_map(model: medvl.Pipeline)
     h = model.heatmap(_file("RG1_UNCR.dcm"), "right pleural effusion")
     assert h.method == "cam" and "never trained" in h.reason
     assert h.array is not None and h.array.shape[0] == 64 and 0 < h.array.shape[1] <= 64
+
+
+def test_image_features_are_what_the_global_image_head_receives(model: medvl.Pipeline) -> None:
+    import numpy as np
+    import torch
+
+    from medvl.inference.embedding import embed_images_and_features
+
+    x = model.prepare(_file("RG1_UNCR.dcm"))[None]
+    emb, feats = embed_images_and_features(model.model, x)
+    with torch.no_grad():
+        pooled = model.model.image_encoder(x).pooled
+        projected = model.model.image_head(pooled)
+    np.testing.assert_allclose(feats, torch.nn.functional.normalize(pooled, dim=-1).numpy(), atol=1e-5)
+    np.testing.assert_allclose(emb, torch.nn.functional.normalize(projected, dim=-1).numpy(), atol=1e-5)
+    r = model.check_image(_file("RG1_UNCR.dcm"))
+    assert r.details["features"]["value"] == pytest.approx(
+        float(model._feature_model().distance(feats)[0]), abs=1e-3)
 
 
 def test_embeddings_are_unit_norm_and_match_between_paths(model: medvl.Pipeline, trained: Path) -> None:
