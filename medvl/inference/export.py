@@ -4,7 +4,7 @@ The output is a folder of Parquet shards (``part-00000.parquet``...), one row pe
 
 | column | what |
 |---|---|
-| ``item_id`` | the row's key: the manifest study id, or the DICOM SOP / Series Instance UID, or a hash of the file's relative path |
+| ``item_id`` | the row's key: the manifest study id, or the DICOM SOP / Series Instance UID (plus ``~`` and a hash of the relative path for a later file with the same UID), or a hash of the file's relative path |
 | ``study_id`` | manifest study id, DICOM Study Instance UID, or the item id |
 | ``series_uid``, ``instance_uid`` | DICOM Series / SOP Instance UID where known, else null |
 | ``split`` | the manifest split (null for folders) |
@@ -119,7 +119,21 @@ def folder_items(folder: str | PathLike[str], dims: int) -> list[Item]:
                             series_uid=series, instance_uid=instance))
     for d in series_dirs:
         out += series_items(d, dims)
-    return out
+    return _unique_ids(out, root)
+
+
+def _unique_ids(items: list[Item], root: Path) -> list[Item]:
+    """Make ``item_id`` a key: a second file (or series folder) with the same UID as an
+    earlier one (a copy, a transcoded version: pydicom's RG1_* share their SOP Instance
+    UIDs) gets the UID plus a hash of its relative path. Items are in sorted path order,
+    so a rerun (``--resume``) gives every file the same id again."""
+    seen: set[str] = set()
+    for item in items:
+        if item.item_id in seen and item.path is not None:
+            rel = str(item.path.relative_to(root)) if item.path.is_relative_to(root) else item.path.name
+            item.item_id = f"{item.item_id}~{_hashed(rel)[5:]}"
+        seen.add(item.item_id)
+    return items
 
 
 def series_items(series: str | PathLike[str], dims: int) -> list[Item]:

@@ -128,3 +128,32 @@ def test_a_folder_of_dicoms_is_keyed_by_instance_uid(pipe, tmp_path):
     assert table.num_rows == 2 and table.column("split").to_pylist() == [None, None]
     assert main(["embed", "--model", str(pipe.model_dir), "--folder", str(folder), "--out", str(out),
                  "--what", "report"]) == 2  # reports need a manifest
+
+
+def test_files_sharing_a_sop_instance_uid_are_separate_rows_and_resume_keeps_both(pipe, tmp_path):
+    """pydicom's RG1_J2KI and RG1_UNCI are one instance stored twice (same SOP Instance UID):
+    each file is a row with its own key, and a resume does not take the second for done."""
+    import pydicom
+
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    names = ("RG1_J2KI.dcm", "RG1_UNCI.dcm")
+    uids = set()
+    for name in names:
+        src = get_testdata_file(name, download=False)
+        uids.add(pydicom.dcmread(src, stop_before_pixels=True).SOPInstanceUID)
+        shutil.copy(src, folder / name)
+    assert len(uids) == 1
+    uid = uids.pop()
+    items = folder_items(folder, 2)
+    assert [i.path.name for i in items] == list(names)
+    assert items[0].item_id == uid and items[1].item_id.startswith(uid + "~") and len({i.item_id for i in items}) == 2
+    assert [i.instance_uid for i in items] == [uid, uid]
+    assert [i.item_id for i in folder_items(folder, 2)] == [i.item_id for i in items]  # stable across runs
+    out = tmp_path / "emb"
+    embed_items(pipe, items[:1], out, progress=False)  # an interrupted run that finished the first file
+    meta = embed_items(pipe, folder_items(folder, 2), out, progress=False, resume=True)
+    table = pq.read_table(out)
+    assert meta["n_written"] == 2 and sorted(table.column("item_id").to_pylist()) == sorted(i.item_id for i in items)
+    assert table.column("instance_uid").to_pylist() == [uid, uid]
+    assert "incoming" not in json.dumps(table.to_pydict(), default=str)  # the path hash, not the path
