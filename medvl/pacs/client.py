@@ -14,7 +14,7 @@ from ``repr`` and never written anywhere.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, TypeVar
@@ -192,7 +192,8 @@ class DicomWebSource:
         """The keyed short reference of a study."""
         return study_ref(self.secret, study_uid)
 
-    def call(self, what: str, fn: Callable[[], T], *, ref: str | None = None, missing_ok: bool = False) -> T:
+    def call(self, what: str, fn: Callable[[], T], *, ref: str | None = None, missing_ok: bool = False,
+             count: bool = True) -> T:
         """Run one request, turning every failure into a one-line :class:`PacsError`.
 
         Args:
@@ -200,11 +201,13 @@ class DicomWebSource:
             fn: the request.
             ref: the study reference to name in the message.
             missing_ok: a 404 returns ``[]`` instead of raising.
+            count: count it in :attr:`requests` (False for reading more of an answer).
         """
         import requests
 
-        with self._count_lock:
-            self.requests += 1
+        if count:
+            with self._count_lock:
+                self.requests += 1
         who = f"study {ref}: " if ref else ""
         server = self.config.display_url
         try:
@@ -347,6 +350,28 @@ class DicomWebSource:
         """A whole series in one multipart answer (small series such as a text SR)."""
         return self.call("fetch series", lambda: self.client.retrieve_series(
             study.uid, series.uid, media_types=ORIGINAL_SYNTAX), ref=study.ref)
+
+    def iter_series(self, study: StudyInfo, series: SeriesInfo) -> Generator[Any, None, None]:
+        """A whole series in one multipart WADO-RS answer, each instance (a pydicom
+        dataset, stored transfer syntax) yielded as it arrives.
+
+        Raises:
+            PacsError: the request failed (while iterating too).
+            Exception: whatever pydicom raises on a part it cannot parse.
+        """
+        parts = self.call("fetch series", lambda: self.client.iter_series(
+            study.uid, series.uid, media_types=ORIGINAL_SYNTAX), ref=study.ref)
+        sentinel = object()
+        try:
+            while True:
+                ds = self.call("fetch series", lambda: next(parts, sentinel), ref=study.ref, count=False)
+                if ds is sentinel:
+                    return
+                yield ds
+        finally:
+            close = getattr(parts, "close", None)
+            if close is not None:
+                close()
 
     def series_headers(self, study: StudyInfo, series: SeriesInfo) -> list[Any]:
         """The series' instance headers (WADO-RS metadata) as pixel-free pydicom datasets."""

@@ -60,6 +60,9 @@ class IngestOptions:
         allow_burned_in: accept instances flagged BurnedInAnnotation YES.
         require_report: skip studies without a report (needed for training manifests).
         views: radiograph views preferred when a series holds several images.
+        stream: fetch a series none of whose instances is cached in one WADO-RS request
+            (a multipart answer read as it arrives); a series partly cached (a resumed
+            ingest) is fetched instance by instance, as is what a stream leaves out.
     """
 
     modalities: tuple[str, ...] = ()
@@ -67,6 +70,7 @@ class IngestOptions:
     allow_burned_in: bool = False
     require_report: bool = True
     views: tuple[str, ...] = ("PA", "AP")
+    stream: bool = True
 
 
 @dataclass
@@ -183,8 +187,6 @@ class Ingester:
 
     def _fetch_instance(self, study: StudyInfo, series: SeriesInfo, sop_uid: str, position: str) -> tuple[Path, int]:
         """Fetch, check, de-identify and write one instance; ``(path, bytes fetched)``."""
-        from medvl.atomic import atomic_path
-
         key = keyed(self.source.secret, "sop:" + sop_uid)
         hit = self.cache.instance(key)
         if hit is not None:
@@ -198,6 +200,10 @@ class Ingester:
         except Exception as exc:  # noqa: BLE001 - a payload pydicom cannot parse is a corrupt instance
             raise StudyRefused(f"instance {position} cannot be parsed ({type(exc).__name__}); "
                                "the server holds a corrupt file") from None
+        return self._store(study, ds, sop_uid, key, position)
+
+    def _store(self, study: StudyInfo, ds: Any, sop_uid: str, key: str, position: str) -> tuple[Path, int]:
+        """Check, de-identify, write and record one fetched instance; ``(path, pixel bytes)``."""
         if str(ds.get("SOPInstanceUID", "")) != sop_uid or str(ds.get("StudyInstanceUID", "")) != study.uid:
             raise StudyRefused(f"instance {position}: the server sent another object than the one asked for")
         problem = check_pixels(ds)
@@ -207,10 +213,52 @@ class Ingester:
         self.deidentify(ds, study.patient_needles)
         rel = Path("images") / str(ds.StudyInstanceUID) / str(ds.SeriesInstanceUID) / f"{ds.SOPInstanceUID}.dcm"
         path = self.out_dir / rel
-        with atomic_path(path) as tmp:
-            ds.save_as(tmp, enforce_file_format=True)
+        write_instance(ds, path)
         self.cache.add_instance(key, path)
         return path, size
+
+    def _stream(self, study: StudyInfo, series: SeriesInfo, uids: list[str], position: dict[str, str],
+                pool: ThreadPoolExecutor, pending: dict[str, Future[tuple[Path, int]]]) -> None:
+        """Fetch the series in one WADO-RS request; each instance goes to ``pool`` as it arrives.
+
+        Stops quietly at a part pydicom cannot parse: the instances still missing are then
+        fetched one by one, which names the bad one. At most ``2 x workers`` instances wait
+        in memory for de-identification.
+
+        Raises:
+            StudyRefused: an object not in the series listing, the size limit, a stop.
+            PacsError: the server failed (timeout, connection, HTTP error).
+        """
+        wanted = set(uids)
+        limit = self.source.config.max_study_mb * MIB
+        received = 0
+        stream = self.source.iter_series(study, series)
+        try:
+            while True:
+                try:
+                    ds = next(stream)
+                except StopIteration:
+                    return
+                except PacsError:
+                    raise
+                except Exception:  # noqa: BLE001 - an unparsable part: the rest one by one
+                    return
+                uid = str(ds.get("SOPInstanceUID", ""))
+                if uid not in wanted or uid in pending:
+                    raise StudyRefused("the server sent an object that is not in the series it listed")
+                received += len(ds.get("PixelData", b"") or b"")
+                if received > limit:
+                    raise StudyRefused(f"its data passed the limit of {self.source.config.max_study_mb:g} MB "
+                                       "(max_study_mb); fetching stopped")
+                key = keyed(self.source.secret, "sop:" + uid)
+                pending[uid] = pool.submit(self._store, study, ds, uid, key, position[uid])
+                waiting = [f for f in pending.values() if not f.done()]
+                if len(waiting) > 2 * self.source.config.workers:
+                    waiting[0].result()
+                if self._stop.is_set():
+                    raise StudyRefused("stopped")
+        finally:
+            stream.close()
 
     # -- one study ------------------------------------------------------------------
 
@@ -281,14 +329,19 @@ class Ingester:
             if len(uids) > limit:
                 raise StudyRefused(f"its {chosen.modality} series has {len(uids)} instances, more than "
                                    f"the limit of {limit} (max_instances); nothing fetched")
-            futures: list[Future[tuple[Path, int]]] = [
-                pool.submit(self._fetch_instance, study, chosen, uid, f"{i + 1} of {len(uids)}")
-                for i, uid in enumerate(uids)]
+            position = {uid: f"{i + 1} of {len(uids)}" for i, uid in enumerate(uids)}
+            pending: dict[str, Future[tuple[Path, int]]] = {}
             paths: list[Path] = []
             max_bytes = self.source.config.max_study_mb * MIB
             try:
-                for fut in futures:
-                    path, size = fut.result()
+                if self.options.stream and len(uids) > 1 and not any(
+                        self.cache.instance(keyed(self.source.secret, "sop:" + u)) for u in uids):
+                    self._stream(study, chosen, uids, position, pool, pending)
+                for uid in uids:  # a resumed series, and what a stream left out
+                    if uid not in pending:
+                        pending[uid] = pool.submit(self._fetch_instance, study, chosen, uid, position[uid])
+                for uid in uids:
+                    path, size = pending[uid].result()
                     paths.append(path)
                     outcome.bytes += size
                     outcome.fetched += size > 0
@@ -297,8 +350,12 @@ class Ingester:
                         raise StudyRefused(f"its data passed the limit of {self.source.config.max_study_mb:g} MB "
                                            "(max_study_mb); fetching stopped")
             finally:
-                for fut in futures:
+                for fut in pending.values():
                     fut.cancel()
+            for folder in {p.parent for p in paths}:
+                for leftover in folder.glob(".*.part"):  # a write a kill interrupted in an earlier run
+                    leftover.unlink(missing_ok=True)
+                _fsync_dir(folder)  # the renames, durable before the study is recorded
             outcome.row = self._row(study, chosen, paths, report, labels)
             self.cache.add_study(key, study.ref, outcome.row)
             outcome.status = "done"
@@ -350,6 +407,46 @@ class Ingester:
                 pbar.close()
                 result.outcomes = [outcomes[i] for i in sorted(outcomes)]
         return result
+
+
+def write_instance(ds: Any, path: Path) -> None:
+    """Write ``ds`` at ``path`` atomically: a temporary sibling, fsynced, renamed over it.
+
+    Lighter than :func:`medvl.atomic.atomic_path` (no staging folder to create and remove,
+    no folder fsync per file: :meth:`Ingester.ingest` syncs each series folder once before
+    it records the study); a reader never sees a half-written instance either way. A kill
+    can leave a ``.*.part`` sibling; the study's completion removes it before the manifest
+    can name the folder.
+    """
+    import os
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            ds.save_as(f, enforce_file_format=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _fsync_dir(folder: Path) -> None:
+    import os
+
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def choose_series(series: Sequence[SeriesInfo], modalities: Sequence[str] = ()) -> SeriesInfo:

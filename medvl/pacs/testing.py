@@ -448,6 +448,13 @@ def instance_fetches(paths: list[str]) -> list[str]:
             and p.split("?")[0].count("/") >= 7 and "/dicom-web/studies/" in p]
 
 
+def series_fetches(paths: list[str]) -> list[str]:
+    """The WADO-RS whole-series paths (``.../studies/S/series/E``) among a proxy's recorded paths."""
+    import re
+
+    return [p.split("?")[0] for p in paths if re.search(r"/dicom-web/studies/[^/]+/series/[^/?]+$", p.split("?")[0])]
+
+
 def env_without_pacs(env: dict[str, str] | None = None) -> dict[str, str]:
     """A copy of the environment without ``MEDVL_PACS_*`` (tests set their own)."""
     return {k: v for k, v in (env or os.environ).items() if not k.startswith("MEDVL_PACS_")}

@@ -23,6 +23,7 @@ from medvl.pacs.testing import (
     free_port,
     instance_fetches,
     load_synthetic,
+    series_fetches,
 )
 
 pytestmark = needs_orthanc
@@ -40,6 +41,22 @@ def fault_server(tmp_path_factory):
 def _refs(out: Path) -> dict[str, str]:
     report = json.loads((out / "ingest_report.json").read_text())
     return {s["ref"]: s["reason"] for s in report["skipped_studies"]}
+
+
+def _cached(out: Path, study) -> set[str]:
+    """Source SOP Instance UIDs of ``study`` whose de-identified file the cache records and holds."""
+    import pydicom
+
+    from medvl.pacs.cache import IngestCache
+    from medvl.pacs.identity import keyed, load_secret
+
+    secret = load_secret(out / ".medvl-pacs")
+    cache = IngestCache(out, out / ".medvl-pacs")
+    try:
+        uids = [str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in study.files]
+        return {u for u in uids if cache.instance(keyed(secret, "sop:" + u)) is not None}
+    finally:
+        cache.close()
 
 
 def _ref(out: Path, study_uid: str) -> str:
@@ -93,20 +110,26 @@ def test_corrupt_instance_skips_its_study_only(fault_server, tmp_path, capsys) -
     import pydicom
 
     server, studies = fault_server
+    bad = next(s for s in studies if s.modality == "CT")
+    victim = pydicom.dcmread(bad.files[5])  # the slice load_synthetic truncated
+    uids = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in bad.files}
     out = tmp_path / "o"
     with FaultProxy(server.base) as proxy:
         assert main(["prepare", "dicomweb", "--url", proxy.url + "/dicom-web", "--out", str(out)]) == 0
-        first = instance_fetches(proxy.paths)
-        proxy.paths.clear()
+        # a fresh series comes in one WADO-RS request
+        image_series = str(pydicom.dcmread(bad.files[0], stop_before_pixels=True).SeriesInstanceUID)
+        assert len([p for p in series_fetches(proxy.paths) if p.endswith(image_series)]) == 1
+        assert not [p for p in instance_fetches(proxy.paths) if bad.study_uid in p]
         printed = capsys.readouterr().out
-        # the good instances of the corrupt series stay cached: a rerun asks again only for
-        # the corrupt one and for those cancelled when it was found
+        kept = _cached(out, bad)
+        # the good instances read before the corrupt one stay cached (de-identified)
+        assert len(kept) >= 5 and str(victim.SOPInstanceUID) not in kept
+        proxy.paths.clear()
+        # a rerun asks, one by one, only for the corrupt one and those not stored when it was found
         assert main(["prepare", "dicomweb", "--url", proxy.url + "/dicom-web", "--out", str(out)]) == 0
         second = instance_fetches(proxy.paths)
-    bad = next(s for s in studies if s.modality == "CT")
-    victim = pydicom.dcmread(bad.files[5])  # the slice load_synthetic truncated
-    assert set(first) & set(second) == {p for p in second if p.endswith(str(victim.SOPInstanceUID))}
-    assert all(bad.study_uid in p for p in second)
+        assert not [p for p in series_fetches(proxy.paths) if p.endswith(image_series)]
+    assert sorted(p.rsplit("/", 1)[1] for p in second) == sorted(uids - kept)
     ref = _ref(out, bad.study_uid)
     line = next(ln for ln in printed.splitlines() if ref in ln)
     assert line == (f"study {ref}: instance {victim.InstanceNumber} of {bad.n_instances} is corrupt: pixel data "
@@ -172,32 +195,37 @@ def test_interrupted_ingest_resumes_and_manifest_never_holds_half_a_study(fault_
     good_ct = [s for s in studies if s.modality == "CT"][1]
     out = tmp_path / "o"
     with FaultProxy(server.base) as proxy:
-        from medvl.pacs.testing import Fault
-
-        proxy.faults.append(Fault(match="/instances/", delay_s=0.15))
         cmd = [sys.executable, "-m", "medvl.cli", "prepare", "dicomweb", "--url", proxy.url + "/dicom-web",
                "--out", str(out), "--workers", "1", "--modality", "CT"]
         env = dict(os.environ, OMP_NUM_THREADS="1")
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
-        while len(instance_fetches(proxy.paths)) < 6 and time.monotonic() < deadline:
-            time.sleep(0.05)
+
+        state = out / ".medvl-pacs"
+
+        def stored() -> int:  # instances of the good CT series the cache holds (never creates the state)
+            ready = (state / "secret").is_file() and (state / "state.sqlite").is_file()
+            return len(_cached(out, good_ct)) if ready else 0
+
+        while stored() < 3 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.005)
         proc.send_signal(signal.SIGKILL)  # the hardest stop: no cleanup at all
         proc.wait(timeout=10)
-        first = set(instance_fetches(proxy.paths))
-        assert 6 <= len(first) < 2 * good_ct.n_instances
-        # killed mid-study: no manifest row names a study whose files are not all there
+        kept = _cached(out, good_ct)
+        # killed mid-series (the good CT series streams in one answer; each instance is
+        # stored as it is read from it)
+        assert 3 <= len(kept) < good_ct.n_instances, len(kept)
+        # no manifest row names a study whose files are not all there
         if (out / "manifest.jsonl").exists():
             for r in read_manifest(out / "manifest.jsonl"):
                 p = resolve_path(out / "manifest.jsonl", r.image)
                 assert len(list(p.iterdir()) if p.is_dir() else [p]) == r.meta["instances"]
-        proxy.faults.clear()
         proxy.paths.clear()
         assert subprocess.run(cmd, env=env, capture_output=True, timeout=120, check=False).returncode == 0
-        second = instance_fetches(proxy.paths)
-    # at most the one instance in flight at the kill is fetched again
-    assert len(set(second) & first) <= 1
-    assert len(second) == len(set(second))
+        second = [p for p in instance_fetches(proxy.paths) if good_ct.study_uid in p]
+    # the rerun fetches, once each, only what the first run had not stored
+    assert len(second) == len(set(second)) == good_ct.n_instances - len(kept)
+    assert not {p.rsplit("/", 1)[1] for p in second} & kept
     rows = read_manifest(out / "manifest.jsonl")
     assert [r.meta["ref"] for r in rows] == [_ref(out, good_ct.study_uid)]
     assert len(list(resolve_path(out / "manifest.jsonl", rows[0].image).iterdir())) == good_ct.n_instances
@@ -233,3 +261,17 @@ def test_other_patient_ids_never_leak(tmp_path) -> None:
         assert "OtherPatientIDs" not in ds and "OtherPatientIDsSequence" not in ds, f
         assert (0x0010, 0x1000) not in ds and (0x0010, 0x1002) not in ds
     assert main(["validate", str(out / "manifest.jsonl")]) == 0
+
+
+def test_study_over_the_size_limit_stops_and_is_skipped(fault_server, tmp_path) -> None:
+    """--max-study-mb: the CT series (16 slices of 2 KiB) passes 0.01 MB; the radiographs
+    (8 KiB) do not. The CT studies are skipped with one line, not all their slices stored."""
+    server, studies = fault_server
+    out = tmp_path / "o"
+    assert main(["prepare", "dicomweb", "--url", server.url, "--out", str(out), "--max-study-mb", "0.01"]) == 0
+    refs = _refs(out)
+    cts = [s for s in studies if s.modality == "CT"]
+    good = cts[1]  # the first CT has its corrupt slice
+    assert "its data passed the limit of 0.01 MB (max_study_mb); fetching stopped" in refs[_ref(out, good.study_uid)]
+    assert len(_cached(out, good)) < good.n_instances
+    assert len(read_manifest(out / "manifest.jsonl")) == 3
