@@ -107,3 +107,22 @@ def test_pacs_mode_bad_password_is_one_message_without_it(app_env, monkeypatch, 
     errors = [str(e.value) for e in at.error]
     assert len(errors) == 1 and "HTTP 401" in errors[0]
     assert "wrong-pw-123" not in _page_text(at)
+
+
+def test_pacs_mode_filters_by_description_never_by_name(app_env) -> None:
+    """(The date range goes to the server's search as since/until, tested with the source;
+    AppTest cannot set a date range widget that starts empty.)"""
+    from streamlit.testing.v1 import AppTest
+
+    _server, studies, _fake = app_env
+    at = AppTest.from_file(str(VIEWER), default_timeout=60)
+    at.run()
+    at.sidebar.radio(key="mode").set_value("PACS study").run()
+    at.sidebar.text_input(key="pacs_description").set_value("chest").run()
+    assert not at.exception, at.exception
+    assert len(at.dataframe[0].value) == len(studies)
+    # the description is matched after the study's own identifiers are scrubbed: a
+    # patient's name finds nothing, so the filter cannot be used to look a patient up
+    at.sidebar.text_input(key="pacs_description").set_value("DOE000").run()
+    assert not at.exception and not at.dataframe
+    assert any("No study on the server matches" in str(i.value) for i in at.info)
