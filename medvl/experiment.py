@@ -81,11 +81,14 @@ def check_top_level(config: Mapping[str, Any], *, source: str | None = None) -> 
                           expected="the top-level 'seed: N'")
 
 
-def check_overrides(overrides: Iterable[str]) -> None:
+def check_overrides(overrides: Iterable[str], *, raw_sections: Iterable[str] = ()) -> None:
     """Check the keys of command-line overrides (``train.epochs=3``) before they meet a config file.
 
     A misspelt section or key in an override is then reported as the override's, with a
     suggestion, rather than as the config file's (which does not hold it).
+
+    Sections named in ``raw_sections`` (kept as plain mappings, see :func:`parse_experiment`)
+    are not checked inside.
 
     Raises:
         ConfigError: an override that is not ``key=value``, an unknown top-level section,
@@ -102,7 +105,7 @@ def check_overrides(overrides: Iterable[str]) -> None:
         top, _, rest = key.partition(".")
         try:
             check_top_level({top: given.get(top)} if top in SECTIONS else {top: None})
-            if top in SECTIONS and rest:
+            if top in SECTIONS and rest and top not in set(raw_sections):
                 if top == "train" and rest.split(".")[0] == "seed":
                     check_top_level({"train": {"seed": 0}})
                 names = [f.name for f in dataclasses.fields(section_class(top)) if f.init]

@@ -28,9 +28,9 @@ def run(args: argparse.Namespace) -> int:
     from medvl.experiment import check_overrides, parse_experiment
     from medvl.train import engine, train
 
-    check_overrides(args.overrides)  # an override's own mistake is named as the override's
     # every section is validated here, so a misspelled one stops the run before any work
     parts = engine.default_components()
+    check_overrides(args.overrides, raw_sections=parts.raw_sections)  # named as the override's, not the file's
     exp = parse_experiment(load_config(args.config, list(args.overrides)), source=args.config,
                            raw_sections=parts.raw_sections)
     out = args.out or exp.output_dir or str(Path("runs") / Path(args.config).stem)
