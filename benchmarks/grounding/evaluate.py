@@ -25,6 +25,12 @@ side (left or right), three more figures say *what* the map follows:
   opposite side ("right pleural effusion" for a left effusion): a map that follows the
   image keeps the true side, a map that follows the words moves.
 
+*Image-specific pointing*: the same peak scored against the masks of the *other* test
+cases with the same phrase (``hit_other``; pooled as ``pointing_game_other``). A map that
+only knows where the phrase's finding usually sits (a prior, read from the words) hits
+other patients' masks as often as this patient's, so ``pointing_gain`` = pointing game -
+``pointing_game_other`` is ~0 for it; only information taken from *this* image raises it.
+
 References that need no model: chance (the mask's share of the image) and two *prior*
 maps built from the training split's masks: the mean mask of the finding (where it
 usually sits) and the mean mask of the finding on that side (what a model that reads
@@ -181,6 +187,23 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
+def other_mask_hits(peaks: list[np.ndarray], cases: list[Case]) -> list[float]:
+    """Per case: share of the other test cases with the same phrase whose mask holds this case's peak.
+
+    Args:
+        peaks: per case, the bool map of the heatmap's maximum pixels (the pointing-game peak).
+        cases: the cases, in the same order; "other" = same phrase, another image.
+
+    Returns:
+        One value per case (``nan`` when no other case has the phrase).
+    """
+    out = []
+    for i, c in enumerate(cases):
+        others = [j for j, o in enumerate(cases) if o.phrase == c.phrase and o.image_index != c.image_index]
+        out.append(float(np.mean([np.any(peaks[i] & cases[j].mask) for j in others])) if others else float("nan"))
+    return out
+
+
 def score_maps(model: Any, images: np.ndarray, cases: list[Case], methods: tuple[str, ...] = ("local", "cam"),
                other_phrase: dict[str, str] | None = None) -> dict[str, list[dict[str, Any]]]:
     """Per method, one record per case: hit, peak side, correlations, phrase variants.
@@ -199,10 +222,12 @@ def score_maps(model: Any, images: np.ndarray, cases: list[Case], methods: tuple
     out: dict[str, list[dict[str, Any]]] = {}
     for method in methods:
         recs = []
+        peaks = []
         for c in cases:
             tokens = enc[method][c.image_index]
             g = grid_map(tokens, q[c.phrase], method, enc["grid"])
             heat = upsample(g, c.mask.shape)
+            peaks.append(heat >= heat.max())
             rec: dict[str, Any] = {"finding": c.finding, "laterality": c.laterality,
                                    "hit": float(pointing_game(heat, c.mask))}
             if c.finding in other_phrase:
@@ -216,6 +241,8 @@ def score_maps(model: Any, images: np.ndarray, cases: list[Case], methods: tuple
                     rec[f"{name}_side_ok"] = float(_peak_side(h) == c.laterality)
                     rec[f"{name}_hit"] = float(pointing_game(h, c.mask))
             recs.append(rec)
+        for rec, h in zip(recs, other_mask_hits(peaks, cases), strict=True):
+            rec["hit_other"] = h
         out[method] = recs
     return out
 
@@ -225,12 +252,16 @@ def score_priors(cases: list[Case], priors: dict[str, np.ndarray]) -> dict[str, 
     from medvl.eval.grounding import pointing_game
 
     out: dict[str, list[dict[str, Any]]] = {"chance": [], "prior": [], "side_prior": []}
+    peaks: dict[str, list[np.ndarray]] = {"prior": [], "side_prior": []}
+    kept: dict[str, list[Case]] = {"prior": [], "side_prior": []}
     for c in cases:
         out["chance"].append({"finding": c.finding, "laterality": c.laterality, "hit": float(c.mask.mean())})
         for name, key in (("prior", c.finding), ("side_prior", f"{c.finding}/{c.laterality}")):
             heat = priors.get(key, priors.get(c.finding))
             if heat is None:
                 continue
+            peaks[name].append(heat >= heat.max())
+            kept[name].append(c)
             rec: dict[str, Any] = {"finding": c.finding, "laterality": c.laterality,
                                    "hit": float(pointing_game(heat, c.mask))}
             if c.laterality in SIDES:
@@ -238,6 +269,9 @@ def score_priors(cases: list[Case], priors: dict[str, np.ndarray]) -> dict[str, 
                 rec["corr_mask"] = _corr(heat, c.mask)
                 rec["corr_mirror"] = _corr(heat, c.mask[:, ::-1])
             out[name].append(rec)
+    for name, pk in peaks.items():
+        for rec, h in zip(out[name], other_mask_hits(pk, kept[name]), strict=True):
+            rec["hit_other"] = h
     return out
 
 
@@ -255,6 +289,13 @@ def summarize(records: list[dict[str, Any]], findings: tuple[str, ...] = LARGE) 
         "n": len(sel), "pointing_game": mean([r["hit"] for r in sel]),
         "pointing_game_macro": mean([v["pointing_game"] for v in per.values()]), "per_finding": per,
     }
+    if any("hit_other" in r for r in sel):
+        both = [r for r in sel if "hit_other" in r and not np.isnan(r["hit_other"])]
+        out["pointing_game_other"] = mean([r["hit_other"] for r in both])
+        out["pointing_gain"] = mean([r["hit"] - r["hit_other"] for r in both])
+        for f in findings:
+            fb = [r for r in both if r["finding"] == f]
+            per[f]["pointing_gain"] = mean([r["hit"] - r["hit_other"] for r in fb])
     if lat:
         out["lateral"] = {
             "n": len(lat), "side_accuracy": mean([r["side_ok"] for r in lat]),

@@ -14,6 +14,8 @@ FIGURES = [
     ("pointing (large, pooled)", ("large", "pointing_game")),
     ("pointing (large, macro)", ("large", "pointing_game_macro")),
     ("pointing (all findings)", ("all", "pointing_game")),
+    ("pointing on other patients' masks", ("large", "pointing_game_other")),
+    ("pointing gain (own - other)", ("large", "pointing_gain")),
     ("side accuracy", ("large", "lateral", "side_accuracy")),
     ("side acc., phrase without side", ("large", "lateral", "no_side_side_accuracy")),
     ("side acc., opposite side in phrase", ("large", "lateral", "opposite_side_accuracy")),
