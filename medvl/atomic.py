@@ -39,7 +39,7 @@ OLD_NAME = "old"
 STAGING_INFIX = ".staging-"
 
 
-def _fsync_path(path: Path) -> None:
+def fsync_path(path: Path) -> None:
     """fsync a file or a folder (folder entries, i.e. renames, need the folder synced)."""
     flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if path.is_dir() else 0)
     try:
@@ -57,8 +57,8 @@ def _fsync_path(path: Path) -> None:
 def _fsync_tree(root: Path) -> None:
     for dirpath, _dirs, files in os.walk(root):
         for name in files:
-            _fsync_path(Path(dirpath) / name)
-        _fsync_path(Path(dirpath))
+            fsync_path(Path(dirpath) / name)
+        fsync_path(Path(dirpath))
 
 
 def _is_legacy_staging(name: str, target: str) -> bool:
@@ -134,7 +134,7 @@ def recover_dir(target: str | os.PathLike[str]) -> Path | None:
                 park = Path(tempfile.mkdtemp(prefix=f".{target.name}{STAGING_INFIX}", dir=target.parent))
                 os.replace(target, park / OLD_NAME)
             os.replace(best, target)
-            _fsync_path(target.parent)
+            fsync_path(target.parent)
     for root in _staging_roots(target):
         shutil.rmtree(root, ignore_errors=True)
     return target if target.is_dir() else None
@@ -162,9 +162,9 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
             _commit_dir(target, tmp, root)
         else:
             if tmp.is_file():
-                _fsync_path(tmp)
+                fsync_path(tmp)
             os.replace(tmp, target)
-            _fsync_path(target.parent)
+            fsync_path(target.parent)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -174,13 +174,13 @@ def _commit_dir(target: Path, tmp: Path, root: Path) -> None:
     _fsync_tree(tmp)  # every file is on disk before the version is marked complete
     done = root / target.name
     os.replace(tmp, done)
-    _fsync_path(root)
+    fsync_path(root)
     if target.exists():
         if not target.is_dir():
             raise NotADirectoryError(f"{target} exists and is not a folder")
         os.replace(target, root / OLD_NAME)
     os.replace(done, target)
-    _fsync_path(target.parent)
+    fsync_path(target.parent)
 
 
 def check_output_folder(path: str | os.PathLike[str], *, field: str = "--out") -> Path:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from medvl.atomic import fsync_path
 from medvl.errors import PacsError
 from medvl.pacs.cache import IngestCache
 from medvl.pacs.client import DicomWebSource, SeriesInfo, StudyInfo
@@ -355,7 +356,7 @@ class Ingester:
             for folder in {p.parent for p in paths}:
                 for leftover in folder.glob(".*.part"):  # a write a kill interrupted in an earlier run
                     leftover.unlink(missing_ok=True)
-                _fsync_dir(folder)  # the renames, durable before the study is recorded
+                fsync_path(folder)  # the renames, durable before the study is recorded
             outcome.row = self._row(study, chosen, paths, report, labels)
             self.cache.add_study(key, study.ref, outcome.row)
             outcome.status = "done"
@@ -432,21 +433,6 @@ def write_instance(ds: Any, path: Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def _fsync_dir(folder: Path) -> None:
-    import os
-
-    try:
-        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def choose_series(series: Sequence[SeriesInfo], modalities: Sequence[str] = ()) -> SeriesInfo:
