@@ -83,7 +83,6 @@ def export_findings_sr(
     evidence: Sequence[Any] | None = None,
     store_to: Any = None,
     allow_ood: bool = False,
-    result: Any = None,
 ) -> Any:
     """Score ``image``, find similar cases, write the SR to ``out``; store it when ``store_to`` is set.
 
@@ -97,7 +96,6 @@ def export_findings_sr(
             viewer passes the source study's headers so the SR files with it.
         store_to: a :class:`~medvl.pacs.client.DicomWebSource` to STOW the SR to.
         allow_ood: export an image the model flags as out of distribution (the SR says so).
-        result: ``pipeline.classify(image)`` when the caller has it already (the viewer).
 
     Returns:
         the SR dataset.
@@ -108,7 +106,7 @@ def export_findings_sr(
     """
     from medvl.atomic import atomic_path
 
-    result = pipeline.classify(image) if result is None else result
+    result = pipeline.classify(image)
     if bool(getattr(result, "ood", False)) and not allow_ood:
         reason = str(getattr(result, "ood_reason", "") or "the model's guard flags it")
         raise OutOfDistributionError(
