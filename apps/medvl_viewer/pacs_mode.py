@@ -134,7 +134,7 @@ def query_by_pacs(page: Any) -> None:
 
 # -- results back as DICOM, only when asked ----------------------------------------------
 
-def _export(backend: Any, path: Path, out: Path, k: int, allow_ood: bool, *, evidence: Any = None,
+def _export(backend: Any, path: Path, out: Path | None, k: int, allow_ood: bool, *, evidence: Any = None,
             store_to: Any = None) -> None:
     """``medvl.pacs.export.export_findings_sr`` with the viewer's loaded model and index."""
     import contextlib
@@ -155,7 +155,7 @@ def export_section(page: Any, source: Any, study: Any, path: Path) -> None:
     de-identified UIDs). Storing on the server (STOW-RS) is offered only when the
     configuration allows it (``store: true`` / ``MEDVL_PACS_STORE=1``) and happens only on
     its own button: that SR is attached to the source study's headers (WADO-RS metadata,
-    which never reach the page) so the PACS files it with the patient, and is not kept.
+    which never reach the page) so the PACS files it with the patient, and goes to no file.
     An image the model flags as out of distribution is refused unless the box is ticked.
     """
     from medvl.errors import MedvlError
@@ -192,15 +192,12 @@ def export_section(page: Any, source: Any, study: Any, path: Path) -> None:
         st.caption("Storing results on the PACS is off (store: true in the PACS config or MEDVL_PACS_STORE=1).")
         return
     if st.button("Store the SR on the PACS (STOW-RS)", key="pacs_store"):
-        out = _session_dir() / "export" / f"{study.ref}-stow.sr.dcm"
         try:
             from medvl.pacs.export import source_evidence
 
-            with st.spinner("Storing the SR on the PACS ..."):
-                _export(backend, path, out, page.k, allow_ood, evidence=source_evidence(source, study),
+            with st.spinner("Storing the SR on the PACS ..."):  # no file: this SR carries the patient's identifiers
+                _export(backend, path, None, page.k, allow_ood, evidence=source_evidence(source, study),
                         store_to=source)
             st.success(f"SR stored on the PACS with study {study.ref}.")
         except MedvlError as exc:
             st.error(f"SR not stored: {exc.message}")
-        finally:
-            out.unlink(missing_ok=True)

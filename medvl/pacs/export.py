@@ -76,7 +76,7 @@ class OutOfDistributionError(MedvlError):
 def export_findings_sr(
     pipeline: Any,
     image: str | Path,
-    out: str | Path,
+    out: str | Path | None,
     *,
     index: Any = None,
     k: int = 5,
@@ -84,12 +84,13 @@ def export_findings_sr(
     store_to: Any = None,
     allow_ood: bool = False,
 ) -> Any:
-    """Score ``image``, find similar cases, write the SR to ``out``; store it when ``store_to`` is set.
+    """Score ``image``, find similar cases, write the SR to ``out`` (when given); store it when ``store_to`` is set.
 
     Args:
         pipeline: ``medvl.load(model_dir)`` (``classify``, ``model``, ``model_dir``).
         image: the evaluated DICOM file or series folder.
-        out: the SR file to write.
+        out: the SR file to write; None writes none (an SR only stored: one attached to the
+            source study's headers carries the patient's identifiers and goes to no file).
         index: a ``CaseIndex`` to search (None: no similar cases).
         k: similar cases to reference.
         evidence: headers the SR is attached to (default: those of ``image``); the
@@ -121,8 +122,9 @@ def export_findings_sr(
         ood=bool(getattr(result, "ood", False)), ood_reason=str(getattr(result, "ood_reason", "") or ""),
         algorithm=f"medvl zero-shot {name}",
     )
-    with atomic_path(out) as tmp:
-        sr.save_as(tmp, enforce_file_format=True)
+    if out is not None:
+        with atomic_path(out) as tmp:
+            sr.save_as(tmp, enforce_file_format=True)
     if store_to is not None:
         store_to.store([sr])
     return sr

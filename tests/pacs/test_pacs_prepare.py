@@ -223,3 +223,7 @@ def test_sr_export_holds_findings_and_deidentified_similar_cases_and_is_stored_o
     export_findings_sr(pipe, image, tmp_path / "b.sr.dcm", index=None,
                        store_to=DicomWebSource(PacsConfig(url=server.url)))
     assert len(server.rest("GET", "/instances")) == before + 1
+    # an SR only stored (out=None, as the viewer's STOW button does) goes to no file
+    export_findings_sr(pipe, image, None, index=None, store_to=DicomWebSource(PacsConfig(url=server.url)))
+    assert len(server.rest("GET", "/instances")) == before + 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.sr.dcm", "b.sr.dcm"]
