@@ -205,6 +205,27 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+def check_keys(cls: type, keys: Iterable[str], *, where: str = "") -> None:
+    """Reject keys that are not fields of dataclass ``cls``, suggesting the nearest one.
+
+    Raises:
+        ConfigError: an unknown key (``where`` is the dotted path of the section).
+    """
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(keys) - names)
+    if unknown:
+        import difflib
+
+        prefix = f"{where}." if where else ""
+        close = difflib.get_close_matches(str(unknown[0]), sorted(names), n=1, cutoff=0.6)
+        hint = f"; did you mean {prefix + close[0]!r}?" if close else ""
+        raise ConfigError(
+            f"unknown key{'s' if len(unknown) > 1 else ''} " + ", ".join(prefix + u for u in unknown) + hint,
+            field=prefix + unknown[0],
+            expected="one of " + ", ".join(sorted(names)),
+        )
+
+
 def from_dict(cls: type[T], data: Mapping[str, Any] | None, *, where: str = "") -> T:
     """Build dataclass ``cls`` from a config section, rejecting unknown keys.
 
@@ -218,19 +239,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, *, where: str = "") 
     """
     data = dict(data or {})
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        import difflib
-
-        prefix = f"{where}." if where else ""
-        close = difflib.get_close_matches(str(unknown[0]), sorted(names), n=1, cutoff=0.6)
-        hint = f"; did you mean {prefix + close[0]!r}?" if close else ""
-        raise ConfigError(
-            f"unknown key{'s' if len(unknown) > 1 else ''} " + ", ".join(prefix + u for u in unknown) + hint,
-            field=prefix + unknown[0],
-            expected="one of " + ", ".join(sorted(names)),
-        )
+    check_keys(cls, data, where=where)
     kwargs = {}
     for f in dataclasses.fields(cls):
         if not f.init:

@@ -21,7 +21,6 @@ name from the table :data:`SECTIONS` (this module sits below them all).
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import importlib
 from collections.abc import Iterable, Mapping
@@ -94,27 +93,16 @@ def check_overrides(overrides: Iterable[str], *, raw_sections: Iterable[str] = (
         ConfigError: an override that is not ``key=value``, an unknown top-level section,
             ``train.seed``, or an unknown key of a section.
     """
-    from medvl.config import apply_overrides
+    from medvl.config import apply_overrides, check_keys
 
-    items = list(overrides)
-    if not items:
-        return
-    given = apply_overrides({}, items)  # also refuses an item that is not key=value
-    for item in items:
-        key = item.partition("=")[0].strip()
-        top, _, rest = key.partition(".")
+    raw = set(raw_sections)
+    for item in overrides:
+        given = apply_overrides({}, [item])  # also refuses an item that is not key=value
         try:
-            check_top_level({top: given.get(top)} if top in SECTIONS else {top: None})
-            if top in SECTIONS and rest and top not in set(raw_sections):
-                if top == "train" and rest.split(".")[0] == "seed":
-                    check_top_level({"train": {"seed": 0}})
-                names = [f.name for f in dataclasses.fields(section_class(top)) if f.init]
-                sub = rest.split(".")[0]
-                if sub not in names:
-                    close = difflib.get_close_matches(sub, sorted(names), n=1, cutoff=0.6)
-                    hint = f"; did you mean '{top}.{close[0]}'?" if close else ""
-                    raise ConfigError(f"unknown key {top}.{sub}{hint}", field=f"{top}.{sub}",
-                                      expected="one of " + ", ".join(sorted(names)))
+            check_top_level(given)
+            for top, section in given.items():
+                if top in SECTIONS and top not in raw and isinstance(section, Mapping):
+                    check_keys(section_class(top), section, where=top)
         except ConfigError as exc:
             exc.message = f"in the command-line override {item!r}: {exc.message}"
             exc.args = (str(exc),)

@@ -104,3 +104,12 @@ def test_a_misspelt_override_is_named_as_the_override_not_the_config_file(tmp_pa
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and said in err[0] and "good.yaml" not in err[0]
     assert not out.exists()
+
+
+def test_each_override_is_judged_on_its_own() -> None:
+    from medvl.experiment import check_overrides
+
+    check_overrides(["train.epochs=3", "seed=1", "output_dir=runs/x"])
+    with pytest.raises(ConfigError) as err:
+        check_overrides(["train.epochs=3", "train.seed=1"])
+    assert "override 'train.seed=1'" in str(err.value) and "'train.epochs=3'" not in str(err.value)
