@@ -63,6 +63,7 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=512)
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
+    from medvl.atomic import write_text_atomic
     from medvl.pacs.testing import OrthancServer, load_synthetic
 
     runs = ("baseline", "medvl_1", "medvl_4", "medvl_4_per_instance")
@@ -103,7 +104,7 @@ def main() -> None:
         "command": "OMP_NUM_THREADS=1 nice -n 15 .venv/bin/python benchmarks/pacs/bench_ingest.py "
                    + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
     }
-    (HERE / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_text_atomic(HERE / "results.json", json.dumps(result, indent=2) + "\n")
     md = ["# PACS ingest throughput (local Orthanc, same process)", "",
           f"Machine: {result['machine']['cpus']} CPUs, {result['machine']['platform']}, "
           f"load {load_start[0]:.1f} at start, {result['machine']['loadavg_at_end'][0]:.1f} at end. Corpus: {args.cxr} radiographs "
@@ -114,7 +115,7 @@ def main() -> None:
                   f"{best['baseline'] / best[k]:.2f}x |")
     md += ["", result["note"] + ".", "", f"Command: `{result['command']}`; every run of every round: "
            + "; ".join(f"{k} " + ", ".join(f"{t:.2f}" for t in rows[k]) + " s" for k in runs) + "."]
-    (HERE / "results.md").write_text("\n".join(md) + "\n")
+    write_text_atomic(HERE / "results.md", "\n".join(md) + "\n")
     print("\n".join(md))
 
 
