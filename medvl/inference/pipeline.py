@@ -376,7 +376,7 @@ class Pipeline:
         return self._features or None
 
     def check_text(self, text: str) -> OODResult:
-        """Whether a free-text query shares any content word with the training reports.
+        """Whether at least half of a free-text query's content words occur in the training reports.
 
         The query is judged as the model reads it: prepared like the training reports
         (:meth:`prepare_text`: abbreviation expansion, word budget, case), since the
