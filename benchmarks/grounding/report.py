@@ -107,7 +107,7 @@ def write_report(report: dict[str, Any], path: Path) -> None:
     head = "| arm | map | " + " | ".join(label for label, _ in FIGURES) + " |"
     lines += ["## Large findings", "", head, "|" + "---|" * (len(FIGURES) + 2)]
     for name in ("chance", "prior", "side_prior"):
-        cells = [_ref(report, name, ("large",) + path[1:]) for _, path in FIGURES]
+        cells = [_ref(report, name, path) for _, path in FIGURES]
         label = {"chance": "chance (mask area)", "prior": "prior: mean training mask",
                  "side_prior": "prior: mean training mask on the stated side"}[name]
         lines.append(f"| {label} | - | " + " | ".join(cells) + " |")
