@@ -48,6 +48,37 @@ def trajectories(run_dir: Path, n_windows: int = 5, width: int = 20) -> dict[str
     return out
 
 
+def gain_cis(work: Path, n_resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """95 % bootstrap CI (cases resampled) of each run's pointing game and pointing gain, large findings.
+
+    Reads the per-case records ``run_grounding`` leaves in ``<run>/records.json`` (``hit``:
+    the peak in this case's mask; ``hit_other``: share of the other test cases with the
+    same phrase whose mask holds it).
+    """
+    import numpy as np
+
+    from benchmarks.grounding.evaluate import LARGE
+
+    rng = np.random.default_rng(seed)
+    out: dict[str, Any] = {}
+    for path in sorted(work.glob("runs/*/seed*/records.json")):
+        recs = json.loads(path.read_text())
+        name = f"{path.parent.parent.name} {path.parent.name}"
+        for method, rs in recs.items():
+            rs = [r for r in rs if r["finding"] in LARGE and r.get("hit_other") is not None
+                  and not math.isnan(r["hit_other"])]
+            if not rs:
+                continue
+            hit = np.array([r["hit"] for r in rs])
+            gain = hit - np.array([r["hit_other"] for r in rs])
+            idx = rng.integers(0, len(rs), size=(n_resamples, len(rs)))
+            lo_h, hi_h = np.percentile(hit[idx].mean(1), [2.5, 97.5])
+            lo_g, hi_g = np.percentile(gain[idx].mean(1), [2.5, 97.5])
+            out[f"{name} {method}"] = {"n": len(rs), "pointing_game": float(hit.mean()), "pointing_ci": [lo_h, hi_h],
+                                       "pointing_gain": float(gain.mean()), "gain_ci": [lo_g, hi_g]}
+    return out
+
+
 def grid_ceiling(cases: list[Any], grids: tuple[int, ...] = (4, 8, 16)) -> dict[str, Any]:
     """Pointing game of an oracle that knows each mask at token resolution.
 
@@ -86,8 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     runs = {}
     for mpath in sorted(Path(args.work).glob("runs/*/seed*/metrics.csv")):
         runs[f"{mpath.parent.parent.name} {mpath.parent.name}"] = trajectories(mpath.parent)
-    report = {"work": args.work, "ln_batch": math.log(args.batch_size), "runs": runs,
+    from benchmarks.ablation.run_ablation import load_avg, machine
+
+    report = {"work": args.work, "machine": machine(), "load_1min": load_avg(), "ln_batch": math.log(args.batch_size), "runs": runs,
               "command": "python -m benchmarks.grounding.diagnostics " + " ".join(argv or sys.argv[1:])}
+    report["gain_cis"] = gain_cis(Path(args.work))
     if args.ceiling:
         from benchmarks.grounding.evaluate import load_cases
 
@@ -97,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         report["grid_ceiling"] = grid_ceiling(cases)
     write_text_atomic(Path(args.results_dir) / "diagnostics.json", json.dumps(report, indent=1))
     lines = ["# Grounding runs: loss terms over training", "",
-             f"Command: `{report['command']}`. Each cell: mean of the logged training value over a window of "
+             f"Machine: {report['machine']['platform']}, {report['machine']['cpu_count']} CPUs (shared), load "
+             f"{report['load_1min']}. Command: `{report['command']}`. Each cell: mean of the logged training value over a window of "
              f"steps (windows in the header of each run). ln(batch) = {report['ln_batch']:.3f} is the instance "
              "loss of an untrained model; the token term's halves start near ln(words) and ln(patches) "
              "(64 patches: 4.16).", ""]
@@ -110,6 +145,16 @@ def main(argv: list[str] | None = None) -> int:
         for g, v in gc.items():
             lines.append(f"| {g} | {v['large']:.3f} | " + " | ".join(f"{v['per_finding'][f]:.3f}" for f in finds)
                          + " |")
+        lines.append("")
+    if report["gain_cis"]:
+        lines += ["## Pointing game and image-specific gain per run, large findings, 95 % bootstrap CI over cases", "",
+                  "| run | map | cases | pointing game [CI] | pointing gain (own - other patients' masks) [CI] |",
+                  "|---|---|---|---|---|"]
+        for key, v in report["gain_cis"].items():
+            run, method = key.rsplit(" ", 1)
+            lines.append(f"| {run} | {method} | {v['n']} | {v['pointing_game']:.3f} [{v['pointing_ci'][0]:.3f}, "
+                         f"{v['pointing_ci'][1]:.3f}] | {v['pointing_gain']:+.3f} [{v['gain_ci'][0]:+.3f}, "
+                         f"{v['gain_ci'][1]:+.3f}] |")
         lines.append("")
     for name, t in runs.items():
         if not t:
