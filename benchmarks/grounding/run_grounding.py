@@ -51,6 +51,8 @@ ARMS: dict[str, dict[str, Any]] = {
     "instance+gloria": {"instance": {"weight": 1.0}, "gloria": {"weight": 1.0}},
     # MGCA weighs its token term 0.7.
     "instance+token": {"instance": {"weight": 1.0}, "token": {"weight": 0.7}},
+    # FILIP's token-wise maximum matching, negatives from the other images of the batch.
+    "instance+filip": {"instance": {"weight": 1.0}, "filip": {"weight": 1.0}},
 }
 WALL_ARM = "instance@wall"
 
@@ -80,6 +82,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint-every", type=int, default=25)
     p.add_argument("--cost-rounds", type=int, default=6)
     p.add_argument("--tag", default="", help="prefix of the run folders (a pilot keeps its own)")
+    p.add_argument("--image-options", default="{}",
+                   help='JSON for model.image.options of every arm, e.g. \'{"output_stride": 16}\'')
     return p.parse_args(argv)
 
 
@@ -96,12 +100,13 @@ def load_avg() -> float | None:
 
 
 def base_config(args: argparse.Namespace, manifest: Path, cache: Path) -> dict[str, Any]:
+    image = MODEL["image"] | {"image_size": args.image_size, "options": json.loads(args.image_options)}
     return {
         "seed": 0,
         "data": {"manifest": str(manifest), "dims": 2, "image_size": args.image_size,
                  "batch_size": args.batch_size, "num_workers": 0, "max_words": 64, "augment": False,
                  "drop_last": True, "cache_dir": str(cache)},
-        "model": copy.deepcopy(MODEL) | {"image": MODEL["image"] | {"image_size": args.image_size}},
+        "model": copy.deepcopy(MODEL) | {"image": image},
         "train": {"max_steps": args.steps, "lr": args.lr, "weight_decay": 0.05, "warmup_ratio": 0.05,
                   "val_every_epoch": 0, "log_every": 5, "progress": False,
                   "checkpoint_every_steps": args.checkpoint_every},
@@ -278,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     refs = score_priors(cases, priors)
     report["references"] = {k: {"large": summarize(v), "all": summarize(v, tuple(sorted({r["finding"] for r in v})))}
                             for k, v in refs.items()}
-    report["grid"] = [args.image_size // 32] * 2
+    report["grid"] = [args.image_size // json.loads(args.image_options).get("output_stride", 32)] * 2
     print(f"[grounding] splits {sizes}; {len(cases)} test annotations on {len(images)} images; "
           f"chance (large) {report['references']['chance']['large']['pointing_game']:.3f}, "
           f"side prior (large) {report['references']['side_prior']['large']['pointing_game']:.3f}", flush=True)

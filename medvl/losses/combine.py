@@ -7,6 +7,7 @@ A ``loss`` config section names its terms and their settings::
         instance: {weight: 1.0, temperature: null}
         token: {weight: 0.5}               # MGCA word<->patch alignment
         gloria: {weight: 0.0}              # GLoRIA local attention loss
+        filip: {weight: 0.0}               # FILIP token-wise max matching
         prototype: {weight: 0.5, num_prototypes: 500}
 
 Each name is looked up in :data:`LOSS_TERMS` (unknown names raise
@@ -30,6 +31,7 @@ from medvl.errors import ConfigError
 from medvl.losses.base import AlignmentTerm
 from medvl.losses.instance import InstanceConfig, InstanceLoss
 from medvl.losses.prototype import PrototypeConfig, PrototypeLoss
+from medvl.losses.token_filip import FilipConfig, FilipLoss
 from medvl.losses.token_gloria import GloriaConfig, GloriaLocalLoss
 from medvl.losses.token_mgca import TokenAlignmentLoss, TokenConfig
 from medvl.models.outputs import EncoderOutput
@@ -49,6 +51,7 @@ LOSS_TERMS: Registry[TermSpec] = Registry("loss term")
 LOSS_TERMS.add("instance", TermSpec(InstanceConfig, InstanceLoss))
 LOSS_TERMS.add("token", TermSpec(TokenConfig, TokenAlignmentLoss))
 LOSS_TERMS.add("gloria", TermSpec(GloriaConfig, GloriaLocalLoss))
+LOSS_TERMS.add("filip", TermSpec(FilipConfig, FilipLoss))
 LOSS_TERMS.add("prototype", TermSpec(PrototypeConfig, PrototypeLoss))
 
 

@@ -8,6 +8,7 @@ MONAI is imported inside the builders because importing it costs seconds.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -79,16 +80,57 @@ def _resnet_features(net: Any, x: torch.Tensor) -> torch.Tensor:
     return net.layer4(net.layer3(net.layer2(net.layer1(x))))
 
 
+@dataclass
+class ResNetOptions:
+    """``model.image.options`` of the ResNets.
+
+    Attributes:
+        output_stride: input pixels per token side. 32 is the usual ResNet; 16 runs
+            the last stage at the third stage's resolution, its later 3x3
+            convolutions dilated by 2 (DeepLab's "output stride 16", torchvision's
+            ``replace_stride_with_dilation``), so a 256 px input gives a 16x16 token
+            grid instead of 8x8 with the same weights; costs about 4x the last
+            stage's compute.
+    """
+
+    output_stride: int = 32
+
+    def validate(self) -> None:
+        """Only the two strides the stem and stages allow."""
+        if self.output_stride not in (16, 32):
+            raise ConfigError(f"output_stride {self.output_stride}", field="model.image.options.output_stride",
+                              expected="32 (usual) or 16 (last stage undecimated, dilated)")
+
+
+def _dilate_last_stage(layer: nn.Sequential) -> None:
+    """Remove the last stage's decimation and dilate its later 3x3 convolutions.
+
+    torchvision's ``replace_stride_with_dilation`` convention (DeepLab): the stage's
+    first block runs at stride 1 with dilation 1 (it still sees the previous stage's
+    grid); every 3x3 convolution of the later blocks gets dilation 2.
+    """
+    for i, block in enumerate(layer):
+        for mod in block.modules():
+            if not isinstance(mod, nn.modules.conv._ConvNd):
+                continue
+            n = len(mod.stride)
+            mod.stride = (1,) * n
+            if i > 0 and mod.kernel_size[0] > 1:
+                mod.dilation = (2,) * n
+                mod.padding = tuple(2 * (k // 2) for k in mod.kernel_size)
+
+
 def build_resnet(cfg: ImageConfig, spatial_dims: int = 2) -> FeatureMapEncoder:
     """A MONAI ResNet with an ImageNet-style stem (7x7 stride-2 conv, max-pool).
 
     ``cfg.width`` is the first stage's channel count (64 in the paper); later stages
     double it. MONAI's default stem has stride 1, which at 224 px would make the
     first stage 16x more expensive than the usual ResNet, hence stride 2 here.
+    ``cfg.options``: :class:`ResNetOptions`.
     """
     from monai.networks.nets import ResNet
 
-    _no_options(cfg)
+    opts = parse_options(ResNetOptions, cfg)
     block, layers = _RESNET_LAYERS[cfg.name.removesuffix("-3d")]
     planes = [cfg.width, cfg.width * 2, cfg.width * 4, cfg.width * 8]
     net = ResNet(
@@ -96,10 +138,12 @@ def build_resnet(cfg: ImageConfig, spatial_dims: int = 2) -> FeatureMapEncoder:
         n_input_channels=cfg.in_channels, conv1_t_size=7, conv1_t_stride=2,
         feed_forward=False,
     )
+    if opts.output_stride == 16:
+        _dilate_last_stage(net.layer4)
     expansion = 4 if block == "bottleneck" else 1
     return FeatureMapEncoder(
         net, _resnet_features, spatial_dims=spatial_dims, in_channels=cfg.in_channels,
-        out_dim=planes[-1] * expansion, min_size=32,
+        out_dim=planes[-1] * expansion, min_size=opts.output_stride,
     )
 
 

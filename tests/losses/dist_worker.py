@@ -55,6 +55,7 @@ EXTRA_CASES: dict[str, dict] = {
     "all_terms": {"terms": ALL_TERMS},
     "all_terms_empty_rank": {"terms": ALL_TERMS, "splits": (0, 8)},
     "gloria": {"terms": {"gloria": {"similarity_scale": 2.0, "aggregation": "mean"}}},
+    "filip": {"terms": {"filip": {"temperature": 0.5, "text_to_image_weight": 0.75}}},
     "engine_frozen_prototypes": {
         "terms": {"instance": {"temperature": 0.1},
                   "token": {"weight": 0.5},

@@ -32,7 +32,7 @@ def batch(dtype=torch.float32, grid=(2, 3), b=4, t=5, d=8, seed=0):
 
 
 def test_registry_names() -> None:
-    assert LOSS_TERMS.names() == ["gloria", "instance", "prototype", "token"]
+    assert LOSS_TERMS.names() == ["filip", "gloria", "instance", "prototype", "token"]
 
 
 def test_total_is_weighted_sum_of_reported_terms() -> None:

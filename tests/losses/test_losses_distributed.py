@@ -103,7 +103,7 @@ def test_engine_step_with_frozen_prototypes_equals_single_process(results: list[
 
 def test_all_terms_case_ran_when_terms_exist(results: list[dict]) -> None:
     if all(name in LOSS_TERMS for name in ("token", "prototype", "gloria")):
-        assert {"all_terms", "all_terms_empty_rank", "gloria"} <= set(cases(results))
+        assert {"all_terms", "all_terms_empty_rank", "gloria", "filip"} <= set(cases(results))
         assert any(k.startswith("loss.") for k in results[0]["results"]["all_terms"]["ref"]["grads"])
 
 

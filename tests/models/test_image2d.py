@@ -132,3 +132,44 @@ def test_transformers_checkpoint_directory_as_pretrained(tmp_path):
 def test_swin_window_must_fit_the_last_stage():
     with pytest.raises(ConfigError, match="window_size"):
         build_image_encoder(ImageConfig(name="hf-swin", image_size=64, options={"window_size": 7}))
+
+
+def _block(block, x, dilation):
+    """A MONAI basic residual block written out with functional convolutions."""
+    import torch.nn.functional as F
+
+    def conv(c, h, dil):
+        return F.conv2d(h, c.weight, c.bias, stride=1, padding=dil, dilation=dil)
+
+    h = block.act(block.bn1(conv(block.conv1, x, dilation)))
+    h = block.bn2(conv(block.conv2, h, dilation))
+    skip = x if block.downsample is None else block.downsample[1](
+        F.conv2d(x, block.downsample[0].weight, block.downsample[0].bias))
+    return block.act(h + skip)
+
+
+def test_output_stride_16_is_the_dilated_last_stage():
+    torch.manual_seed(0)
+    cfg32 = ImageConfig(name="resnet18", image_size=128, width=8)
+    cfg16 = ImageConfig(name="resnet18", image_size=128, width=8, options={"output_stride": 16})
+    e32, e16 = build_image_encoder(cfg32).eval(), build_image_encoder(cfg16).eval()
+    # Same parameters: a saved model's weights fit either setting.
+    assert {k: v.shape for k, v in e32.state_dict().items()} == {k: v.shape for k, v in e16.state_dict().items()}
+    e16.load_state_dict(e32.state_dict())
+    x = torch.randn(2, 1, 128, 128)
+    with torch.no_grad():
+        f32, f16 = e32(x), e16(x)
+        net = e16.net
+        h = net.maxpool(net.act(net.bn1(net.conv1(x))))
+        h = net.layer3(net.layer2(net.layer1(h)))
+        # Reference: stride 1 everywhere in layer4; block 0 undilated, block 1 dilation 2.
+        ref = _block(net.layer4[1], _block(net.layer4[0], h, 1), 2)
+    assert f32.grid == (4, 4) and f16.grid == (8, 8)
+    assert e16.min_size == 16
+    assert torch.allclose(f16.tokens, ref.flatten(2).transpose(1, 2), atol=1e-5)
+    assert torch.allclose(f16.pooled, f16.tokens.mean(1), atol=1e-6)
+    vol = build_image_encoder(ImageConfig(name="resnet18-3d", width=4, volume="native",
+                                          options={"output_stride": 16}))
+    assert vol(torch.randn(1, 1, 32, 32, 32)).grid == (2, 2, 2)
+    with pytest.raises(ConfigError, match="model.image.options.output_stride"):
+        build_image_encoder(ImageConfig(name="resnet18", options={"output_stride": 8}))

@@ -1,0 +1,153 @@
+"""FILIP's token-wise late-interaction loss: each token finds its best match in the other modality.
+
+For a report with words ``w_1..w_T`` and an image with regions ``r_1..r_N`` (unit
+vectors), FILIP (Yao et al., ICLR 2022, "Fine-grained interactive language-image
+pre-training") scores the pair in each direction by the *maximum* similarity of every
+token over the other side's tokens, averaged over the tokens:
+
+    s_text(t, i)  = mean_r [ max_j <w_r, v_j> ]      (each word's best region)
+    s_image(i, t) = mean_j [ max_r <w_r, v_j> ]      (each region's best word)
+
+and contrasts every pair with the other pairs of the batch (a cross entropy over
+images for each report with ``s_text``, over reports for each image with
+``s_image``), like the instance term but on token scores.
+
+Why it is here (docs/ablation.md): MGCA's token term contrasts a word only with the
+other words of its own report, which a fixed word-to-place map solves without looking
+at the image; GLoRIA's soft word-to-region attention, on unit vectors, is close to
+uniform over regions, so its "context" is close to the image mean. Here the negatives
+are other images and the hard maximum routes each word's gradient to one region, the
+multiple-instance set-up of weakly supervised localisation. Padded words and regions
+never take part. Memory grows as ``B^2 * T * N`` (the pair similarities).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from medvl.errors import ConfigError
+from medvl.losses import distributed as D
+from medvl.losses.base import AlignmentTerm
+from medvl.losses.common import check_global, l2n, local_tokens, masked_fill_min
+from medvl.models.outputs import EncoderOutput
+
+
+@dataclass
+class FilipConfig:
+    """Settings of FILIP's token-wise term (``loss.terms.filip``).
+
+    Attributes:
+        weight: weight of ``filip_loss`` in the total; 0 switches the term off.
+        temperature: divides the pair scores before the softmax over the batch.
+            FILIP shares CLIP's learned temperature; here it is fixed, so the term
+            does not move the instance term's ``logit_scale``.
+        text_to_image_weight: weight of the report-to-image cross entropy (each word's
+            best region; the direction that localises words).
+        image_to_text_weight: weight of the image-to-report cross entropy (each
+            region's best word). FILIP averages the two: 0.5 and 0.5.
+        gather: under ``torchrun``, score each rank's reports and images against all
+            ranks' images and reports (tokens gathered with gradients), so the loss
+            equals that of one process with the whole batch.
+    """
+
+    SECTION: ClassVar[str] = "loss.terms.filip"
+
+    weight: float = 1.0
+    temperature: float = 0.1
+    text_to_image_weight: float = 0.5
+    image_to_text_weight: float = 0.5
+    gather: bool = True
+
+    def validate(self) -> None:
+        """Reject values outside their meaningful range."""
+        s = self.SECTION
+        for name in ("weight", "text_to_image_weight", "image_to_text_weight"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0", field=f"{s}.{name}", expected=">= 0")
+        if self.temperature <= 0:
+            raise ConfigError("temperature must be positive", field=f"{s}.temperature", expected="> 0")
+
+
+def filip_pair_scores(
+    words: torch.Tensor, word_valid: torch.Tensor, regions: torch.Tensor, region_valid: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """FILIP's two token-wise scores of every (report, image) pair.
+
+    Args:
+        words: ``(Bt, T, D)`` unit word embeddings.
+        word_valid: ``(Bt, T)`` bool.
+        regions: ``(Bi, N, D)`` unit region embeddings.
+        region_valid: ``(Bi, N)`` bool.
+
+    Returns:
+        ``(s_text (Bt, Bi), s_image (Bt, Bi))``: ``s_text[t, i]`` is the mean over
+        report ``t``'s words of each word's best cosine over image ``i``'s regions;
+        ``s_image[t, i]`` the mean over image ``i``'s regions of each region's best
+        cosine over report ``t``'s words.
+    """
+    sim = torch.einsum("atd,bnd->abtn", words, regions)  # (Bt, Bi, T, N)
+    best_region = masked_fill_min(sim, region_valid[None, :, None, :].expand_as(sim)).amax(dim=3)  # (Bt, Bi, T)
+    best_word = masked_fill_min(sim, word_valid[:, None, :, None].expand_as(sim)).amax(dim=2)  # (Bt, Bi, N)
+    wv = word_valid[:, None, :].to(sim.dtype)  # (Bt, 1, T)
+    rv = region_valid[None, :, :].to(sim.dtype)  # (1, Bi, N)
+    s_text = (best_region * wv).sum(dim=2) / wv.sum(dim=2).clamp_min(1)
+    s_image = (best_word * rv).sum(dim=2) / rv.sum(dim=2).clamp_min(1)
+    return s_text, s_image
+
+
+class FilipLoss(AlignmentTerm):
+    """FILIP's token-wise (late-interaction) contrastive loss.
+
+    Args:
+        cfg: the term's :class:`FilipConfig`.
+    """
+
+    name: ClassVar[str] = "filip"
+
+    def __init__(self, cfg: FilipConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+
+    def forward(
+        self,
+        image: EncoderOutput,
+        text: EncoderOutput,
+        *,
+        logit_scale: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        epoch: int = 0,
+    ) -> dict[str, torch.Tensor]:
+        """Compute the term.
+
+        Returns:
+            ``{"filip_loss": ...}``.
+        """
+        b, d = check_global(image, text)
+        regions, region_valid, _ = local_tokens(image, "image", b, d)
+        words, word_valid, _ = local_tokens(text, "text", b, d)
+        regions, words = l2n(regions), l2n(words)
+        scale = 1.0 / self.cfg.temperature
+        if self.cfg.gather and D.is_distributed():
+            # This rank's reports against all images, all reports against this rank's
+            # images; each rank returns its share of the global mean (as GLoRIA's term).
+            sizes = D.gather_sizes(b, words.device)
+            offset, total = sum(sizes[: D.rank()]), sum(sizes)
+            all_words, all_wv = D.gather_tokens(words, word_valid, sizes)
+            all_regions, all_rv = D.gather_tokens(regions, region_valid, sizes)
+            s_text, _ = filip_pair_scores(words, word_valid, all_regions, all_rv)  # (b, B)
+            _, s_image = filip_pair_scores(all_words, all_wv, regions, region_valid)  # (B, b)
+            target = torch.arange(offset, offset + b, device=words.device)
+            share = D.world_size() / total
+            t2i = F.cross_entropy(scale * s_text, target, reduction="sum") * share
+            i2t = F.cross_entropy(scale * s_image.T, target, reduction="sum") * share
+        else:
+            s_text, s_image = filip_pair_scores(words, word_valid, regions, region_valid)
+            target = torch.arange(b, device=words.device)
+            t2i = F.cross_entropy(scale * s_text, target)
+            i2t = F.cross_entropy(scale * s_image.T, target)
+        loss = self.cfg.text_to_image_weight * t2i + self.cfg.image_to_text_weight * i2t
+        return {"filip_loss": loss}
