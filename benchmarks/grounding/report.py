@@ -87,7 +87,9 @@ def write_report(report: dict[str, Any], path: Path) -> None:
         f"Command: `{report['command']}`", "",
         (f"Corpus: {s['n_cxr']} synthetic chest radiographs (corpus seed {s['corpus_seed']}), splits "
          f"{report['split_sizes']}. Model: ResNet-18 width 16 at {s['image_size']} px (a "
-         f"{report['grid'][0]}x{report['grid'][1]} token grid), 2-layer BERT 128, embed 128, random init. Every arm: "
+         f"{report['grid'][0]}x{report['grid'][1]} token grid, random init), "
+         + ("the real all-MiniLM-L6-v2 frozen (its features cached; heads train)" if s.get("text") == "minilm"
+            else "2-layer BERT 128, random init") + ", embed 128. Every arm: "
          f"batch {s['batch_size']}, AdamW lr {s['lr']}, 5 % warmup then cosine, {s['steps']} steps "
          f"(~{report['epochs']} epochs), last model kept; seeds {s['seeds']}."),
         "",

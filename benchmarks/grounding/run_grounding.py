@@ -53,6 +53,8 @@ ARMS: dict[str, dict[str, Any]] = {
     "instance+token": {"instance": {"weight": 1.0}, "token": {"weight": 0.7}},
     # FILIP's token-wise maximum matching, negatives from the other images of the batch.
     "instance+filip": {"instance": {"weight": 1.0}, "filip": {"weight": 1.0}},
+    # The same with each token's best match scored above its mean match (loss.terms.filip.baseline).
+    "instance+filip-mean": {"instance": {"weight": 1.0}, "filip": {"weight": 1.0, "baseline": "mean"}},
 }
 WALL_ARM = "instance@wall"
 
@@ -82,6 +84,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint-every", type=int, default=25)
     p.add_argument("--cost-rounds", type=int, default=6)
     p.add_argument("--tag", default="", help="prefix of the run folders (a pilot keeps its own)")
+    p.add_argument("--text", choices=["bert", "minilm"], default="bert",
+                   help="text tower: a random 2-layer BERT, or the real all-MiniLM-L6-v2 frozen (features cached)")
     p.add_argument("--image-options", default="{}",
                    help='JSON for model.image.options of every arm, e.g. \'{"output_stride": 16}\'')
     return p.parse_args(argv)
@@ -99,14 +103,19 @@ def load_avg() -> float | None:
     return la()
 
 
+#: The frozen real text tower of ``--text minilm`` (its features are cached after the first epoch).
+MINILM: dict[str, Any] = {"name": "minilm", "freeze": True, "max_length": 96}
+
+
 def base_config(args: argparse.Namespace, manifest: Path, cache: Path) -> dict[str, Any]:
     image = MODEL["image"] | {"image_size": args.image_size, "options": json.loads(args.image_options)}
+    text = MINILM | {"cache_dir": str(cache.parent / "text_cache")} if args.text == "minilm" else MODEL["text"]
     return {
         "seed": 0,
         "data": {"manifest": str(manifest), "dims": 2, "image_size": args.image_size,
                  "batch_size": args.batch_size, "num_workers": 0, "max_words": 64, "augment": False,
                  "drop_last": True, "cache_dir": str(cache)},
-        "model": copy.deepcopy(MODEL) | {"image": image},
+        "model": copy.deepcopy(MODEL) | {"image": image, "text": copy.deepcopy(text)},
         "train": {"max_steps": args.steps, "lr": args.lr, "weight_decay": 0.05, "warmup_ratio": 0.05,
                   "val_every_epoch": 0, "log_every": 5, "progress": False,
                   "checkpoint_every_steps": args.checkpoint_every},
@@ -271,10 +280,11 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(), "load_average_1min_start": load_avg(),
         "command": " ".join(["python", "-m", "benchmarks.grounding.run_grounding", *(argv or sys.argv[1:])]),
         "settings": {k: v for k, v in vars(args).items() if k not in ("work", "results_dir")},
-        "arms": {a: ARMS[a] for a in args.arms}, "model": MODEL, "runs": [],
+        "arms": {a: ARMS[a] for a in args.arms}, "runs": [],
     }
     manifest = make_corpus(work, args.n_cxr, args.corpus_seed, 256)
     cfg0 = base_config(args, manifest, work / "cache")
+    report["model"] = cfg0["model"]
     sizes, warm_s = warm_cache(cfg0, manifest)
     report.update(split_sizes=sizes, cache_warmup_seconds=round(warm_s, 1), train=cfg0["train"],
                   epochs=round(args.steps / max(1, sizes["train"] // args.batch_size), 2))

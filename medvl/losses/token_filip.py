@@ -24,7 +24,7 @@ never take part. Memory grows as ``B^2 * T * N`` (the pair similarities).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +49,11 @@ class FilipConfig:
             best region; the direction that localises words).
         image_to_text_weight: weight of the image-to-report cross entropy (each
             region's best word). FILIP averages the two: 0.5 and 0.5.
+        baseline: ``none`` = FILIP; ``mean`` = each token's best match *minus its
+            mean similarity* over the other side's tokens, so only what a token
+            matches better than the rest of that image (or report) counts; a feature
+            every region of an image shares (the image's global content, which a
+            large receptive field spreads into every token) cancels.
         gather: under ``torchrun``, score each rank's reports and images against all
             ranks' images and reports (tokens gathered with gradients), so the loss
             equals that of one process with the whole batch.
@@ -60,6 +65,7 @@ class FilipConfig:
     temperature: float = 0.1
     text_to_image_weight: float = 0.5
     image_to_text_weight: float = 0.5
+    baseline: Literal["none", "mean"] = "none"
     gather: bool = True
 
     def validate(self) -> None:
@@ -68,12 +74,15 @@ class FilipConfig:
         for name in ("weight", "text_to_image_weight", "image_to_text_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0", field=f"{s}.{name}", expected=">= 0")
+        if self.baseline not in ("none", "mean"):
+            raise ConfigError(f"baseline {self.baseline!r}", field=f"{s}.baseline", expected="'none' or 'mean'")
         if self.temperature <= 0:
             raise ConfigError("temperature must be positive", field=f"{s}.temperature", expected="> 0")
 
 
 def filip_pair_scores(
-    words: torch.Tensor, word_valid: torch.Tensor, regions: torch.Tensor, region_valid: torch.Tensor
+    words: torch.Tensor, word_valid: torch.Tensor, regions: torch.Tensor, region_valid: torch.Tensor,
+    baseline: str = "none",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """FILIP's two token-wise scores of every (report, image) pair.
 
@@ -82,6 +91,8 @@ def filip_pair_scores(
         word_valid: ``(Bt, T)`` bool.
         regions: ``(Bi, N, D)`` unit region embeddings.
         region_valid: ``(Bi, N)`` bool.
+        baseline: ``mean`` subtracts each token's mean similarity over the other
+            side's valid tokens from its best one (:class:`FilipConfig`).
 
     Returns:
         ``(s_text (Bt, Bi), s_image (Bt, Bi))``: ``s_text[t, i]`` is the mean over
@@ -94,6 +105,11 @@ def filip_pair_scores(
     best_word = masked_fill_min(sim, word_valid[:, None, :, None].expand_as(sim)).amax(dim=2)  # (Bt, Bi, N)
     wv = word_valid[:, None, :].to(sim.dtype)  # (Bt, 1, T)
     rv = region_valid[None, :, :].to(sim.dtype)  # (1, Bi, N)
+    if baseline == "mean":
+        rv4 = region_valid[None, :, None, :].to(sim.dtype)
+        wv4 = word_valid[:, None, :, None].to(sim.dtype)
+        best_region = best_region - (sim * rv4).sum(dim=3) / rv4.sum(dim=3).clamp_min(1)
+        best_word = best_word - (sim * wv4).sum(dim=2) / wv4.sum(dim=2).clamp_min(1)
     s_text = (best_region * wv).sum(dim=2) / wv.sum(dim=2).clamp_min(1)
     s_image = (best_word * rv).sum(dim=2) / rv.sum(dim=2).clamp_min(1)
     return s_text, s_image
@@ -138,14 +154,14 @@ class FilipLoss(AlignmentTerm):
             offset, total = sum(sizes[: D.rank()]), sum(sizes)
             all_words, all_wv = D.gather_tokens(words, word_valid, sizes)
             all_regions, all_rv = D.gather_tokens(regions, region_valid, sizes)
-            s_text, _ = filip_pair_scores(words, word_valid, all_regions, all_rv)  # (b, B)
-            _, s_image = filip_pair_scores(all_words, all_wv, regions, region_valid)  # (B, b)
+            s_text, _ = filip_pair_scores(words, word_valid, all_regions, all_rv, self.cfg.baseline)  # (b, B)
+            _, s_image = filip_pair_scores(all_words, all_wv, regions, region_valid, self.cfg.baseline)  # (B, b)
             target = torch.arange(offset, offset + b, device=words.device)
             share = D.world_size() / total
             t2i = F.cross_entropy(scale * s_text, target, reduction="sum") * share
             i2t = F.cross_entropy(scale * s_image.T, target, reduction="sum") * share
         else:
-            s_text, s_image = filip_pair_scores(words, word_valid, regions, region_valid)
+            s_text, s_image = filip_pair_scores(words, word_valid, regions, region_valid, self.cfg.baseline)
             target = torch.arange(b, device=words.device)
             t2i = F.cross_entropy(scale * s_text, target)
             i2t = F.cross_entropy(scale * s_image.T, target)
