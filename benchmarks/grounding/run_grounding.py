@@ -47,8 +47,9 @@ if str(REPO) not in sys.path:
 #: Loss terms per arm; the instance term is medvl's default in every arm.
 ARMS: dict[str, dict[str, Any]] = {
     "instance": {"instance": {"weight": 1.0}},
-    # GLoRIA weighs its local and global losses 1 and 1.
-    "instance+gloria": {"instance": {"weight": 1.0}, "gloria": {"weight": 1.0}},
+    # GLoRIA weighs its local and global losses 1 and 1. Unit vectors: the default of
+    # loss.terms.gloria.normalize_inputs until this round, what the recorded runs used.
+    "instance+gloria": {"instance": {"weight": 1.0}, "gloria": {"weight": 1.0, "normalize_inputs": True}},
     # MGCA weighs its token term 0.7.
     "instance+token": {"instance": {"weight": 1.0}, "token": {"weight": 0.7}},
     # FILIP's token-wise maximum matching, negatives from the other images of the batch.

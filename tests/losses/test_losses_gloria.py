@@ -102,7 +102,7 @@ def test_matches_per_pair_scalar_reference(agg: str, normalize: bool) -> None:
 
 
 def test_invariances_and_padding() -> None:
-    loss = gloria(similarity_scale=1.0)
+    loss = gloria(similarity_scale=1.0, normalize_inputs=True)  # scale invariance needs unit vectors
     g = torch.Generator().manual_seed(9)
     words = torch.randn(4, 5, 3, generator=g, dtype=F64)
     regions = torch.randn(4, 8, 3, generator=g, dtype=F64)
@@ -129,3 +129,25 @@ def test_matching_pairs_score_lower_than_shuffled() -> None:
     matched = loss(*outputs(words, regions))["gloria_loss"].item()
     shuffled = loss(*outputs(words[[1, 2, 3, 0]], regions))["gloria_loss"].item()
     assert matched < 0.1 < shuffled
+
+
+def test_default_attends_with_features_as_given() -> None:
+    # On unit vectors the word-to-region attention cannot be sharp: softmax over 30
+    # words of cosines in [-1, 1], times attention_scale 4, spans well under 1 in logits
+    # (the largest region weight stays near uniform). With the features as given
+    # (GLoRIA's code, the default) the regions a word dominates share its attention.
+    from medvl.losses.token_gloria import GloriaConfig, gloria_pair_scores
+
+    g = torch.Generator().manual_seed(4)
+    n, t, d = 16, 30, 8
+    regions = torch.randn(1, n, d, generator=g, dtype=F64)
+    words = torch.randn(1, t, d, generator=g, dtype=F64)
+    words[0, 0] = 10.0 * regions[0, 5]  # word 0 names region 5
+    wv, rv = torch.ones(1, t, dtype=torch.bool), torch.ones(1, n, dtype=torch.bool)
+    assert GloriaConfig().normalize_inputs is False
+    _, attn_raw = gloria_pair_scores(words, wv, regions, rv, GloriaConfig())
+    unit = torch.nn.functional.normalize
+    _, attn_unit = gloria_pair_scores(unit(words, dim=-1), wv, unit(regions, dim=-1), rv, GloriaConfig())
+    assert attn_unit[0, 0].max() < 1.3 / n  # near uniform, every word
+    raw = attn_raw[0, 0, 0]
+    assert raw.max() > 1.9 / n and raw[5] >= raw.max() - 1e-9  # word 0 peaks at its region
