@@ -103,8 +103,9 @@ def write_report(report: dict[str, Any], path: Path) -> None:
         lines += [(f"Equal wall time: step cost relative to `instance` in CPU seconds (one thread; what a dedicated "
                    f"core would spend as wall time), measured with the arms' steps alternating in one process "
                    f"({c['rounds']} rounds, batch {c['batch_size']}): {ratios}. `instance@wall` is the instance "
-                   f"arm trained for {report['wall_steps']} steps, the time the costliest token arm needs for "
-                   f"{s['steps']}."), ""]
+                   f"arm trained for {report['wall_steps']} steps, the time the costliest token arm measured "
+                   f"({', '.join(report.get('wall_arms_measured', []))}) needs for {s['steps']}. The measured "
+                   f"training CPU seconds of every arm are in the cost table below."), ""]
     summary = report.get("summary", {})
     head = "| arm | map | " + " | ".join(label for label, _ in FIGURES) + " |"
     lines += ["## Large findings", "", head, "|" + "---|" * (len(FIGURES) + 2)]

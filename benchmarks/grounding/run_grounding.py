@@ -308,8 +308,12 @@ def main(argv: list[str] | None = None) -> int:
             cost = step_cost(cfg0, ["instance", *token_arms], args.cost_rounds)
             cost_path.write_text(json.dumps(cost, indent=1))
         report["step_cost"] = cost
-        wall_steps = round(args.steps * max(cost["ratio_to_instance"][a] for a in token_arms))
+        # A cost file measured earlier may lack an arm added later (runs split over
+        # processes); the wall arm's steps are those its own runs were trained with.
+        measured = [a for a in token_arms if a in cost["ratio_to_instance"]]
+        wall_steps = round(args.steps * max(cost["ratio_to_instance"][a] for a in measured))
         report["wall_steps"] = wall_steps
+        report["wall_arms_measured"] = measured
         print(f"[grounding] step cost ratios {cost['ratio_to_instance']}: instance@wall gets {wall_steps} steps",
               flush=True)
 
