@@ -50,6 +50,8 @@ ARMS: dict[str, dict[str, Any]] = {
     # GLoRIA weighs its local and global losses 1 and 1. Unit vectors: the default of
     # loss.terms.gloria.normalize_inputs until this round, what the recorded runs used.
     "instance+gloria": {"instance": {"weight": 1.0}, "gloria": {"weight": 1.0, "normalize_inputs": True}},
+    # GLoRIA attending with the features as given (its code; medvl's default since round 3).
+    "instance+gloria-raw": {"instance": {"weight": 1.0}, "gloria": {"weight": 1.0, "normalize_inputs": False}},
     # MGCA weighs its token term 0.7.
     "instance+token": {"instance": {"weight": 1.0}, "token": {"weight": 0.7}},
     # FILIP's token-wise maximum matching, negatives from the other images of the batch.
