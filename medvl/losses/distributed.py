@@ -14,7 +14,7 @@ tensors are padded to the largest rank for the collective and unpadded afterward
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.distributed as dist
@@ -127,6 +127,49 @@ def gather_tokens(
     if sizes is None:
         sizes = gather_sizes(tokens.shape[0], tokens.device)
     return gather_with_grad(tokens, sizes), gather_with_grad(mask, sizes)
+
+
+def pair_cross_entropies(
+    words: torch.Tensor,
+    word_valid: torch.Tensor,
+    regions: torch.Tensor,
+    region_valid: torch.Tensor,
+    scores: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    scale: float,
+    gather: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Report-to-image and image-to-report cross entropies of token-level pair scores.
+
+    The shared skeleton of the token terms whose negatives are the batch's other pairs
+    (GLoRIA's local term, FILIP). ``scores(words, wv, regions, rv)`` returns two
+    ``(reports, images)`` score matrices: the one read per report (over images) and the
+    one read per image (over reports); both may be the same tensor. With ``gather``
+    under ``torchrun``, this rank's reports are scored against every rank's images and
+    every rank's reports against this rank's images (tokens gathered with gradients),
+    and each rank returns its share of the global mean, so the loss equals one process
+    with the whole batch.
+
+    Returns:
+        ``(report_to_image, image_to_report)`` mean cross entropies (shares under DDP).
+    """
+    import torch.nn.functional as F
+
+    b = words.shape[0]
+    if gather and is_distributed():
+        sizes = gather_sizes(b, words.device)
+        offset, total = sum(sizes[: rank()]), sum(sizes)
+        all_words, all_wv = gather_tokens(words, word_valid, sizes)
+        all_regions, all_rv = gather_tokens(regions, region_valid, sizes)
+        per_report, _ = scores(words, word_valid, all_regions, all_rv)  # (b, B)
+        _, per_image = scores(all_words, all_wv, regions, region_valid)  # (B, b)
+        target = torch.arange(offset, offset + b, device=words.device)
+        share = world_size() / total
+        t2i = F.cross_entropy(scale * per_report, target, reduction="sum") * share
+        i2t = F.cross_entropy(scale * per_image.T, target, reduction="sum") * share
+        return t2i, i2t
+    per_report, per_image = scores(words, word_valid, regions, region_valid)
+    target = torch.arange(b, device=words.device)
+    return F.cross_entropy(scale * per_report, target), F.cross_entropy(scale * per_image.T, target)
 
 
 def batch_mean(per_sample: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import torch
-import torch.nn.functional as F
 
 from medvl.errors import ConfigError
 from medvl.losses import distributed as D
@@ -146,24 +145,12 @@ class FilipLoss(AlignmentTerm):
         regions, region_valid, _ = local_tokens(image, "image", b, d)
         words, word_valid, _ = local_tokens(text, "text", b, d)
         regions, words = l2n(regions), l2n(words)
-        scale = 1.0 / self.cfg.temperature
-        if self.cfg.gather and D.is_distributed():
-            # This rank's reports against all images, all reports against this rank's
-            # images; each rank returns its share of the global mean (as GLoRIA's term).
-            sizes = D.gather_sizes(b, words.device)
-            offset, total = sum(sizes[: D.rank()]), sum(sizes)
-            all_words, all_wv = D.gather_tokens(words, word_valid, sizes)
-            all_regions, all_rv = D.gather_tokens(regions, region_valid, sizes)
-            s_text, _ = filip_pair_scores(words, word_valid, all_regions, all_rv, self.cfg.baseline)  # (b, B)
-            _, s_image = filip_pair_scores(all_words, all_wv, regions, region_valid, self.cfg.baseline)  # (B, b)
-            target = torch.arange(offset, offset + b, device=words.device)
-            share = D.world_size() / total
-            t2i = F.cross_entropy(scale * s_text, target, reduction="sum") * share
-            i2t = F.cross_entropy(scale * s_image.T, target, reduction="sum") * share
-        else:
-            s_text, s_image = filip_pair_scores(words, word_valid, regions, region_valid, self.cfg.baseline)
-            target = torch.arange(b, device=words.device)
-            t2i = F.cross_entropy(scale * s_text, target)
-            i2t = F.cross_entropy(scale * s_image.T, target)
+
+        def scores(w: torch.Tensor, wv: torch.Tensor, r: torch.Tensor, rv: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+            return filip_pair_scores(w, wv, r, rv, self.cfg.baseline)
+
+        t2i, i2t = D.pair_cross_entropies(words, word_valid, regions, region_valid, scores,
+                                          1.0 / self.cfg.temperature, self.cfg.gather)
         loss = self.cfg.text_to_image_weight * t2i + self.cfg.image_to_text_weight * i2t
         return {"filip_loss": loss}

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import torch
-import torch.nn.functional as F
 
 from medvl.errors import ConfigError
 from medvl.losses import distributed as D
@@ -161,27 +160,13 @@ class GloriaLocalLoss(AlignmentTerm):
         words, word_valid, _ = local_tokens(text, "text", b, d)
         if self.cfg.normalize_inputs:
             regions, words = l2n(regions), l2n(words)
-        scale = self.cfg.similarity_scale
-        if self.cfg.gather and D.is_distributed():
-            # "Local loss" over ranks: this rank's reports against all images and this
-            # rank's images against all reports; each rank returns its share of the
-            # global mean, as the instance term does.
-            sizes = D.gather_sizes(b, words.device)
-            offset, total = sum(sizes[: D.rank()]), sum(sizes)
-            all_words, all_wv = D.gather_tokens(words, word_valid, sizes)
-            all_regions, all_rv = D.gather_tokens(regions, region_valid, sizes)
-            z_texts, _ = gloria_pair_scores(words, word_valid, all_regions, all_rv, self.cfg)  # (b, B)
-            z_images, _ = gloria_pair_scores(all_words, all_wv, regions, region_valid, self.cfg)  # (B, b)
-            target = torch.arange(offset, offset + b, device=words.device)
-            share = D.world_size() / total
-            t2i = F.cross_entropy(scale * z_texts, target, reduction="sum") * share
-            i2t = F.cross_entropy(scale * z_images.T, target, reduction="sum") * share
-        else:
-            z, _ = gloria_pair_scores(words, word_valid, regions, region_valid, self.cfg)
-            logits_t2i = scale * z  # (B texts, B images)
-            target = torch.arange(b, device=z.device)
-            t2i = F.cross_entropy(logits_t2i, target)
-            i2t = F.cross_entropy(logits_t2i.T, target)
+        def scores(w: torch.Tensor, wv: torch.Tensor, r: torch.Tensor, rv: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+            z, _ = gloria_pair_scores(w, wv, r, rv, self.cfg)
+            return z, z  # one score matrix, read per report and per image
+
+        t2i, i2t = D.pair_cross_entropies(words, word_valid, regions, region_valid, scores,
+                                          self.cfg.similarity_scale, self.cfg.gather)
         loss = self.cfg.image_to_text_weight * i2t + self.cfg.text_to_image_weight * t2i
         return {"gloria_loss": loss}
 
