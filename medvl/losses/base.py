@@ -1,6 +1,6 @@
 """The interface every alignment term implements.
 
-All terms (instance, MGCA token, GLoRIA local, MGCA prototype) take the two towers'
+All terms (instance, MGCA token, GLoRIA local, FILIP, MGCA prototype) take the two towers'
 :class:`~medvl.models.outputs.EncoderOutput` and the same keyword arguments, and
 return a dict of named scalar tensors with the term's loss under ``<name>_loss``. The
 combiner (:class:`~medvl.losses.combine.AlignmentLoss`) and the training engine rely

@@ -167,7 +167,12 @@ def train(
     out = Path(out_dir)
     env = D.init_distributed(cfg.device)
     try:
-        return _train(exp, cfg, exp.seed, out, parts, env, resume, on_step, t_start)
+        result = _train(exp, cfg, exp.seed, out, parts, env, resume, on_step, t_start)
+        # Every rank is done before any tears the group down: a rank that destroys it
+        # (rank 0 also hosts torchrun's store) while another is still leaving was seen,
+        # once under a loaded 2-core CI, to abort that rank after a finished run.
+        D.barrier()
+        return result
     finally:
         D.cleanup(env)
 
