@@ -112,7 +112,7 @@ MINILM: dict[str, Any] = {"name": "minilm", "freeze": True, "max_length": 96}
 
 def base_config(args: argparse.Namespace, manifest: Path, cache: Path) -> dict[str, Any]:
     image = MODEL["image"] | {"image_size": args.image_size, "options": json.loads(args.image_options)}
-    text = MINILM | {"cache_dir": str(cache.parent / "text_cache")} if args.text == "minilm" else MODEL["text"]
+    text = (MINILM | {"cache_dir": str(cache.parent / "text_cache")}) if args.text == "minilm" else MODEL["text"]
     return {
         "seed": 0,
         "data": {"manifest": str(manifest), "dims": 2, "image_size": args.image_size,

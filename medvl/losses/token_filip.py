@@ -79,6 +79,12 @@ class FilipConfig:
             raise ConfigError("temperature must be positive", field=f"{s}.temperature", expected="> 0")
 
 
+def _masked_mean(x: torch.Tensor, keep: torch.Tensor, dim: int) -> torch.Tensor:
+    """Mean of ``x`` over ``dim`` counting only entries where ``keep`` (broadcast) is True."""
+    k = keep.to(x.dtype)
+    return (x * k).sum(dim=dim) / k.expand_as(x).sum(dim=dim).clamp_min(1)
+
+
 def filip_pair_scores(
     words: torch.Tensor, word_valid: torch.Tensor, regions: torch.Tensor, region_valid: torch.Tensor,
     baseline: str = "none",
@@ -100,17 +106,15 @@ def filip_pair_scores(
         cosine over report ``t``'s words.
     """
     sim = torch.einsum("atd,bnd->abtn", words, regions)  # (Bt, Bi, T, N)
-    best_region = masked_fill_min(sim, region_valid[None, :, None, :].expand_as(sim)).amax(dim=3)  # (Bt, Bi, T)
-    best_word = masked_fill_min(sim, word_valid[:, None, :, None].expand_as(sim)).amax(dim=2)  # (Bt, Bi, N)
-    wv = word_valid[:, None, :].to(sim.dtype)  # (Bt, 1, T)
-    rv = region_valid[None, :, :].to(sim.dtype)  # (1, Bi, N)
+    wv = word_valid[:, None, :, None]  # (Bt, 1, T, 1)
+    rv = region_valid[None, :, None, :]  # (1, Bi, 1, N)
+    best_region = masked_fill_min(sim, rv).amax(dim=3)  # (Bt, Bi, T)
+    best_word = masked_fill_min(sim, wv).amax(dim=2)  # (Bt, Bi, N)
     if baseline == "mean":
-        rv4 = region_valid[None, :, None, :].to(sim.dtype)
-        wv4 = word_valid[:, None, :, None].to(sim.dtype)
-        best_region = best_region - (sim * rv4).sum(dim=3) / rv4.sum(dim=3).clamp_min(1)
-        best_word = best_word - (sim * wv4).sum(dim=2) / wv4.sum(dim=2).clamp_min(1)
-    s_text = (best_region * wv).sum(dim=2) / wv.sum(dim=2).clamp_min(1)
-    s_image = (best_word * rv).sum(dim=2) / rv.sum(dim=2).clamp_min(1)
+        best_region = best_region - _masked_mean(sim, rv, 3)
+        best_word = best_word - _masked_mean(sim, wv, 2)
+    s_text = _masked_mean(best_region, wv[..., 0], 2)
+    s_image = _masked_mean(best_word, rv[:, :, 0], 2)
     return s_text, s_image
 
 

@@ -1,4 +1,4 @@
-"""Make ``golden_inputs`` importable (the suite runs with --import-mode=importlib)."""
+"""Make ``golden_inputs`` and ``token_cases`` importable (the suite runs with --import-mode=importlib)."""
 
 import sys
 from pathlib import Path

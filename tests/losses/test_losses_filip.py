@@ -7,29 +7,15 @@ import random
 
 import pytest
 import torch
+from token_cases import F64, ce, outputs
 
 from medvl.errors import ConfigError
 from medvl.losses import build_loss
 from medvl.models.outputs import EncoderOutput
 
-F64 = torch.float64
-
-
-def outputs(words, regions, word_mask=None, region_mask=None):
-    words = torch.as_tensor(words, dtype=F64)
-    regions = torch.as_tensor(regions, dtype=F64)
-    b, _, d = words.shape
-    image = EncoderOutput(torch.ones(b, d, dtype=F64), regions, region_mask, (regions.shape[1],))
-    text = EncoderOutput(torch.ones(b, d, dtype=F64), words, word_mask)
-    return image, text
-
 
 def filip(**cfg):
     return build_loss({"terms": {"filip": cfg}})
-
-
-def ce(logits: list[float], target: int) -> float:
-    return math.log(sum(math.exp(z) for z in logits)) - logits[target]
 
 
 def test_two_pairs_by_hand() -> None:
