@@ -91,15 +91,65 @@ class ResNetOptions:
             ``replace_stride_with_dilation``), so a 256 px input gives a 16x16 token
             grid instead of 8x8 with the same weights; costs about 4x the last
             stage's compute.
+        tile: 0 (off), or the side in pixels of the non-overlapping squares the
+            input is cut into before the network runs on each of them alone, so a
+            token sees its own tile and nothing else (a bag of local features, as
+            BagNet). The grid is the same as without tiles when ``tile`` equals
+            ``output_stride``; a multiple of it gives ``tile / output_stride``
+            tokens per tile side. The receptive field of a ResNet's last stage
+            spans the whole of a 256 px film, which lets a token carry what is
+            elsewhere in it; tiles bound what a token can know, at about the
+            same compute.
+        coords: append two input channels holding each pixel's row and column in
+            the whole image, from -1 to 1 (CoordConv, Liu et al. 2018), so a token
+            knows where it is even when it sees only its own tile. The first
+            convolution then takes ``in_channels + 2`` channels (weights saved
+            without coordinates do not fit).
     """
 
     output_stride: int = 32
+    tile: int = 0
+    coords: bool = False
 
     def validate(self) -> None:
-        """Only the two strides the stem and stages allow."""
+        """Only the two strides the stem and stages allow; tiles a multiple of the stride."""
         if self.output_stride not in (16, 32):
             raise ConfigError(f"output_stride {self.output_stride}", field="model.image.options.output_stride",
                               expected="32 (usual) or 16 (last stage undecimated, dilated)")
+        if self.tile < 0 or self.tile % self.output_stride:
+            raise ConfigError(f"tile {self.tile}", field="model.image.options.tile",
+                              expected=f"0 (off) or a positive multiple of output_stride ({self.output_stride})")
+
+
+def _tiled(features: Callable[[nn.Module, torch.Tensor], torch.Tensor], tile: int
+           ) -> Callable[[nn.Module, torch.Tensor], torch.Tensor]:
+    """``features`` run on each ``tile``-pixel square alone, the maps put back in place."""
+
+    def run(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        if h % tile or w % tile:
+            raise ModelError(f"input {h}x{w} is not a whole number of {tile} px tiles",
+                             field="model.image.options.tile", expected=f"image_size a multiple of {tile}")
+        nh, nw = h // tile, w // tile
+        tiles = x.reshape(b, c, nh, tile, nw, tile).permute(0, 2, 4, 1, 3, 5).reshape(b * nh * nw, c, tile, tile)
+        f = features(net, tiles)  # (b * nh * nw, C, g, g)
+        k, g = f.shape[1], f.shape[2]
+        return f.reshape(b, nh, nw, k, g, g).permute(0, 3, 1, 4, 2, 5).reshape(b, k, nh * g, nw * g)
+
+    return run
+
+
+def _with_coords(features: Callable[[nn.Module, torch.Tensor], torch.Tensor]
+                 ) -> Callable[[nn.Module, torch.Tensor], torch.Tensor]:
+    """``features`` on the input with its pixels' row and column (-1..1) as two more channels."""
+
+    def run(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        rows = torch.linspace(-1.0, 1.0, h, dtype=x.dtype, device=x.device).view(1, 1, h, 1).expand(b, 1, h, w)
+        cols = torch.linspace(-1.0, 1.0, w, dtype=x.dtype, device=x.device).view(1, 1, 1, w).expand(b, 1, h, w)
+        return features(net, torch.cat([x, rows, cols], dim=1))
+
+    return run
 
 
 def _dilate_last_stage(layer: nn.Sequential) -> None:
@@ -135,15 +185,23 @@ def build_resnet(cfg: ImageConfig, spatial_dims: int = 2) -> FeatureMapEncoder:
     planes = [cfg.width, cfg.width * 2, cfg.width * 4, cfg.width * 8]
     net = ResNet(
         block=block, layers=layers, block_inplanes=planes, spatial_dims=spatial_dims,
-        n_input_channels=cfg.in_channels, conv1_t_size=7, conv1_t_stride=2,
+        n_input_channels=cfg.in_channels + (2 if opts.coords else 0), conv1_t_size=7, conv1_t_stride=2,
         feed_forward=False,
     )
     if opts.output_stride == 16:
         _dilate_last_stage(net.layer4)
+    for name, on in (("tile", opts.tile), ("coords", opts.coords)):
+        if on and spatial_dims != 2:
+            raise ConfigError(f"{name} {on} on a {spatial_dims}D encoder", field=f"model.image.options.{name}",
+                              expected=f"{name} left out: it is for 2D images")
+    features = _tiled(_resnet_features, opts.tile) if opts.tile else _resnet_features
+    if opts.coords:
+        features = _with_coords(features)
     expansion = 4 if block == "bottleneck" else 1
     return FeatureMapEncoder(
-        net, _resnet_features, spatial_dims=spatial_dims, in_channels=cfg.in_channels,
-        out_dim=planes[-1] * expansion, min_size=opts.output_stride,
+        net, features,
+        spatial_dims=spatial_dims, in_channels=cfg.in_channels,
+        out_dim=planes[-1] * expansion, min_size=max(opts.output_stride, opts.tile),
     )
 
 

@@ -173,3 +173,53 @@ def test_output_stride_16_is_the_dilated_last_stage():
     assert vol(torch.randn(1, 1, 32, 32, 32)).grid == (2, 2, 2)
     with pytest.raises(ConfigError, match="model.image.options.output_stride"):
         build_image_encoder(ImageConfig(name="resnet18", options={"output_stride": 8}))
+
+
+def test_tiles_bound_what_a_token_sees():
+    torch.manual_seed(0)
+    plain = build_image_encoder(ImageConfig(name="resnet18", image_size=128, width=8)).eval()
+    tiled = build_image_encoder(ImageConfig(name="resnet18", image_size=128, width=8, options={"tile": 64})).eval()
+    tiled.load_state_dict(plain.state_dict())  # same parameters
+    x = torch.randn(2, 1, 128, 128)
+    with torch.no_grad():
+        f = tiled(x)
+        # Reference: the plain network on each 64 px square alone, 2x2 tokens per square.
+        for r in range(2):
+            for c in range(2):
+                ref = plain(x[:, :, 64 * r:64 * r + 64, 64 * c:64 * c + 64]).tokens.reshape(2, 2, 2, -1)
+                got = f.tokens.reshape(2, 4, 4, -1)[:, 2 * r:2 * r + 2, 2 * c:2 * c + 2]
+                assert torch.allclose(got, ref, atol=1e-5)
+        # A change in one square leaves every token of the other squares as it was.
+        y = x.clone()
+        y[:, :, :64, :64] += 5.0
+        g = tiled(y).tokens.reshape(2, 4, 4, -1)
+    same = (g - f.tokens.reshape(2, 4, 4, -1)).abs().amax(dim=(0, 3)) < 1e-6
+    assert not same[:2, :2].any() and same[2:].all() and same[:, 2:].all()
+    assert f.grid == (4, 4) and tiled.min_size == 64
+    with pytest.raises(ModelError, match="tile"):
+        tiled(torch.randn(1, 1, 96, 96))
+    with pytest.raises(ConfigError, match="model.image.options.tile"):
+        build_image_encoder(ImageConfig(name="resnet18", options={"tile": 48}))
+    with pytest.raises(ConfigError, match="model.image.options.tile"):
+        build_image_encoder(ImageConfig(name="resnet18-3d", volume="native", options={"tile": 32}))
+
+
+def test_coords_tell_a_tile_where_it_is():
+    torch.manual_seed(0)
+    enc = build_image_encoder(ImageConfig(name="resnet18", image_size=64, width=8,
+                                          options={"tile": 32, "coords": True})).eval()
+    assert enc.net.conv1.in_channels == 3 and enc.in_channels == 1
+    x = torch.zeros(1, 1, 64, 64)  # four identical tiles
+    with torch.no_grad():
+        t = enc(x).tokens[0]
+        # Reference: the first convolution's input is the image, its rows, its columns.
+        lin = torch.linspace(-1.0, 1.0, 64)
+        ref_in = torch.cat([x, lin.view(1, 1, 64, 1).expand(1, 1, 64, 64), lin.view(1, 1, 1, 64).expand(1, 1, 64, 64)], 1)
+        net = enc.net
+        tile = ref_in[:, :, 32:, :32]
+        h = net.maxpool(net.act(net.bn1(net.conv1(tile))))
+        ref = net.layer4(net.layer3(net.layer2(net.layer1(h)))).flatten(1)
+    assert torch.allclose(t[2], ref[0], atol=1e-5)  # row-major: the lower-left tile is token 2
+    assert not torch.allclose(t[0], t[1], atol=1e-4)  # same pixels, different places
+    with pytest.raises(ConfigError, match="model.image.options.coords"):
+        build_image_encoder(ImageConfig(name="resnet18-3d", volume="native", options={"coords": True}))
