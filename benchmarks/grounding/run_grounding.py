@@ -55,10 +55,9 @@ ARMS: dict[str, dict[str, Any]] = {
     # The same with sharper word-to-region attention: at GLoRIA's attention_scale 4 a
     # trained model's words put on average 0.065 of their attention on their best of 64
     # regions (uniform 0.016), so each word's context is a broad mix of the film.
-    "instance+gloria-sharp10": {"instance": {"weight": 1.0},
-                                "gloria": {"weight": 1.0, "normalize_inputs": False, "attention_scale": 10.0}},
-    "instance+gloria-sharp20": {"instance": {"weight": 1.0},
-                                "gloria": {"weight": 1.0, "normalize_inputs": False, "attention_scale": 20.0}},
+    **{f"instance+gloria-sharp{k}": {"instance": {"weight": 1.0},
+                                      "gloria": {"weight": 1.0, "normalize_inputs": False, "attention_scale": float(k)}}
+       for k in (10, 20)},
     # MGCA weighs its token term 0.7.
     "instance+token": {"instance": {"weight": 1.0}, "token": {"weight": 0.7}},
     # FILIP's token-wise maximum matching, negatives from the other images of the batch.
@@ -100,7 +99,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="text tower: a random 2-layer BERT, or the real all-MiniLM-L6-v2 frozen (features cached)")
     p.add_argument("--image-options", default="{}",
                    help='JSON for model.image.options of every arm, e.g. \'{"output_stride": 16}\'')
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.wall_only and not args.wall:
+        p.error("--wall-only needs --wall")
+    return args
 
 
 def machine() -> dict[str, Any]:
